@@ -1,0 +1,79 @@
+// Logging for vunet: leveled lines to stderr (or syslog once daemonized), and
+// a rate-limited form for the data path, where a hostile guest could
+// otherwise flood the log with one line per frame.
+//
+//   VUNET_LOG(kWarning, "vring %d: %s", index, status.ToString());
+//   VUNET_LOG_RATELIMITED(kInfo, "dropped frame: %s", reason);
+//
+// Rate limiting is per call site: a burst of kBurst lines, then at most one
+// per interval, with a count of what was suppressed in between.
+
+#ifndef VUNET_BASE_LOG_H_
+#define VUNET_BASE_LOG_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string_view>
+
+#include "absl/strings/str_format.h"
+
+namespace vunet::log {
+
+enum class Level { kError = 0, kWarning = 1, kInfo = 2, kDebug = 3 };
+
+// Lines above `level` are not written. Default kInfo.
+void SetLevel(Level level);
+Level GetLevel();
+inline bool Enabled(Level level) { return static_cast<int>(level) <= static_cast<int>(GetLevel()); }
+
+// Sends lines to syslog (daemon facility) instead of stderr.
+void UseSyslog(std::string_view ident);
+
+// Writes one line at `level`.
+void Write(Level level, std::string_view message);
+
+// Counts lines written at each level since start (for tests).
+uint64_t LinesWritten(Level level);
+
+// A per-call-site budget: kBurst lines at once, refilled one per interval.
+class RateLimiter {
+ public:
+  static constexpr int kBurst = 10;
+  static constexpr int64_t kIntervalNs = 1'000'000'000;
+
+  // True if a line may be written now. `suppressed` receives how many were
+  // refused since the last allowed line.
+  bool Allow(uint64_t* suppressed);
+
+ private:
+  std::atomic<int64_t> window_start_ns_{0};
+  std::atomic<int> used_in_window_{0};
+  std::atomic<uint64_t> suppressed_{0};
+};
+
+}  // namespace vunet::log
+
+#define VUNET_LOG(level, ...)                                                        \
+  do {                                                                               \
+    if (::vunet::log::Enabled(::vunet::log::Level::level)) {                         \
+      ::vunet::log::Write(::vunet::log::Level::level, absl::StrFormat(__VA_ARGS__)); \
+    }                                                                                \
+  } while (0)
+
+#define VUNET_LOG_RATELIMITED(level, ...)                                              \
+  do {                                                                                 \
+    if (::vunet::log::Enabled(::vunet::log::Level::level)) {                           \
+      static ::vunet::log::RateLimiter vunet_log_limiter;                              \
+      uint64_t vunet_log_suppressed = 0;                                               \
+      if (vunet_log_limiter.Allow(&vunet_log_suppressed)) {                            \
+        if (vunet_log_suppressed > 0) {                                                \
+          ::vunet::log::Write(                                                         \
+              ::vunet::log::Level::level,                                              \
+              absl::StrFormat("(%d similar lines suppressed)", vunet_log_suppressed)); \
+        }                                                                              \
+        ::vunet::log::Write(::vunet::log::Level::level, absl::StrFormat(__VA_ARGS__)); \
+      }                                                                                \
+    }                                                                                  \
+  } while (0)
+
+#endif  // VUNET_BASE_LOG_H_

@@ -1,0 +1,308 @@
+#include "virtio/virtqueue.h"
+
+#include <sys/eventfd.h>
+
+#include <atomic>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace vunet::virtio {
+namespace {
+
+uint16_t LoadAcquire(uint16_t* p) {
+  return std::atomic_ref<uint16_t>(*p).load(std::memory_order_acquire);
+}
+uint16_t LoadRelaxed(uint16_t* p) {
+  return std::atomic_ref<uint16_t>(*p).load(std::memory_order_relaxed);
+}
+void StoreRelaxed(uint16_t* p, uint16_t v) {
+  std::atomic_ref<uint16_t>(*p).store(v, std::memory_order_relaxed);
+}
+void StoreRelease(uint16_t* p, uint16_t v) {
+  std::atomic_ref<uint16_t>(*p).store(v, std::memory_order_release);
+}
+
+// Copies descriptor `i` of a table out of guest memory once. The signal fence
+// keeps the compiler from re-reading guest memory in place of the copy, so a
+// driver that rewrites the descriptor meanwhile cannot make a checked value
+// differ from a used one. Tables are byte pointers: indirect tables need not
+// be aligned.
+VirtqDesc LoadDesc(const uint8_t* table, uint32_t i) {
+  VirtqDesc d;
+  std::memcpy(&d, table + sizeof(VirtqDesc) * i, sizeof(d));
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  return d;
+}
+
+bool IsAligned(const void* p, size_t alignment) {
+  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
+}
+
+}  // namespace
+
+absl::Status Virtqueue::Start(const GuestMemory* memory, const Config& config) {
+  if (memory == nullptr) return absl::InvalidArgumentError("virtqueue: no guest memory");
+  if (config.size == 0 || config.size > kMaxSize || !std::has_single_bit(config.size)) {
+    return absl::InvalidArgumentError(absl::StrCat("virtqueue: size ", config.size,
+                                                   " is not a power of two from 1 to ", kMaxSize));
+  }
+  if (config.desc == nullptr || config.avail == nullptr || config.used == nullptr) {
+    return absl::InvalidArgumentError("virtqueue: ring address missing");
+  }
+  if (!IsAligned(config.desc, 16) || !IsAligned(config.avail, 2) || !IsAligned(config.used, 4)) {
+    return absl::InvalidArgumentError("virtqueue: ring misaligned");
+  }
+  memory_ = memory;
+  desc_ = static_cast<VirtqDesc*>(config.desc);
+  avail_ = config.avail;
+  used_ = config.used;
+  size_ = config.size;
+  mask_ = config.size - 1;
+  event_idx_ = config.event_idx;
+  indirect_desc_ = config.indirect_desc;
+  dirty_log_ = config.dirty_log;
+  used_log_ = config.log_used ? config.dirty_log : nullptr;
+  used_gpa_ = config.used_gpa;
+  broken_ = false;
+  broken_reason_.clear();
+  in_use_ = 0;
+  signalled_used_valid_ = false;
+  used_idx_ = LoadRelaxed(used_idx_ptr());
+  last_avail_idx_ = config.avail_base;
+  // Chains between the ring's used index and the base were popped by an
+  // earlier backend that never returned them. We complete chains in order, so
+  // resuming from the used index serves them again rather than leaking them.
+  if (static_cast<uint16_t>(last_avail_idx_ - used_idx_) <= size_) last_avail_idx_ = used_idx_;
+  shadow_avail_idx_ = last_avail_idx_;
+  started_ = true;
+  return absl::OkStatus();
+}
+
+void Virtqueue::Stop() {
+  // Pops since the last flush wrote avail_event; the log must show it before
+  // the frontend's last look at the bitmap, which follows the stop.
+  if (started_ && event_idx_ && used_log_ != nullptr) LogUsed(4 + 8ull * size_, 2);
+  started_ = false;
+}
+
+void Virtqueue::LogFlush(uint16_t first, uint32_t count) const {
+  // Fill wrote the entries [first, first + count), wrapping at the ring's
+  // end; Flush the index; Pop (with EVENT_IDX) avail_event. Logging them
+  // here keeps Pop and Fill free of logging checks.
+  const uint32_t n = count < size_ ? count : size_;
+  const uint32_t start = first & mask_;
+  const uint32_t before_wrap = n < size_ - start ? n : size_ - start;
+  LogUsed(4 + 8ull * start, 8ull * before_wrap);
+  if (n > before_wrap) LogUsed(4, 8ull * (n - before_wrap));
+  LogUsed(2, 2);
+  if (event_idx_) LogUsed(4 + 8ull * size_, 2);
+}
+
+absl::Status Virtqueue::Break(std::string reason) {
+  broken_ = true;
+  broken_reason_ = std::move(reason);
+  return absl::DataLossError(absl::StrCat("virtqueue broken: ", broken_reason_));
+}
+
+bool Virtqueue::RefreshAvailIdx() {
+  const uint16_t idx = LoadAcquire(avail_idx_ptr());
+  if (static_cast<uint16_t>(idx - last_avail_idx_) > size_) {
+    (void)Break(absl::StrFormat("driver moved avail index from %d to %d, more than the %d entries",
+                                last_avail_idx_, idx, size_));
+    return false;
+  }
+  shadow_avail_idx_ = idx;
+  return true;
+}
+
+bool Virtqueue::IsEmpty() {
+  if (!started_ || broken_) return true;
+  if (shadow_avail_idx_ != last_avail_idx_) return false;
+  if (!RefreshAvailIdx()) return true;
+  return shadow_avail_idx_ == last_avail_idx_;
+}
+
+absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max_in_sg,
+                                    iovec* out_sg, size_t max_out_sg) {
+  if (!started_ || broken_) {
+    return absl::FailedPreconditionError(broken_ ? "virtqueue broken: " + broken_reason_
+                                                 : std::string("virtqueue not started"));
+  }
+  if (IsEmpty()) {
+    if (broken_) return absl::DataLossError("virtqueue broken: " + broken_reason_);
+    return false;
+  }
+  if (in_use_ >= size_) {
+    return Break(absl::StrCat("driver made more than ", size_, " chains available at once"));
+  }
+  const uint16_t head = LoadRelaxed(&avail_ring()[last_avail_idx_ & mask_]);
+  if (head >= size_) return Break(absl::StrCat("head index ", head, " out of range"));
+
+  const uint8_t* table = reinterpret_cast<const uint8_t*>(desc_);
+  uint32_t table_size = size_;
+  uint32_t i = head;
+  VirtqDesc d = LoadDesc(table, i);
+  if (d.flags & kVirtqDescFIndirect) {
+    if (!indirect_desc_) return Break("indirect descriptor without the feature");
+    if (d.flags & kVirtqDescFNext) return Break("indirect descriptor with NEXT set");
+    if (d.len == 0 || d.len % sizeof(VirtqDesc) != 0 ||
+        d.len / sizeof(VirtqDesc) > kMaxIndirectEntries) {
+      return Break(absl::StrCat("indirect table of bad length ", d.len));
+    }
+    table = static_cast<const uint8_t*>(memory_->GpaToHost(d.addr, d.len));
+    if (table == nullptr) {
+      return Break(absl::StrFormat("indirect table 0x%x+%d outside guest memory", d.addr, d.len));
+    }
+    table_size = d.len / sizeof(VirtqDesc);
+    i = 0;
+    d = LoadDesc(table, 0);
+  }
+
+  // Every descriptor spends one unit of budget, so a loop ends after at most
+  // table_size steps.
+  uint32_t budget = table_size;
+  uint64_t total = 0;
+  size_t in_num = 0;
+  size_t out_num = 0;
+  // Once the caller's capacity runs out the rest of the chain is still walked
+  // and checked, so a malformed chain breaks the queue whatever the capacity,
+  // and kResourceExhausted always means a good chain that did not fit.
+  bool out_of_space = false;
+  bool writable_seen = false;
+  for (;;) {
+    if (d.flags & kVirtqDescFIndirect) return Break("indirect descriptor inside a chain");
+    total += d.len;
+    if (total > kMaxChainBytes) return Break("chain longer than 4 GiB");
+    const bool writable = d.flags & kVirtqDescFWrite;
+    if (!writable && writable_seen) return Break("readable descriptor after a writable one");
+    writable_seen |= writable;
+    GuestMemory::MapResult result = GuestMemory::MapResult::kNoSpace;
+    if (!out_of_space) {
+      size_t n = 0;
+      if (writable) {
+        result = memory_->MapGpaRaw(d.addr, d.len, in_sg + in_num, max_in_sg - in_num, &n);
+        in_num += n;
+      } else {
+        result = memory_->MapGpaRaw(d.addr, d.len, out_sg + out_num, max_out_sg - out_num, &n);
+        out_num += n;
+      }
+    }
+    if (result != GuestMemory::MapResult::kOk) [[unlikely]] {
+      if (result == GuestMemory::MapResult::kUnmapped || !memory_->IsMapped(d.addr, d.len)) {
+        return Break(
+            absl::StrFormat("descriptor %d (0x%x+%d) outside guest memory", i, d.addr, d.len));
+      }
+      out_of_space = true;
+    }
+    if (!(d.flags & kVirtqDescFNext)) break;
+    if (--budget == 0) return Break(absl::StrCat("chain at head ", head, " loops or is too long"));
+    i = d.next;
+    if (i >= table_size) return Break(absl::StrCat("next index ", i, " out of range"));
+    d = LoadDesc(table, i);
+  }
+  if (out_of_space) [[unlikely]] {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("chain at head %d needs more iovec entries than given (%d in, %d out)",
+                        head, max_in_sg, max_out_sg));
+  }
+
+  elem->index = head;
+  elem->in_num = static_cast<uint32_t>(in_num);
+  elem->out_num = static_cast<uint32_t>(out_num);
+  elem->in_sg = in_sg;
+  elem->out_sg = out_sg;
+  ++last_avail_idx_;
+  ++in_use_;
+  if (event_idx_) StoreRelaxed(avail_event_ptr(), last_avail_idx_);
+  return true;
+}
+
+absl::StatusOr<bool> Virtqueue::DiscardNext() {
+  if (!started_ || broken_) return absl::FailedPreconditionError("virtqueue not usable");
+  if (IsEmpty()) {
+    if (broken_) return absl::DataLossError("virtqueue broken: " + broken_reason_);
+    return false;
+  }
+  const uint16_t head = LoadRelaxed(&avail_ring()[last_avail_idx_ & mask_]);
+  if (head >= size_) return Break(absl::StrCat("head index ", head, " out of range"));
+  ++last_avail_idx_;
+  ++in_use_;
+  if (event_idx_) StoreRelaxed(avail_event_ptr(), last_avail_idx_);
+  Push(VirtqElement{.index = head}, 0);
+  return true;
+}
+
+void Virtqueue::Fill(const VirtqElement& elem, uint32_t len, uint32_t offset) {
+  const VirtqUsedElem entry{.id = elem.index, .len = len};
+  std::memcpy(&used_ring()[(used_idx_ + offset) & mask_], &entry, sizeof(entry));
+}
+
+void Virtqueue::Flush(uint32_t count) {
+  const uint16_t old = used_idx_;
+  used_idx_ = static_cast<uint16_t>(used_idx_ + count);
+  StoreRelease(used_idx_ptr(), used_idx_);
+  if (used_log_ != nullptr) [[unlikely]]
+    LogFlush(old, count);
+  in_use_ -= count < in_use_ ? count : in_use_;
+  // If the index passed the last signalled value, comparisons against it
+  // would wrap: forget it so the next ShouldNotify() signals.
+  if (static_cast<uint16_t>(used_idx_ - signalled_used_) < static_cast<uint16_t>(used_idx_ - old)) {
+    signalled_used_valid_ = false;
+  }
+}
+
+bool Virtqueue::Rewind(uint32_t count) {
+  if (count > in_use_) return false;
+  last_avail_idx_ = static_cast<uint16_t>(last_avail_idx_ - count);
+  in_use_ -= count;
+  return true;
+}
+
+void Virtqueue::Detach(uint32_t count) { in_use_ -= count < in_use_ ? count : in_use_; }
+
+bool Virtqueue::ShouldNotify() {
+  if (!started_) return false;
+  // Our used index store must be visible before we read what the driver
+  // asked for, or we could miss an interrupt it is waiting for.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!event_idx_) {
+    return !(LoadRelaxed(reinterpret_cast<uint16_t*>(avail_)) & kVirtqAvailFNoInterrupt);
+  }
+  const uint16_t old = signalled_used_;
+  const bool valid = signalled_used_valid_;
+  signalled_used_ = used_idx_;
+  signalled_used_valid_ = true;
+  if (!valid) return true;
+  const uint16_t event = LoadRelaxed(used_event_ptr());
+  return static_cast<uint16_t>(used_idx_ - event - 1) < static_cast<uint16_t>(used_idx_ - old);
+}
+
+bool Virtqueue::Notify() {
+  if (!ShouldNotify() || call_fd_ < 0) return false;
+  // An eventfd write fails only if the counter would overflow, and then the
+  // driver has an interrupt pending anyway.
+  (void)eventfd_write(call_fd_, 1);
+  return true;
+}
+
+void Virtqueue::SetNotification(bool enable) {
+  if (!started_) return;
+  if (event_idx_) {
+    if (enable) {
+      StoreRelaxed(avail_event_ptr(), shadow_avail_idx_);
+      if (used_log_ != nullptr) [[unlikely]]
+        LogUsed(4 + 8ull * size_, 2);
+    }
+  } else {
+    StoreRelaxed(reinterpret_cast<uint16_t*>(used_), enable ? 0 : kVirtqUsedFNoNotify);
+    if (used_log_ != nullptr) [[unlikely]]
+      LogUsed(0, 2);
+  }
+  // The request must be visible before the caller looks at the ring again.
+  if (enable) std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+}  // namespace vunet::virtio
