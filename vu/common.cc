@@ -1,0 +1,221 @@
+#include "vu/common.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/iov.h"
+#include "base/log.h"
+#include "vu/device.h"
+
+namespace vunet::vu {
+namespace {
+
+using virtio::VirtqElement;
+using virtio::Virtqueue;
+
+// Room for the readable part of a receive chain, which should have none: a
+// chain with one is refused, and this only lets us see it.
+constexpr size_t kRxOutScratch = 4;
+
+// True if no element but the `own` ones the caller holds is outstanding, so a
+// chain may be returned to the driver at once without reordering what a later
+// Rewind() hands back.
+bool NothingElseOutstanding(const Virtqueue& vq, uint32_t own) { return vq.in_use() == own; }
+
+}  // namespace
+
+NetConfig NetConfig::FromFeatures(uint64_t acked) {
+  NetConfig config;
+  config.mergeable_rx = acked & (1ull << kVirtioNetFMrgRxbuf);
+  config.guest_csum = acked & (1ull << kVirtioNetFGuestCsum);
+  const bool modern = acked & (1ull << virtio::kVirtioFVersion1);
+  config.vnet_hdr_len = (modern || config.mergeable_rx) ? sizeof(VirtioNetHdr) : 10;
+  return config;
+}
+
+size_t Collect(const NetConfig& config, Virtqueue* vq, VirtqElement* elems, size_t max_elem,
+               iovec* in_sg, size_t max_in_sg, size_t* in_total, size_t size, size_t* collected) {
+  size = std::max(size, config.vnet_hdr_len + kEthMinFrame);
+  *collected = 0;
+  size_t n = 0;
+  iovec out_scratch[kRxOutScratch];
+  while (*collected < size && n < max_elem && *in_total < max_in_sg) {
+    VirtqElement& elem = elems[n];
+    absl::StatusOr<bool> popped =
+        vq->Pop(&elem, in_sg + *in_total, max_in_sg - *in_total, out_scratch, kRxOutScratch);
+    if (!popped.ok()) {
+      if (popped.status().code() != absl::StatusCode::kResourceExhausted) {
+        VUNET_LOG_RATELIMITED(kWarning, "rx: %s", popped.status().message());
+        break;  // Broken: the caller sees vq->broken().
+      }
+      // A chain that does not fit an empty pool never will.
+      if (*in_total == 0 && NothingElseOutstanding(*vq, 0)) {
+        VUNET_LOG_RATELIMITED(kWarning, "rx: receive chain too fragmented, returned unused");
+        (void)vq->DiscardNext();
+        continue;
+      }
+      break;
+    }
+    if (!*popped) break;
+    const size_t bytes = IovSize(elem.in_sg, elem.in_num);
+    if (elem.out_num > 0 || bytes < config.vnet_hdr_len) [[unlikely]] {
+      // Not a usable receive buffer. Return it now if that cannot disturb a
+      // later rewind; otherwise leave it first in line for the next collect.
+      if (NothingElseOutstanding(*vq, 1)) {
+        VUNET_LOG_RATELIMITED(kWarning, "rx: unusable receive chain (%d readable, %d bytes)",
+                              elem.out_num, bytes);
+        vq->Push(elem, 0);
+        continue;
+      }
+      vq->Unpop();
+      break;
+    }
+    *collected += bytes;
+    *in_total += elem.in_num;
+    ++n;
+    if (!config.mergeable_rx) break;
+  }
+  return n;
+}
+
+size_t FillFrame(const NetConfig& config, Virtqueue* vq, const VirtqElement* elems, size_t elem_cnt,
+                 size_t frame_len, uint32_t* fill_index) {
+  if (elem_cnt == 0) return 0;
+  const size_t min_len = config.vnet_hdr_len + kEthMinFrame;
+  if (frame_len < min_len) {
+    // Pad short frames with zeros, as a NIC would on the wire.
+    size_t capacity = 0;
+    size_t pad_from = frame_len;
+    for (size_t i = 0; i < elem_cnt && pad_from < min_len; ++i) {
+      const size_t elem_bytes = IovSize(elems[i].in_sg, elems[i].in_num);
+      if (pad_from < capacity + elem_bytes) {
+        const size_t written =
+            IovMemset(elems[i].in_sg, elems[i].in_num, pad_from - capacity, 0, min_len - pad_from);
+        pad_from += written;
+      }
+      capacity += elem_bytes;
+    }
+    frame_len = std::max(frame_len, std::min(min_len, pad_from));
+  }
+  size_t remaining = frame_len;
+  size_t used = 0;
+  while (used < elem_cnt && (remaining > 0 || used == 0)) {
+    const VirtqElement& elem = elems[used];
+    const size_t len = std::min(remaining, IovSize(elem.in_sg, elem.in_num));
+    vq->LogWrite(elem, len);
+    vq->Fill(elem, static_cast<uint32_t>(len), *fill_index + static_cast<uint32_t>(used));
+    remaining -= len;
+    ++used;
+  }
+  if (config.mergeable_rx) {
+    const uint16_t num_buffers = static_cast<uint16_t>(used);
+    IovFromBuf(elems[0].in_sg, elems[0].in_num, offsetof(VirtioNetHdr, num_buffers), &num_buffers,
+               sizeof(num_buffers));
+  }
+  *fill_index += static_cast<uint32_t>(used);
+  return used;
+}
+
+size_t Flush(const NetConfig& config, Virtqueue* vq, const VirtqElement* elems, size_t elem_cnt,
+             size_t frame_len) {
+  uint32_t fill_index = 0;
+  const size_t used = FillFrame(config, vq, elems, elem_cnt, frame_len, &fill_index);
+  vq->Rewind(static_cast<uint32_t>(elem_cnt - used));
+  vq->Flush(fill_index);
+  return used;
+}
+
+absl::Status SendSingle(const NetConfig& config, Virtqueue* vq, absl::Span<const uint8_t> frame,
+                        const VirtioNetHdr& hdr) {
+  // Enough for a 64 KiB frame in 4 KiB buffers, or 1526-byte ones.
+  constexpr size_t kMaxElems = 64;
+  constexpr size_t kMaxIov = 128;
+  VirtqElement elems[kMaxElems];
+  iovec iov[kMaxIov];
+  size_t iov_used = 0;
+  size_t collected = 0;
+  const size_t frame_len = config.vnet_hdr_len + frame.size();
+  const size_t n =
+      Collect(config, vq, elems, kMaxElems, iov, kMaxIov, &iov_used, frame_len, &collected);
+  if (collected < std::max(frame_len, config.vnet_hdr_len + kEthMinFrame)) {
+    vq->Rewind(static_cast<uint32_t>(n));
+    return absl::UnavailableError("no room in the guest's receive queue");
+  }
+  // Elements are consecutive in iov, so the frame is written as one list.
+  IovFromBuf(iov, iov_used, 0, &hdr, config.vnet_hdr_len);
+  IovFromBuf(iov, iov_used, config.vnet_hdr_len, frame.data(), frame.size());
+  Flush(config, vq, elems, n, frame_len);
+  vq->Notify();
+  return absl::OkStatus();
+}
+
+TxHandler::TxHandler(const Options& options)
+    : options_(options),
+      elems_(new VirtqElement[options.max_batch]),
+      pool_(new iovec[options.pool_entries]) {}
+
+size_t TxHandler::PopBatch(Virtqueue* vq) {
+  size_t n = 0;
+  size_t pool_used = 0;
+  while (n < options_.max_batch && pool_used < options_.pool_entries) {
+    // Transmit chains are driver-readable only; any writable part is refused
+    // by giving it no room.
+    absl::StatusOr<bool> popped =
+        vq->Pop(&elems_[n], nullptr, 0, pool_.get() + pool_used, options_.pool_entries - pool_used);
+    if (!popped.ok()) {
+      if (popped.status().code() != absl::StatusCode::kResourceExhausted) {
+        VUNET_LOG_RATELIMITED(kWarning, "tx: %s", popped.status().message());
+        break;
+      }
+      if (pool_used > 0) break;  // The next batch starts with an empty pool.
+      // It does not fit an empty pool, or wants writable room: never usable.
+      VUNET_LOG_RATELIMITED(kWarning, "tx: chain does not fit %d iovec entries, dropped",
+                            options_.pool_entries);
+      ++stats_.dropped;
+      (void)vq->DiscardNext();
+      continue;
+    }
+    if (!*popped) break;
+    pool_used += elems_[n].out_num;
+    ++n;
+  }
+  return n;
+}
+
+size_t TxHandler::Process(const NetConfig& config, Virtqueue* vq, FrameSink* sink,
+                          size_t max_batches) {
+  size_t frames = 0;
+  for (size_t batch = 0; batch < max_batches; ++batch) {
+    const size_t n = PopBatch(vq);
+    if (n == 0) break;
+    for (size_t i = 0; i < n; ++i) {
+      VirtqElement& elem = elems_[i];
+      VirtioNetHdr hdr;
+      const size_t frame_bytes = IovSize(elem.out_sg, elem.out_num);
+      if (frame_bytes < config.vnet_hdr_len) [[unlikely]] {
+        VUNET_LOG_RATELIMITED(kWarning, "tx: chain of %d bytes has no room for a header",
+                              frame_bytes);
+        ++stats_.dropped;
+        continue;
+      }
+      IovToBuf(elem.out_sg, elem.out_num, 0, &hdr, config.vnet_hdr_len);
+      // The header may sit in its own descriptor or share one with the frame;
+      // either way the frame is what follows it, viewed in place.
+      size_t count = elem.out_num;
+      const iovec* frame = IovConsume(elem.out_sg, &count, config.vnet_hdr_len);
+      sink->OnFrame(hdr, absl::MakeConstSpan(frame, count));
+      ++frames;
+      stats_.bytes += frame_bytes - config.vnet_hdr_len;
+    }
+    sink->OnBatchEnd();
+    for (size_t i = 0; i < n; ++i) vq->Fill(elems_[i], 0, static_cast<uint32_t>(i));
+    vq->Flush(static_cast<uint32_t>(n));
+    if (vq->Notify()) ++stats_.notifies;
+    ++stats_.batches;
+    if (vq->broken()) break;
+  }
+  stats_.frames += frames;
+  return frames;
+}
+
+}  // namespace vunet::vu
