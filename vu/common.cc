@@ -28,8 +28,7 @@ NetConfig NetConfig::FromFeatures(uint64_t acked) {
   NetConfig config;
   config.mergeable_rx = acked & (1ull << kVirtioNetFMrgRxbuf);
   config.guest_csum = acked & (1ull << kVirtioNetFGuestCsum);
-  const bool modern = acked & (1ull << virtio::kVirtioFVersion1);
-  config.vnet_hdr_len = (modern || config.mergeable_rx) ? sizeof(VirtioNetHdr) : 10;
+  config.vnet_hdr_len = virtio::VirtioNetHdrSize(acked);
   return config;
 }
 

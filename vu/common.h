@@ -39,27 +39,15 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "virtio/virtio_net.h"
 #include "virtio/virtqueue.h"
 
 namespace vunet::vu {
 
-// struct virtio_net_hdr_v1 (virtio 1.x, 5.1.6). num_buffers is present with
-// VIRTIO_F_VERSION_1 or VIRTIO_NET_F_MRG_RXBUF; without either the header is
-// the first 10 bytes.
-struct VirtioNetHdr {
-  uint8_t flags = 0;
-  uint8_t gso_type = 0;
-  uint16_t hdr_len = 0;
-  uint16_t gso_size = 0;
-  uint16_t csum_start = 0;
-  uint16_t csum_offset = 0;
-  uint16_t num_buffers = 0;
-};
-static_assert(sizeof(VirtioNetHdr) == 12);
-
-inline constexpr uint8_t kVirtioNetHdrFNeedsCsum = 1;
-inline constexpr uint8_t kVirtioNetHdrFDataValid = 2;
-inline constexpr uint8_t kVirtioNetHdrGsoNone = 0;
+using virtio::kVirtioNetHdrFDataValid;
+using virtio::kVirtioNetHdrFNeedsCsum;
+using virtio::kVirtioNetHdrGsoNone;
+using virtio::VirtioNetHdr;
 
 // The shortest Ethernet frame without its FCS; shorter frames are padded.
 inline constexpr size_t kEthMinFrame = 60;

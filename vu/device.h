@@ -45,6 +45,7 @@
 #include "base/unique_fd.h"
 #include "virtio/dirty_log.h"
 #include "virtio/guest_memory.h"
+#include "virtio/virtio_net.h"
 #include "virtio/virtqueue.h"
 #include "vu/message.h"
 
@@ -62,10 +63,9 @@ class DataPlane {
   virtual void OnQueueStop(uint32_t index) = 0;
 };
 
-// Virtio-net feature bits we offer beyond those in virtio/virtqueue.h.
-inline constexpr unsigned kVirtioNetFCsum = 0;
-inline constexpr unsigned kVirtioNetFGuestCsum = 1;
-inline constexpr unsigned kVirtioNetFMrgRxbuf = 15;
+using virtio::kVirtioNetFCsum;
+using virtio::kVirtioNetFGuestCsum;
+using virtio::kVirtioNetFMrgRxbuf;
 
 // Device status bits (virtio 1.x, section 2.1).
 inline constexpr uint8_t kStatusDeviceNeedsReset = 0x40;

@@ -293,9 +293,7 @@ absl::StatusOr<uint64_t> Frontend::GetFeatures() {
 absl::Status Frontend::SetFeatures(uint64_t features) {
   if (absl::Status s = Send(vu::Request::kSetFeatures, features); !s.ok()) return s;
   features_ = features;
-  net_header_size_ = (features & (Bit(virtio::kVirtioFVersion1) | Bit(kVirtioNetFMrgRxbuf)))
-                         ? sizeof(VirtioNetHdr)
-                         : sizeof(VirtioNetHdr) - sizeof(uint16_t);
+  net_header_size_ = virtio::VirtioNetHdrSize(features);
   return absl::OkStatus();
 }
 

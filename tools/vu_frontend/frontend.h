@@ -51,24 +51,25 @@
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
 #include "virtio/testing/driver.h"
+#include "virtio/virtio_net.h"
 #include "virtio/virtqueue.h"
 #include "vu/message.h"
 
 namespace vunet::vu_frontend {
 
-// virtio-net feature bits (virtio 1.x, section 5.1.3) beyond those of
+// virtio-net feature bits (virtio/virtio_net.h) and those of
 // virtio/virtqueue.h and vu/message.h.
-inline constexpr unsigned kVirtioNetFCsum = 0;
-inline constexpr unsigned kVirtioNetFGuestCsum = 1;
-inline constexpr unsigned kVirtioNetFMtu = 3;
-inline constexpr unsigned kVirtioNetFMac = 5;
-inline constexpr unsigned kVirtioNetFGuestTso4 = 7;
-inline constexpr unsigned kVirtioNetFGuestTso6 = 8;
-inline constexpr unsigned kVirtioNetFHostTso4 = 11;
-inline constexpr unsigned kVirtioNetFHostTso6 = 12;
-inline constexpr unsigned kVirtioNetFMrgRxbuf = 15;
-inline constexpr unsigned kVirtioNetFStatus = 16;
-inline constexpr unsigned kVirtioNetFMq = 22;
+using virtio::kVirtioNetFCsum;
+using virtio::kVirtioNetFGuestCsum;
+using virtio::kVirtioNetFGuestTso4;
+using virtio::kVirtioNetFGuestTso6;
+using virtio::kVirtioNetFHostTso4;
+using virtio::kVirtioNetFHostTso6;
+using virtio::kVirtioNetFMac;
+using virtio::kVirtioNetFMq;
+using virtio::kVirtioNetFMrgRxbuf;
+using virtio::kVirtioNetFMtu;
+using virtio::kVirtioNetFStatus;
 
 inline constexpr uint32_t kRxQueue = 0;
 inline constexpr uint32_t kTxQueue = 1;
@@ -82,18 +83,7 @@ inline constexpr uint64_t kDefaultFeatures =
     Bit(virtio::kVirtioRingFIndirectDesc) | Bit(vu::kVhostUserFProtocolFeatures);
 inline constexpr uint64_t kDefaultProtocolFeatures = Bit(vu::kProtocolFReplyAck);
 
-// struct virtio_net_hdr_v1 (12 bytes). Without VERSION_1 and MRG_RXBUF the
-// header on the rings is the legacy one: the first 10 bytes, no num_buffers.
-struct VirtioNetHdr {
-  uint8_t flags = 0;
-  uint8_t gso_type = 0;
-  uint16_t hdr_len = 0;
-  uint16_t gso_size = 0;
-  uint16_t csum_start = 0;
-  uint16_t csum_offset = 0;
-  uint16_t num_buffers = 0;
-};
-static_assert(sizeof(VirtioNetHdr) == 12);
+using virtio::VirtioNetHdr;
 
 // "VERSION_1|MRG_RXBUF|..." for the bits set, "0x..." for unnamed ones.
 std::string FeatureNames(uint64_t features);
