@@ -1,5 +1,6 @@
 #include "virtio/dirty_log.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -30,6 +31,9 @@ absl::StatusOr<std::unique_ptr<DirtyLog>> DirtyLog::Map(int fd, uint64_t size, u
   }
   // Mapped from the start of the file: the frontend's offset need not be
   // page aligned.
+  // As for guest memory: keep the file from shrinking under the mapping
+  // where it allows sealing.
+  (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK);
   void* mapping = mmap(nullptr, mapping_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (mapping == MAP_FAILED) {
     return absl::InvalidArgumentError(absl::StrCat("dirty log: mmap failed: ", strerror(errno)));

@@ -1,5 +1,6 @@
 #include "virtio/guest_memory.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -87,6 +88,12 @@ absl::Status GuestMemory::AddRegion(const GuestMemoryRegion& r, int fd) {
     return absl::InvalidArgumentError(absl::StrCat(
         Describe(r), ": fd ", fd, " is not a file of at least ", mapping_size, " bytes"));
   }
+  // The size check above holds only while the file keeps its size. Seal it
+  // against shrinking where the file allows (memfds created for sealing, as
+  // QEMU's are); sealed() tells whether every region is protected.
+  (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK);
+  const int seals = fcntl(fd, F_GET_SEALS);
+  const bool sealed = seals >= 0 && (seals & F_SEAL_SHRINK);
   void* mapping =
       mmap(nullptr, mapping_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
   if (mapping == MAP_FAILED) {
@@ -102,7 +109,8 @@ absl::Status GuestMemory::AddRegion(const GuestMemoryRegion& r, int fd) {
           .mmap_offset = r.mmap_offset,
           .host = static_cast<uint8_t*>(mapping) + r.mmap_offset,
           .mapping = mapping,
-          .mapping_size = mapping_size});
+          .mapping_size = mapping_size,
+          .sealed = sealed});
   return absl::OkStatus();
 }
 

@@ -76,6 +76,17 @@ class GuestMemory {
   void Clear();
 
   size_t region_count() const { return regions_.size(); }
+
+  // True if no region's file can shrink under its mapping: each is sealed
+  // with F_SEAL_SHRINK (added here where the file allows it). A frontend that
+  // shrinks an unsealed file makes our next access to it fault with SIGBUS,
+  // so callers warn when this is false.
+  bool sealed() const {
+    for (const Region& r : regions_) {
+      if (!r.sealed) return false;
+    }
+    return true;
+  }
   std::vector<GuestMemoryRegion> regions() const;
 
   // Host pointer to [gpa, gpa + len) if that range lies inside one region.
@@ -145,6 +156,7 @@ class GuestMemory {
     uint8_t* host = nullptr;  // Start of the region's bytes.
     void* mapping = nullptr;  // What mmap returned; nullptr if not ours.
     size_t mapping_size = 0;
+    bool sealed = true;  // The file cannot shrink under the mapping.
   };
 
   absl::Status CheckNewRegion(const GuestMemoryRegion& region) const;

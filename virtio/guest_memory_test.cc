@@ -161,6 +161,24 @@ TEST(GuestMemoryTest, RefusesBadRegions) {
   EXPECT_EQ(memory.region_count(), 1u);
 }
 
+TEST(GuestMemoryTest, SealsRegionFilesAgainstShrinking) {
+  // A memfd that allows sealing gets F_SEAL_SHRINK: the frontend can no
+  // longer shrink it under our mapping.
+  const int sealable = memfd_create("sealable", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_EQ(ftruncate(sealable, kMiB), 0);
+  GuestMemory memory;
+  ASSERT_TRUE(memory.AddRegion({.guest_phys_addr = 0, .size = kMiB}, sealable).ok());
+  EXPECT_TRUE(memory.sealed());
+  EXPECT_NE(ftruncate(sealable, 0), 0);
+  close(sealable);
+  // One that cannot be sealed is accepted, and reported.
+  ScopedMemfd unsealable(kMiB);
+  ASSERT_TRUE(
+      memory.AddRegion({.guest_phys_addr = kMiB, .size = kMiB, .user_addr = kMiB}, unsealable.fd())
+          .ok());
+  EXPECT_FALSE(memory.sealed());
+}
+
 TEST(GuestMemoryTest, UnalignedMmapOffsetIsHonoured) {
   ScopedMemfd fd(kMiB);
   {

@@ -226,6 +226,9 @@ absl::StatusOr<bool> Virtqueue::DiscardNext() {
     if (broken_) return absl::DataLossError("virtqueue broken: " + broken_reason_);
     return false;
   }
+  if (in_use_ >= size_) {
+    return Break(absl::StrCat("driver made more than ", size_, " chains available at once"));
+  }
   const uint16_t head = LoadRelaxed(&avail_ring()[last_avail_idx_ & mask_]);
   if (head >= size_) return Break(absl::StrCat("head index ", head, " out of range"));
   ++last_avail_idx_;
@@ -236,11 +239,15 @@ absl::StatusOr<bool> Virtqueue::DiscardNext() {
 }
 
 void Virtqueue::Fill(const VirtqElement& elem, uint32_t len, uint32_t offset) {
+  if (!started_) [[unlikely]]
+    return;  // The ring may be unmapped already.
   const VirtqUsedElem entry{.id = elem.index, .len = len};
   std::memcpy(&used_ring()[(used_idx_ + offset) & mask_], &entry, sizeof(entry));
 }
 
 void Virtqueue::Flush(uint32_t count) {
+  if (!started_) [[unlikely]]
+    return;
   const uint16_t old = used_idx_;
   used_idx_ = static_cast<uint16_t>(used_idx_ + count);
   StoreRelease(used_idx_ptr(), used_idx_);

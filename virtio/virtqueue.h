@@ -136,9 +136,14 @@ class Virtqueue {
   Virtqueue& operator=(const Virtqueue&) = delete;
 
   // Starts processing the ring described by `config`, whose descriptors point
-  // into `memory` (which must outlive the started queue). The queue resumes at
-  // `config.avail_base`; the used index is taken from the ring. Refuses sizes
-  // that are zero, not a power of two or above kMaxSize, and misaligned rings.
+  // into `memory` (which must outlive the started queue). The used index is
+  // taken from the ring, and the queue resumes at `config.avail_base` unless
+  // the ring's used index lags it by at most the queue size: then it resumes
+  // at the used index, serving again the chains an earlier backend popped and
+  // never returned (chains are completed in order). The guest can move that
+  // point only within its own ring, and at worst sees its own frames twice.
+  // Refuses sizes that are zero, not a power of two or above kMaxSize, and
+  // misaligned rings.
   absl::Status Start(const GuestMemory* memory, const Config& config);
 
   // Stops the queue. last_avail_idx() then is the base to resume from.

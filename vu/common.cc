@@ -38,6 +38,9 @@ size_t Collect(const NetConfig& config, Virtqueue* vq, VirtqElement* elems, size
   *collected = 0;
   size_t n = 0;
   iovec out_scratch[kRxOutScratch];
+  // Chains returned unused count against a budget, so a guest that keeps
+  // republishing bad chains cannot hold the loop here.
+  uint32_t returns_left = vq->size();
   while (*collected < size && n < max_elem && *in_total < max_in_sg) {
     VirtqElement& elem = elems[n];
     absl::StatusOr<bool> popped =
@@ -48,7 +51,7 @@ size_t Collect(const NetConfig& config, Virtqueue* vq, VirtqElement* elems, size
         break;  // Broken: the caller sees vq->broken().
       }
       // A chain that does not fit an empty pool never will.
-      if (*in_total == 0 && NothingElseOutstanding(*vq, 0)) {
+      if (*in_total == 0 && NothingElseOutstanding(*vq, 0) && returns_left-- > 0) {
         VUNET_LOG_RATELIMITED(kWarning, "rx: receive chain too fragmented, returned unused");
         (void)vq->DiscardNext();
         continue;
@@ -56,11 +59,12 @@ size_t Collect(const NetConfig& config, Virtqueue* vq, VirtqElement* elems, size
       break;
     }
     if (!*popped) break;
+    elem.out_sg = nullptr;  // Not the scratch array, which dies with this call.
     const size_t bytes = IovSize(elem.in_sg, elem.in_num);
     if (elem.out_num > 0 || bytes < config.vnet_hdr_len) [[unlikely]] {
       // Not a usable receive buffer. Return it now if that cannot disturb a
       // later rewind; otherwise leave it first in line for the next collect.
-      if (NothingElseOutstanding(*vq, 1)) {
+      if (NothingElseOutstanding(*vq, 1) && returns_left-- > 0) {
         VUNET_LOG_RATELIMITED(kWarning, "rx: unusable receive chain (%d readable, %d bytes)",
                               elem.out_num, bytes);
         vq->Push(elem, 0);
@@ -156,6 +160,7 @@ TxHandler::TxHandler(const Options& options)
 size_t TxHandler::PopBatch(Virtqueue* vq) {
   size_t n = 0;
   size_t pool_used = 0;
+  uint32_t drops_left = vq->size();  // As in Collect: bad chains cannot hold us.
   while (n < options_.max_batch && pool_used < options_.pool_entries) {
     // Transmit chains are driver-readable only; any writable part is refused
     // by giving it no room.
@@ -166,7 +171,7 @@ size_t TxHandler::PopBatch(Virtqueue* vq) {
         VUNET_LOG_RATELIMITED(kWarning, "tx: %s", popped.status().message());
         break;
       }
-      if (pool_used > 0) break;  // The next batch starts with an empty pool.
+      if (pool_used > 0 || drops_left-- == 0) break;  // Next batch: an empty pool.
       // It does not fit an empty pool, or wants writable room: never usable.
       VUNET_LOG_RATELIMITED(kWarning, "tx: chain does not fit %d iovec entries, dropped",
                             options_.pool_entries);

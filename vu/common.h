@@ -2,7 +2,8 @@
 // guest receive buffers for a frame, fill and flush them with the virtio-net
 // header the guest expects, send a single frame, and run the transmit queue.
 //
-// The iovec contract (shared/docs/design.md §3): the caller owns the iovec
+// The iovec contract (the team's design note §3; docs/ARCHITECTURE.md): the
+// caller owns the iovec
 // pool and the element array. Collect() pops receive elements into the pool,
 // passing each pop the capacity that remains, and keeps a running count of
 // entries consumed across elements, so one element may span several entries
@@ -98,7 +99,9 @@ absl::Status SendSingle(const NetConfig& config, virtio::Virtqueue* vq,
                         absl::Span<const uint8_t> frame, const VirtioNetHdr& hdr = {});
 
 // Where the transmit handler delivers frames: a view into guest memory that is
-// valid only during the call. The sink must not keep the iovecs.
+// valid only during the call. The sink must not keep the iovecs, and must copy
+// any header out before checking it: the guest can rewrite its buffers while
+// we read them, so a value checked in place may differ when used.
 class FrameSink {
  public:
   virtual ~FrameSink() = default;

@@ -1,8 +1,12 @@
 #include "vu/device.h"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <bit>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string_view>
 #include <type_traits>
@@ -68,6 +72,27 @@ bool Supported(Request r) {
   }
 }
 
+// Kick, call and error fds are eventfds the data path reads or writes: one of
+// another kind (a pipe nobody drains) or a blocking one (whose counter the
+// frontend has filled) could stall the loop. Refuse other kinds where /proc
+// tells, and make the fd non-blocking. The frontend shares the file
+// description and could clear the flag and fill the counter again; only a
+// signalling thread that may block would close that gap (a known limit).
+absl::Status PrepareEventFd(int fd) {
+  char path[32];
+  char target[64] = {};
+  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  const ssize_t n = readlink(path, target, sizeof(target) - 1);
+  if (n > 0 && std::string_view(target, n) != "anon_inode:[eventfd]") {
+    return absl::InvalidArgumentError(absl::StrCat("fd is not an eventfd (", target, ")"));
+  }
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fcntl: ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 Device::Device(DataPlane* data_plane, const Options& options)
@@ -97,6 +122,16 @@ absl::StatusOr<std::optional<Message>> Device::Handle(Message& m) {
     }
   } else {
     status = Dispatch(m, &reply);
+    // A request we do not support whose answer is a payload of its own
+    // (GET_CONFIG, GET_INFLIGHT_FD...): a frontend that sent it waits for a
+    // reply we cannot form, so say so by dropping the connection.
+    if (!Supported(m.request()) && HasOwnReply(request)) {
+      last_status_ = status;
+      VUNET_LOG_RATELIMITED(kWarning, "vhost-user: %s is not supported and needs its own reply",
+                            RequestName(request));
+      return absl::UnimplementedError(
+          absl::StrFormat("vhost-user: cannot answer %s", RequestName(request)));
+    }
   }
   if (!status.ok()) {
     VUNET_LOG_RATELIMITED(kWarning, "vhost-user: %s failed: %s", RequestName(request),
@@ -234,6 +269,7 @@ absl::Status Device::SetMemTable(Message& m) {
   }
   StopAll();  // Before the old mappings go.
   memory_ = std::move(memory);
+  WarnIfUnsealed();
   UpdateAll();
   VUNET_LOG(kInfo, "vhost-user: memory table of %d regions", table.nregions);
   return absl::OkStatus();
@@ -243,6 +279,7 @@ absl::Status Device::AddMemReg(Message& m) {
   const SingleMemoryRegion r = Payload<SingleMemoryRegion>(m);
   StopAll();
   absl::Status s = memory_.AddRegion(r.region, m.fds[0].get());
+  if (s.ok()) WarnIfUnsealed();
   UpdateAll();
   return s;
 }
@@ -297,6 +334,13 @@ absl::Status Device::TranslateRing(Queue& q) {
 
 absl::Status Device::SetVringAddr(const VringAddr& a) {
   Queue& q = queues_[a.index];
+  // The used ring's log address is only used for logging, but a value near
+  // 2^64 would wrap and mark the wrong pages.
+  if ((a.flags & kVringFLog) &&
+      a.log_guest_addr > UINT64_MAX - virtio::VirtqUsedRingBytes(kMaxQueueSize)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "queue %d: used ring log address 0x%x overflows", a.index, a.log_guest_addr));
+  }
   if (memory_.region_count() == 0) {
     return absl::FailedPreconditionError(
         absl::StrFormat("queue %d: ring addresses before any memory table", a.index));
@@ -357,6 +401,12 @@ absl::Status Device::SetVringFd(Message& m) {
   const uint32_t i = static_cast<uint32_t>(value & kVringIndexMask);
   // Validated: one fd unless the no-fd bit is set.
   UniqueFd fd = m.fds.empty() ? UniqueFd() : std::move(m.fds[0]);
+  if (fd.valid()) {
+    if (absl::Status s = PrepareEventFd(fd.get()); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("queue %d: %s: %s", i, RequestName(m.header.request), s.message()));
+    }
+  }
   Queue& q = queues_[i];
   switch (m.request()) {
     case Request::kSetVringKick:
@@ -516,6 +566,14 @@ void Device::UpdateAll() {
       }
     }
     Update(i);
+  }
+}
+
+void Device::WarnIfUnsealed() const {
+  if (!memory_.sealed()) {
+    VUNET_LOG(kWarning,
+              "vhost-user: guest memory is not sealed against shrinking; a frontend that "
+              "shrinks it would crash this process (use memory-backend-memfd with seal=on)");
   }
 }
 

@@ -10,7 +10,8 @@
 // logged line and, with REPLY_ACK, a failure reply; nothing the frontend
 // sends makes the device abort or touch memory outside what was mapped. The
 // only failure Handle() returns is one after which the connection cannot go
-// on: a request whose own reply cannot be given.
+// on: a request whose own reply cannot be given (malformed, or a request with
+// a reply of its own that we do not support, such as GET_CONFIG).
 //
 // A queue runs (DataPlane::OnQueueStart) once it has memory, a size,
 // addresses, a kick fd, has been started (SET_VRING_KICK) and is enabled
@@ -174,6 +175,8 @@ class Device {
   absl::Status SetLogBase(Message& m);
   absl::Status SendRarp(uint64_t mac);
   void Reset();
+  // Logs once per memory table that a region's file could shrink under us.
+  void WarnIfUnsealed() const;
 
   // Translates queue i's addresses through the current memory table.
   absl::Status TranslateRing(Queue& q);

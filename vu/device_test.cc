@@ -200,6 +200,20 @@ TEST_F(DeviceTest, OffersFeaturesAndProtocolFeatures) {
   EXPECT_EQ(U64(SendEmpty(Request::kGetMaxMemSlots)), virtio::GuestMemory::kMaxRegions);
 }
 
+TEST_F(DeviceTest, UnsupportedRequestWithItsOwnReplyDropsTheConnection) {
+  Negotiate();
+  // GET_CONFIG's reply is a config space we do not have: the frontend would
+  // wait for it forever, so the device asks for the connection to go.
+  Message m;
+  m.header = {.request = static_cast<uint32_t>(Request::kGetConfig),
+              .flags = kVersion | kFlagNeedReply,
+              .size = 0};
+  m.SetPayload(DeviceConfigSpace{.offset = 0, .size = 8});
+  EXPECT_EQ(device_->Handle(m).status().code(), absl::StatusCode::kUnimplemented);
+  // An unsupported request without a reply of its own is only refused.
+  EXPECT_EQ(U64(Send(Request::kNetSetMtu, uint64_t{1500})), 1u);
+}
+
 TEST_F(DeviceTest, RefusesFeaturesNeverOffered) {
   Negotiate();
   EXPECT_FALSE(Ack(Request::kSetFeatures, kAllFeatures | (1ull << 5)));
@@ -511,6 +525,38 @@ TEST_F(DeviceTest, ReplacingTheCallFdRestartsTheRing) {
   EXPECT_EQ(data_plane_.Events(), "stop 0, start 0");
   EXPECT_EQ(data_plane_.queues.at(0)->call_fd(), new_call);
   EXPECT_FALSE(IsOpen(old_call));
+}
+
+TEST_F(DeviceTest, NotificationFdsMustBeEventFdsAndAreMadeNonBlocking) {
+  Negotiate();
+  // A pipe nobody drains would block the first write that fills it.
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  UniqueFd write_end(pipe_fds[1]);
+  UniqueFd read_end(pipe_fds[0]);
+  for (Request r : {Request::kSetVringCall, Request::kSetVringErr, Request::kSetVringKick}) {
+    std::vector<UniqueFd> fds;
+    fds.push_back(UniqueFd(dup(write_end.get())));
+    EXPECT_FALSE(Ack(r, uint64_t{0}, std::move(fds))) << RequestName(static_cast<uint32_t>(r));
+  }
+  // A blocking eventfd becomes non-blocking, so a full counter cannot stall us.
+  std::vector<UniqueFd> call;
+  call.push_back(UniqueFd(eventfd(0, EFD_CLOEXEC)));
+  const int fd = call.back().get();
+  ASSERT_TRUE(Ack(Request::kSetVringCall, uint64_t{0}, std::move(call)));
+  EXPECT_TRUE(fcntl(fd, F_GETFL) & O_NONBLOCK);
+}
+
+TEST_F(DeviceTest, UsedRingLogAddressThatWrapsIsRefused) {
+  Negotiate();
+  ASSERT_TRUE(SendMemTable());
+  rx_ = std::make_unique<DriverQueue>(memory_.get(), 256);
+  ASSERT_TRUE(Ack(Request::kSetVringNum, VringState{.index = 0, .num = 256}));
+  VringAddr a = Addr(0, *rx_, kVringFLog);
+  a.log_guest_addr = UINT64_MAX - 100;
+  EXPECT_FALSE(Ack(Request::kSetVringAddr, a));
+  a.log_guest_addr = 0x1000;
+  EXPECT_TRUE(Ack(Request::kSetVringAddr, a));
 }
 
 TEST_F(DeviceTest, ResetOwnerStopsEverythingAndForgetsIt) {

@@ -1,9 +1,13 @@
 #include "vu/message.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -167,12 +171,53 @@ absl::StatusOr<size_t> ReceiveSome(int socket, uint8_t* buf, size_t len, Fds* fd
   return static_cast<size_t>(n);
 }
 
+// The time by which a message that has begun must be complete: the socket's
+// receive timeout (SO_RCVTIMEO), counted from the start of the message.
+class Deadline {
+ public:
+  explicit Deadline(int socket) {
+    timeval tv{};
+    socklen_t len = sizeof(tv);
+    if (getsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0 &&
+        (tv.tv_sec > 0 || tv.tv_usec > 0)) {
+      end_ = std::chrono::steady_clock::now() + std::chrono::seconds(tv.tv_sec) +
+             std::chrono::microseconds(tv.tv_usec);
+    }
+  }
+
+  // Waits until `socket` is readable or the deadline passes.
+  absl::Status WaitReadable(int socket) const {
+    if (!end_) return absl::OkStatus();  // No timeout set: block as asked.
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          *end_ - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      pollfd p{.fd = socket, .events = POLLIN, .revents = 0};
+      const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), INT32_MAX)));
+      if (r > 0) return absl::OkStatus();
+      if (r < 0 && errno != EINTR) {
+        return absl::InternalError(absl::StrCat("vhost-user: poll: ", strerror(errno)));
+      }
+    }
+    return absl::DeadlineExceededError("vhost-user: message not complete in time");
+  }
+
+ private:
+  std::optional<std::chrono::steady_clock::time_point> end_;
+};
+
 // Receives exactly `len` bytes. `what` names the part for messages; `first`
 // says whether EOF before any byte is an orderly close.
 absl::Status ReceiveExact(int socket, uint8_t* buf, size_t len, Fds* fds, bool first,
-                          std::string_view what) {
+                          std::string_view what, const Deadline& deadline) {
   size_t done = 0;
   while (done < len) {
+    // Once a message has begun, the whole of it must arrive before the
+    // deadline: a per-call timeout alone would let a frontend trickle one
+    // byte at a time and hold the loop for hours.
+    if (!(first && done == 0)) {
+      if (absl::Status s = deadline.WaitReadable(socket); !s.ok()) return s;
+    }
     absl::StatusOr<size_t> n = ReceiveSome(socket, buf + done, len - done, fds);
     if (!n.ok()) return n.status();
     if (*n == 0) {
@@ -367,8 +412,9 @@ absl::Status ValidateRequest(Message* m, uint32_t num_queues) {
 
 absl::StatusOr<Message> ReadMessage(int socket) {
   Message m;
+  const Deadline deadline(socket);
   if (absl::Status s = ReceiveExact(socket, reinterpret_cast<uint8_t*>(&m.header), sizeof(m.header),
-                                    &m.fds, /*first=*/true, "header");
+                                    &m.fds, /*first=*/true, "header", deadline);
       !s.ok()) {
     return s;
   }
@@ -382,8 +428,8 @@ absl::StatusOr<Message> ReadMessage(int socket) {
                                                RequestName(m.header.request), m.header.size,
                                                kMaxPayloadSize));
   }
-  if (absl::Status s =
-          ReceiveExact(socket, m.payload, m.header.size, &m.fds, /*first=*/false, "payload");
+  if (absl::Status s = ReceiveExact(socket, m.payload, m.header.size, &m.fds, /*first=*/false,
+                                    "payload", deadline);
       !s.ok()) {
     return s;
   }

@@ -192,8 +192,8 @@ struct Message {
   Request request() const { return static_cast<Request>(header.request); }
   bool need_reply() const { return header.flags & kFlagNeedReply; }
 
-  // The payload as T; kInvalidArgument unless the payload is exactly (or, for
-  // the variable-size payloads, at least) sizeof(T) bytes.
+  // The payload as T; kInvalidArgument if the payload is shorter than
+  // sizeof(T) bytes (ValidateRequest is what checks exact sizes).
   template <typename T>
   absl::StatusOr<T> PayloadAs() const {
     static_assert(std::is_trivially_copyable_v<T>);

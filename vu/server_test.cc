@@ -424,6 +424,35 @@ TEST_F(ServerTest, DropsAFrontendThatStallsMidMessage) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
 }
 
+// The receive timeout bounds a whole message, not each read: a frontend that
+// trickles a byte at a time, each within the timeout, is still dropped.
+TEST_F(ServerTest, DropsAFrontendThatTricklesAMessage) {
+  Server::Options options;
+  options.receive_timeout = std::chrono::milliseconds(300);
+  StartServer(options);
+  Frontend f(path_);
+  Accept();
+  const Header h{
+      .request = static_cast<uint32_t>(Request::kSetFeatures), .flags = kVersion, .size = 8};
+  uint8_t bytes[sizeof(h) + 8] = {};
+  std::memcpy(bytes, &h, sizeof(h));
+  f.SendRaw(bytes, 1);
+  std::atomic<bool> stop{false};
+  std::thread trickle([&] {
+    for (size_t i = 1; i < sizeof(bytes) && !stop; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (send(f.fd(), bytes + i, 1, MSG_NOSIGNAL) != 1) break;
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  Pump();
+  const auto took = std::chrono::steady_clock::now() - start;
+  stop = true;
+  trickle.join();
+  EXPECT_EQ(server_->connection_fd(), -1);
+  EXPECT_LT(took, std::chrono::milliseconds(1500));  // All 20 bytes would take 1.9 s.
+}
+
 TEST_F(ServerTest, OneOffServesOneFrontend) {
   Server::Options options;
   options.one_off = true;

@@ -26,7 +26,7 @@ absl::StatusOr<std::unique_ptr<DriverMemory>> DriverMemory::Create(uint64_t size
     return absl::InvalidArgumentError("guest size must be a multiple of region_count pages");
   }
   auto memory = std::unique_ptr<DriverMemory>(new DriverMemory());
-  memory->fd_ = memfd_create("vunet-guest", MFD_CLOEXEC);
+  memory->fd_ = memfd_create("vunet-guest", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (memory->fd_ < 0) return absl::InternalError(absl::StrCat("memfd_create: ", strerror(errno)));
   if (ftruncate(memory->fd_, size) != 0) {
     return absl::InternalError(absl::StrCat("ftruncate: ", strerror(errno)));
