@@ -1,0 +1,22 @@
+// Domain names in DNS wire format (RFC 1035 3.1), as DHCP option 119
+// (RFC 3397) and the NDP DNSSL option (RFC 8106) carry them. Configuration
+// time only: these allocate.
+
+#ifndef VUNET_NET_DNS_NAME_H_
+#define VUNET_NET_DNS_NAME_H_
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace vunet::net {
+
+// Appends `name` ("example.org", a trailing dot allowed) as length-prefixed
+// labels and a terminating zero, uncompressed. False, appending nothing, if
+// it is not a valid name: empty, a label empty or over 63 bytes, or over 253
+// bytes in all.
+bool AppendDnsName(std::string_view name, std::vector<uint8_t>* out);
+
+}  // namespace vunet::net
+
+#endif  // VUNET_NET_DNS_NAME_H_
