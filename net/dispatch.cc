@@ -5,7 +5,11 @@
 namespace vunet::net {
 
 absl::Status VirtqueueReplySender::Send(absl::Span<const uint8_t> frame) {
-  return vu::SendSingle(*config_, rx_, frame);
+  // Our replies carry correct checksums; with GUEST_CSUM the guest is told so
+  // and skips verifying them.
+  vu::VirtioNetHdr hdr;
+  if (config_->guest_csum) hdr.flags = vu::kVirtioNetHdrFDataValid;
+  return vu::SendSingle(*config_, rx_, frame, hdr);
 }
 
 void Dispatcher::SendReply(const absl::StatusOr<size_t>& n) {
@@ -49,6 +53,12 @@ void Dispatcher::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fr
       (parsed.icmp.type == 133 || parsed.icmp.type == 135)) {
     const bool partial = hdr.flags & vu::kVirtioNetHdrFNeedsCsum;
     SendReply(handlers_.ndp->Reply(frame, parsed, out, partial));
+    return;
+  }
+  if (handlers_.dhcpv6 != nullptr && parsed.l3 == L3Kind::kIpv6 && parsed.l4 == L4Kind::kUdp &&
+      parsed.dst_port == kDhcpv6ServerPort) {
+    const bool partial = hdr.flags & vu::kVirtioNetHdrFNeedsCsum;
+    SendReply(handlers_.dhcpv6->Reply(frame, parsed, out, partial));
     return;
   }
   if (next_ != nullptr) {

@@ -1,5 +1,5 @@
 // The first stop of a guest's frames: parses each one and answers what the
-// net layer answers itself (ARP, DHCP, NDP), handing everything else on,
+// net layer answers itself (ARP, DHCP, NDP, DHCPv6), handing everything else on,
 // parsed, to the translators.
 //
 // A Dispatcher is the data path's vu::FrameSink. Replies go out through a
@@ -11,15 +11,18 @@
 //   ArpConfig arp = ...;
 //   DhcpServer dhcp = DhcpServer::Create(dhcp_config).value();
 //   NdpResponder ndp = NdpResponder::Create(ndp_config).value();
+//   Dhcpv6Server dhcpv6 = Dhcpv6Server::Create(dhcpv6_config).value();
 //   VirtqueueReplySender replies(&net_config, rx_vq);
-//   Dispatcher dispatch({.arp = &arp, .dhcp = &dhcp, .ndp = &ndp}, &replies, &flows);
+//   Dispatcher dispatch({.arp = &arp, .dhcp = &dhcp, .ndp = &ndp, .dhcpv6 = &dhcpv6},
+//                       &replies, &flows);
 //   tx_handler.Process(net_config, tx_vq, &dispatch);
 //
 // What goes where:
 //   - frames ParseFrame refuses are dropped (it has logged why);
 //   - ARP to the ARP handler; DHCP (IPv4 UDP to port 67) to the DHCP server;
-//     router and neighbour solicitations to the NDP responder; a frame one of
-//     them takes is not passed on, answered or not;
+//     router and neighbour solicitations to the NDP responder; DHCPv6 (IPv6
+//     UDP to port 547) to the DHCPv6 server; a frame one of them takes is not
+//     passed on, answered or not;
 //   - every other frame that parsed goes to `next`, or is counted as ignored
 //     if there is none. A handler left null lets its frames fall through to
 //     `next` too (ARP excepted: nothing else wants it).
@@ -37,6 +40,7 @@
 #include "absl/types/span.h"
 #include "net/arp.h"
 #include "net/dhcp.h"
+#include "net/dhcpv6.h"
 #include "net/frame.h"
 #include "net/ndp.h"
 #include "virtio/virtqueue.h"
@@ -84,6 +88,7 @@ class Dispatcher : public vu::FrameSink {
     const ArpConfig* arp = nullptr;
     const DhcpServer* dhcp = nullptr;
     const NdpResponder* ndp = nullptr;
+    const Dhcpv6Server* dhcpv6 = nullptr;
   };
   struct Stats {
     uint64_t frames = 0;
@@ -110,7 +115,7 @@ class Dispatcher : public vu::FrameSink {
   ReplySender* replies_;
   ParsedFrameSink* next_;
   Stats stats_;
-  uint8_t reply_[std::max({kArpReplyLen, kDhcpMaxReplyLen, kNdpMaxReplyLen})];
+  uint8_t reply_[std::max({kArpReplyLen, kDhcpMaxReplyLen, kNdpMaxReplyLen, kDhcpv6MaxReplyLen})];
 };
 
 }  // namespace vunet::net

@@ -34,7 +34,10 @@ in6_addr V6(const char* s) {
 class CheckingSender : public ReplySender {
  public:
   absl::Status Send(absl::Span<const uint8_t> frame) override {
-    if (frame.size() > kDhcpMaxReplyLen && frame.size() > kNdpMaxReplyLen) __builtin_trap();
+    if (frame.size() > kDhcpMaxReplyLen && frame.size() > kNdpMaxReplyLen &&
+        frame.size() > kDhcpv6MaxReplyLen) {
+      __builtin_trap();
+    }
     const iovec iov = {const_cast<uint8_t*>(frame.data()), frame.size()};
     ParsedFrame p;
     if (!ParseFrame(absl::MakeConstSpan(&iov, 1), &p).ok()) __builtin_trap();
@@ -62,11 +65,19 @@ struct World {
     n.search_domains = {"example.org"};
     n.mtu = 1500;
     ndp = new NdpResponder(NdpResponder::Create(n).value());
-    dispatcher = new Dispatcher({.arp = &arp, .dhcp = dhcp, .ndp = ndp}, &sender);
+    Dhcpv6Config d6;
+    d6.gateway_mac = kGatewayMac;
+    d6.gateway_ll = V6("fe80::1");
+    d6.guest_addr = V6("fd00::15");
+    d6.dns = {V6("fd00::3")};
+    d6.search_domains = {"example.org"};
+    dhcpv6 = new Dhcpv6Server(Dhcpv6Server::Create(d6).value());
+    dispatcher = new Dispatcher({.arp = &arp, .dhcp = dhcp, .ndp = ndp, .dhcpv6 = dhcpv6}, &sender);
   }
   ArpConfig arp;
   DhcpServer* dhcp;
   NdpResponder* ndp;
+  Dhcpv6Server* dhcpv6;
   CheckingSender sender;
   Dispatcher* dispatcher;
 };

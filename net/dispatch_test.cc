@@ -71,6 +71,24 @@ std::vector<uint8_t> NeighborSolicitation() {
   return Icmp6(135, std::vector<uint8_t>(target.s6_addr, target.s6_addr + 16));
 }
 
+// A DHCPv6 Solicit from the guest: Client ID (DUID-LL), IA_NA, Rapid Commit.
+std::vector<uint8_t> Dhcpv6Solicit() {
+  FrameSpec s;
+  s.ipv6 = true;
+  s.src_mac = kGuestMac;
+  s.dst_mac = Mac(0x33, 0x33, 0, 1, 0, 2);
+  s.src6 = Ip6("fe80::5054:ff:fe12:3456");
+  s.dst6 = Ip6("ff02::1:2");
+  s.ttl = 1;
+  s.src_port = 546;
+  s.dst_port = 547;
+  std::vector<uint8_t> m = Bytes({1, 0x12, 0x34, 0x56});
+  Append(m, Bytes({0, 1, 0, 10, 0, 3, 0, 1}));
+  Append(m, std::vector<uint8_t>(kGuestMac.bytes, kGuestMac.bytes + 6));
+  Append(m, Bytes({0, 3, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 14, 0, 0}));
+  return Build(s, m);
+}
+
 std::vector<uint8_t> TcpSyn() {
   FrameSpec s;
   s.src_mac = kGuestMac;
@@ -127,12 +145,20 @@ struct Handlers {
     n.gateway_ll = Ip6("fe80::1");
     n.prefix = Ip6("2001:db8::");
     ndp = std::make_unique<NdpResponder>(NdpResponder::Create(n).value());
+    Dhcpv6Config d6;
+    d6.gateway_mac = kGatewayMac;
+    d6.gateway_ll = Ip6("fe80::1");
+    d6.guest_addr = Ip6("2001:db8::15");
+    dhcpv6 = std::make_unique<Dhcpv6Server>(Dhcpv6Server::Create(d6).value());
   }
-  Dispatcher::Handlers All() const { return {.arp = &arp, .dhcp = dhcp.get(), .ndp = ndp.get()}; }
+  Dispatcher::Handlers All() const {
+    return {.arp = &arp, .dhcp = dhcp.get(), .ndp = ndp.get(), .dhcpv6 = dhcpv6.get()};
+  }
 
   ArpConfig arp;
   std::unique_ptr<DhcpServer> dhcp;
   std::unique_ptr<NdpResponder> ndp;
+  std::unique_ptr<Dhcpv6Server> dhcpv6;
 };
 
 void Feed(Dispatcher& d, std::vector<uint8_t> frame, uint8_t flags = 0) {
@@ -225,10 +251,65 @@ TEST(DispatchTest, PartialChecksumFlagReachesNdp) {
   EXPECT_EQ(sender.frames.size(), 1u);
 }
 
+TEST(DispatchTest, Dhcpv6GoesToTheDhcpv6Server) {
+  Handlers h;
+  RecordingSender sender;
+  RecordingNext next;
+  Dispatcher d(h.All(), &sender, &next);
+  Feed(d, Dhcpv6Solicit());
+  ASSERT_EQ(sender.frames.size(), 1u);
+  ParsedFrame p;
+  ASSERT_TRUE(testing::Parse(sender.frames[0], &p).ok());
+  EXPECT_EQ(p.l3, L3Kind::kIpv6);
+  EXPECT_EQ(p.src_port, kDhcpv6ServerPort);
+  EXPECT_EQ(p.dst_port, kDhcpv6ClientPort);
+  EXPECT_EQ(sender.frames[0][p.payload_offset], 7);  // Reply, with Rapid Commit.
+  EXPECT_TRUE(next.frames.empty());
+
+  // A malformed one is taken too (and dropped), not passed on.
+  std::vector<uint8_t> bad = Dhcpv6Solicit();
+  bad[14 + 40 + 8 + 6] = 0xff;  // Client ID length past the message.
+  Feed(d, bad);
+  EXPECT_EQ(sender.frames.size(), 1u);
+  EXPECT_TRUE(next.frames.empty());
+  EXPECT_EQ(d.stats().replies, 1u);
+}
+
+TEST(DispatchTest, Dhcpv6WithoutAServerFallsThrough) {
+  Handlers h;
+  RecordingSender sender;
+  RecordingNext next;
+  Dispatcher::Handlers handlers = h.All();
+  handlers.dhcpv6 = nullptr;
+  Dispatcher d(handlers, &sender, &next);
+  Feed(d, Dhcpv6Solicit());
+  EXPECT_TRUE(sender.frames.empty());
+  ASSERT_EQ(next.frames.size(), 1u);
+  EXPECT_EQ(next.parsed_[0].dst_port, kDhcpv6ServerPort);
+  Dispatcher alone({}, &sender);
+  Feed(alone, Dhcpv6Solicit());
+  EXPECT_EQ(alone.stats().ignored, 1u);
+}
+
+TEST(DispatchTest, PartialChecksumFlagReachesDhcpv6) {
+  Handlers h;
+  RecordingSender sender;
+  Dispatcher d(h.All(), &sender);
+  std::vector<uint8_t> solicit = Dhcpv6Solicit();
+  solicit[14 + 40 + 6] ^= 0x55;  // UDP checksum field.
+  Feed(d, solicit);
+  EXPECT_EQ(sender.frames.size(), 0u);
+  Feed(d, solicit, vu::kVirtioNetHdrFNeedsCsum);
+  EXPECT_EQ(sender.frames.size(), 1u);
+}
+
 // The whole path: a guest queues an ARP request on its transmit ring, the
 // transmit handler hands it to the dispatcher, and the reply arrives in the
 // buffer the guest posted on its receive ring.
-TEST(DispatchTest, ThroughRealRings) {
+class DispatchRingTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(DispatchRingTest, ThroughRealRings) {
+  const bool guest_csum = GetParam();
   using virtio::testing::DriverMemory;
   using virtio::testing::DriverQueue;
   auto mem = DriverMemory::Create(16 << 20).value();
@@ -258,6 +339,7 @@ TEST(DispatchTest, ThroughRealRings) {
 
   Handlers h;
   vu::NetConfig config;
+  config.guest_csum = guest_csum;
   VirtqueueReplySender sender(&config, &rx);
   Dispatcher d(h.All(), &sender);
   vu::TxHandler handler;
@@ -274,7 +356,13 @@ TEST(DispatchTest, ThroughRealRings) {
   EXPECT_EQ(p.arp.op, 2);
   EXPECT_EQ(p.arp.sha, kGatewayMac);
   EXPECT_EQ(p.dst_mac, kGuestMac);
+  // With GUEST_CSUM the guest is told our checksums need no checking.
+  vu::VirtioNetHdr hdr;
+  mem->Read(rx_buf, &hdr, sizeof(hdr));
+  EXPECT_EQ(hdr.flags, guest_csum ? vu::kVirtioNetHdrFDataValid : 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(GuestCsum, DispatchRingTest, ::testing::Bool());
 
 }  // namespace
 }  // namespace vunet::net
