@@ -620,4 +620,25 @@ NdpConfig ToNdpConfig(const GuestConfig& c) {
   return n;
 }
 
+Dhcpv6Config ToDhcpv6Config(const GuestConfig& c) {
+  Dhcpv6Config d;
+  d.gateway_mac = c.gateway_mac;
+  d.gateway_ll = c.our_link_local6;
+  d.guest_addr = c.addr6;
+  d.dns = c.dns6;
+  d.search_domains = c.search_domains;
+  return d;
+}
+
+IcmpEchoConfig ToIcmpEchoConfig(const GuestConfig& c) {
+  IcmpEchoConfig i;
+  i.gateway_mac = c.gateway_mac;
+  i.gateway4 = c.gateway4;
+  if (!IN6_IS_ADDR_LINKLOCAL(&c.gateway6)) i.gateway6 = c.gateway6;
+  i.gateway_ll6 = c.our_link_local6;
+  i.ipv4 = !c.ipv6_only;
+  i.ipv6 = !c.ipv4_only;
+  return i;
+}
+
 }  // namespace vunet::net

@@ -51,7 +51,9 @@
 #include "absl/status/statusor.h"
 #include "net/arp.h"
 #include "net/dhcp.h"
+#include "net/dhcpv6.h"
 #include "net/frame.h"
+#include "net/icmp.h"
 #include "net/ndp.h"
 
 namespace vunet::net {
@@ -173,6 +175,10 @@ absl::Status ApplyOverrides(GuestConfig* config, const ConfigOverrides& override
 ArpConfig ToArpConfig(const GuestConfig& config);
 DhcpConfig ToDhcpConfig(const GuestConfig& config);
 NdpConfig ToNdpConfig(const GuestConfig& config);
+Dhcpv6Config ToDhcpv6Config(const GuestConfig& config);
+// Echo to the gateway's addresses (its global IPv6 one if the guest has one;
+// the link-local one is ours) goes to the host's loopback.
+IcmpEchoConfig ToIcmpEchoConfig(const GuestConfig& config);
 
 // Parsers MirrorHost uses, exposed for tests.
 namespace config_internal {

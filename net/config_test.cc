@@ -395,5 +395,22 @@ TEST(Derive, HandlerConfigsMatchAndValidate) {
   EXPECT_EQ(ToDhcpConfig(c).mtu, 576);
 }
 
+TEST(ConfigTest, DerivesDhcpv6AndIcmpEchoConfigs) {
+  GuestConfig c;
+  ConfigOverrides o;
+  o.addresses = {"10.0.2.15/24", "fd00::15/64"};
+  o.gateways = {"10.0.2.2", "fe80::1"};
+  o.dns = {"fd00::3"};
+  ASSERT_TRUE(ApplyOverrides(&c, o).ok());
+  const Dhcpv6Config d = ToDhcpv6Config(c);
+  EXPECT_TRUE(Dhcpv6Server::Create(d).ok());
+  EXPECT_EQ(std::memcmp(&d.guest_addr, &c.addr6, sizeof(in6_addr)), 0);
+  const IcmpEchoConfig i = ToIcmpEchoConfig(c);
+  EXPECT_EQ(i.gateway4.s_addr, c.gateway4.s_addr);
+  // A link-local gateway is ours; no global gateway address to answer for.
+  EXPECT_TRUE(IN6_IS_ADDR_UNSPECIFIED(&i.gateway6));
+  EXPECT_TRUE(i.ipv4 && i.ipv6);
+}
+
 }  // namespace
 }  // namespace vunet::net

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# The backend binary against a real Linux guest: `vunet --one-off -f -s SOCK` serves the only NIC of a
+# Debian kernel + busybox guest under QEMU (tests/guest/guest_lib.sh). The guest's script
+#   - gets a lease with busybox udhcpc, whose script prints what it got (address, mask, router, DNS,
+#     MTU) and configures eth0 with it;
+#   - pings the gateway (vunet's ICMP echo, through a ping socket to the host's loopback);
+#   - sends a UDP probe and a TCP SYN (vunet counts and drops them: no translation yet);
+#   - waits for a global IPv6 address from our router advertisement (SLAAC) and pings the router.
+# Checks: the lease is the one vunet was told to give (-a -n -g -D -m), eth0 got it, the default route
+# points at the gateway, SLAAC produced an address in the advertised prefix, the pings were answered
+# (where ICMP echo runs: see below), the guest powered off, and vunet exited 0 with its socket gone
+# once QEMU had left. Everything started here is killed on every exit path.
+#
+# Ping sockets need net.ipv4.ping_group_range to include our group. As root, vunet runs in a network
+# namespace of its own (unshare -n) with loopback up and the range opened there, which changes nothing
+# on the host; otherwise it runs as is and the ping checks apply only if vunet says ICMP echo is on.
+#
+# Usage: vunet_test.sh VUNET FETCH_GUEST_SH GUEST_LIB_SH. Skips (exit 0, SKIPPED line) only when
+# qemu-system-x86_64 is not installed. VUNET_TEST_TIMEOUT (seconds, default 70) bounds the guest; the whole test stays under 90 s.
+set -euo pipefail
+
+vunet=$(realpath "$1")
+fetch=$(realpath "$2")
+# shellcheck source=tests/guest/guest_lib.sh
+source "$3"
+guest_timeout=${VUNET_TEST_TIMEOUT:-70}
+
+if ! guest_have_qemu; then
+  echo "SKIPPED: qemu-system-x86_64 or busybox is not installed (apt-get install qemu-system-x86" \
+    "busybox-static)"
+  exit 0
+fi
+
+# A UNIX socket path must be short; TEST_TMPDIR can be long.
+dir=$(mktemp -d /tmp/vunet_e2e.XXXXXX)
+vunet_pid=
+cleanup() {
+  for pid in $GUEST_QEMU_PID $vunet_pid; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in $GUEST_QEMU_PID $vunet_pid; do
+    for _ in $(seq 20); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+fail() {
+  echo "FAIL: $*"
+  echo "--- vunet output:"
+  cat "$dir/vunet.log" 2>/dev/null || true
+  echo "--- guest console (ttyS0):"
+  cat "$dir/console.log" 2>/dev/null || true
+  echo "--- qemu output:"
+  cat "$dir/qemu.log" 2>/dev/null || true
+  exit 1
+}
+
+t0=$(now)
+guest_fetch "$fetch" || fail "fetch_guest.sh left no guest in $GUEST_CACHE"
+
+# What vunet is told to hand out.
+guest_ip=10.0.2.15
+gateway=10.0.2.2
+dns=10.0.2.3
+mtu=1500
+
+cat >"$dir/test.sh" <<'EOF_GUEST'
+set -u
+rc=0
+cat >/tmp/udhcpc.sh <<'EOF_SCRIPT'
+#!/bin/sh
+echo "UDHCPC: $1 ip=${ip:-} mask=${mask:-} subnet=${subnet:-} router=${router:-} dns=${dns:-} mtu=${mtu:-} lease=${lease:-} serverid=${serverid:-}"
+case "$1" in
+bound | renew)
+  ip -4 addr flush dev "$interface"
+  ip -4 addr add "$ip/${mask:-24}" dev "$interface"
+  [ -n "${mtu:-}" ] && ip link set dev "$interface" mtu "$mtu"
+  for r in ${router:-}; do
+    ip route add default via "$r" dev "$interface"
+    break
+  done
+  ;;
+esac
+exit 0
+EOF_SCRIPT
+chmod 755 /tmp/udhcpc.sh
+if udhcpc -i eth0 -n -q -t 5 -T 2 -s /tmp/udhcpc.sh; then
+  echo "GUEST: dhcp ok"
+else
+  echo "GUEST: dhcp FAILED"
+  rc=1
+fi
+echo "GUEST: addr4 $(ip -4 -o addr show dev eth0 | awk '{print $4}')"
+echo "GUEST: route4 $(ip -4 route show default)"
+echo "GUEST: mtu $(cat /sys/class/net/eth0/mtu)"
+gw=$(ip -4 route show default | awk '{print $3; exit}')
+if [ -n "$gw" ] && ping -c 3 -W 5 "$gw"; then
+  echo "GUEST: ping ok"
+else
+  echo "GUEST: ping FAILED"
+fi
+# Not translated yet: vunet counts these and drops them.
+traceroute -n -m 1 -q 1 -w 1 -p 7777 "${gw:-10.0.2.2}" >/dev/null 2>&1 || true
+nc -w 2 "${gw:-10.0.2.2}" 80 </dev/null >/dev/null 2>&1 || true
+echo "GUEST: tcp and udp sent"
+# SLAAC from our router advertisement: a global address, no longer tentative.
+addr6=
+for _ in $(seq 40); do
+  addr6=$(ip -6 -o addr show dev eth0 scope global | grep -v tentative | awk '{print $4; exit}')
+  [ -n "$addr6" ] && break
+  sleep 0.5
+done
+echo "GUEST: addr6 ${addr6:-none}"
+echo "GUEST: route6 $(ip -6 route show default)"
+[ -n "$addr6" ] || rc=1
+gw6=$(ip -6 route show default | awk '{print $3; exit}')
+if [ -n "$gw6" ] && ping -6 -c 3 -W 5 -I eth0 "$gw6"; then
+  echo "GUEST: ping6 ok"
+else
+  echo "GUEST: ping6 FAILED"
+fi
+exit $rc
+EOF_GUEST
+guest_initrd "$dir/test.sh" "$dir/initrd" || fail "could not build the initrd"
+
+socket=$dir/vunet.sock
+args=(--one-off -f -s "$socket" -a "$guest_ip" -n 24 -g "$gateway" -D "$dns" -m "$mtu")
+netns=no
+# shellcheck disable=SC2016
+if ((EUID == 0)) && unshare -n true 2>/dev/null; then
+  netns=yes
+  unshare -n sh -c 'ip link set lo up && echo "0 2147483647" >/proc/sys/net/ipv4/ping_group_range &&
+    exec "$0" "$@"' "$vunet" "${args[@]}" >"$dir/vunet.log" 2>&1 &
+else
+  "$vunet" "${args[@]}" >"$dir/vunet.log" 2>&1 &
+fi
+vunet_pid=$!
+for _ in $(seq 200); do
+  [[ -S $socket ]] && break
+  kill -0 "$vunet_pid" 2>/dev/null || break
+  sleep 0.05
+done
+[[ -S $socket ]] || fail "vunet did not listen on $socket"
+
+t_boot=$(now)
+script_timeout=$((guest_timeout > 30 ? guest_timeout - 20 : 10))
+guest_start "$socket" "$dir/initrd" "$dir/console.log" "$dir/qemu.log" "$script_timeout"
+qemu_rc=0
+guest_wait "$guest_timeout" || qemu_rc=$?
+((qemu_rc != 124)) || fail "the guest did not power off within $guest_timeout s"
+t_off=$(now)
+
+# --one-off: vunet exits once QEMU has disconnected.
+for _ in $(seq 100); do
+  kill -0 "$vunet_pid" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "$vunet_pid" 2>/dev/null && fail "vunet did not exit after QEMU left (--one-off)"
+vunet_rc=0
+wait "$vunet_pid" || vunet_rc=$?
+vunet_pid=
+
+# The serial console ends its lines with CR LF.
+tr -d '\r' <"$dir/console.log" >"$dir/console.txt"
+console=$dir/console.txt
+vlog=$dir/vunet.log
+((qemu_rc == 0)) || fail "qemu exited with status $qemu_rc"
+((vunet_rc == 0)) || fail "vunet exited with status $vunet_rc"
+[[ ! -e $socket ]] || fail "vunet left its socket behind"
+grep -q 'VUNET-INIT: eth0 up' "$console" || fail "the guest has no eth0"
+grep -q 'queue 0 (rx) started' "$vlog" || fail "the receive queue never started"
+grep -q 'queue 1 (tx) started' "$vlog" || fail "the transmit queue never started"
+grep -q "path=$socket" "$vlog" || fail "vunet printed no QEMU command line"
+
+# The lease, as udhcpc's script saw it.
+lease=$(grep -m 1 '^UDHCPC: bound' "$console") || fail "udhcpc got no lease"
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$lease"; }
+[[ $(field ip) == "$guest_ip" ]] || fail "leased address $(field ip), not $guest_ip"
+[[ $(field mask) == 24 || $(field subnet) == 255.255.255.0 ]] || fail "lease mask: $lease"
+[[ $(field router) == "$gateway" ]] || fail "leased router $(field router), not $gateway"
+[[ $(field dns) == "$dns" ]] || fail "leased DNS $(field dns), not $dns"
+[[ $(field serverid) == "$gateway" ]] || fail "DHCP server id $(field serverid), not $gateway"
+mtu_checked=no
+if [[ -n $(field mtu) ]]; then
+  [[ $(field mtu) == "$mtu" ]] || fail "leased MTU $(field mtu), not $mtu"
+  grep -q "GUEST: mtu $mtu" "$console" || fail "eth0's MTU is not $mtu"
+  mtu_checked=yes
+fi
+grep -q 'GUEST: dhcp ok' "$console" || fail "udhcpc failed"
+grep -q "GUEST: addr4 $guest_ip/24" "$console" || fail "eth0 does not have $guest_ip/24"
+grep -q "GUEST: route4 default via $gateway" "$console" || fail "no default route via $gateway"
+
+# IPv6: SLAAC in the prefix vunet advertised.
+addr6=$(sed -n 's/^GUEST: addr6 \([^ ]*\).*/\1/p' "$console")
+[[ -n $addr6 && $addr6 != none ]] || fail "no global IPv6 address from our router advertisement"
+# The first 64 bits of an IPv6 address, as four groups of four hex digits.
+first64() {
+  local a=${1%%/*} head tail groups=() g
+  if [[ $a == *::* ]]; then
+    head=${a%%::*}
+    tail=${a#*::}
+    local -a h=() t=()
+    [[ -n $head ]] && IFS=: read -ra h <<<"$head"
+    [[ -n $tail ]] && IFS=: read -ra t <<<"$tail"
+    groups=(${h[@]+"${h[@]}"})
+    for ((g = ${#h[@]} + ${#t[@]}; g < 8; g++)); do groups+=(0); done
+    groups+=(${t[@]+"${t[@]}"})
+  else
+    IFS=: read -ra groups <<<"$a"
+  fi
+  printf '%04x:%04x:%04x:%04x' "0x${groups[0]}" "0x${groups[1]}" "0x${groups[2]}" "0x${groups[3]}"
+}
+prefix6=$(sed -n 's/.*IPv6: guest \([0-9a-f:]*\)\/64.*/\1/p' "$vlog")
+[[ -n $prefix6 ]] || fail "vunet did not print the guest's IPv6 address"
+[[ $(first64 "$addr6") == $(first64 "$prefix6") ]] ||
+  fail "the SLAAC address $addr6 is not in the advertised prefix of $prefix6"
+grep -q 'GUEST: route6 default via fe80::' "$console" || fail "no IPv6 default route via our router"
+
+# Ping: vunet's ICMP echo where it runs.
+icmp=off
+grep -q 'ICMP echo: on' "$vlog" && icmp=on
+if [[ $icmp == on ]]; then
+  grep -q 'GUEST: ping ok' "$console" || fail "ping to the gateway failed"
+  grep -q 'GUEST: ping6 ok' "$console" || fail "ping -6 to the router failed"
+else
+  echo "note: vunet runs without ICMP echo ($(grep -m 1 'ICMP echo' "$vlog" || echo 'not built in')):" \
+    "ping results not checked"
+fi
+grep -q 'VUNET-TEST: exit=0' "$console" || fail "the guest's test script failed"
+# Guest TCP and UDP: counted and dropped, for now.
+grep -Eq 'dropped: tcp [1-9][0-9]*, udp [1-9]' "$vlog" || fail "vunet did not count the guest's TCP and UDP"
+
+echo "--- guest console (results):"
+grep -E 'VUNET-|GUEST:|UDHCPC:|packets received|round-trip' "$console" || true
+echo "--- vunet:"
+grep -E 'IPv4:|IPv6:|MTU|ICMP|queue|counters|frontend|exiting' "$vlog" || true
+echo "netns: $netns; ICMP echo: $icmp; MTU in lease checked: $mtu_checked"
+echo "timing: boot to power-off $(elapsed "$t_boot" "$t_off") s; whole test $(elapsed "$t0" "$(now)") s"
+echo "PASS"

@@ -1,0 +1,441 @@
+#include "tools/vunet/backend.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/log.h"
+#include "virtio/virtio_net.h"
+
+namespace vunet::tools {
+namespace {
+
+// Epoll tags: the kind in the upper half, an index or fd in the lower.
+enum Kind : uint32_t { kListen = 1, kConnection, kKick, kTimer, kSignal, kStop, kIcmp };
+
+uint64_t Tag(Kind kind, uint32_t value = 0) { return (uint64_t{kind} << 32) | value; }
+
+constexpr uint32_t kRx = virtio::kVirtioNetRxQueue;
+constexpr uint32_t kTx = virtio::kVirtioNetTxQueue;
+
+// Ping sockets idle this long (the IcmpEcho's timeout) are closed by Sweep,
+// which runs every kIcmpSweepTicks seconds.
+constexpr int kIcmpSweepTicks = 5;
+
+// How long to stop accepting after accept() ran out of fds.
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+
+absl::Status Errno(const char* what) {
+  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
+}
+
+bool Readable(int fd) {
+  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+// Reads an eventfd's counter if it is readable; never blocks, whatever the
+// fd's flags (the kick eventfds belong to the device).
+bool Drain(int fd) {
+  if (!Readable(fd)) return false;
+  uint64_t value;
+  return read(fd, &value, sizeof(value)) == sizeof(value);
+}
+
+}  // namespace
+
+absl::Status Backend::RxSender::Send(absl::Span<const uint8_t> frame) {
+  if (!sender.has_value()) return absl::UnavailableError("the receive queue is not running");
+  return sender->Send(frame);
+}
+
+void Backend::Next::OnFrame(const vu::VirtioNetHdr& /*hdr*/, absl::Span<const iovec> /*frame*/,
+                            const net::ParsedFrame& parsed) {
+  Stats& s = backend_->stats_;
+  switch (parsed.l4) {
+    case net::L4Kind::kTcp:
+      // TODO(tcp): hand to the TCP translator once //net:tcp exists.
+      ++s.tcp_dropped;
+      VUNET_LOG_RATELIMITED(kDebug, "guest TCP frame dropped (no TCP translation yet): port %d",
+                            parsed.dst_port);
+      return;
+    case net::L4Kind::kUdp:
+      // TODO(udp): hand to the UDP translator once //net:udp exists.
+      ++s.udp_dropped;
+      VUNET_LOG_RATELIMITED(kDebug, "guest UDP frame dropped (no UDP translation yet): port %d",
+                            parsed.dst_port);
+      return;
+    case net::L4Kind::kIcmp:
+    case net::L4Kind::kIcmpv6:
+      // Only without ICMP echo (IcmpEcho takes every ICMP frame), or NDP
+      // messages the responder does not answer.
+      ++s.icmp_dropped;
+      return;
+    default:
+      ++s.other_dropped;
+      VUNET_LOG_RATELIMITED(kDebug, "guest frame dropped: ethertype 0x%04x", parsed.ether_type);
+      return;
+  }
+}
+
+void Backend::Next::OnBatchEnd() {}
+
+Backend::Backend(const BackendOptions& options, std::optional<net::DhcpServer> dhcp,
+                 std::optional<net::NdpResponder> ndp, std::optional<net::Dhcpv6Server> dhcpv6)
+    : options_(options), dhcp_(std::move(dhcp)), ndp_(std::move(ndp)), dhcpv6_(std::move(dhcpv6)) {}
+
+absl::StatusOr<std::unique_ptr<Backend>> Backend::Create(const BackendOptions& options) {
+  std::optional<net::DhcpServer> dhcp;
+  if (options.dhcp.has_value()) {
+    absl::StatusOr<net::DhcpServer> d = net::DhcpServer::Create(*options.dhcp);
+    if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat("DHCP: ", d.status().message()));
+    dhcp.emplace(std::move(*d));
+  }
+  std::optional<net::NdpResponder> ndp;
+  if (options.ndp.has_value()) {
+    absl::StatusOr<net::NdpResponder> n = net::NdpResponder::Create(*options.ndp);
+    if (!n.ok()) return absl::InvalidArgumentError(absl::StrCat("NDP: ", n.status().message()));
+    ndp.emplace(std::move(*n));
+  }
+  std::optional<net::Dhcpv6Server> dhcpv6;
+  if (options.dhcpv6.has_value()) {
+    absl::StatusOr<net::Dhcpv6Server> d = net::Dhcpv6Server::Create(*options.dhcpv6);
+    if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat("DHCPv6: ", d.status().message()));
+    dhcpv6.emplace(std::move(*d));
+  }
+  std::unique_ptr<Backend> b(
+      new Backend(options, std::move(dhcp), std::move(ndp), std::move(dhcpv6)));
+  if (absl::Status s = b->Init(); !s.ok()) return s;
+  return b;
+}
+
+absl::Status Backend::Init() {
+  // SIGTERM and SIGINT are read from a signalfd in Run(); blocked from now
+  // on, so that one arriving before then waits for it.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  if (pthread_sigmask(SIG_BLOCK, &mask, nullptr) != 0) return Errno("pthread_sigmask");
+
+  stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop_fd_.valid()) return Errno("eventfd");
+
+  if (options_.icmp.has_value()) {
+    absl::StatusOr<std::unique_ptr<net::IcmpEcho>> icmp =
+        net::IcmpEcho::Create(*options_.icmp, &rx_sender_, &next_, this);
+    if (icmp.ok()) {
+      icmp_ = std::move(*icmp);
+      VUNET_LOG(kInfo, "ICMP echo: on (IPv4%s, through ping sockets)",
+                icmp_->ipv6_enabled() ? " and IPv6" : "");
+    } else if (options_.icmp_required || absl::IsInvalidArgument(icmp.status())) {
+      return absl::Status(icmp.status().code(), absl::StrCat("ICMP: ", icmp.status().message()));
+    } else {
+      VUNET_LOG(kWarning, "ICMP echo: off: %s", icmp.status().message());
+    }
+  }
+  dispatcher_.emplace(
+      net::Dispatcher::Handlers{.arp = &options_.arp,
+                                .dhcp = dhcp_.has_value() ? &*dhcp_ : nullptr,
+                                .ndp = ndp_.has_value() ? &*ndp_ : nullptr,
+                                .dhcpv6 = dhcpv6_.has_value() ? &*dhcpv6_ : nullptr},
+      &rx_sender_, icmp_ != nullptr ? static_cast<net::ParsedFrameSink*>(icmp_.get()) : &next_);
+
+  vu::Server::Options server_options;
+  server_options.socket_path = options_.socket_path;
+  server_options.one_off = options_.one_off;
+  absl::StatusOr<std::unique_ptr<vu::Server>> server = vu::Server::Listen(server_options, this);
+  if (!server.ok()) return server.status();
+  server_ = std::move(*server);
+  return absl::OkStatus();
+}
+
+absl::Status Backend::SetUpLoop() {
+  // Made here rather than in Create: the caller may fork (daemonize) in
+  // between, and a signalfd in an epoll set keeps waking the process that
+  // added it, not a child that inherited both.
+  epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_.valid()) return Errno("epoll_create1");
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!signal_fd_.valid()) return Errno("signalfd");
+  timer_fd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!timer_fd_.valid()) return Errno("timerfd_create");
+  itimerspec tick{};
+  tick.it_interval.tv_sec = 1;
+  tick.it_value.tv_sec = 1;
+  if (timerfd_settime(timer_fd_.get(), 0, &tick, nullptr) != 0) return Errno("timerfd_settime");
+
+  if (absl::Status s = Add(server_->listen_fd(), Tag(kListen)); !s.ok()) return s;
+  if (absl::Status s = Add(signal_fd_.get(), Tag(kSignal)); !s.ok()) return s;
+  if (absl::Status s = Add(timer_fd_.get(), Tag(kTimer)); !s.ok()) return s;
+  if (absl::Status s = Add(stop_fd_.get(), Tag(kStop)); !s.ok()) return s;
+  if (icmp_ != nullptr) {
+    for (int fd : icmp_->SocketFds()) OnSocketOpened(fd);
+  }
+  return absl::OkStatus();
+}
+
+Backend::~Backend() {
+  // The server's destructor stops the queues (OnQueueStop) and removes the
+  // socket file; do it while the rest is still here.
+  server_.reset();
+  icmp_.reset();  // Tells us of its sockets closing while epoll_ is open.
+}
+
+absl::Status Backend::Add(int fd, uint64_t tag) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag;
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return Errno("epoll_ctl");
+  return absl::OkStatus();
+}
+
+void Backend::Remove(int fd) {
+  // A closed fd has left the set already (EBADF, ENOENT): nothing to do.
+  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+void Backend::Stop() {
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = write(stop_fd_.get(), &one, sizeof(one));
+}
+
+absl::Status Backend::Run() {
+  if (absl::Status s = SetUpLoop(); !s.ok()) return s;
+  constexpr int kMaxEvents = 64;
+  epoll_event events[kMaxEvents];
+  while (!stopping_ && !server_->done()) {
+    int timeout = -1;
+    if (tx_pending_) timeout = 0;
+    if (listen_paused_) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= listen_resume_) {
+        listen_paused_ = false;
+        if (absl::Status s = Add(server_->listen_fd(), Tag(kListen)); !s.ok()) return s;
+      } else if (timeout != 0) {
+        timeout = static_cast<int>(
+            std::chrono::ceil<std::chrono::milliseconds>(listen_resume_ - now).count());
+      }
+    }
+    const int n = epoll_wait(epoll_.get(), events, kMaxEvents, timeout);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("epoll_wait");
+    }
+    for (int i = 0; i < n && !stopping_; ++i) {
+      const uint64_t tag = events[i].data.u64;
+      const uint32_t value = static_cast<uint32_t>(tag);
+      switch (static_cast<Kind>(tag >> 32)) {
+        case kListen:
+          if (!listen_paused_) HandleServer(server_->listen_fd());
+          break;
+        case kConnection:
+          // An event collected before the connection changed may be stale.
+          if (value == registered_conn_serial_ && server_->connection_fd() >= 0 &&
+              Readable(server_->connection_fd())) {
+            HandleServer(server_->connection_fd());
+          }
+          break;
+        case kKick:
+          HandleKick(value);
+          break;
+        case kTimer: {
+          uint64_t expirations;
+          if (read(timer_fd_.get(), &expirations, sizeof(expirations)) == sizeof(expirations)) {
+            OnTick();
+          }
+          break;
+        }
+        case kSignal: {
+          signalfd_siginfo info;
+          if (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+            stop_signal_ = static_cast<int>(info.ssi_signo);
+            VUNET_LOG(kInfo, "%s: shutting down", strsignal(stop_signal_));
+            stopping_ = true;
+          }
+          break;
+        }
+        case kStop:
+          Drain(stop_fd_.get());
+          stopping_ = true;
+          break;
+        case kIcmp:
+          HandleIcmp(static_cast<int>(value));
+          break;
+      }
+    }
+    if (tx_pending_ && !stopping_) ProcessTx();
+  }
+  if (server_->done()) VUNET_LOG(kInfo, "the frontend left (--one-off): exiting");
+  VUNET_LOG(kInfo,
+            "counters: %d frames from the guest (%d replies, %d malformed), dropped: tcp %d, "
+            "udp %d, icmp %d, other %d; %d router advertisements; icmp echo: %d requests, "
+            "%d replies",
+            dispatcher_->stats().frames, dispatcher_->stats().replies,
+            dispatcher_->stats().malformed, stats_.tcp_dropped, stats_.udp_dropped,
+            stats_.icmp_dropped, stats_.other_dropped, stats_.ra_sent,
+            icmp_ != nullptr ? icmp_->stats().requests : 0,
+            icmp_ != nullptr ? icmp_->stats().replies : 0);
+  return absl::OkStatus();
+}
+
+void Backend::HandleServer(int fd) {
+  const absl::Status s = server_->HandleReadable(fd);
+  if (!s.ok()) {
+    if (fd == server_->listen_fd() && absl::IsResourceExhausted(s)) {
+      // Out of fds (EMFILE, ENFILE...): the listening socket stays readable,
+      // so stop watching it for a moment rather than spin.
+      VUNET_LOG_RATELIMITED(kWarning, "%s; retrying in %d ms", s.message(),
+                            static_cast<int>(kAcceptBackoff.count()));
+      ++stats_.accept_backoffs;
+      Remove(fd);
+      listen_paused_ = true;
+      listen_resume_ = std::chrono::steady_clock::now() + kAcceptBackoff;
+    } else {
+      VUNET_LOG_RATELIMITED(kWarning, "vhost-user: %s", s.ToString());
+    }
+  }
+  SyncConnection();
+}
+
+void Backend::SyncConnection() {
+  const int fd = server_->connection_fd();
+  const uint64_t serial = server_->connections_served();
+  if (fd == registered_conn_ && (fd < 0 || serial == registered_conn_serial_)) return;
+  if (registered_conn_ >= 0) Remove(registered_conn_);
+  registered_conn_ = -1;
+  if (fd >= 0) {
+    if (absl::Status s = Add(fd, Tag(kConnection, static_cast<uint32_t>(serial))); !s.ok()) {
+      VUNET_LOG(kError, "vhost-user connection: %s", s.ToString());
+      return;
+    }
+    registered_conn_ = fd;
+    registered_conn_serial_ = serial;
+  }
+}
+
+void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
+  if (index >= kQueues) {
+    VUNET_LOG(kWarning, "queue %d started: only one queue pair is served", index);
+    return;
+  }
+  vu::Device* device = server_ != nullptr ? server_->device() : nullptr;
+  net_config_ = vu::NetConfig::FromFeatures(device != nullptr ? device->acked_features() : 0);
+  vq_[index] = vq;
+  kick_[index] = kick_fd;
+  if (absl::Status s = Add(kick_fd, Tag(kKick, index)); !s.ok()) {
+    VUNET_LOG(kError, "queue %d: %s", index, s.ToString());
+  }
+  if (index == kRx) rx_sender_.sender.emplace(&net_config_, vq);
+  VUNET_LOG(kInfo, "queue %d (%s) started, size %d", index, index == kRx ? "rx" : "tx", vq->size());
+  if (index == kTx) tx_pending_ = true;  // Whatever the guest queued before.
+  if (vq_[kRx] != nullptr && vq_[kTx] != nullptr) {
+    ra_pending_ = true;
+    SendRouterAdvertisement();
+  }
+}
+
+void Backend::OnQueueStop(uint32_t index) {
+  if (index >= kQueues || vq_[index] == nullptr) return;
+  Remove(kick_[index]);
+  vq_[index] = nullptr;
+  kick_[index] = -1;
+  if (index == kRx) rx_sender_.sender.reset();
+  if (index == kTx) tx_pending_ = false;
+  ra_pending_ = false;
+  VUNET_LOG(kInfo, "queue %d (%s) stopped", index, index == kRx ? "rx" : "tx");
+}
+
+void Backend::HandleKick(uint32_t index) {
+  // A kick collected before its queue stopped names nothing now.
+  if (index >= kQueues || vq_[index] == nullptr || kick_[index] < 0) return;
+  if (!Drain(kick_[index])) return;
+  ++stats_.kicks;
+  // The rx queue's kick means the guest posted buffers: nothing waits for
+  // them until the translators exist (replies are dropped when there is no
+  // room).
+  if (index == kTx) ProcessTx();
+}
+
+void Backend::ProcessTx() {
+  tx_pending_ = false;
+  virtio::Virtqueue* tx = vq_[kTx];
+  if (tx == nullptr) return;
+  tx_.Process(net_config_, tx, &*dispatcher_);
+  CheckBroken();
+  // Process stops after a bounded number of batches; if the guest has queued
+  // more, come back after the other events.
+  tx = vq_[kTx];
+  if (tx != nullptr && !tx->IsEmpty()) tx_pending_ = true;
+}
+
+void Backend::CheckBroken() {
+  vu::Device* device = server_->device();
+  if (device == nullptr) return;
+  for (uint32_t i = 0; i < kQueues; ++i) {
+    if (vq_[i] != nullptr && vq_[i]->broken()) {
+      ++stats_.broken;
+      VUNET_LOG(kError, "queue %d (%s) broken: %s", i, i == kRx ? "rx" : "tx",
+                vq_[i]->broken_reason());
+      device->ReportBroken(i);  // Calls OnQueueStop(i).
+    }
+  }
+}
+
+void Backend::OnSocketOpened(int fd) {
+  if (!epoll_.valid()) return;  // Run() adds the sockets open by then.
+  if (absl::Status s = Add(fd, Tag(kIcmp, static_cast<uint32_t>(fd))); !s.ok()) {
+    VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", s.ToString());
+  }
+}
+
+void Backend::OnSocketClosing(int fd) {
+  if (epoll_.valid()) Remove(fd);
+}
+
+void Backend::HandleIcmp(int fd) {
+  if (icmp_ == nullptr) return;
+  // A socket closed (and its number reused) since the event was collected
+  // reads nothing: OnReadable does not block.
+  icmp_->OnReadable(fd);
+  CheckBroken();
+}
+
+void Backend::OnTick() {
+  ++ticks_;
+  if (ra_pending_ || (options_.send_ra && options_.ra_interval.count() > 0 &&
+                      ticks_ % options_.ra_interval.count() == 0)) {
+    SendRouterAdvertisement();
+  }
+  if (icmp_ != nullptr && ticks_ % kIcmpSweepTicks == 0) icmp_->Sweep(net::IcmpEcho::NowNs());
+}
+
+void Backend::SendRouterAdvertisement() {
+  if (!options_.send_ra || !ndp_.has_value() || !rx_sender_.sender.has_value()) return;
+  uint8_t frame[net::kNdpMaxReplyLen];
+  absl::StatusOr<size_t> n = ndp_->UnsolicitedAdvertisement(frame);
+  if (!n.ok() || *n == 0) return;
+  if (absl::Status s = rx_sender_.Send({frame, *n}); !s.ok()) {
+    VUNET_LOG_RATELIMITED(kDebug, "router advertisement not sent: %s", s.message());
+    CheckBroken();
+    return;
+  }
+  ++stats_.ra_sent;
+  ra_pending_ = false;
+  CheckBroken();
+}
+
+}  // namespace vunet::tools

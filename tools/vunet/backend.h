@@ -1,0 +1,182 @@
+// The vunet backend's event loop: one thread, one level-triggered epoll set
+// holding the vhost-user listen and connection sockets, the kick eventfds of
+// running queues, a 1 s timerfd (periodic router advertisements,
+// housekeeping), a signalfd for SIGTERM/SIGINT and a stop eventfd.
+//
+// A transmit kick runs vu::TxHandler over the tx queue into a net::Dispatcher
+// that answers ARP, DHCP and NDP itself; the frames it hands on are counted
+// (TCP, UDP: dropped until the translators exist) or go to the ICMP echo
+// translator. Replies go into the rx queue through net::VirtqueueReplySender.
+//
+//   absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(options);
+//   absl::Status s = (*b)->Run();  // Until SIGTERM/SIGINT, Stop(), or a
+//                                  // one-off frontend's departure.
+//
+// Create listens on the socket (so that its errors come before a daemonizing
+// fork) and blocks SIGTERM and SIGINT in the calling thread (Run reads them
+// from a signalfd): call it before starting other threads. Run sets up the
+// epoll set, signalfd and timerfd, in the process that will use them. Run is
+// called once.
+
+#ifndef VUNET_TOOLS_VUNET_BACKEND_H_
+#define VUNET_TOOLS_VUNET_BACKEND_H_
+
+#include <sys/uio.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "base/unique_fd.h"
+#include "net/arp.h"
+#include "net/dhcp.h"
+#include "net/dhcpv6.h"
+#include "net/dispatch.h"
+#include "net/frame.h"
+#include "net/icmp.h"
+#include "net/ndp.h"
+#include "virtio/virtqueue.h"
+#include "vu/common.h"
+#include "vu/device.h"
+#include "vu/server.h"
+
+namespace vunet::tools {
+
+struct BackendOptions {
+  std::string socket_path;
+  bool one_off = false;
+  // The services; a missing one is off.
+  net::ArpConfig arp;
+  std::optional<net::DhcpConfig> dhcp;
+  std::optional<net::NdpConfig> ndp;
+  std::optional<net::Dhcpv6Config> dhcpv6;
+  // ICMP echo through ping sockets. Where the host refuses this process ping
+  // sockets (net.ipv4.ping_group_range), it is off, logged, and echo
+  // requests are dropped; a required one (icmp_required) fails Create.
+  std::optional<net::IcmpEchoConfig> icmp;
+  bool icmp_required = false;
+  // Unsolicited router advertisements (with ndp): one when the guest's
+  // queues start, then every ra_interval.
+  bool send_ra = true;
+  std::chrono::seconds ra_interval{60};
+};
+
+class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
+ public:
+  struct Stats {
+    uint64_t kicks = 0;
+    uint64_t tx_frames = 0;
+    uint64_t tcp_dropped = 0;   // Until the TCP translator exists.
+    uint64_t udp_dropped = 0;   // Until the UDP translator exists.
+    uint64_t icmp_dropped = 0;  // ICMP echo off.
+    uint64_t other_dropped = 0;
+    uint64_t ra_sent = 0;
+    uint64_t broken = 0;
+    uint64_t accept_backoffs = 0;
+  };
+
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(const BackendOptions& options);
+  ~Backend() override;
+
+  // Serves until SIGTERM/SIGINT, Stop(), or (one_off) the frontend leaves.
+  absl::Status Run();
+  // Makes Run() return; callable from any thread.
+  void Stop();
+
+  const std::string& socket_path() const { return server_->socket_path(); }
+  const Stats& stats() const { return stats_; }
+  const net::Dispatcher::Stats& dispatch_stats() const { return dispatcher_->stats(); }
+  // Null when ICMP echo is off.
+  const net::IcmpEcho* icmp() const { return icmp_.get(); }
+  // The signal that ended Run(), or 0.
+  int stop_signal() const { return stop_signal_; }
+
+  // vu::DataPlane (called inside HandleReadable, on the loop thread).
+  void OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) override;
+  void OnQueueStop(uint32_t index) override;
+
+ private:
+  // Replies to the guest through the rx queue's VirtqueueReplySender while
+  // the queue runs; kUnavailable otherwise.
+  class RxSender : public net::ReplySender {
+   public:
+    absl::Status Send(absl::Span<const uint8_t> frame) override;
+    std::optional<net::VirtqueueReplySender> sender;
+  };
+  // Where the dispatcher hands what it does not answer.
+  class Next : public net::ParsedFrameSink {
+   public:
+    explicit Next(Backend* backend) : backend_(backend) {}
+    void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
+                 const net::ParsedFrame& parsed) override;
+    void OnBatchEnd() override;
+
+   private:
+    Backend* backend_;
+  };
+
+  Backend(const BackendOptions& options, std::optional<net::DhcpServer> dhcp,
+          std::optional<net::NdpResponder> ndp, std::optional<net::Dhcpv6Server> dhcpv6);
+  // net::IcmpEcho::SocketObserver: ping sockets join and leave the epoll set.
+  void OnSocketOpened(int fd) override;
+  void OnSocketClosing(int fd) override;
+  void HandleIcmp(int fd);
+  // Reports a queue that broke while we used it.
+  void CheckBroken();
+  absl::Status Init();
+  absl::Status SetUpLoop();
+  absl::Status Add(int fd, uint64_t tag);
+  void Remove(int fd);
+  void HandleServer(int fd);
+  // Keeps the epoll set in step with the server's connection.
+  void SyncConnection();
+  void HandleKick(uint32_t index);
+  void ProcessTx();
+  void OnTick();
+  void SendRouterAdvertisement();
+
+  const BackendOptions options_;
+  const std::optional<net::DhcpServer> dhcp_;
+  const std::optional<net::NdpResponder> ndp_;
+  const std::optional<net::Dhcpv6Server> dhcpv6_;
+  RxSender rx_sender_;
+  Next next_{this};
+  std::unique_ptr<net::IcmpEcho> icmp_;
+  // After icmp_, which it hands frames to.
+  std::optional<net::Dispatcher> dispatcher_;
+  vu::TxHandler tx_;
+  vu::NetConfig net_config_;
+
+  std::unique_ptr<vu::Server> server_;
+  UniqueFd epoll_;
+  UniqueFd signal_fd_;
+  UniqueFd timer_fd_;
+  UniqueFd stop_fd_;
+  // The connection in the epoll set: its fd and which connection it was.
+  int registered_conn_ = -1;
+  uint64_t registered_conn_serial_ = 0;
+  bool listen_paused_ = false;
+  std::chrono::steady_clock::time_point listen_resume_;
+
+  static constexpr uint32_t kQueues = 2;
+  std::array<virtio::Virtqueue*, kQueues> vq_{};
+  std::array<int, kQueues> kick_{-1, -1};
+  bool tx_pending_ = false;
+  // The router advertisement due when the queues start, retried each tick
+  // until the guest has posted room for it.
+  bool ra_pending_ = false;
+  bool stopping_ = false;
+  int stop_signal_ = 0;
+  int ticks_ = 0;
+  Stats stats_;
+};
+
+}  // namespace vunet::tools
+
+#endif  // VUNET_TOOLS_VUNET_BACKEND_H_

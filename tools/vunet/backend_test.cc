@@ -1,0 +1,282 @@
+#include "tools/vunet/backend.h"
+
+#include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "base/unique_fd.h"
+#include "gtest/gtest.h"
+#include "net/frame.h"
+#include "tools/vu_frontend/frontend.h"
+
+namespace vunet::tools {
+namespace {
+
+constexpr net::MacAddr kGatewayMac = {{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}};
+constexpr net::MacAddr kGuestMac = {{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}};
+
+in_addr V4(const char* s) {
+  in_addr a{};
+  inet_pton(AF_INET, s, &a);
+  return a;
+}
+in6_addr V6(const char* s) {
+  in6_addr a{};
+  inet_pton(AF_INET6, s, &a);
+  return a;
+}
+
+BackendOptions TestOptions(const std::string& path, bool one_off) {
+  BackendOptions o;
+  o.socket_path = path;
+  o.one_off = one_off;
+  o.arp = {.gateway_mac = kGatewayMac, .guest_addr = V4("10.0.2.15")};
+  net::DhcpConfig dhcp;
+  dhcp.gateway_mac = kGatewayMac;
+  dhcp.gateway_addr = V4("10.0.2.2");
+  dhcp.guest_addr = V4("10.0.2.15");
+  o.dhcp = dhcp;
+  net::NdpConfig ndp;
+  ndp.gateway_mac = kGatewayMac;
+  ndp.gateway_ll = V6("fe80::1");
+  ndp.prefix = V6("fd00::");
+  o.ndp = ndp;
+  return o;
+}
+
+// A backend running on its own thread, and a frontend connected to it.
+class BackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // Short (a socket path is at most 107 bytes) and unique across
+    // concurrent runs, which may share a pid in their own pid namespaces.
+    char dir[] = "/tmp/vunet_backend_test.XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
+    path_ = dir_ + "/vunet.sock";
+  }
+  void TearDown() override {
+    if (backend_ != nullptr) {
+      backend_->Stop();
+      Join();
+    }
+    backend_.reset();
+    EXPECT_NE(access(path_.c_str(), F_OK), 0) << "the socket is left behind";
+    unlink(path_.c_str());
+    rmdir(dir_.c_str());
+  }
+
+  void Start(bool one_off = false) {
+    absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(TestOptions(path_, one_off));
+    ASSERT_TRUE(b.ok()) << b.status();
+    backend_ = std::move(*b);
+    thread_ = std::thread([this] { run_status_ = backend_->Run(); });
+  }
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  std::unique_ptr<vu_frontend::Frontend> Connect() {
+    absl::StatusOr<std::unique_ptr<vu_frontend::Frontend>> f = vu_frontend::Frontend::Create();
+    EXPECT_TRUE(f.ok()) << f.status();
+    if (!f.ok()) return nullptr;
+    absl::Status s = (*f)->Connect(path_, absl::Seconds(5));
+    EXPECT_TRUE(s.ok()) << s;
+    s = (*f)->Negotiate();
+    EXPECT_TRUE(s.ok()) << s;
+    return std::move(*f);
+  }
+
+  // Frames until one of `ether_type` arrives (others are skipped); empty on
+  // timeout.
+  static std::vector<uint8_t> ReceiveOfType(vu_frontend::Frontend* f, uint16_t ether_type) {
+    for (int i = 0; i < 10; ++i) {
+      absl::StatusOr<std::vector<uint8_t>> frame = f->ReceiveFrame(absl::Seconds(5));
+      if (!frame.ok()) return {};
+      if (frame->size() >= 14 && ((*frame)[12] << 8 | (*frame)[13]) == ether_type) return *frame;
+    }
+    return {};
+  }
+
+  std::string dir_;
+  std::string path_;
+  std::unique_ptr<Backend> backend_;
+  std::thread thread_;
+  absl::Status run_status_;
+};
+
+std::vector<uint8_t> ArpRequest(const char* target) {
+  std::vector<uint8_t> f(42, 0);
+  std::memset(f.data(), 0xff, 6);
+  std::memcpy(f.data() + 6, kGuestMac.bytes, 6);
+  f[12] = 0x08;
+  f[13] = 0x06;
+  const uint8_t arp[] = {0, 1, 8, 0, 6, 4, 0, 1};
+  std::memcpy(f.data() + 14, arp, sizeof(arp));
+  std::memcpy(f.data() + 22, kGuestMac.bytes, 6);
+  const in_addr spa = V4("10.0.2.15"), tpa = V4(target);
+  std::memcpy(f.data() + 28, &spa, 4);
+  std::memcpy(f.data() + 38, &tpa, 4);
+  return f;
+}
+
+std::vector<uint8_t> Ipv4Frame(uint8_t protocol) {
+  net::FrameSpec spec;
+  spec.src_mac = kGuestMac;
+  spec.dst_mac = kGatewayMac;
+  spec.src4 = V4("10.0.2.15");
+  spec.dst4 = V4("192.0.2.1");
+  spec.protocol = protocol;
+  spec.src_port = 40000;
+  spec.dst_port = 80;
+  spec.tcp_flags = net::kTcpSyn;
+  const size_t headers = net::FrameHeadersLen(spec);
+  std::vector<uint8_t> f(headers + 4, 'x');
+  iovec iov{f.data(), f.size()};
+  absl::StatusOr<size_t> n = net::BuildFrame(spec, {&iov, 1}, 0, 4);
+  EXPECT_TRUE(n.ok()) << n.status();
+  return f;
+}
+
+TEST_F(BackendTest, AnswersArpAdvertisesRouterAndDropsTcpUdp) {
+  Start();
+  std::unique_ptr<vu_frontend::Frontend> f = Connect();
+  ASSERT_NE(f, nullptr);
+
+  // Both queues running: an unsolicited router advertisement arrives.
+  std::vector<uint8_t> ra = ReceiveOfType(f.get(), net::kEtherTypeIpv6);
+  ASSERT_GE(ra.size(), 14u + 40 + 4);
+  EXPECT_EQ(ra[14 + 6], IPPROTO_ICMPV6);
+  EXPECT_EQ(ra[14 + 40], 134);  // Router advertisement.
+  EXPECT_EQ(std::memcmp(ra.data() + 6, kGatewayMac.bytes, 6), 0);
+
+  const std::vector<uint8_t> arp = ArpRequest("10.0.2.2");
+  const std::vector<uint8_t> tcp = Ipv4Frame(IPPROTO_TCP);
+  const std::vector<uint8_t> udp = Ipv4Frame(IPPROTO_UDP);
+  const absl::Span<const uint8_t> frames[] = {arp, tcp, udp};
+  absl::StatusOr<size_t> sent = f->SendFrames(frames);
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_EQ(*sent, 3u);
+
+  std::vector<uint8_t> reply = ReceiveOfType(f.get(), net::kEtherTypeArp);
+  ASSERT_GE(reply.size(), 42u);
+  EXPECT_EQ(reply[21], 2);  // ARP reply.
+  EXPECT_EQ(std::memcmp(reply.data() + 22, kGatewayMac.bytes, 6), 0);
+  EXPECT_EQ(std::memcmp(reply.data(), kGuestMac.bytes, 6), 0);
+  absl::StatusOr<size_t> back = f->WaitTx(absl::Seconds(5));
+  EXPECT_TRUE(back.ok()) << back.status();
+
+  backend_->Stop();
+  Join();
+  EXPECT_TRUE(run_status_.ok()) << run_status_;
+  EXPECT_EQ(backend_->stats().tcp_dropped, 1u);
+  EXPECT_EQ(backend_->stats().udp_dropped, 1u);
+  EXPECT_EQ(backend_->stats().broken, 0u);
+  EXPECT_GE(backend_->stats().ra_sent, 1u);
+  EXPECT_EQ(backend_->dispatch_stats().frames, 3u);
+  EXPECT_GE(backend_->dispatch_stats().replies, 1u);
+}
+
+TEST_F(BackendTest, ServesOneFrontendAfterAnother) {
+  Start();
+  for (int i = 0; i < 3; ++i) {
+    std::unique_ptr<vu_frontend::Frontend> f = Connect();
+    ASSERT_NE(f, nullptr);
+    const std::vector<uint8_t> arp = ArpRequest("10.0.2.2");
+    const absl::Span<const uint8_t> frames[] = {arp};
+    ASSERT_TRUE(f->SendFrames(frames).ok());
+    EXPECT_FALSE(ReceiveOfType(f.get(), net::kEtherTypeArp).empty()) << "connection " << i;
+    f->Disconnect();
+  }
+}
+
+TEST_F(BackendTest, OneOffReturnsWhenTheFrontendLeaves) {
+  Start(/*one_off=*/true);
+  std::unique_ptr<vu_frontend::Frontend> f = Connect();
+  ASSERT_NE(f, nullptr);
+  f->Disconnect();
+  Join();
+  EXPECT_TRUE(run_status_.ok()) << run_status_;
+  EXPECT_EQ(backend_->stop_signal(), 0);
+}
+
+TEST_F(BackendTest, SigtermStopsTheLoop) {
+  Start();
+  std::unique_ptr<vu_frontend::Frontend> f = Connect();
+  ASSERT_NE(f, nullptr);
+  // Blocked in this thread and the loop's (Create did it), so it waits for
+  // the signalfd.
+  ASSERT_EQ(kill(getpid(), SIGTERM), 0);
+  Join();
+  EXPECT_TRUE(run_status_.ok()) << run_status_;
+  EXPECT_EQ(backend_->stop_signal(), SIGTERM);
+}
+
+TEST_F(BackendTest, BacksOffWhenAcceptRunsOutOfFds) {
+  Start();
+  std::unique_ptr<vu_frontend::Frontend> served = Connect();
+  ASSERT_NE(served, nullptr);
+  // A second frontend, whose socket exists before fds run out.
+  UniqueFd client(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(client.valid());
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+
+  // No fd left: the lowest free number becomes the limit.
+  const int lowest_free = dup(0);
+  ASSERT_GE(lowest_free, 0);
+  close(lowest_free);
+  rlimit saved;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(lowest_free);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  const int rc = connect(client.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  const int connect_errno = errno;
+  usleep(350'000);  // accept fails with EMFILE meanwhile.
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_EQ(rc, 0) << strerror(connect_errno);
+
+  // Accepting again: the second frontend is turned away (closed at once)...
+  pollfd p{.fd = client.get(), .events = POLLIN, .revents = 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  char byte;
+  EXPECT_EQ(read(client.get(), &byte, 1), 0);
+  // ...and the first is still served.
+  const std::vector<uint8_t> arp = ArpRequest("10.0.2.2");
+  const absl::Span<const uint8_t> frames[] = {arp};
+  ASSERT_TRUE(served->SendFrames(frames).ok());
+  EXPECT_FALSE(ReceiveOfType(served.get(), net::kEtherTypeArp).empty());
+
+  backend_->Stop();
+  Join();
+  // A pause of 100 ms per failure, not a spin.
+  EXPECT_GE(backend_->stats().accept_backoffs, 1u);
+  EXPECT_LE(backend_->stats().accept_backoffs, 5u);
+}
+
+TEST_F(BackendTest, RefusesALiveSocket) {
+  Start();
+  absl::StatusOr<std::unique_ptr<Backend>> second = Backend::Create(TestOptions(path_, false));
+  EXPECT_FALSE(second.ok());
+}
+
+}  // namespace
+}  // namespace vunet::tools

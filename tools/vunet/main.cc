@@ -1,0 +1,188 @@
+// vunet: the backend binary. A vhost-user virtio-net backend serving one
+// VM at a time on a UNIX socket; see UsageText (tools/vunet/cli.cc) or
+// `vunet --help`.
+//
+//   vunet -f --one-off -s /tmp/vunet.socket
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/parse.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "base/log.h"
+#include "net/config.h"
+#include "net/dhcpv6.h"
+#include "net/icmp.h"
+#include "tools/vunet/backend.h"
+#include "tools/vunet/cli.h"
+
+namespace vunet::tools {
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "vunet: %s\n", message.c_str());
+  return 1;
+}
+
+std::string Ntop(const in_addr& a) {
+  char buf[INET_ADDRSTRLEN];
+  return inet_ntop(AF_INET, &a, buf, sizeof(buf)) != nullptr ? buf : "?";
+}
+
+std::string Ntop(const in6_addr& a) {
+  char buf[INET6_ADDRSTRLEN];
+  return inet_ntop(AF_INET6, &a, buf, sizeof(buf)) != nullptr ? buf : "?";
+}
+
+template <typename T>
+std::string List(const std::vector<T>& addrs) {
+  if (addrs.empty()) return "none";
+  std::vector<std::string> parts;
+  for (const T& a : addrs) parts.push_back(Ntop(a));
+  return absl::StrJoin(parts, ", ");
+}
+
+// Forks; the parent exits at once, the child leaves the terminal and logs to
+// syslog from now on.
+absl::Status Daemonize() {
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
+  if (pid > 0) _exit(0);  // No destructors: the child owns the socket now.
+  if (setsid() < 0) return absl::InternalError(absl::StrCat("setsid: ", strerror(errno)));
+  const int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0) return absl::InternalError(absl::StrCat("/dev/null: ", strerror(errno)));
+  for (int fd = 0; fd <= 2; ++fd) dup2(null, fd);
+  if (null > 2) close(null);
+  log::UseSyslog("vunet");
+  return absl::OkStatus();
+}
+
+absl::Status WritePidFile(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "we");
+  if (f == nullptr) return absl::InternalError(absl::StrCat(path, ": ", strerror(errno)));
+  std::fprintf(f, "%d\n", static_cast<int>(getpid()));
+  if (std::fclose(f) != 0) return absl::InternalError(absl::StrCat(path, ": ", strerror(errno)));
+  return absl::OkStatus();
+}
+
+int Main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  absl::StatusOr<std::vector<std::string>> args =
+      ExpandArgs(absl::Span<const char* const>(argv, argc));
+  if (!args.ok()) return Fail(absl::StrCat(args.status().message(), " (try --help)"));
+  for (const std::string& a : *args) {
+    if (a == "--help") {
+      std::fputs(UsageText(argv[0]).c_str(), stdout);
+      return 0;
+    }
+    if (a == "--version") {
+      std::fputs(VersionText().c_str(), stdout);
+      return 0;
+    }
+  }
+  std::vector<char*> expanded;
+  for (std::string& a : *args) expanded.push_back(a.data());
+  expanded.push_back(nullptr);
+  absl::ParseCommandLine(static_cast<int>(expanded.size()) - 1, expanded.data());
+
+  absl::StatusOr<CliOptions> options = OptionsFromFlags();
+  if (!options.ok()) return Fail(std::string(options.status().message()));
+  if (options->print_capabilities) {
+    std::fputs(CapabilitiesJson().c_str(), stdout);
+    return 0;
+  }
+  switch (options->log_level) {
+    case LogLevel::kQuiet:
+      log::SetLevel(log::Level::kError);
+      break;
+    case LogLevel::kDebug:
+      log::SetLevel(log::Level::kDebug);
+      break;
+    case LogLevel::kNormal:
+      log::SetLevel(log::Level::kInfo);
+      break;
+  }
+
+  absl::StatusOr<net::GuestConfig> guest = net::MirrorHost();
+  if (!guest.ok()) return Fail(absl::StrCat("host addressing: ", guest.status().message()));
+  if (absl::Status s = net::ApplyOverrides(&*guest, options->overrides); !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
+  const net::GuestConfig& g = *guest;
+  const bool v4 = !g.ipv6_only;
+  const bool v6 = !g.ipv4_only;
+
+  BackendOptions backend_options;
+  backend_options.socket_path = options->socket_path;
+  backend_options.one_off = options->one_off;
+  backend_options.arp = net::ToArpConfig(g);
+  if (v4 && !g.no_dhcp) backend_options.dhcp = net::ToDhcpConfig(g);
+  if (v6 && !g.no_ndp) backend_options.ndp = net::ToNdpConfig(g);
+  backend_options.send_ra = v6 && !g.no_ndp && !g.no_ra;
+  if (v6 && !g.no_dhcpv6) backend_options.dhcpv6 = net::ToDhcpv6Config(g);
+  backend_options.icmp = net::ToIcmpEchoConfig(g);
+
+  absl::StatusOr<std::unique_ptr<Backend>> backend = Backend::Create(backend_options);
+  if (!backend.ok()) return Fail(std::string(backend.status().message()));
+
+  VUNET_LOG(kInfo, "vunet %s: vhost-user backend listening on %s", kVersion, options->socket_path);
+  if (v4) {
+    VUNET_LOG(kInfo, "IPv4: guest %s/%d, gateway %s, DNS %s%s; DHCP %s", Ntop(g.addr4),
+              g.prefix_len4, Ntop(g.gateway4), List(g.dns4), g.mirrored4 ? " (from the host)" : "",
+              g.no_dhcp ? "off" : "on");
+  }
+  if (v6) {
+    VUNET_LOG(kInfo,
+              "IPv6: guest %s/%d, gateway %s (router %s), DNS %s%s; NDP %s, RA %s, DHCPv6 %s",
+              Ntop(g.addr6), g.prefix_len6, Ntop(g.gateway6), Ntop(g.our_link_local6), List(g.dns6),
+              g.mirrored6 ? " (from the host)" : "", g.no_ndp ? "off" : "on",
+              backend_options.send_ra ? "on" : "off", g.no_dhcpv6 ? "off" : "on");
+  }
+  VUNET_LOG(kInfo,
+            "MTU %d. Guest TCP and UDP are not translated yet: those frames are counted "
+            "and dropped.",
+            g.mtu);
+  VUNET_LOG(kInfo,
+            "attach a VM (RAM must be shared; -m and size= the same; under TCG QEMU 7.2 needs "
+            "vectors=0 on the -device):");
+  VUNET_LOG(kInfo,
+            "  qemu-system-x86_64 ... -m 1G -chardev socket,id=vunet0,path=%s "
+            "-netdev vhost-user,id=net0,chardev=vunet0 -device virtio-net-pci,netdev=net0 "
+            "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem",
+            options->socket_path);
+
+  if (!options->foreground) {
+    if (absl::Status s = Daemonize(); !s.ok()) return Fail(std::string(s.message()));
+  }
+  if (!options->pid_file.empty()) {
+    if (absl::Status s = WritePidFile(options->pid_file); !s.ok()) {
+      return Fail(std::string(s.message()));
+    }
+  }
+
+  const absl::Status s = (*backend)->Run();
+  backend->reset();  // Stops the queues, removes the socket.
+  if (!options->pid_file.empty()) unlink(options->pid_file.c_str());
+  if (!s.ok()) {
+    VUNET_LOG(kError, "%s", s.ToString());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace vunet::tools
+
+int main(int argc, char** argv) { return vunet::tools::Main(argc, argv); }
