@@ -11,11 +11,16 @@
 # (where ICMP echo runs: see below), the guest powered off, and vunet exited 0 with its socket gone
 # once QEMU had left. Everything started here is killed on every exit path.
 #
+# vunet runs with --pcap: afterwards the capture (mode 0600) must parse as libpcap and hold the DHCP
+# exchange (DISCOVER, OFFER, REQUEST, ACK), the router advertisement, the guest's echo requests (and our
+# replies where ICMP echo runs), its TCP and UDP frames (pcap_check.py, a parser of its own). If tcpdump
+# is installed, `tcpdump -nn -r` must read it too, frame for frame.
+#
 # Ping sockets need net.ipv4.ping_group_range to include our group. As root, vunet runs in a network
 # namespace of its own (unshare -n) with loopback up and the range opened there, which changes nothing
 # on the host; otherwise it runs as is and the ping checks apply only if vunet says ICMP echo is on.
 #
-# Usage: vunet_test.sh VUNET FETCH_GUEST_SH GUEST_LIB_SH. Skips (exit 0, SKIPPED line) only when
+# Usage: vunet_test.sh VUNET FETCH_GUEST_SH GUEST_LIB_SH PCAP_CHECK_PY. Skips (exit 0, SKIPPED line) only when
 # qemu-system-x86_64 is not installed. VUNET_TEST_TIMEOUT (seconds, default 70) bounds the guest; the whole test stays under 90 s.
 set -euo pipefail
 
@@ -23,6 +28,7 @@ vunet=$(realpath "$1")
 fetch=$(realpath "$2")
 # shellcheck source=tests/guest/guest_lib.sh
 source "$3"
+pcap_check=$(realpath "$4")
 guest_timeout=${VUNET_TEST_TIMEOUT:-70}
 
 if ! guest_have_qemu; then
@@ -134,7 +140,8 @@ EOF_GUEST
 guest_initrd "$dir/test.sh" "$dir/initrd" || fail "could not build the initrd"
 
 socket=$dir/vunet.sock
-args=(--one-off -f -s "$socket" -a "$guest_ip" -n 24 -g "$gateway" -D "$dns" -m "$mtu")
+pcap=$dir/vunet.pcap
+args=(--one-off -f -s "$socket" -a "$guest_ip" -n 24 -g "$gateway" -D "$dns" -m "$mtu" --pcap "$pcap")
 netns=no
 # shellcheck disable=SC2016
 if ((EUID == 0)) && unshare -n true 2>/dev/null; then
@@ -240,10 +247,33 @@ grep -q 'VUNET-TEST: exit=0' "$console" || fail "the guest's test script failed"
 # Guest TCP and UDP: counted and dropped, for now.
 grep -Eq 'dropped: tcp [1-9][0-9]*, udp [1-9]' "$vlog" || fail "vunet did not count the guest's TCP and UDP"
 
+# The capture: every frame both ways, readable by libpcap's readers.
+[[ -f $pcap ]] || fail "--pcap wrote no $pcap"
+[[ $(stat -c %a "$pcap") == 600 ]] || fail "the capture's mode is $(stat -c %a "$pcap"), not 600"
+grep -Eq 'pcap: [1-9][0-9]* frames captured to .*, 0 lost to errors' "$vlog" ||
+  fail "vunet did not report a capture without errors"
+command -v python3 >/dev/null || fail "python3 is needed to check the capture"
+icmp_arg=()
+[[ $icmp == on ]] && icmp_arg=(--icmp)
+timeout 30 python3 "$pcap_check" "$pcap" "${GUEST_MAC:-52:54:00:12:34:56}" ${icmp_arg[@]+"${icmp_arg[@]}"} \
+  >"$dir/pcap_check.txt" 2>&1 || fail "the capture: $(cat "$dir/pcap_check.txt")"
+pcap_frames=$(sed -n 's/^frames //p' "$dir/pcap_check.txt")
+tcpdump_checked=no
+if command -v tcpdump >/dev/null; then
+  timeout 30 tcpdump -nn -r "$pcap" >"$dir/tcpdump.txt" 2>"$dir/tcpdump.err" ||
+    fail "tcpdump cannot read the capture: $(cat "$dir/tcpdump.err")"
+  [[ $(wc -l <"$dir/tcpdump.txt") == "$pcap_frames" ]] ||
+    fail "tcpdump read $(wc -l <"$dir/tcpdump.txt") frames, not $pcap_frames"
+  tcpdump_checked=yes
+fi
+
 echo "--- guest console (results):"
 grep -E 'VUNET-|GUEST:|UDHCPC:|packets received|round-trip' "$console" || true
 echo "--- vunet:"
 grep -E 'IPv4:|IPv6:|MTU|ICMP|queue|counters|frontend|exiting' "$vlog" || true
-echo "netns: $netns; ICMP echo: $icmp; MTU in lease checked: $mtu_checked"
+echo "--- capture:"
+cat "$dir/pcap_check.txt"
+echo "netns: $netns; ICMP echo: $icmp; MTU in lease checked: $mtu_checked; capture read by tcpdump:" \
+  "$tcpdump_checked"
 echo "timing: boot to power-off $(elapsed "$t_boot" "$t_off") s; whole test $(elapsed "$t0" "$(now)") s"
 echo "PASS"

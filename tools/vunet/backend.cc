@@ -130,9 +130,20 @@ absl::Status Backend::Init() {
   stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_.valid()) return Errno("eventfd");
 
+  if (!options_.pcap_path.empty()) {
+    absl::StatusOr<std::unique_ptr<PcapWriter>> pcap = PcapWriter::Open(options_.pcap_path);
+    if (!pcap.ok()) {
+      return absl::Status(pcap.status().code(), absl::StrCat("--pcap: ", pcap.status().message()));
+    }
+    pcap_ = std::move(*pcap);
+    pcap_replies_.emplace(pcap_.get(), &rx_sender_);
+    replies_ = &*pcap_replies_;
+    VUNET_LOG(kInfo, "capturing frames both ways to %s", options_.pcap_path);
+  }
+
   if (options_.icmp.has_value()) {
     absl::StatusOr<std::unique_ptr<net::IcmpEcho>> icmp =
-        net::IcmpEcho::Create(*options_.icmp, &rx_sender_, &next_, this);
+        net::IcmpEcho::Create(*options_.icmp, replies_, &next_, this);
     if (icmp.ok()) {
       icmp_ = std::move(*icmp);
       VUNET_LOG(kInfo, "ICMP echo: on (IPv4%s, through ping sockets)",
@@ -148,7 +159,12 @@ absl::Status Backend::Init() {
                                 .dhcp = dhcp_.has_value() ? &*dhcp_ : nullptr,
                                 .ndp = ndp_.has_value() ? &*ndp_ : nullptr,
                                 .dhcpv6 = dhcpv6_.has_value() ? &*dhcpv6_ : nullptr},
-      &rx_sender_, icmp_ != nullptr ? static_cast<net::ParsedFrameSink*>(icmp_.get()) : &next_);
+      replies_, icmp_ != nullptr ? static_cast<net::ParsedFrameSink*>(icmp_.get()) : &next_);
+  tx_sink_ = &*dispatcher_;
+  if (pcap_ != nullptr) {
+    pcap_sink_.emplace(pcap_.get(), &*dispatcher_);
+    tx_sink_ = &*pcap_sink_;
+  }
 
   vu::Server::Options server_options;
   server_options.socket_path = options_.socket_path;
@@ -289,6 +305,11 @@ absl::Status Backend::Run() {
             stats_.icmp_dropped, stats_.other_dropped, stats_.ra_sent,
             icmp_ != nullptr ? icmp_->stats().requests : 0,
             icmp_ != nullptr ? icmp_->stats().replies : 0);
+  if (pcap_ != nullptr) {
+    const PcapWriter::Stats& p = pcap_->stats();
+    VUNET_LOG(kInfo, "pcap: %d frames captured to %s (%d truncated at %d bytes, %d lost to errors)",
+              p.frames, pcap_->path(), p.truncated, kPcapSnapLen, p.errors);
+  }
   return absl::OkStatus();
 }
 
@@ -374,7 +395,7 @@ void Backend::ProcessTx() {
   tx_pending_ = false;
   virtio::Virtqueue* tx = vq_[kTx];
   if (tx == nullptr) return;
-  tx_.Process(net_config_, tx, &*dispatcher_);
+  tx_.Process(net_config_, tx, tx_sink_);
   CheckBroken();
   // Process stops after a bounded number of batches; if the guest has queued
   // more, come back after the other events.
@@ -428,7 +449,7 @@ void Backend::SendRouterAdvertisement() {
   uint8_t frame[net::kNdpMaxReplyLen];
   absl::StatusOr<size_t> n = ndp_->UnsolicitedAdvertisement(frame);
   if (!n.ok() || *n == 0) return;
-  if (absl::Status s = rx_sender_.Send({frame, *n}); !s.ok()) {
+  if (absl::Status s = replies_->Send({frame, *n}); !s.ok()) {
     VUNET_LOG_RATELIMITED(kDebug, "router advertisement not sent: %s", s.message());
     CheckBroken();
     return;

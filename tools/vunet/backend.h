@@ -7,6 +7,9 @@
 // that answers ARP, DHCP and NDP itself; the frames it hands on are counted
 // (TCP, UDP: dropped until the translators exist) or go to the ICMP echo
 // translator. Replies go into the rx queue through net::VirtqueueReplySender.
+// With a capture file (pcap_path), the frames both ways are written to it on
+// the way: the dispatcher's sink and the reply sender are wrapped in
+// PcapFrameSink and PcapReplySender (tools/vunet/capture.h).
 //
 //   absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(options);
 //   absl::Status s = (*b)->Run();  // Until SIGTERM/SIGINT, Stop(), or a
@@ -33,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/pcap.h"
 #include "base/unique_fd.h"
 #include "net/arp.h"
 #include "net/dhcp.h"
@@ -41,6 +45,7 @@
 #include "net/frame.h"
 #include "net/icmp.h"
 #include "net/ndp.h"
+#include "tools/vunet/capture.h"
 #include "virtio/virtqueue.h"
 #include "vu/common.h"
 #include "vu/device.h"
@@ -65,6 +70,10 @@ struct BackendOptions {
   // queues start, then every ra_interval.
   bool send_ra = true;
   std::chrono::seconds ra_interval{60};
+  // If set, every frame from the guest (as the transmit queue delivers it)
+  // and to the guest (as it went into the receive queue) is written to this
+  // file in libpcap format; Create creates or truncates it (mode 0600).
+  std::string pcap_path;
 };
 
 class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
@@ -94,6 +103,8 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
   const net::Dispatcher::Stats& dispatch_stats() const { return dispatcher_->stats(); }
   // Null when ICMP echo is off.
   const net::IcmpEcho* icmp() const { return icmp_.get(); }
+  // Null without a capture file.
+  const PcapWriter* pcap() const { return pcap_.get(); }
   // The signal that ended Run(), or 0.
   int stop_signal() const { return stop_signal_; }
 
@@ -145,11 +156,21 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
   const std::optional<net::DhcpServer> dhcp_;
   const std::optional<net::NdpResponder> ndp_;
   const std::optional<net::Dhcpv6Server> dhcpv6_;
+  // Before everything that writes to it.
+  std::unique_ptr<PcapWriter> pcap_;
   RxSender rx_sender_;
+  // With pcap_: rx_sender_ wrapped, and replies_ points at it; otherwise
+  // replies_ is &rx_sender_. Every frame to the guest goes through replies_.
+  std::optional<PcapReplySender> pcap_replies_;
+  net::ReplySender* replies_ = &rx_sender_;
   Next next_{this};
   std::unique_ptr<net::IcmpEcho> icmp_;
   // After icmp_, which it hands frames to.
   std::optional<net::Dispatcher> dispatcher_;
+  // Where the transmit handler delivers guest frames: the dispatcher, or
+  // pcap_sink_ wrapping it.
+  std::optional<PcapFrameSink> pcap_sink_;
+  vu::FrameSink* tx_sink_ = nullptr;
   vu::TxHandler tx_;
   vu::NetConfig net_config_;
 

@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -20,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/pcap.h"
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
 #include "net/frame.h"
@@ -82,8 +85,10 @@ class BackendTest : public ::testing::Test {
     rmdir(dir_.c_str());
   }
 
-  void Start(bool one_off = false) {
-    absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(TestOptions(path_, one_off));
+  void Start(bool one_off = false, const std::string& pcap = "") {
+    BackendOptions options = TestOptions(path_, one_off);
+    options.pcap_path = pcap;
+    absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(options);
     ASSERT_TRUE(b.ok()) << b.status();
     backend_ = std::move(*b);
     thread_ = std::thread([this] { run_status_ = backend_->Run(); });
@@ -191,6 +196,73 @@ TEST_F(BackendTest, AnswersArpAdvertisesRouterAndDropsTcpUdp) {
   EXPECT_GE(backend_->stats().ra_sent, 1u);
   EXPECT_EQ(backend_->dispatch_stats().frames, 3u);
   EXPECT_GE(backend_->dispatch_stats().replies, 1u);
+}
+
+// The frames of a capture file, in order; empty if the file is not one.
+std::vector<std::vector<uint8_t>> CapturedFrames(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), {});
+  std::vector<std::vector<uint8_t>> frames;
+  PcapFileHeader fh;
+  if (data.size() < sizeof(fh)) return frames;
+  std::memcpy(&fh, data.data(), sizeof(fh));
+  if (fh.magic != kPcapMagicNanos || fh.linktype != kPcapLinkTypeEthernet) return frames;
+  size_t pos = sizeof(fh);
+  while (pos + sizeof(PcapRecordHeader) <= data.size()) {
+    PcapRecordHeader h;
+    std::memcpy(&h, data.data() + pos, sizeof(h));
+    pos += sizeof(h);
+    if (h.incl_len > data.size() - pos || h.incl_len != h.orig_len) return {};
+    frames.emplace_back(data.begin() + pos, data.begin() + pos + h.incl_len);
+    pos += h.incl_len;
+  }
+  return frames;
+}
+
+TEST_F(BackendTest, CapturesFramesBothWays) {
+  const std::string pcap = dir_ + "/capture.pcap";
+  Start(/*one_off=*/false, pcap);
+  std::unique_ptr<vu_frontend::Frontend> f = Connect();
+  ASSERT_NE(f, nullptr);
+  const std::vector<uint8_t> ra = ReceiveOfType(f.get(), net::kEtherTypeIpv6);
+  ASSERT_FALSE(ra.empty());
+
+  const std::vector<uint8_t> arp = ArpRequest("10.0.2.2");
+  const std::vector<uint8_t> tcp = Ipv4Frame(IPPROTO_TCP);
+  const absl::Span<const uint8_t> frames[] = {arp, tcp};
+  absl::StatusOr<size_t> sent = f->SendFrames(frames);
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  const std::vector<uint8_t> reply = ReceiveOfType(f.get(), net::kEtherTypeArp);
+  ASSERT_GE(reply.size(), 42u);
+  absl::StatusOr<size_t> back = f->WaitTx(absl::Seconds(5));
+  EXPECT_TRUE(back.ok()) << back.status();
+  backend_->Stop();
+  Join();
+
+  // In the order they crossed: our advertisement, the guest's ARP request,
+  // our reply (unpadded: the padding is the receive path's), the TCP frame.
+  const std::vector<std::vector<uint8_t>> captured = CapturedFrames(pcap);
+  ASSERT_EQ(captured.size(), 4u);
+  EXPECT_EQ(captured[0], ra);
+  EXPECT_EQ(captured[1], arp);
+  EXPECT_EQ(captured[2], std::vector<uint8_t>(reply.begin(), reply.begin() + 42));
+  EXPECT_EQ(captured[3], tcp);
+  ASSERT_NE(backend_->pcap(), nullptr);
+  EXPECT_EQ(backend_->pcap()->stats().frames, 4u);
+  EXPECT_EQ(backend_->pcap()->stats().errors, 0u);
+  struct stat st;
+  ASSERT_EQ(stat(pcap.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 077, 0u);
+  unlink(pcap.c_str());
+}
+
+TEST_F(BackendTest, NoCaptureWithoutPcapAndABadPathFailsCreate) {
+  EXPECT_EQ(Backend::Create(TestOptions(path_, false)).value()->pcap(), nullptr);
+  BackendOptions options = TestOptions(path_, false);
+  options.pcap_path = dir_ + "/no/such/dir.pcap";
+  absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(options);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("--pcap"), std::string::npos) << b.status();
 }
 
 TEST_F(BackendTest, ServesOneFrontendAfterAnother) {

@@ -23,6 +23,7 @@ ABSL_FLAG(std::string, socket, "", "the vhost-user socket");
 ABSL_FLAG(bool, foreground, false, "stay in the foreground");
 ABSL_FLAG(bool, one_off, false, "serve one frontend, then exit");
 ABSL_FLAG(std::string, pid, "", "write the process id to this file");
+ABSL_FLAG(std::string, pcap, "", "capture the guest's frames both ways to this file (libpcap)");
 ABSL_FLAG(bool, quiet, false, "log errors only");
 ABSL_FLAG(bool, debug, false, "log debugging lines too");
 ABSL_FLAG(bool, print_capabilities, false, "print the vhost-user capabilities and exit");
@@ -46,13 +47,17 @@ namespace {
 // help and version are Abseil's own flags (flags_usage); main answers them
 // before Abseil sees them.
 constexpr OptionSpec kOptions[] = {
-    {"vhost_user", 0, false},     {"socket", 's', true},        {"foreground", 'f', false},
-    {"one_off", 0, false},        {"pid", 'P', true},           {"quiet", 'q', false},
-    {"debug", 'd', false},        {"address", 'a', true, true}, {"netmask", 'n', true},
-    {"gateway", 'g', true, true}, {"mtu", 'm', true},           {"dns", 'D', true, true},
-    {"search", 'S', true, true},  {"mac_addr", 'M', true},      {"no_dhcp", 0, false},
-    {"no_ndp", 0, false},         {"no_dhcpv6", 0, false},      {"no_ra", 0, false},
-    {"ipv4_only", '4', false},    {"ipv6_only", '6', false},    {"print_capabilities", 0, false},
+    {"vhost_user", 0, false},     {"socket", 's', true},
+    {"foreground", 'f', false},   {"one_off", 0, false},
+    {"pid", 'P', true},           {"pcap", 'p', true},
+    {"quiet", 'q', false},        {"debug", 'd', false},
+    {"address", 'a', true, true}, {"netmask", 'n', true},
+    {"gateway", 'g', true, true}, {"mtu", 'm', true},
+    {"dns", 'D', true, true},     {"search", 'S', true, true},
+    {"mac_addr", 'M', true},      {"no_dhcp", 0, false},
+    {"no_ndp", 0, false},         {"no_dhcpv6", 0, false},
+    {"no_ra", 0, false},          {"ipv4_only", '4', false},
+    {"ipv6_only", '6', false},    {"print_capabilities", 0, false},
     {"version", 0, false},        {"help", 'h', false},
 };
 
@@ -179,6 +184,7 @@ absl::StatusOr<CliOptions> OptionsFromFlags() {
   o.foreground = absl::GetFlag(FLAGS_foreground);
   o.one_off = absl::GetFlag(FLAGS_one_off);
   o.pid_file = absl::GetFlag(FLAGS_pid);
+  o.pcap_file = absl::GetFlag(FLAGS_pcap);
   const bool quiet = absl::GetFlag(FLAGS_quiet);
   const bool debug = absl::GetFlag(FLAGS_debug);
   if (quiet && debug) return Error("-q and -d cannot be given together");
@@ -224,6 +230,9 @@ counted and dropped.
   -f, --foreground      do not daemonize (default: fork, log to syslog)
   --one-off             exit when the first frontend disconnects
   -P, --pid FILE        write the process id to FILE
+  -p, --pcap FILE       capture every frame to and from the guest in FILE
+                        (libpcap format, for tcpdump or Wireshark; created
+                        mode 0600, or truncated; not a symlink)
   -q, --quiet           log errors only
   -d, --debug           log debugging lines too
   -a, --address ADDR    the guest's IPv4 or IPv6 address[/PREFIX]

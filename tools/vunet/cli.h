@@ -56,6 +56,7 @@ struct CliOptions {
   bool foreground = false;
   bool one_off = false;
   std::string pid_file;
+  std::string pcap_file;  // --pcap; empty: no capture.
   LogLevel log_level = LogLevel::kNormal;
   bool print_capabilities = false;
 

@@ -18,6 +18,7 @@ ABSL_DECLARE_FLAG(std::vector<std::string>, dns);
 ABSL_DECLARE_FLAG(std::string, mtu);
 ABSL_DECLARE_FLAG(std::string, netmask);
 ABSL_DECLARE_FLAG(bool, ipv4_only);
+ABSL_DECLARE_FLAG(std::string, pcap);
 
 namespace vunet::tools {
 namespace {
@@ -55,6 +56,8 @@ TEST(ExpandArgs, ShortOptionsBecomeLong) {
   EXPECT_THAT(Expanded({"-s", "/tmp/x.sock", "-f", "-q", "-P", "/run/pid"}),
               ElementsAre("--socket=/tmp/x.sock", "--foreground", "--quiet", "--pid=/run/pid"));
   EXPECT_THAT(Expanded({"-d", "-4"}), ElementsAre("--debug", "--ipv4_only"));
+  EXPECT_THAT(Expanded({"-p", "/tmp/x.pcap", "--pcap", "/tmp/y.pcap"}),
+              ElementsAre("--pcap=/tmp/x.pcap", "--pcap=/tmp/y.pcap"));
   EXPECT_THAT(Expanded({"-6", "-m", "1500", "-n", "24"}),
               ElementsAre("--ipv6_only", "--mtu=1500", "--netmask=24"));
   EXPECT_THAT(Expanded({"-M", "02:00:00:00:00:01", "-h"}),
@@ -142,6 +145,14 @@ TEST_F(OptionsFromFlagsTest, Defaults) {
   EXPECT_EQ(o->log_level, LogLevel::kNormal);
   EXPECT_TRUE(o->overrides.addresses.empty());
   EXPECT_FALSE(o->overrides.mtu.has_value());
+  EXPECT_TRUE(o->pcap_file.empty());
+}
+
+TEST_F(OptionsFromFlagsTest, Pcap) {
+  absl::SetFlag(&FLAGS_pcap, "/tmp/vunet.pcap");
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->pcap_file, "/tmp/vunet.pcap");
 }
 
 TEST_F(OptionsFromFlagsTest, DefaultSocketFollowsXdgRuntimeDir) {

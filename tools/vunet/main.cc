@@ -127,6 +127,7 @@ int Main(int argc, char** argv) {
   BackendOptions backend_options;
   backend_options.socket_path = options->socket_path;
   backend_options.one_off = options->one_off;
+  backend_options.pcap_path = options->pcap_file;
   backend_options.arp = net::ToArpConfig(g);
   if (v4 && !g.no_dhcp) backend_options.dhcp = net::ToDhcpConfig(g);
   if (v6 && !g.no_ndp) backend_options.ndp = net::ToNdpConfig(g);
