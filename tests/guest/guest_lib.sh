@@ -89,3 +89,34 @@ guest_wait() {
   GUEST_QEMU_PID=
   return $rc
 }
+
+# Stops each PID given: TERM, up to 2 s to go, then KILL; reaps them.
+guest_stop_pids() {
+  local pid
+  for pid in "$@"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "$@"; do
+    for _ in $(seq 20); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+# Prints "FAIL: MESSAGE" and each log file given (with its name), then exits 1.
+guest_fail() {
+  local message=$1 log
+  shift
+  echo "FAIL: $message"
+  for log in "$@"; do
+    echo "--- $(basename "$log"):"
+    cat "$log" 2>/dev/null || true
+  done
+  exit 1
+}
+
+guest_now() { date +%s.%N; }
+guest_elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }

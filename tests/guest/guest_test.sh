@@ -35,40 +35,18 @@ command -v busybox >/dev/null || {
 dir=$(mktemp -d /tmp/vunet_guest.XXXXXX)
 server_pid=
 cleanup() {
-  for pid in $GUEST_QEMU_PID $server_pid; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in $GUEST_QEMU_PID $server_pid; do
-    # Give each a moment to go, then make sure it does.
-    for _ in $(seq 20); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  guest_stop_pids $GUEST_QEMU_PID $server_pid
   rm -rf "$dir"
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
-fail() {
-  echo "FAIL: $*"
-  echo "--- guest_server output:"
-  cat "$dir/server.log" 2>/dev/null || true
-  echo "--- guest console (ttyS0):"
-  cat "$dir/console.log" 2>/dev/null || true
-  echo "--- qemu output:"
-  cat "$dir/qemu.log" 2>/dev/null || true
-  exit 1
-}
+fail() { guest_fail "$*" "$dir/server.log" "$dir/console.log" "$dir/qemu.log"; }
 
-t0=$(now)
+t0=$(guest_now)
 guest_fetch "$fetch" || fail "fetch_guest.sh left no guest in $GUEST_CACHE"
-t_fetch=$(now)
+t_fetch=$(guest_now)
 
 # The guest's test script, appended to the initramfs.
 cat >"$dir/test.sh" <<'EOF'
@@ -110,7 +88,7 @@ for _ in $(seq 200); do
 done
 [[ -S $socket ]] || fail "guest_server did not listen on $socket"
 
-t_boot=$(now)
+t_boot=$(guest_now)
 # The guest's script gets less time than we wait, so that it can report and power off.
 script_timeout=$((guest_timeout > 40 ? guest_timeout - 30 : 10))
 guest_start "$socket" "$dir/initrd" "$dir/console.log" "$dir/qemu.log" "$script_timeout"
@@ -119,13 +97,13 @@ guest_start "$socket" "$dir/initrd" "$dir/console.log" "$dir/qemu.log" "$script_
 t_ready=
 note_ready() {
   if [[ -z $t_ready ]] && grep -q '^READY' "$dir/server.log"; then
-    t_ready=$(now)
+    t_ready=$(guest_now)
   fi
 }
 qemu_rc=0
 guest_wait "$guest_timeout" note_ready || qemu_rc=$?
 ((qemu_rc != 124)) || fail "the guest did not power off within $guest_timeout s"
-t_off=$(now)
+t_off=$(guest_now)
 [[ -n $t_ready ]] || ! grep -q '^READY' "$dir/server.log" || t_ready=$t_off
 
 # The one-off server exits once QEMU has disconnected.
@@ -175,7 +153,7 @@ grep -m 1 'icmp type 8' "$slog" || true
 echo "frame kinds: $(sed -n 's/^frame [0-9]*: .* type \(0x[0-9a-f]*\).*/\1/p' "$slog" | sort | uniq -c |
   awk '{printf "%s%s x%s", sep, $2, $1; sep=", "}')"
 uptime_at_init=$(sed -n 's/.*VUNET-INIT: start (kernel [^,]*, uptime \([0-9.]*\) s).*/\1/p' "$console")
-echo "timing: fetch $(elapsed "$t0" "$t_fetch") s; boot to READY $(elapsed "$t_boot" "$t_ready") s;" \
-  "guest uptime at /init ${uptime_at_init:-?} s; boot to power-off $(elapsed "$t_boot" "$t_off") s;" \
-  "whole test $(elapsed "$t0" "$(now)") s"
+echo "timing: fetch $(guest_elapsed "$t0" "$t_fetch") s; boot to READY $(guest_elapsed "$t_boot" "$t_ready") s;" \
+  "guest uptime at /init ${uptime_at_init:-?} s; boot to power-off $(guest_elapsed "$t_boot" "$t_off") s;" \
+  "whole test $(guest_elapsed "$t0" "$(guest_now)") s"
 echo "PASS"

@@ -41,37 +41,16 @@ fi
 dir=$(mktemp -d /tmp/vunet_e2e.XXXXXX)
 vunet_pid=
 cleanup() {
-  for pid in $GUEST_QEMU_PID $vunet_pid; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in $GUEST_QEMU_PID $vunet_pid; do
-    for _ in $(seq 20); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  guest_stop_pids $GUEST_QEMU_PID $vunet_pid
   rm -rf "$dir"
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
-fail() {
-  echo "FAIL: $*"
-  echo "--- vunet output:"
-  cat "$dir/vunet.log" 2>/dev/null || true
-  echo "--- guest console (ttyS0):"
-  cat "$dir/console.log" 2>/dev/null || true
-  echo "--- qemu output:"
-  cat "$dir/qemu.log" 2>/dev/null || true
-  exit 1
-}
+fail() { guest_fail "$*" "$dir/vunet.log" "$dir/console.log" "$dir/qemu.log"; }
 
-t0=$(now)
+t0=$(guest_now)
 guest_fetch "$fetch" || fail "fetch_guest.sh left no guest in $GUEST_CACHE"
 
 # What vunet is told to hand out.
@@ -159,13 +138,13 @@ for _ in $(seq 200); do
 done
 [[ -S $socket ]] || fail "vunet did not listen on $socket"
 
-t_boot=$(now)
+t_boot=$(guest_now)
 script_timeout=$((guest_timeout > 30 ? guest_timeout - 20 : 10))
 guest_start "$socket" "$dir/initrd" "$dir/console.log" "$dir/qemu.log" "$script_timeout"
 qemu_rc=0
 guest_wait "$guest_timeout" || qemu_rc=$?
 ((qemu_rc != 124)) || fail "the guest did not power off within $guest_timeout s"
-t_off=$(now)
+t_off=$(guest_now)
 
 # --one-off: vunet exits once QEMU has disconnected.
 for _ in $(seq 100); do
@@ -275,5 +254,5 @@ echo "--- capture:"
 cat "$dir/pcap_check.txt"
 echo "netns: $netns; ICMP echo: $icmp; MTU in lease checked: $mtu_checked; capture read by tcpdump:" \
   "$tcpdump_checked"
-echo "timing: boot to power-off $(elapsed "$t_boot" "$t_off") s; whole test $(elapsed "$t0" "$(now)") s"
+echo "timing: boot to power-off $(guest_elapsed "$t_boot" "$t_off") s; whole test $(guest_elapsed "$t0" "$(guest_now)") s"
 echo "PASS"
