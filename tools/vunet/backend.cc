@@ -19,10 +19,13 @@
 namespace vunet::tools {
 namespace {
 
-// Epoll tags: the kind in the upper half, an index or fd in the lower.
-enum Kind : uint32_t { kListen = 1, kConnection, kKick, kTimer, kSignal, kStop, kIcmp };
+// Epoll tags: the kind in the top byte, an index or fd below, the layout of
+// net::FlowRef (whose kind byte the flow translators will use from
+// kFirstFlowKind up, so both kinds of tag share one epoll set).
+enum Kind : uint8_t { kListen = 1, kConnection, kKick, kTimer, kSignal, kStop, kIcmp };
+[[maybe_unused]] constexpr uint8_t kFirstFlowKind = 64;
 
-uint64_t Tag(Kind kind, uint32_t value = 0) { return (uint64_t{kind} << 32) | value; }
+uint64_t Tag(Kind kind, uint32_t value = 0) { return (uint64_t{kind} << 56) | value; }
 
 constexpr uint32_t kRx = virtio::kVirtioNetRxQueue;
 constexpr uint32_t kTx = virtio::kVirtioNetTxQueue;
@@ -254,7 +257,7 @@ absl::Status Backend::Run() {
     for (int i = 0; i < n && !stopping_; ++i) {
       const uint64_t tag = events[i].data.u64;
       const uint32_t value = static_cast<uint32_t>(tag);
-      switch (static_cast<Kind>(tag >> 32)) {
+      switch (static_cast<Kind>(tag >> 56)) {
         case kListen:
           if (!listen_paused_) HandleServer(server_->listen_fd());
           break;
