@@ -101,17 +101,37 @@ void Virtqueue::LogFlush(uint16_t first, uint32_t count) const {
   if (event_idx_) LogUsed(4 + 8ull * size_, 2);
 }
 
-absl::Status Virtqueue::Break(std::string reason) {
+absl::Status Virtqueue::BreakWith(std::string reason) {
   broken_ = true;
   broken_reason_ = std::move(reason);
   return absl::DataLossError(absl::StrCat("virtqueue broken: ", broken_reason_));
 }
 
+template <typename... Args>
+absl::Status Virtqueue::Break(const absl::FormatSpec<Args...>& format, Args... args) {
+  return BreakWith(absl::StrFormat(format, args...));
+}
+
+absl::Status Virtqueue::BrokenNow() const {
+  return absl::DataLossError("virtqueue broken: " + broken_reason_);
+}
+
+absl::Status Virtqueue::NoRoom(uint16_t head, size_t max_in, size_t max_out) {
+  return absl::ResourceExhaustedError(
+      absl::StrFormat("chain at head %d needs more iovec entries than given (%d in, %d out)", head,
+                      max_in, max_out));
+}
+
+absl::Status Virtqueue::NotUsable() const {
+  if (broken_) return absl::FailedPreconditionError("virtqueue broken: " + broken_reason_);
+  return absl::FailedPreconditionError("virtqueue not started");
+}
+
 bool Virtqueue::RefreshAvailIdx() {
   const uint16_t idx = LoadAcquire(avail_idx_ptr());
   if (static_cast<uint16_t>(idx - last_avail_idx_) > size_) {
-    (void)Break(absl::StrFormat("driver moved avail index from %d to %d, more than the %d entries",
-                                last_avail_idx_, idx, size_));
+    (void)Break("driver moved avail index from %d to %d, more than the %d entries", last_avail_idx_,
+                idx, size_);
     return false;
   }
   shadow_avail_idx_ = idx;
@@ -127,34 +147,50 @@ bool Virtqueue::IsEmpty() {
 
 absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max_in_sg,
                                     iovec* out_sg, size_t max_out_sg) {
-  if (!started_ || broken_) {
-    return absl::FailedPreconditionError(broken_ ? "virtqueue broken: " + broken_reason_
-                                                 : std::string("virtqueue not started"));
-  }
+  if (!started_ || broken_) [[unlikely]]
+    return NotUsable();
   if (IsEmpty()) {
-    if (broken_) return absl::DataLossError("virtqueue broken: " + broken_reason_);
+    if (broken_) [[unlikely]]
+      return BrokenNow();
     return false;
   }
   if (in_use_ >= size_) {
-    return Break(absl::StrCat("driver made more than ", size_, " chains available at once"));
+    return Break("driver made more than %d chains available at once", size_);
   }
   const uint16_t head = LoadRelaxed(&avail_ring()[last_avail_idx_ & mask_]);
-  if (head >= size_) return Break(absl::StrCat("head index ", head, " out of range"));
+  if (head >= size_) return Break("head index %d out of range", head);
 
   const uint8_t* table = reinterpret_cast<const uint8_t*>(desc_);
   uint32_t table_size = size_;
   uint32_t i = head;
   VirtqDesc d = LoadDesc(table, i);
+  if (!(d.flags & (kVirtqDescFNext | kVirtqDescFIndirect))) [[likely]] {
+    // A chain of one descriptor, the common receive buffer and small frame:
+    // the same checks as the walk below, without its bookkeeping.
+    const bool writable = d.flags & kVirtqDescFWrite;
+    size_t n = 0;
+    const GuestMemory::MapResult result =
+        writable ? memory_->MapGpaRaw(d.addr, d.len, in_sg, max_in_sg, &n)
+                 : memory_->MapGpaRaw(d.addr, d.len, out_sg, max_out_sg, &n);
+    if (result != GuestMemory::MapResult::kOk) [[unlikely]] {
+      if (result == GuestMemory::MapResult::kUnmapped || !memory_->IsMapped(d.addr, d.len)) {
+        return Break("descriptor %d (0x%x+%d) outside guest memory", i, d.addr, d.len);
+      }
+      return NoRoom(head, max_in_sg, max_out_sg);
+    }
+    Commit(elem, head, in_sg, writable ? n : 0, out_sg, writable ? 0 : n);
+    return true;
+  }
   if (d.flags & kVirtqDescFIndirect) {
     if (!indirect_desc_) return Break("indirect descriptor without the feature");
     if (d.flags & kVirtqDescFNext) return Break("indirect descriptor with NEXT set");
     if (d.len == 0 || d.len % sizeof(VirtqDesc) != 0 ||
         d.len / sizeof(VirtqDesc) > kMaxIndirectEntries) {
-      return Break(absl::StrCat("indirect table of bad length ", d.len));
+      return Break("indirect table of bad length %d", d.len);
     }
     table = static_cast<const uint8_t*>(memory_->GpaToHost(d.addr, d.len));
     if (table == nullptr) {
-      return Break(absl::StrFormat("indirect table 0x%x+%d outside guest memory", d.addr, d.len));
+      return Break("indirect table 0x%x+%d outside guest memory", d.addr, d.len);
     }
     table_size = d.len / sizeof(VirtqDesc);
     i = 0;
@@ -192,45 +228,34 @@ absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max
     }
     if (result != GuestMemory::MapResult::kOk) [[unlikely]] {
       if (result == GuestMemory::MapResult::kUnmapped || !memory_->IsMapped(d.addr, d.len)) {
-        return Break(
-            absl::StrFormat("descriptor %d (0x%x+%d) outside guest memory", i, d.addr, d.len));
+        return Break("descriptor %d (0x%x+%d) outside guest memory", i, d.addr, d.len);
       }
       out_of_space = true;
     }
     if (!(d.flags & kVirtqDescFNext)) break;
-    if (--budget == 0) return Break(absl::StrCat("chain at head ", head, " loops or is too long"));
+    if (--budget == 0) return Break("chain at head %d loops or is too long", head);
     i = d.next;
-    if (i >= table_size) return Break(absl::StrCat("next index ", i, " out of range"));
+    if (i >= table_size) return Break("next index %d out of range", i);
     d = LoadDesc(table, i);
   }
-  if (out_of_space) [[unlikely]] {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("chain at head %d needs more iovec entries than given (%d in, %d out)",
-                        head, max_in_sg, max_out_sg));
-  }
+  if (out_of_space) [[unlikely]]
+    return NoRoom(head, max_in_sg, max_out_sg);
 
-  elem->index = head;
-  elem->in_num = static_cast<uint32_t>(in_num);
-  elem->out_num = static_cast<uint32_t>(out_num);
-  elem->in_sg = in_sg;
-  elem->out_sg = out_sg;
-  ++last_avail_idx_;
-  ++in_use_;
-  if (event_idx_) StoreRelaxed(avail_event_ptr(), last_avail_idx_);
+  Commit(elem, head, in_sg, in_num, out_sg, out_num);
   return true;
 }
 
 absl::StatusOr<bool> Virtqueue::DiscardNext() {
-  if (!started_ || broken_) return absl::FailedPreconditionError("virtqueue not usable");
+  if (!started_ || broken_) return NotUsable();
   if (IsEmpty()) {
-    if (broken_) return absl::DataLossError("virtqueue broken: " + broken_reason_);
+    if (broken_) return BrokenNow();
     return false;
   }
   if (in_use_ >= size_) {
-    return Break(absl::StrCat("driver made more than ", size_, " chains available at once"));
+    return Break("driver made more than %d chains available at once", size_);
   }
   const uint16_t head = LoadRelaxed(&avail_ring()[last_avail_idx_ & mask_]);
-  if (head >= size_) return Break(absl::StrCat("head index ", head, " out of range"));
+  if (head >= size_) return Break("head index %d out of range", head);
   ++last_avail_idx_;
   ++in_use_;
   if (event_idx_) StoreRelaxed(avail_event_ptr(), last_avail_idx_);

@@ -47,6 +47,7 @@
 
 #include <sys/uio.h>
 
+#include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -54,6 +55,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_format.h"
 #include "virtio/dirty_log.h"
 #include "virtio/guest_memory.h"
 
@@ -235,8 +237,36 @@ class Virtqueue {
   uint32_t in_use() const { return in_use_; }
 
  private:
-  // Marks the queue broken and returns the kDataLoss status to report.
-  absl::Status Break(std::string reason);
+  // Marks the queue broken and returns the kDataLoss status to report. The
+  // message is formatted out of line (cold), so the walk's fast path carries
+  // no string building.
+  template <typename... Args>
+  [[gnu::noinline, gnu::cold]] absl::Status Break(const absl::FormatSpec<Args...>& format,
+                                                  Args... args);
+  absl::Status BreakWith(std::string reason);
+  // The statuses of the other failures, built out of line for the same reason:
+  // a pop on a stopped or broken queue, one that just broke it, and a chain
+  // that does not fit.
+  [[gnu::noinline, gnu::cold]] absl::Status NotUsable() const;
+  [[gnu::noinline, gnu::cold]] absl::Status BrokenNow() const;
+  [[gnu::noinline, gnu::cold]] static absl::Status NoRoom(uint16_t head, size_t max_in,
+                                                          size_t max_out);
+  // Records a popped chain in `elem` and advances past it.
+  void Commit(VirtqElement* elem, uint16_t head, iovec* in_sg, size_t in_num, iovec* out_sg,
+              size_t out_num) {
+    elem->index = head;
+    elem->in_num = static_cast<uint32_t>(in_num);
+    elem->out_num = static_cast<uint32_t>(out_num);
+    elem->in_sg = in_sg;
+    elem->out_sg = out_sg;
+    ++last_avail_idx_;
+    ++in_use_;
+    if (event_idx_) {
+      std::atomic_ref<uint16_t>(*avail_event_ptr())
+          .store(last_avail_idx_, std::memory_order_relaxed);
+    }
+  }
+
   // Reloads the driver's avail index. False if it is implausible.
   bool RefreshAvailIdx();
 
