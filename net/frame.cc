@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <limits>
 
 #include "absl/strings/str_format.h"
@@ -112,9 +113,15 @@ absl::Status ParseIpv4(const FrameReader& r, ParsedFrame* out) {
   const size_t total = ntohs(h.total_len);
   if (total < hlen) return Drop("IPv4 total length below the header length", n);
   if (total > n - off) return Drop("IPv4 total length past the frame", n);
-  // The header with its options (skipped, but covered by the checksum).
+  // The header with its options (skipped, but covered by the checksum). The
+  // fields used below come from this one copy, so the checksum covers what
+  // is used even if the guest rewrites the header meanwhile.
   uint8_t header[kIpv4MaxHeaderLen];
   if (!r.Read(off, header, hlen)) return Drop("truncated IPv4 options", n);
+  std::memcpy(&h, header, sizeof(h));
+  if (h.version_ihl != header[0] || ntohs(h.total_len) != total) {
+    return Drop("IPv4 header changed while read", n);
+  }
   if (InternetChecksum(header, hlen) != 0) return Drop("bad IPv4 header checksum", n);
   // MF, or a fragment offset: a fragment. (DF and the reserved bit are not.)
   if (ntohs(h.frag_off) & 0x3fff) return Drop("IPv4 fragment", n);

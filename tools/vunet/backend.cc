@@ -37,6 +37,12 @@ constexpr int kIcmpSweepTicks = 5;
 // How long to stop accepting after accept() ran out of fds.
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
 
+// The signals that stop vunet cleanly.
+void StopSignals(sigset_t* mask) {
+  sigemptyset(mask);
+  for (int signal : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigaddset(mask, signal);
+}
+
 absl::Status Errno(const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
 }
@@ -122,12 +128,11 @@ absl::StatusOr<std::unique_ptr<Backend>> Backend::Create(const BackendOptions& o
 }
 
 absl::Status Backend::Init() {
-  // SIGTERM and SIGINT are read from a signalfd in Run(); blocked from now
-  // on, so that one arriving before then waits for it.
+  // SIGTERM, SIGINT, SIGHUP and SIGQUIT are read from a signalfd in Run()
+  // (each a clean shutdown that removes the socket); blocked from now on, so
+  // that one arriving before then waits for it.
   sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
+  StopSignals(&mask);
   if (pthread_sigmask(SIG_BLOCK, &mask, nullptr) != 0) return Errno("pthread_sigmask");
 
   stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -185,9 +190,7 @@ absl::Status Backend::SetUpLoop() {
   epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_.valid()) return Errno("epoll_create1");
   sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
+  StopSignals(&mask);
   signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!signal_fd_.valid()) return Errno("signalfd");
   timer_fd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
@@ -263,8 +266,9 @@ absl::Status Backend::Run() {
           break;
         case kConnection:
           // An event collected before the connection changed may be stale.
-          if (value == registered_conn_serial_ && server_->connection_fd() >= 0 &&
-              Readable(server_->connection_fd())) {
+          // The tag carries the serial's low 32 bits; compare those.
+          if (value == static_cast<uint32_t>(registered_conn_serial_) &&
+              server_->connection_fd() >= 0 && Readable(server_->connection_fd())) {
             HandleServer(server_->connection_fd());
           }
           break;

@@ -70,8 +70,15 @@ absl::Status Daemonize() {
 }
 
 absl::Status WritePidFile(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "we");
-  if (f == nullptr) return absl::InternalError(absl::StrCat(path, ": ", strerror(errno)));
+  // O_NOFOLLOW: a pid file in a shared directory must not be redirected
+  // through a symlink someone else planted.
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat(path, ": ", strerror(errno)));
+  FILE* f = fdopen(fd, "w");
+  if (f == nullptr) {
+    close(fd);
+    return absl::InternalError(absl::StrCat(path, ": ", strerror(errno)));
+  }
   std::fprintf(f, "%d\n", static_cast<int>(getpid()));
   if (std::fclose(f) != 0) return absl::InternalError(absl::StrCat(path, ": ", strerror(errno)));
   return absl::OkStatus();
