@@ -15,7 +15,8 @@
 
 namespace vunet {
 
-absl::StatusOr<std::unique_ptr<PcapWriter>> PcapWriter::Open(const std::string& path) {
+absl::StatusOr<std::unique_ptr<PcapWriter>> PcapWriter::Open(const std::string& path,
+                                                             uint64_t max_bytes) {
   // O_NONBLOCK: opening a FIFO must not wait for a reader (it is refused
   // below); a regular file ignores the flag.
   UniqueFd fd(
@@ -45,7 +46,8 @@ absl::StatusOr<std::unique_ptr<PcapWriter>> PcapWriter::Open(const std::string& 
     return absl::InternalError(
         absl::StrCat(path, ": ", n < 0 ? strerror(errno) : "short write of the header"));
   }
-  return std::unique_ptr<PcapWriter>(new PcapWriter(path, std::move(fd), sizeof(header)));
+  return std::unique_ptr<PcapWriter>(
+      new PcapWriter(path, std::move(fd), sizeof(header), max_bytes));
 }
 
 void PcapWriter::Write(absl::Span<const uint8_t> frame) {
@@ -57,6 +59,13 @@ void PcapWriter::Write(const iovec* iov, size_t count, size_t orig_len) {
   size_t available = 0;
   for (size_t i = 0; i < count && available < orig_len; ++i) available += iov[i].iov_len;
   const size_t len = std::min({orig_len, available, size_t{kPcapSnapLen}});
+  if (static_cast<uint64_t>(offset_) + sizeof(PcapRecordHeader) + len > max_bytes_) {
+    if (stats_.over_limit++ == 0) {
+      VUNET_LOG(kWarning, "pcap: %s reached its limit of %d bytes; no more frames recorded", path_,
+                max_bytes_);
+    }
+    return;
+  }
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
   const PcapRecordHeader header{

@@ -66,14 +66,21 @@ inline constexpr uint32_t kPcapLinkTypeEthernet = 1;
 class PcapWriter {
  public:
   struct Stats {
-    uint64_t frames = 0;     // Records written whole.
-    uint64_t bytes = 0;      // Frame bytes in them (captured lengths).
-    uint64_t truncated = 0;  // Frames cut at the snaplen.
-    uint64_t errors = 0;     // Frames lost to a write error.
+    uint64_t frames = 0;      // Records written whole.
+    uint64_t bytes = 0;       // Frame bytes in them (captured lengths).
+    uint64_t truncated = 0;   // Frames cut at the snaplen.
+    uint64_t errors = 0;      // Frames lost to a write error.
+    uint64_t over_limit = 0;  // Frames not recorded: the file reached its limit.
   };
 
-  // Creates or truncates `path` and writes the global header.
-  static absl::StatusOr<std::unique_ptr<PcapWriter>> Open(const std::string& path);
+  // The default limit on a capture's size: the guest decides how much it
+  // sends, and must not decide how much of the host's disk we fill.
+  static constexpr uint64_t kDefaultMaxBytes = 1ull << 30;
+
+  // Creates or truncates `path` and writes the global header. Records that
+  // would take the file past `max_bytes` are counted and not written.
+  static absl::StatusOr<std::unique_ptr<PcapWriter>> Open(const std::string& path,
+                                                          uint64_t max_bytes = kDefaultMaxBytes);
 
   PcapWriter(const PcapWriter&) = delete;
   PcapWriter& operator=(const PcapWriter&) = delete;
@@ -93,14 +100,15 @@ class PcapWriter {
   // one; a frame in more entries takes several calls.
   static constexpr size_t kMaxIov = 64;
 
-  PcapWriter(std::string path, UniqueFd fd, off_t offset)
-      : path_(std::move(path)), fd_(std::move(fd)), offset_(offset) {}
+  PcapWriter(std::string path, UniqueFd fd, off_t offset, uint64_t max_bytes)
+      : path_(std::move(path)), fd_(std::move(fd)), offset_(offset), max_bytes_(max_bytes) {}
   // Writes `len` bytes: `header` then the frame from iov[0..count).
   bool WriteRecord(const PcapRecordHeader& header, const iovec* iov, size_t count, size_t len);
 
   std::string path_;
   UniqueFd fd_;
   off_t offset_;  // The end of the last whole record.
+  uint64_t max_bytes_;
   Stats stats_;
 };
 

@@ -253,5 +253,20 @@ TEST_F(PcapTest, CountsWriteErrorsAndCutsOffAPartialRecord) {
   EXPECT_EQ(cap.records[2].bytes, Pattern(100, 10));
 }
 
+TEST(PcapLimitTest, StopsRecordingAtItsSizeLimit) {
+  const std::string path = ::testing::TempDir() + "/limit.pcap";
+  // Room for the global header and two 100-byte frames with their headers.
+  auto w = PcapWriter::Open(path, sizeof(PcapFileHeader) + 2 * (sizeof(PcapRecordHeader) + 100));
+  ASSERT_TRUE(w.ok()) << w.status();
+  const std::vector<uint8_t> frame(100, 0x42);
+  for (int i = 0; i < 5; ++i) (*w)->Write(frame);
+  EXPECT_EQ((*w)->stats().frames, 2u);
+  EXPECT_EQ((*w)->stats().over_limit, 3u);
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size),
+            sizeof(PcapFileHeader) + 2 * (sizeof(PcapRecordHeader) + 100));
+}
+
 }  // namespace
 }  // namespace vunet

@@ -314,8 +314,10 @@ absl::Status Backend::Run() {
             icmp_ != nullptr ? icmp_->stats().replies : 0);
   if (pcap_ != nullptr) {
     const PcapWriter::Stats& p = pcap_->stats();
-    VUNET_LOG(kInfo, "pcap: %d frames captured to %s (%d truncated at %d bytes, %d lost to errors)",
-              p.frames, pcap_->path(), p.truncated, kPcapSnapLen, p.errors);
+    VUNET_LOG(kInfo,
+              "pcap: %d frames captured to %s (%d truncated at %d bytes, %d lost to errors, "
+              "%d past the size limit)",
+              p.frames, pcap_->path(), p.truncated, kPcapSnapLen, p.errors, p.over_limit);
   }
   return absl::OkStatus();
 }
