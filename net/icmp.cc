@@ -79,6 +79,9 @@ absl::StatusOr<std::unique_ptr<IcmpEcho>> IcmpEcho::Create(const IcmpEchoConfig&
     return absl::InvalidArgumentError(
         absl::StrFormat("max_sockets %d not in 1..%d", config.max_sockets, kMaxIcmpSockets));
   }
+  if (config.new_sockets_per_second < 1) {
+    return absl::InvalidArgumentError("new_sockets_per_second must be at least 1");
+  }
   if (config.idle_timeout_ns <= 0) {
     return absl::InvalidArgumentError("idle_timeout_ns must be positive");
   }
@@ -224,6 +227,12 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
   const uint16_t id = parsed.icmp.id;
   Entry* e = Find(v6, parsed.ip.dst4, parsed.ip.dst6, id);
   if (e == nullptr) {
+    if (!TakeSocketToken()) {
+      ++stats_.rate_limited;
+      VUNET_LOG_RATELIMITED(kInfo, "ICMP echo: new ping sockets over %d/s, request dropped",
+                            config_.new_sockets_per_second);
+      return;
+    }
     const int fd = OpenPingSocket(v6 ? AF_INET6 : AF_INET);
     if (fd < 0) {
       ++stats_.socket_errors;
@@ -343,6 +352,21 @@ size_t IcmpEcho::socket_count() const {
   size_t n = 0;
   for (const Entry& e : table_) n += e.fd.valid() ? 1 : 0;
   return n;
+}
+
+bool IcmpEcho::TakeSocketToken() {
+  const double rate = config_.new_sockets_per_second;
+  const int64_t now = Now();
+  if (!tokens_started_) {
+    socket_tokens_ = rate;  // Start with a full burst.
+    tokens_started_ = true;
+  } else if (now > tokens_at_ns_) {
+    socket_tokens_ = std::min(rate, socket_tokens_ + rate * (now - tokens_at_ns_) / 1e9);
+  }
+  tokens_at_ns_ = now;
+  if (socket_tokens_ < 1) return false;
+  socket_tokens_ -= 1;
+  return true;
 }
 
 }  // namespace vunet::net

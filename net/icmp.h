@@ -66,6 +66,10 @@ struct IcmpEchoConfig {
   bool ipv4 = true;        // Families answered; the other's requests are ignored.
   bool ipv6 = true;
   size_t max_sockets = 128;  // 1..kMaxIcmpSockets.
+  // New sockets opened per second (a burst of as many, then this rate): a
+  // guest cycling identifiers or destinations cannot make every frame cost a
+  // socket, an eviction and epoll changes. Requests beyond it are dropped.
+  uint32_t new_sockets_per_second = 64;
   int64_t idle_timeout_ns = 60'000'000'000;
   // The clock for idle times, CLOCK_MONOTONIC by default; tests substitute one.
   int64_t (*clock)() = nullptr;
@@ -97,6 +101,7 @@ class IcmpEcho : public ParsedFrameSink {
     uint64_t reply_dropped = 0;  // Replies not built or not taken by the guest.
     uint64_t evicted = 0;        // Sockets closed for a newer one (table full).
     uint64_t expired = 0;        // Sockets closed by Sweep.
+    uint64_t rate_limited = 0;   // Requests dropped: new sockets came too fast.
   };
 
   // OK if this process may open ping sockets of `family` (AF_INET or
@@ -158,6 +163,8 @@ class IcmpEcho : public ParsedFrameSink {
            SocketObserver* observer);
 
   int64_t Now() const { return config_.clock(); }
+  // Spends one new-socket token; false when none is left.
+  bool TakeSocketToken();
   Entry* Find(bool v6, const in_addr& dst4, const in6_addr& dst6, uint16_t id);
   // A free slot, or the least recently used one emptied.
   Entry* Slot();
@@ -169,6 +176,10 @@ class IcmpEcho : public ParsedFrameSink {
   ParsedFrameSink* next_;
   SocketObserver* observer_;
   Stats stats_;
+  // The new-socket budget: tokens, and when they were last refilled.
+  double socket_tokens_ = 0;
+  int64_t tokens_at_ns_ = 0;
+  bool tokens_started_ = false;
   std::vector<Entry> table_;  // max_sockets entries, sized once.
   uint64_t use_counter_ = 0;
 

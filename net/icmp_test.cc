@@ -366,6 +366,31 @@ TEST(IcmpEcho, SweepClosesIdleSockets) {
   EXPECT_EQ((*icmp)->stats().expired, 2u);
 }
 
+TEST(IcmpEcho, NewSocketsAreRateLimited) {
+  SKIP_WITHOUT_PING_SOCKETS();
+  Replies replies;
+  Observer observer;
+  IcmpEchoConfig c = Config();
+  c.clock = &FakeClock;
+  c.max_sockets = 16;
+  c.new_sockets_per_second = 4;
+  auto icmp = IcmpEcho::Create(c, &replies, nullptr, &observer);
+  ASSERT_TRUE(icmp.ok()) << icmp.status();
+  fake_now = 1'000'000'000;
+  // A guest cycling identifiers: a burst of 4 sockets, then nothing new.
+  for (uint16_t id = 1; id <= 10; ++id) Feed(icmp->get(), Echo4("10.0.2.2", id, 1));
+  EXPECT_EQ(observer.opened.size(), 4u);
+  EXPECT_EQ((*icmp)->stats().rate_limited, 6u);
+  // Existing sockets still carry requests.
+  Feed(icmp->get(), Echo4("10.0.2.2", 1, 2));
+  EXPECT_EQ((*icmp)->stats().rate_limited, 6u);
+  // Half a second refills two.
+  fake_now += 500'000'000;
+  for (uint16_t id = 11; id <= 14; ++id) Feed(icmp->get(), Echo4("10.0.2.2", id, 1));
+  EXPECT_EQ(observer.opened.size(), 6u);
+  EXPECT_EQ((*icmp)->stats().rate_limited, 8u);
+}
+
 TEST(IcmpEcho, MalformedRequestsDropped) {
   SKIP_WITHOUT_PING_SOCKETS();
   Replies replies;
