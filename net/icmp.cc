@@ -245,7 +245,11 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
     e->guest_id = id;
     e->dst4 = v6 ? in_addr{} : parsed.ip.dst4;
     e->dst6 = v6 ? parsed.ip.dst6 : in6_addr{};
-    if (observer_ != nullptr) observer_->OnSocketOpened(fd);
+    if (observer_ != nullptr && !observer_->OnSocketOpened(fd)) {
+      e->fd.reset();
+      ++stats_.socket_errors;
+      return;
+    }
   }
   e->guest4 = parsed.ip.src4;
   e->guest6 = parsed.ip.src6;

@@ -84,7 +84,9 @@ class IcmpEcho : public ParsedFrameSink {
   class SocketObserver {
    public:
     virtual ~SocketObserver() = default;
-    virtual void OnSocketOpened(int fd) = 0;
+    // False if the socket cannot be watched: it is closed again at once,
+    // since replies nobody reads would only pile up.
+    virtual bool OnSocketOpened(int fd) = 0;
     virtual void OnSocketClosing(int fd) = 0;
   };
 

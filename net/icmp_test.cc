@@ -102,7 +102,10 @@ class Replies : public ReplySender {
 
 class Observer : public IcmpEcho::SocketObserver {
  public:
-  void OnSocketOpened(int fd) override { opened.push_back(fd); }
+  bool OnSocketOpened(int fd) override {
+    opened.push_back(fd);
+    return true;
+  }
   void OnSocketClosing(int fd) override { closed.push_back(fd); }
   std::vector<int> opened, closed;
 };

@@ -205,7 +205,7 @@ absl::Status Backend::SetUpLoop() {
   if (absl::Status s = Add(timer_fd_.get(), Tag(kTimer)); !s.ok()) return s;
   if (absl::Status s = Add(stop_fd_.get(), Tag(kStop)); !s.ok()) return s;
   if (icmp_ != nullptr) {
-    for (int fd : icmp_->SocketFds()) OnSocketOpened(fd);
+    for (int fd : icmp_->SocketFds()) (void)OnSocketOpened(fd);
   }
   return absl::OkStatus();
 }
@@ -425,11 +425,13 @@ void Backend::CheckBroken() {
   }
 }
 
-void Backend::OnSocketOpened(int fd) {
-  if (!epoll_.valid()) return;  // Run() adds the sockets open by then.
+bool Backend::OnSocketOpened(int fd) {
+  if (!epoll_.valid()) return true;  // Run() adds the sockets open by then.
   if (absl::Status s = Add(fd, Tag(kIcmp, static_cast<uint32_t>(fd))); !s.ok()) {
     VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", s.ToString());
+    return false;
   }
+  return true;
 }
 
 void Backend::OnSocketClosing(int fd) {

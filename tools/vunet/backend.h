@@ -135,7 +135,7 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
   Backend(const BackendOptions& options, std::optional<net::DhcpServer> dhcp,
           std::optional<net::NdpResponder> ndp, std::optional<net::Dhcpv6Server> dhcpv6);
   // net::IcmpEcho::SocketObserver: ping sockets join and leave the epoll set.
-  void OnSocketOpened(int fd) override;
+  bool OnSocketOpened(int fd) override;
   void OnSocketClosing(int fd) override;
   void HandleIcmp(int fd);
   // Reports a queue that broke while we used it.
