@@ -178,7 +178,8 @@ absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max
       }
       return NoRoom(head, max_in_sg, max_out_sg);
     }
-    Commit(elem, head, in_sg, writable ? n : 0, out_sg, writable ? 0 : n);
+    Commit(elem, head, in_sg, writable ? n : 0, writable ? d.len : 0, out_sg, writable ? 0 : n,
+           writable ? 0 : d.len);
     return true;
   }
   if (d.flags & kVirtqDescFIndirect) {
@@ -201,6 +202,7 @@ absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max
   // table_size steps.
   uint32_t budget = table_size;
   uint64_t total = 0;
+  uint64_t in_len = 0;
   size_t in_num = 0;
   size_t out_num = 0;
   // Once the caller's capacity runs out the rest of the chain is still walked
@@ -215,6 +217,7 @@ absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max
     const bool writable = d.flags & kVirtqDescFWrite;
     if (!writable && writable_seen) return Break("readable descriptor after a writable one");
     writable_seen |= writable;
+    if (writable) in_len += d.len;
     GuestMemory::MapResult result = GuestMemory::MapResult::kNoSpace;
     if (!out_of_space) {
       size_t n = 0;
@@ -241,7 +244,7 @@ absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max
   if (out_of_space) [[unlikely]]
     return NoRoom(head, max_in_sg, max_out_sg);
 
-  Commit(elem, head, in_sg, in_num, out_sg, out_num);
+  Commit(elem, head, in_sg, in_num, in_len, out_sg, out_num, total - in_len);
   return true;
 }
 
@@ -256,10 +259,9 @@ absl::StatusOr<bool> Virtqueue::DiscardNext() {
   }
   const uint16_t head = LoadRelaxed(&avail_ring()[last_avail_idx_ & mask_]);
   if (head >= size_) return Break("head index %d out of range", head);
-  ++last_avail_idx_;
-  ++in_use_;
-  if (event_idx_) StoreRelaxed(avail_event_ptr(), last_avail_idx_);
-  Push(VirtqElement{.index = head}, 0);
+  VirtqElement unused;
+  Commit(&unused, head, nullptr, 0, 0, nullptr, 0, 0);
+  Push(unused, 0);
   return true;
 }
 

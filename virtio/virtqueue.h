@@ -102,6 +102,10 @@ struct VirtqElement {
   uint32_t in_num = 0;   // Device-writable entries at in_sg.
   iovec* out_sg = nullptr;
   iovec* in_sg = nullptr;
+  // Bytes of the driver-readable and device-writable parts (the sums of the
+  // entries' lengths, counted during the walk so callers need not walk again).
+  uint32_t out_len = 0;
+  uint32_t in_len = 0;
 };
 
 class Virtqueue {
@@ -252,13 +256,16 @@ class Virtqueue {
   [[gnu::noinline, gnu::cold]] static absl::Status NoRoom(uint16_t head, size_t max_in,
                                                           size_t max_out);
   // Records a popped chain in `elem` and advances past it.
-  void Commit(VirtqElement* elem, uint16_t head, iovec* in_sg, size_t in_num, iovec* out_sg,
-              size_t out_num) {
+  void Commit(VirtqElement* elem, uint16_t head, iovec* in_sg, size_t in_num, uint64_t in_len,
+              iovec* out_sg, size_t out_num, uint64_t out_len) {
     elem->index = head;
     elem->in_num = static_cast<uint32_t>(in_num);
     elem->out_num = static_cast<uint32_t>(out_num);
     elem->in_sg = in_sg;
     elem->out_sg = out_sg;
+    // The walk caps a chain at kMaxChainBytes, so both fit.
+    elem->in_len = static_cast<uint32_t>(in_len);
+    elem->out_len = static_cast<uint32_t>(out_len);
     ++last_avail_idx_;
     ++in_use_;
     if (event_idx_) {

@@ -116,6 +116,8 @@ TEST_F(VirtqueueTest, SeparatesReadableAndWritableParts) {
   EXPECT_EQ(elem.out_sg[1].iov_len, 100u);
   EXPECT_EQ(std::memcmp(elem.out_sg[1].iov_base, "payload", 7), 0);
   EXPECT_EQ(elem.in_sg[0].iov_len, 1u);
+  EXPECT_EQ(elem.out_len, 112u);
+  EXPECT_EQ(elem.in_len, 1u);
 }
 
 TEST_F(VirtqueueTest, WalksIndirectTables) {
@@ -130,6 +132,8 @@ TEST_F(VirtqueueTest, WalksIndirectTables) {
   ASSERT_EQ(elem.in_num, 5u);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(elem.out_sg[i].iov_len, 64u + i);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(elem.in_sg[i].iov_len, 67u + i);
+  EXPECT_EQ(elem.out_len, 64u + 65 + 66);
+  EXPECT_EQ(elem.in_len, 67u + 68 + 69 + 70 + 71);
   EXPECT_EQ(elem.in_sg[4].iov_base, *memory_.TranslateGpa(buffers[7].gpa, 71));
 }
 
@@ -142,6 +146,8 @@ TEST_F(VirtqueueTest, SplitsABufferThatCrossesRegions) {
   ASSERT_EQ(elem.in_num, 2u);
   EXPECT_EQ(elem.in_sg[0].iov_len, 10u);
   EXPECT_EQ(elem.in_sg[1].iov_len, 20u);
+  EXPECT_EQ(elem.in_len, 30u);  // One descriptor, two entries.
+  EXPECT_EQ(elem.out_len, 0u);
 }
 
 TEST_F(VirtqueueTest, ChainThatDoesNotFitIsNotPopped) {

@@ -60,7 +60,7 @@ size_t Collect(const NetConfig& config, Virtqueue* vq, VirtqElement* elems, size
     }
     if (!*popped) break;
     elem.out_sg = nullptr;  // Not the scratch array, which dies with this call.
-    const size_t bytes = IovSize(elem.in_sg, elem.in_num);
+    const size_t bytes = elem.in_len;
     if (elem.out_num > 0 || bytes < config.vnet_hdr_len) [[unlikely]] {
       // Not a usable receive buffer. Return it now if that cannot disturb a
       // later rewind; otherwise leave it first in line for the next collect.
@@ -90,7 +90,7 @@ size_t FillFrame(const NetConfig& config, Virtqueue* vq, const VirtqElement* ele
     size_t capacity = 0;
     size_t pad_from = frame_len;
     for (size_t i = 0; i < elem_cnt && pad_from < min_len; ++i) {
-      const size_t elem_bytes = IovSize(elems[i].in_sg, elems[i].in_num);
+      const size_t elem_bytes = elems[i].in_len;
       if (pad_from < capacity + elem_bytes) {
         const size_t written =
             IovMemset(elems[i].in_sg, elems[i].in_num, pad_from - capacity, 0, min_len - pad_from);
@@ -104,7 +104,7 @@ size_t FillFrame(const NetConfig& config, Virtqueue* vq, const VirtqElement* ele
   size_t used = 0;
   while (used < elem_cnt && (remaining > 0 || used == 0)) {
     const VirtqElement& elem = elems[used];
-    const size_t len = std::min(remaining, IovSize(elem.in_sg, elem.in_num));
+    const size_t len = std::min<size_t>(remaining, elem.in_len);
     vq->LogWrite(elem, len);
     vq->Fill(elem, static_cast<uint32_t>(len), *fill_index + static_cast<uint32_t>(used));
     remaining -= len;
@@ -195,7 +195,7 @@ size_t TxHandler::Process(const NetConfig& config, Virtqueue* vq, FrameSink* sin
     for (size_t i = 0; i < n; ++i) {
       VirtqElement& elem = elems_[i];
       VirtioNetHdr hdr;
-      const size_t frame_bytes = IovSize(elem.out_sg, elem.out_num);
+      const size_t frame_bytes = elem.out_len;
       if (frame_bytes < config.vnet_hdr_len) [[unlikely]] {
         VUNET_LOG_RATELIMITED(kWarning, "tx: chain of %d bytes has no room for a header",
                               frame_bytes);
