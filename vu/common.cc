@@ -110,7 +110,10 @@ size_t FillFrame(const NetConfig& config, Virtqueue* vq, const VirtqElement* ele
     remaining -= len;
     ++used;
   }
-  if (config.mergeable_rx) {
+  // num_buffers exists whenever the header is the 12-byte one; without
+  // mergeable buffers the specification has the device set it to 1 (which
+  // `used` then is).
+  if (config.vnet_hdr_len >= sizeof(VirtioNetHdr)) {
     const uint16_t num_buffers = static_cast<uint16_t>(used);
     IovFromBuf(elems[0].in_sg, elems[0].in_num, offsetof(VirtioNetHdr, num_buffers), &num_buffers,
                sizeof(num_buffers));

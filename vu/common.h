@@ -80,7 +80,8 @@ size_t Collect(const NetConfig& config, virtio::Virtqueue* vq, virtio::VirtqElem
 // Fills the used entries of one frame of `frame_len` bytes (virtio-net header
 // included, padding to the Ethernet minimum applied here) written across
 // elems[0..elem_cnt), at used offset *fill_index onwards; writes num_buffers
-// into the first element's header when mergeable buffers are negotiated;
+// into the first element's header whenever the header has that field (1
+// without mergeable buffers);
 // logs the writes for migration. Returns the elements the frame used;
 // *fill_index advances by as many. Does not flush.
 size_t FillFrame(const NetConfig& config, virtio::Virtqueue* vq, const virtio::VirtqElement* elems,

@@ -257,6 +257,23 @@ TEST(FlushTest, PadsShortFramesToTheEthernetMinimum) {
   for (size_t i = frame.size(); i < kEthMinFrame; ++i) EXPECT_EQ((*got)[i], 0) << i;
 }
 
+TEST(FlushTest, NumBuffersIsOneWithoutMergeableBuffers) {
+  // VERSION_1 without MRG_RXBUF: the 12-byte header, num_buffers set to 1.
+  Guest guest;
+  guest.PostRx({1526});
+  VirtqElement elems[1];
+  iovec pool[2];
+  size_t used = 0, collected = 0;
+  ASSERT_EQ(Collect(Config(false), &guest.vq_, elems, 1, pool, 2, &used, 0, &collected), 1u);
+  IovMemset(pool, used, 0, 0xee, kHdr);  // Stale bytes where the header goes.
+  Flush(Config(false), &guest.vq_, elems, 1, WriteFrame(pool, used, Pattern(100, 1)));
+  std::optional<VirtqUsedElem> e = guest.driver_->PopUsed();
+  ASSERT_TRUE(e.has_value());
+  VirtioNetHdr hdr;
+  guest.driver_memory_->Read(guest.posted_.at(e->id)[0].gpa, &hdr, sizeof(hdr));
+  EXPECT_EQ(hdr.num_buffers, 1);
+}
+
 TEST(SendSingleTest, DeliversAFrameAndNotifies) {
   Guest guest;
   const int call = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
