@@ -19,12 +19,17 @@
 namespace vunet::vu {
 namespace {
 
-Message Reply(const Header& request, uint64_t value) {
+// The reply to `request` carrying `payload`.
+template <typename T>
+Message ReplyWith(const Header& request, const T& payload) {
   Message r;
   r.header = {.request = request.request, .flags = kVersion | kFlagReply, .size = 0};
-  r.SetPayload(value);
+  r.SetPayload(payload);
   return r;
 }
+
+// A u64 reply: every integer given is widened to the wire's 8 bytes.
+Message Reply(const Header& request, uint64_t value) { return ReplyWith(request, value); }
 
 bool IsAligned(uint64_t v, uint64_t alignment) { return v % alignment == 0; }
 
@@ -193,10 +198,7 @@ absl::Status Device::Dispatch(Message& m, std::optional<Message>* reply) {
     case Request::kGetVringBase: {
       absl::StatusOr<VringState> state = GetVringBase(Payload<VringState>(m));
       if (!state.ok()) return state.status();
-      Message r;
-      r.header = {.request = m.header.request, .flags = kVersion | kFlagReply, .size = 0};
-      r.SetPayload(*state);
-      reply->emplace(std::move(r));
+      reply->emplace(ReplyWith(m.header, *state));
       return absl::OkStatus();
     }
     case Request::kSetVringKick:
@@ -516,8 +518,8 @@ bool Device::ShouldRun(const Queue& q) const {
 void Device::Update(uint32_t i) {
   Queue& q = queues_[i];
   const bool should_run = ShouldRun(q);
-  if (q.running && !should_run) Stop(i);
-  if (q.running || !should_run) return;
+  if (q.vq.started() && !should_run) Stop(i);
+  if (q.vq.started() || !should_run) return;
   virtio::DirtyLog* log = dirty_log();
   const virtio::Virtqueue::Config config{
       .size = q.num,
@@ -536,7 +538,6 @@ void Device::Update(uint32_t i) {
     return;
   }
   q.vq.set_call_fd(q.call.get());
-  q.running = true;
   VUNET_LOG(kInfo, "vhost-user: queue %d running (size %d, base %d%s)", i, q.num, q.base,
             log != nullptr ? ", logging" : "");
   data_plane_->OnQueueStart(i, &q.vq, q.kick.get());
@@ -544,9 +545,8 @@ void Device::Update(uint32_t i) {
 
 void Device::Stop(uint32_t i) {
   Queue& q = queues_[i];
-  if (!q.running) return;
+  if (!q.vq.started()) return;
   data_plane_->OnQueueStop(i);
-  q.running = false;
   // Chains popped and never returned are served again on restart.
   q.base = static_cast<uint16_t>(q.vq.last_avail_idx() - q.vq.in_use());
   q.vq.Stop();

@@ -129,7 +129,7 @@ class Device {
   uint8_t status() const;
   const virtio::GuestMemory& memory() const { return memory_; }
   // True while queue `index` is handed to the data plane.
-  bool running(uint32_t index) const { return index < num_queues_ && queues_[index].running; }
+  bool running(uint32_t index) const { return index < num_queues_ && queues_[index].vq.started(); }
   // The dirty log while VHOST_F_LOG_ALL is negotiated and a log is mapped,
   // else nullptr. Running queues carry it too (Virtqueue::dirty_log()), for
   // the data plane's buffer writes (Virtqueue::LogWrite).
@@ -154,7 +154,6 @@ class Device {
     bool started = false;  // Between SET_VRING_KICK and GET_VRING_BASE.
     bool enabled = false;  // SET_VRING_ENABLE.
     bool broken = false;   // Reported broken; no restart until the frontend does one.
-    bool running = false;  // Handed to the data plane.
     virtio::Virtqueue vq;
   };
 

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/iov.h"
 
 namespace vunet::vu {
 namespace {
@@ -456,8 +457,8 @@ absl::Status WriteMessage(int socket, const Header& header, absl::Span<const uin
     c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
     std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   }
-  size_t left = sizeof(header) + payload.size();
-  while (left > 0) {
+  size_t count = msg.msg_iovlen;
+  while (count > 0) {
     const ssize_t n = sendmsg(socket, &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -469,22 +470,11 @@ absl::Status WriteMessage(int socket, const Header& header, absl::Span<const uin
       }
       return absl::InternalError(absl::StrCat("vhost-user: sendmsg: ", strerror(errno)));
     }
-    left -= static_cast<size_t>(n);
     // The fds went with the first byte; skip what was sent.
     msg.msg_control = nullptr;
     msg.msg_controllen = 0;
-    size_t sent = static_cast<size_t>(n);
-    while (sent > 0 && msg.msg_iovlen > 0) {
-      if (sent >= msg.msg_iov->iov_len) {
-        sent -= msg.msg_iov->iov_len;
-        ++msg.msg_iov;
-        --msg.msg_iovlen;
-      } else {
-        msg.msg_iov->iov_base = static_cast<uint8_t*>(msg.msg_iov->iov_base) + sent;
-        msg.msg_iov->iov_len -= sent;
-        sent = 0;
-      }
-    }
+    msg.msg_iov = IovConsume(msg.msg_iov, &count, static_cast<size_t>(n));
+    msg.msg_iovlen = count;
   }
   return absl::OkStatus();
 }
