@@ -224,15 +224,6 @@ std::string FrameInfo::ToString() const {
   return s;
 }
 
-uint16_t InternetChecksum(absl::Span<const uint8_t> bytes) {
-  uint64_t sum = 0;
-  size_t i = 0;
-  for (; i + 1 < bytes.size(); i += 2) sum += Be16(bytes.data() + i);
-  if (i < bytes.size()) sum += static_cast<uint64_t>(bytes[i]) << 8;
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint16_t>(~sum);
-}
-
 size_t BuildArpReply(const FrameInfo& info, const Mac& mac, const Ipv4Addr& ip,
                      absl::Span<uint8_t> out) {
   if (!info.arp || info.arp_op != kArpRequest || info.arp_target_ip != ip ||

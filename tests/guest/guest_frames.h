@@ -24,6 +24,7 @@
 #include <string>
 
 #include "absl/types/span.h"
+#include "net/checksum.h"
 
 namespace vunet::guest_test {
 
@@ -85,7 +86,9 @@ struct FrameInfo {
 FrameInfo ParseFrame(absl::Span<const uint8_t> bytes, size_t frame_length);
 
 // The internet checksum (RFC 1071) of `bytes`, folded and complemented.
-uint16_t InternetChecksum(absl::Span<const uint8_t> bytes);
+inline uint16_t InternetChecksum(absl::Span<const uint8_t> bytes) {
+  return net::InternetChecksum(bytes.data(), bytes.size());
+}
 
 // If `info` is an ARP request for `ip` (and not from `ip` itself), writes the
 // reply from (`mac`, `ip`) into `out` and returns its length (42, unpadded);

@@ -15,7 +15,6 @@
 // exits when the frontend disconnects, on SIGTERM/SIGINT, or after --timeout
 // seconds; with status 0 if both rings ran and no ring broke.
 
-#include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -42,10 +41,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
 #include "absl/types/span.h"
+#include "base/eventfd.h"
 #include "base/iov.h"
 #include "base/log.h"
 #include "base/unique_fd.h"
 #include "tests/guest/guest_frames.h"
+#include "tools/vu_frontend/frontend.h"
 #include "virtio/virtio_net.h"
 #include "virtio/virtqueue.h"
 #include "vu/common.h"
@@ -75,42 +76,6 @@ void Print(const std::string& line) {
   std::fputs(line.c_str(), stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
-}
-
-std::string FeatureNames(uint64_t f) {
-  struct Bit {
-    unsigned bit;
-    const char* name;
-  };
-  static constexpr Bit kBits[] = {
-      {virtio::kVirtioNetFCsum, "CSUM"},
-      {virtio::kVirtioNetFGuestCsum, "GUEST_CSUM"},
-      {virtio::kVirtioNetFMtu, "MTU"},
-      {virtio::kVirtioNetFMac, "MAC"},
-      {virtio::kVirtioNetFGuestTso4, "GUEST_TSO4"},
-      {virtio::kVirtioNetFGuestTso6, "GUEST_TSO6"},
-      {virtio::kVirtioNetFHostTso4, "HOST_TSO4"},
-      {virtio::kVirtioNetFHostTso6, "HOST_TSO6"},
-      {virtio::kVirtioNetFMrgRxbuf, "MRG_RXBUF"},
-      {virtio::kVirtioNetFStatus, "STATUS"},
-      {virtio::kVirtioNetFMq, "MQ"},
-      {virtio::kVirtioRingFIndirectDesc, "INDIRECT_DESC"},
-      {virtio::kVirtioRingFEventIdx, "EVENT_IDX"},
-      {virtio::kVirtioFVersion1, "VERSION_1"},
-      {vu::kVhostFLogAll, "LOG_ALL"},
-      {vu::kVhostUserFProtocolFeatures, "PROTOCOL_FEATURES"},
-  };
-  std::string names;
-  uint64_t rest = f;
-  for (const Bit& b : kBits) {
-    if (f & (1ull << b.bit)) {
-      if (!names.empty()) names += ' ';
-      names += b.name;
-      rest &= ~(1ull << b.bit);
-    }
-  }
-  if (rest != 0) absl::StrAppendFormat(&names, "%s0x%x", names.empty() ? "" : " ", rest);
-  return names.empty() ? "none" : names;
 }
 
 // The data plane: one thread, woken by the kick eventfds and a wake eventfd
@@ -166,7 +131,7 @@ class GuestDataPlane : public vu::DataPlane, public vu::FrameSink {
         config_ = vu::NetConfig::FromFeatures(features);
         Print(absl::StrFormat(
             "features: 0x%x %s; protocol features 0x%x; vnet header %d bytes, mergeable %s",
-            features, FeatureNames(features),
+            features, vu_frontend::FeatureNames(features),
             server_ != nullptr && server_->device() != nullptr
                 ? server_->device()->acked_protocol_features()
                 : 0,
@@ -284,15 +249,6 @@ class GuestDataPlane : public vu::DataPlane, public vu::FrameSink {
     [[maybe_unused]] ssize_t n = write(wake_.get(), &one, sizeof(one));
   }
 
-  // Reads an eventfd's counter if it is readable; never blocks, whatever the
-  // fd's flags (a kick eventfd belongs to the device).
-  static bool DrainIfReadable(int fd) {
-    pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
-    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLIN)) return false;
-    uint64_t value;
-    return read(fd, &value, sizeof(value)) == sizeof(value);
-  }
-
   void Loop() {
     epoll_event events[8];
     while (true) {
@@ -306,10 +262,11 @@ class GuestDataPlane : public vu::DataPlane, public vu::FrameSink {
       for (int i = 0; i < n; ++i) {
         const uint32_t tag = events[i].data.u32;
         if (tag == kWakeTag) {
-          DrainIfReadable(wake_.get());
+          DrainEventfd(wake_.get());
         } else if (tag < 2 && kick_[tag] >= 0) {
-          // An event collected before a stop may name an fd that is gone.
-          if (DrainIfReadable(kick_[tag])) ++kicks_;
+          // An event collected before a stop may name an fd that is gone;
+          // DrainEventfd never blocks, whatever the flags of the device's fd.
+          if (DrainEventfd(kick_[tag]) > 0) ++kicks_;
         }
       }
       ProcessTx();

@@ -8,63 +8,14 @@
 #include <chrono>
 #include <cstring>
 
+#include "base/eventfd.h"
+#include "base/iov.h"
+
 namespace vunet::vu_frontend {
 namespace {
 
 constexpr uint32_t kRx = 0;
 constexpr uint32_t kTx = 1;
-
-// A read position in an iovec array.
-struct Cursor {
-  const iovec* iov;
-  size_t count;
-  size_t index = 0;
-  size_t offset = 0;
-
-  void Skip(size_t n) {
-    while (n > 0 && index < count) {
-      const size_t step = std::min(n, iov[index].iov_len - offset);
-      n -= step;
-      offset += step;
-      if (offset == iov[index].iov_len) {
-        ++index;
-        offset = 0;
-      }
-    }
-  }
-};
-
-// Copies `n` bytes from `src` (a flat buffer if `flat` is set, else the
-// cursor `from`) into the cursor `to`.
-void Copy(Cursor& to, Cursor* from, const uint8_t* flat, size_t n) {
-  while (n > 0 && to.index < to.count) {
-    size_t step = std::min(n, to.iov[to.index].iov_len - to.offset);
-    uint8_t* dst = static_cast<uint8_t*>(to.iov[to.index].iov_base) + to.offset;
-    if (flat != nullptr) {
-      std::memcpy(dst, flat, step);
-      flat += step;
-    } else {
-      if (from->index >= from->count) return;
-      step = std::min(step, from->iov[from->index].iov_len - from->offset);
-      std::memcpy(dst, static_cast<const uint8_t*>(from->iov[from->index].iov_base) + from->offset,
-                  step);
-      from->Skip(step);
-    }
-    to.Skip(step);
-    n -= step;
-  }
-}
-
-size_t Total(const iovec* iov, size_t count) {
-  size_t total = 0;
-  for (size_t i = 0; i < count; ++i) total += iov[i].iov_len;
-  return total;
-}
-
-void Drain(int fd) {
-  uint64_t value;
-  [[maybe_unused]] ssize_t n = read(fd, &value, sizeof(value));
-}
 
 }  // namespace
 
@@ -132,12 +83,12 @@ void EchoDataPlane::Loop() {
       p[2].fd = kick_[kTx];
     }
     if (poll(p, 3, -1) < 0) continue;
-    if (p[0].revents & POLLIN) Drain(wake_.get());
+    if (p[0].revents & POLLIN) DrainEventfd(wake_.get());
     std::lock_guard<std::mutex> lock(mu_);
     if (stop_) return;
     // Read a kick only from the fd that is still the queue's.
     for (uint32_t i = 0; i < 2; ++i) {
-      if ((p[1 + i].revents & POLLIN) && p[1 + i].fd == kick_[i]) Drain(kick_[i]);
+      if ((p[1 + i].revents & POLLIN) && p[1 + i].fd == kick_[i]) DrainEventfd(kick_[i]);
     }
     if (vq_[kTx] != nullptr && (vq_[kRx] != nullptr || !options_.echo)) Process();
   }
@@ -172,7 +123,7 @@ bool EchoDataPlane::EchoOne() {
     return false;  // Broken; the queue stays stopped.
   }
   if (!*popped) return false;
-  const size_t out_total = Total(frame.out_sg, frame.out_num);
+  const size_t out_total = IovSize(frame.out_sg, frame.out_num);
   if (out_total < header || !options_.echo) {
     tx.Push(frame, 0);
     ++(out_total < header ? dropped_ : consumed_);
@@ -203,7 +154,7 @@ bool EchoDataPlane::EchoOne() {
       return false;
     }
     iov_used += e.in_num;
-    capacity += Total(e.in_sg, e.in_num);
+    capacity += IovSize(e.in_sg, e.in_num);
     ++elems;
   }
   if (too_small) {
@@ -216,15 +167,24 @@ bool EchoDataPlane::EchoOne() {
   uint8_t net_header[12] = {};
   const uint16_t num_buffers = static_cast<uint16_t>(elems);
   if (header >= 12) std::memcpy(net_header + 10, &num_buffers, sizeof(num_buffers));
-  Cursor to{.iov = in_, .count = iov_used};
-  Cursor from{.iov = frame.out_sg, .count = frame.out_num};
-  Copy(to, nullptr, net_header, header);
-  from.Skip(header);
-  Copy(to, &from, nullptr, needed - header);
+  IovFromBuf(in_, iov_used, 0, net_header, header);
+  // The frame after its header, one transmit buffer at a time.
+  size_t skip = header;
+  size_t to = header;
+  for (size_t i = 0; i < frame.out_num; ++i) {
+    const iovec& from = frame.out_sg[i];
+    if (skip >= from.iov_len) {
+      skip -= from.iov_len;
+      continue;
+    }
+    to += IovFromBuf(in_, iov_used, to, static_cast<const uint8_t*>(from.iov_base) + skip,
+                     from.iov_len - skip);
+    skip = 0;
+  }
 
   size_t remaining = needed;
   for (size_t i = 0; i < elems; ++i) {
-    const size_t len = std::min(remaining, Total(rx_elems_[i].in_sg, rx_elems_[i].in_num));
+    const size_t len = std::min(remaining, IovSize(rx_elems_[i].in_sg, rx_elems_[i].in_num));
     remaining -= len;
     rx.Fill(rx_elems_[i], static_cast<uint32_t>(len), static_cast<uint32_t>(i));
   }

@@ -90,7 +90,6 @@ class EchoDataPlane : public vu::DataPlane {
   iovec out_[kPool];
   iovec in_[kPool];
   virtio::VirtqElement rx_elems_[kPool];
-  uint32_t rx_lens_[kPool];
   std::thread thread_;
 };
 

@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "base/eventfd.h"
 
 namespace vunet::vu_frontend {
 namespace {
@@ -498,12 +499,6 @@ void Frontend::PublishAndKick(uint32_t index) {
   const uint64_t one = 1;
   if (write(kick_[index].get(), &one, sizeof(one)) == sizeof(one)) {
     ++(index == kRxQueue ? stats_.rx_kicks : stats_.tx_kicks);
-  }
-}
-
-void Frontend::DrainEventfd(int fd) {
-  uint64_t value;
-  while (read(fd, &value, sizeof(value)) == sizeof(value)) {
   }
 }
 

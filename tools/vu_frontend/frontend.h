@@ -270,7 +270,6 @@ class Frontend {
   void PublishAndKick(uint32_t index);
   // Entries the backend has returned on queue `index` and we not consumed.
   absl::StatusOr<uint16_t> UsedPending(uint32_t index) const;
-  static void DrainEventfd(int fd);
   // Waits for `fd` to become readable until `deadline`; true if it did.
   static absl::StatusOr<bool> WaitReadable(int fd, absl::Time deadline);
   absl::StatusOr<bool> DeliverOne(absl::FunctionRef<void(const ReceivedFrame&)> callback,

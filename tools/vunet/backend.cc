@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/eventfd.h"
 #include "base/log.h"
 #include "virtio/virtio_net.h"
 
@@ -52,14 +53,6 @@ bool Readable(int fd) {
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR));
 }
 
-// Reads an eventfd's counter if it is readable; never blocks, whatever the
-// fd's flags (the kick eventfds belong to the device).
-bool Drain(int fd) {
-  if (!Readable(fd)) return false;
-  uint64_t value;
-  return read(fd, &value, sizeof(value)) == sizeof(value);
-}
-
 }  // namespace
 
 absl::Status Backend::RxSender::Send(absl::Span<const uint8_t> frame) {
@@ -95,8 +88,6 @@ void Backend::Next::OnFrame(const vu::VirtioNetHdr& /*hdr*/, absl::Span<const io
       return;
   }
 }
-
-void Backend::Next::OnBatchEnd() {}
 
 Backend::Backend(const BackendOptions& options, std::optional<net::DhcpServer> dhcp,
                  std::optional<net::NdpResponder> ndp, std::optional<net::Dhcpv6Server> dhcpv6)
@@ -292,7 +283,7 @@ absl::Status Backend::Run() {
           break;
         }
         case kStop:
-          Drain(stop_fd_.get());
+          DrainEventfd(stop_fd_.get());
           stopping_ = true;
           break;
         case kIcmp:
@@ -392,7 +383,8 @@ void Backend::OnQueueStop(uint32_t index) {
 void Backend::HandleKick(uint32_t index) {
   // A kick collected before its queue stopped names nothing now.
   if (index >= kQueues || vq_[index] == nullptr || kick_[index] < 0) return;
-  if (!Drain(kick_[index])) return;
+  // The kick eventfds belong to the device: DrainEventfd never blocks.
+  if (DrainEventfd(kick_[index]) == 0) return;
   ++stats_.kicks;
   // The rx queue's kick means the guest posted buffers: nothing waits for
   // them until the translators exist (replies are dropped when there is no

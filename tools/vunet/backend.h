@@ -80,7 +80,6 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
  public:
   struct Stats {
     uint64_t kicks = 0;
-    uint64_t tx_frames = 0;
     uint64_t tcp_dropped = 0;   // Until the TCP translator exists.
     uint64_t udp_dropped = 0;   // Until the UDP translator exists.
     uint64_t icmp_dropped = 0;  // ICMP echo off.
@@ -126,7 +125,6 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
     explicit Next(Backend* backend) : backend_(backend) {}
     void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
                  const net::ParsedFrame& parsed) override;
-    void OnBatchEnd() override;
 
    private:
     Backend* backend_;
