@@ -275,4 +275,11 @@ uint16_t L4ChecksumV6(const in6_addr& src, const in6_addr& dst, uint8_t next_hea
   return c.Finish();
 }
 
+uint16_t L4ChecksumV6(const in6_addr& src, const in6_addr& dst, uint8_t next_header,
+                      const void* data, size_t len) {
+  ChecksumAccumulator c = PseudoHeaderV6(src, dst, next_header, static_cast<uint32_t>(len));
+  c.Add(data, len);
+  return c.Finish();
+}
+
 }  // namespace vunet::net

@@ -86,6 +86,9 @@ uint16_t L4ChecksumV4(const in_addr& src, const in_addr& dst, uint8_t protocol,
                       absl::Span<const iovec> iov, size_t offset, size_t len);
 uint16_t L4ChecksumV6(const in6_addr& src, const in6_addr& dst, uint8_t next_header,
                       absl::Span<const iovec> iov, size_t offset, size_t len);
+// The same over a segment in one contiguous buffer (a local copy).
+uint16_t L4ChecksumV6(const in6_addr& src, const in6_addr& dst, uint8_t next_header,
+                      const void* data, size_t len);
 
 namespace checksum_internal {
 

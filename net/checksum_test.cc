@@ -192,5 +192,20 @@ TEST(ChecksumTest, PseudoHeaderV6AndVerification) {
   EXPECT_EQ(L4ChecksumV6(src, dst, IPPROTO_ICMPV6, iov, 0, segment.size()), 0);
 }
 
+TEST(ChecksumTest, L4ChecksumV6OfABufferMatchesIovecs) {
+  std::mt19937_64 rng(5);
+  const std::vector<uint8_t> segment = RandomBytes(rng, 101);
+  in6_addr src, dst;
+  inet_pton(AF_INET6, "2001:db8::1", &src);
+  inet_pton(AF_INET6, "fe80::2", &dst);
+  const iovec iov[] = {{const_cast<uint8_t*>(segment.data()), 33},
+                       {const_cast<uint8_t*>(segment.data()) + 33, segment.size() - 33}};
+  for (size_t len : {size_t{0}, size_t{1}, size_t{8}, size_t{50}, segment.size()}) {
+    EXPECT_EQ(L4ChecksumV6(src, dst, IPPROTO_UDP, segment.data(), len),
+              L4ChecksumV6(src, dst, IPPROTO_UDP, iov, 0, len))
+        << len;
+  }
+}
+
 }  // namespace
 }  // namespace vunet::net

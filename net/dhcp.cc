@@ -299,8 +299,7 @@ absl::StatusOr<size_t> DhcpServer::Reply(absl::Span<const iovec> frame, const Pa
     std::memset(msg + msg_len, 0, kMinMessageLen - msg_len);  // Pad options.
     msg_len = kMinMessageLen;
   }
-  const iovec iov = {out.data(), out.size()};
-  return BuildFrame(spec, absl::MakeConstSpan(&iov, 1), 0, msg_len);
+  return BuildFrame(spec, out, msg_len);
 }
 
 }  // namespace vunet::net

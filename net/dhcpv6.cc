@@ -78,8 +78,6 @@ size_t DropMessage(const char* reason) {
 
 uint16_t GetBe16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
 
-bool Same(const in6_addr& a, const in6_addr& b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
-
 // Appends options to a fixed buffer; `ok` turns false on overflow and stays
 // so. Nested options: Begin() writes the header, End() its length.
 class OptionWriter {
@@ -196,7 +194,7 @@ const char* ParseIa(uint16_t code, const uint8_t* v, size_t len, const in6_addr&
     in6_addr addr;
     std::memcpy(&addr, s, sizeof(addr));
     ++req->addresses;
-    if (Same(addr, guest)) {
+    if (IN6_ARE_ADDR_EQUAL(&addr, &guest)) {
       ia->has_ours = true;
     } else {
       ++req->foreign_addresses;
@@ -318,14 +316,18 @@ absl::StatusOr<size_t> Dhcpv6Server::Reply(absl::Span<const iovec> frame, const 
   if (IN6_IS_ADDR_UNSPECIFIED(&parsed.ip.src6) || IN6_IS_ADDR_MULTICAST(&parsed.ip.src6)) {
     return DropMessage("source address unspecified or multicast");
   }
-  if (!partial_checksum && L4ChecksumV6(parsed.ip.src6, parsed.ip.dst6, IPPROTO_UDP, frame,
-                                        parsed.l4_offset, parsed.l4_len) != 0) {
-    return DropMessage("bad UDP checksum");
-  }
-  uint8_t msg[kDhcpv6MaxRequest];
-  if (!FrameReader(frame).Read(parsed.payload_offset, msg, len)) {
+  // One copy of the datagram (UDP header and message, as long as the UDP
+  // length says), read once: what is checksummed is what is parsed.
+  uint8_t udp[kUdpHeaderLen + kDhcpv6MaxRequest];
+  const size_t udp_len = kUdpHeaderLen + len;
+  if (!FrameReader(frame).Read(parsed.l4_offset, udp, udp_len)) {
     return DropMessage("message past the frame");  // ParseFrame's bounds make this unreachable.
   }
+  if (!partial_checksum &&
+      L4ChecksumV6(parsed.ip.src6, parsed.ip.dst6, IPPROTO_UDP, udp, udp_len) != 0) {
+    return DropMessage("bad UDP checksum");
+  }
+  const uint8_t* msg = udp + kUdpHeaderLen;
   Request req;
   req.type = msg[0];
   switch (req.type) {
@@ -449,8 +451,7 @@ absl::StatusOr<size_t> Dhcpv6Server::Reply(absl::Span<const iovec> frame, const 
       break;
   }
   if (!w.ok()) return absl::InternalError("DHCPv6 reply longer than its buffer");
-  const iovec iov = {out.data(), out.size()};
-  return BuildFrame(spec, absl::MakeConstSpan(&iov, 1), 0, w.len());
+  return BuildFrame(spec, out, w.len());
 }
 
 }  // namespace vunet::net

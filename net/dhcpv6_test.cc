@@ -559,6 +559,28 @@ TEST(Dhcpv6Test, UdpChecksumIsCheckedUnlessPartial) {
   EXPECT_GT(Answer(server, f, 7, true).len, 0u);
 }
 
+TEST(Dhcpv6Test, BytesAfterTheUdpDatagramAreNotChecksummed) {
+  // A UDP length shorter than the IP payload: the checksum covers the
+  // datagram as long as its UDP length says, not the trailing bytes.
+  const Dhcpv6Server server = Server();
+  std::vector<uint8_t> f = Frame(NetworkdSolicitMessage(true));
+  const uint16_t ip_payload = GetBe16(f, 14 + 4);
+  Append(f, Bytes({0xde, 0xad, 0xbe, 0xef, 0x01}));
+  testing::PutBe16(f, 14 + 4, static_cast<uint16_t>(ip_payload + 5));
+  ParsedFrame parsed;
+  ASSERT_TRUE(testing::Parse(f, &parsed).ok());
+  ASSERT_EQ(parsed.l4, L4Kind::kUdp);
+  ASSERT_EQ(parsed.l4_len, parsed.payload_len + kUdpHeaderLen + 5);
+  for (size_t piece : {size_t{7}, size_t{0}}) {
+    const Reply r = Answer(server, f, piece);
+    ASSERT_GT(r.len, 0u) << piece;
+    EXPECT_EQ(r.type(), 7) << piece;  // Reply (Rapid Commit).
+  }
+  // The datagram's own bytes are still checksummed.
+  f[14 + 40 + kUdpHeaderLen + 1] ^= 0x55;
+  EXPECT_EQ(Answer(server, f).len, 0u);
+}
+
 TEST(Dhcpv6Test, ShortBufferIsAnError) {
   const Dhcpv6Server server = Server();
   std::vector<uint8_t> f = Frame(NetworkdSolicitMessage(true));

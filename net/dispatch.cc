@@ -36,6 +36,7 @@ void Dispatcher::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fr
     return;
   }
   const absl::Span<uint8_t> out(reply_, sizeof(reply_));
+  const bool partial = hdr.flags & vu::kVirtioNetHdrFNeedsCsum;
   if (parsed.l3 == L3Kind::kArp) {
     if (handlers_.arp != nullptr) {
       SendReply(ArpReply(*handlers_.arp, parsed, out));
@@ -51,13 +52,11 @@ void Dispatcher::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fr
   }
   if (handlers_.ndp != nullptr && parsed.l4 == L4Kind::kIcmpv6 &&
       (parsed.icmp.type == 133 || parsed.icmp.type == 135)) {
-    const bool partial = hdr.flags & vu::kVirtioNetHdrFNeedsCsum;
     SendReply(handlers_.ndp->Reply(frame, parsed, out, partial));
     return;
   }
   if (handlers_.dhcpv6 != nullptr && parsed.l3 == L3Kind::kIpv6 && parsed.l4 == L4Kind::kUdp &&
       parsed.dst_port == kDhcpv6ServerPort) {
-    const bool partial = hdr.flags & vu::kVirtioNetHdrFNeedsCsum;
     SendReply(handlers_.dhcpv6->Reply(frame, parsed, out, partial));
     return;
   }

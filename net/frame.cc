@@ -105,22 +105,22 @@ absl::Status ParseL4(const FrameReader& r, ParsedFrame* out) {
 absl::Status ParseIpv4(const FrameReader& r, ParsedFrame* out) {
   const size_t off = out->l3_offset;
   const size_t n = r.size();
+  // The header with its options (skipped, but covered by the checksum), read
+  // once: every field used comes from this one copy, so the checksum covers
+  // what is used even if the guest rewrites the header meanwhile.
+  uint8_t header[kIpv4MaxHeaderLen];
+  if (!r.Read(off, header, kIpv4MinHeaderLen)) return Drop("truncated IPv4 header", n);
   Ipv4Header h;
-  if (!r.Read(off, &h)) return Drop("truncated IPv4 header", n);
+  std::memcpy(&h, header, sizeof(h));
   if (h.version_ihl >> 4 != 4) return Drop("IPv4 version not 4", n);
   const size_t hlen = static_cast<size_t>(h.version_ihl & 0xf) * 4;
   if (hlen < kIpv4MinHeaderLen) return Drop("IPv4 header length below 20", n);
   const size_t total = ntohs(h.total_len);
   if (total < hlen) return Drop("IPv4 total length below the header length", n);
   if (total > n - off) return Drop("IPv4 total length past the frame", n);
-  // The header with its options (skipped, but covered by the checksum). The
-  // fields used below come from this one copy, so the checksum covers what
-  // is used even if the guest rewrites the header meanwhile.
-  uint8_t header[kIpv4MaxHeaderLen];
-  if (!r.Read(off, header, hlen)) return Drop("truncated IPv4 options", n);
-  std::memcpy(&h, header, sizeof(h));
-  if (h.version_ihl != header[0] || ntohs(h.total_len) != total) {
-    return Drop("IPv4 header changed while read", n);
+  if (hlen > kIpv4MinHeaderLen &&
+      !r.Read(off + kIpv4MinHeaderLen, header + kIpv4MinHeaderLen, hlen - kIpv4MinHeaderLen)) {
+    return Drop("truncated IPv4 options", n);
   }
   if (InternetChecksum(header, hlen) != 0) return Drop("bad IPv4 header checksum", n);
   // MF, or a fragment offset: a fragment. (DF and the reserved bit are not.)
@@ -413,6 +413,12 @@ absl::StatusOr<size_t> BuildFrame(const FrameSpec& spec, absl::Span<const iovec>
   }
   IovFromBuf(iov.data(), iov.size(), offset, h, hlen);
   return frame_len;
+}
+
+absl::StatusOr<size_t> BuildFrame(const FrameSpec& spec, absl::Span<uint8_t> out,
+                                  size_t payload_len) {
+  const iovec iov = {out.data(), out.size()};
+  return BuildFrame(spec, absl::MakeConstSpan(&iov, 1), 0, payload_len);
 }
 
 }  // namespace vunet::net

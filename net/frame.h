@@ -305,6 +305,11 @@ size_t FrameHeadersLen(const FrameSpec& spec);
 absl::StatusOr<size_t> BuildFrame(const FrameSpec& spec, absl::Span<const iovec> iov, size_t offset,
                                   size_t payload_len);
 
+// BuildFrame over one buffer: the headers at the start of `out`, the
+// `payload_len` bytes of payload already in place after them.
+absl::StatusOr<size_t> BuildFrame(const FrameSpec& spec, absl::Span<uint8_t> out,
+                                  size_t payload_len);
+
 }  // namespace vunet::net
 
 #endif  // VUNET_NET_FRAME_H_

@@ -42,10 +42,6 @@ std::string PingGroupRange() {
 
 uint8_t Byte0(const in_addr& a) { return reinterpret_cast<const uint8_t*>(&a.s_addr)[0]; }
 
-bool Equal6(const in6_addr& a, const in6_addr& b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
-
-bool IsZero6(const in6_addr& a) { return IN6_IS_ADDR_UNSPECIFIED(&a); }
-
 }  // namespace
 
 int64_t IcmpEcho::NowNs() {
@@ -121,7 +117,7 @@ void IcmpEcho::OnBatchEnd() {
 IcmpEcho::Entry* IcmpEcho::Find(bool v6, const in_addr& dst4, const in6_addr& dst6, uint16_t id) {
   for (Entry& e : table_) {
     if (!e.fd.valid() || e.v6 != v6 || e.guest_id != id) continue;
-    if (v6 ? Equal6(e.dst6, dst6) : e.dst4.s_addr == dst4.s_addr) return &e;
+    if (v6 ? IN6_ARE_ADDR_EQUAL(&e.dst6, &dst6) : e.dst4.s_addr == dst4.s_addr) return &e;
   }
   return nullptr;
 }
@@ -178,13 +174,11 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
     return;
   }
   if ((hdr.flags & vu::kVirtioNetHdrFNeedsCsum) == 0) {
-    ChecksumAccumulator c;
-    if (v6) {
-      c = PseudoHeaderV6(parsed.ip.src6, parsed.ip.dst6, IPPROTO_ICMPV6,
-                         static_cast<uint32_t>(len));
-    }
-    c.Add(request_, len);
-    if (c.Finish() != 0) {
+    // ICMP over IPv4 has no pseudo-header.
+    const uint16_t sum =
+        v6 ? L4ChecksumV6(parsed.ip.src6, parsed.ip.dst6, IPPROTO_ICMPV6, request_, len)
+           : InternetChecksum(request_, len);
+    if (sum != 0) {
       ++stats_.malformed;
       VUNET_LOG_RATELIMITED(kInfo, "ICMP echo request dropped: bad checksum");
       return;
@@ -199,8 +193,10 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
     sockaddr_in6* sin6 = reinterpret_cast<sockaddr_in6*>(&to);
     sin6->sin6_family = AF_INET6;
     to_len = sizeof(*sin6);
-    if ((!IsZero6(config_.gateway6) && Equal6(d, config_.gateway6)) ||
-        (!IsZero6(config_.gateway_ll6) && Equal6(d, config_.gateway_ll6))) {
+    if ((!IN6_IS_ADDR_UNSPECIFIED(&config_.gateway6) &&
+         IN6_ARE_ADDR_EQUAL(&d, &config_.gateway6)) ||
+        (!IN6_IS_ADDR_UNSPECIFIED(&config_.gateway_ll6) &&
+         IN6_ARE_ADDR_EQUAL(&d, &config_.gateway_ll6))) {
       sin6->sin6_addr = in6addr_loopback;
     } else if (IN6_IS_ADDR_UNSPECIFIED(&d) || IN6_IS_ADDR_LOOPBACK(&d) ||
                IN6_IS_ADDR_MULTICAST(&d) || IN6_IS_ADDR_LINKLOCAL(&d) || IN6_IS_ADDR_V4MAPPED(&d)) {
@@ -314,8 +310,7 @@ size_t IcmpEcho::OnReadable(int fd) {
     }
     reply_[hlen + 4] = static_cast<uint8_t>(e->guest_id >> 8);
     reply_[hlen + 5] = static_cast<uint8_t>(e->guest_id);
-    const iovec out = {reply_, sizeof(reply_)};
-    const absl::StatusOr<size_t> frame_len = BuildFrame(spec, absl::MakeConstSpan(&out, 1), 0, len);
+    const absl::StatusOr<size_t> frame_len = BuildFrame(spec, absl::MakeSpan(reply_), len);
     if (!frame_len.ok()) {
       ++stats_.reply_dropped;
       VUNET_LOG_RATELIMITED(kError, "ICMP echo reply not built: %s", frame_len.status().ToString());

@@ -33,9 +33,6 @@ size_t DropSolicitation(const char* reason) {
   return 0;
 }
 
-bool IsUnspecified(const in6_addr& a) { return IN6_IS_ADDR_UNSPECIFIED(&a); }
-bool Same(const in6_addr& a, const in6_addr& b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
-
 void PutBe16(uint8_t* p, uint16_t v) {
   p[0] = static_cast<uint8_t>(v >> 8);
   p[1] = static_cast<uint8_t>(v);
@@ -161,8 +158,7 @@ absl::StatusOr<size_t> NdpResponder::WriteAdvertisement(const in6_addr& dst, con
   const FrameSpec spec = ReplySpec(gateway_mac_, gateway_ll_, dst_mac, dst);
   const size_t hlen = FrameHeadersLen(spec);
   std::memcpy(out.data() + hlen, ra_, ra_len_);
-  const iovec iov = {out.data(), out.size()};
-  return BuildFrame(spec, absl::MakeConstSpan(&iov, 1), 0, ra_len_);
+  return BuildFrame(spec, out, ra_len_);
 }
 
 absl::StatusOr<size_t> NdpResponder::UnsolicitedAdvertisement(absl::Span<uint8_t> out) const {
@@ -183,37 +179,35 @@ absl::StatusOr<size_t> NdpResponder::Reply(absl::Span<const iovec> frame, const 
   const size_t fixed = type == kRouterSolicitation ? 8 : 24;
   if (len < fixed) return DropSolicitation("too short");
   if (len > kNdpMaxMessage) return DropSolicitation("too long");
-  if (!partial_checksum && L4ChecksumV6(parsed.ip.src6, parsed.ip.dst6, IPPROTO_ICMPV6, frame,
-                                        parsed.l4_offset, len) != 0) {
-    return DropSolicitation("bad checksum");
-  }
+  // One copy, read once: what is checksummed is what is parsed.
   uint8_t msg[kNdpMaxMessage];
   if (!FrameReader(frame).Read(parsed.l4_offset, msg, len)) {
     return DropSolicitation("message past the frame");
+  }
+  if (!partial_checksum &&
+      L4ChecksumV6(parsed.ip.src6, parsed.ip.dst6, IPPROTO_ICMPV6, msg, len) != 0) {
+    return DropSolicitation("bad checksum");
   }
   bool has_source_lla;
   if (!CheckOptions(msg + fixed, len - fixed, &has_source_lla)) {
     return DropSolicitation("bad option length");
   }
-  const bool from_unspecified = IsUnspecified(parsed.ip.src6);
+  const bool from_unspecified = IN6_IS_ADDR_UNSPECIFIED(&parsed.ip.src6);
   if (from_unspecified && has_source_lla) {
     return DropSolicitation("source link-layer address from ::");
   }
 
   if (type == kRouterSolicitation) {
-    if (from_unspecified) {
-      const in6_addr all = AllNodes();
-      return WriteAdvertisement(all, MulticastMac(all), out);
-    }
+    if (from_unspecified) return UnsolicitedAdvertisement(out);
     return WriteAdvertisement(parsed.ip.src6, parsed.src_mac, out);
   }
 
   in6_addr target;
   std::memcpy(&target, msg + 8, sizeof(target));
   if (IN6_IS_ADDR_MULTICAST(&target)) return DropSolicitation("multicast target");
-  const bool ours =
-      Same(target, gateway_ll_) || (!IsUnspecified(gateway_) && Same(target, gateway_));
-  if (IsUnspecified(target) || (from_unspecified && !ours)) return 0;
+  const bool ours = IN6_ARE_ADDR_EQUAL(&target, &gateway_ll_) ||
+                    (!IN6_IS_ADDR_UNSPECIFIED(&gateway_) && IN6_ARE_ADDR_EQUAL(&target, &gateway_));
+  if (IN6_IS_ADDR_UNSPECIFIED(&target) || (from_unspecified && !ours)) return 0;
 
   // RFC 4861 7.2.4: to the solicitor, or to all nodes for a DAD probe
   // (which then is not "solicited").
@@ -229,8 +223,7 @@ absl::StatusOr<size_t> NdpResponder::Reply(absl::Span<const iovec> frame, const 
   na[24] = kOptTargetLinkAddr;
   na[25] = 1;
   std::memcpy(na + 26, gateway_mac_.bytes, 6);
-  const iovec iov = {out.data(), out.size()};
-  return BuildFrame(spec, absl::MakeConstSpan(&iov, 1), 0, 32);
+  return BuildFrame(spec, out, 32);
 }
 
 }  // namespace vunet::net

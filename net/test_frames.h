@@ -55,8 +55,7 @@ inline std::vector<uint8_t> Build(const FrameSpec& spec, const std::vector<uint8
   const size_t hlen = FrameHeadersLen(spec);
   std::vector<uint8_t> f(hlen + payload.size());
   if (!payload.empty()) std::memcpy(f.data() + hlen, payload.data(), payload.size());
-  const iovec iov = {f.data(), f.size()};
-  (void)BuildFrame(spec, absl::MakeConstSpan(&iov, 1), 0, payload.size());
+  (void)BuildFrame(spec, absl::MakeSpan(f), payload.size());
   return f;
 }
 
