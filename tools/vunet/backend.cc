@@ -23,8 +23,8 @@ namespace {
 // Epoll tags: the kind in the top byte, an index or fd below, the layout of
 // net::FlowRef (whose kind byte the flow translators will use from
 // kFirstFlowKind up, so both kinds of tag share one epoll set).
-enum Kind : uint8_t { kListen = 1, kConnection, kKick, kTimer, kSignal, kStop, kIcmp };
-[[maybe_unused]] constexpr uint8_t kFirstFlowKind = 64;
+enum Kind : uint8_t { kListen = 1, kConnection, kKick, kTimer, kSignal, kStop, kIcmp, kFlowTimer };
+constexpr uint8_t kFirstFlowKind = 64;
 
 uint64_t Tag(Kind kind, uint32_t value = 0) { return (uint64_t{kind} << 56) | value; }
 
@@ -54,6 +54,29 @@ bool Readable(int fd) {
 }
 
 }  // namespace
+
+void Backend::Rx::OnFrameWritten(absl::Span<const iovec> iov, size_t offset, size_t len) {
+  PcapWriter* pcap = backend_->pcap_.get();
+  if (pcap == nullptr) return;
+  // The frame's part of the iovecs: [offset, offset + len).
+  constexpr size_t kMaxPieces = 64;
+  iovec pieces[kMaxPieces];
+  size_t n = 0;
+  size_t skip = offset;
+  size_t left = len;
+  for (const iovec& v : iov) {
+    if (left == 0 || n == kMaxPieces) break;
+    if (skip >= v.iov_len) {
+      skip -= v.iov_len;
+      continue;
+    }
+    const size_t take = std::min(v.iov_len - skip, left);
+    pieces[n++] = {static_cast<uint8_t*>(v.iov_base) + skip, take};
+    left -= take;
+    skip = 0;
+  }
+  pcap->Write(pieces, n, len - left);
+}
 
 absl::Status Backend::RxSender::Send(absl::Span<const uint8_t> frame) {
   if (!sender.has_value()) return absl::UnavailableError("the receive queue is not running");
@@ -140,9 +163,17 @@ absl::Status Backend::Init() {
     VUNET_LOG(kInfo, "capturing frames both ways to %s", options_.pcap_path);
   }
 
+  // The epoll set exists from here, so that translators can watch sockets
+  // they open in Create (listeners). It survives a daemonizing fork.
+  epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_.valid()) return Errno("epoll_create1");
+  if (absl::Status s = CreateTranslators(); !s.ok()) return s;
+  net::ParsedFrameSink* after_icmp = &next_;
+  if (!translators_.empty()) after_icmp = translators_.front().get();
+
   if (options_.icmp.has_value()) {
     absl::StatusOr<std::unique_ptr<net::IcmpEcho>> icmp =
-        net::IcmpEcho::Create(*options_.icmp, replies_, &next_, this);
+        net::IcmpEcho::Create(*options_.icmp, replies_, after_icmp, this);
     if (icmp.ok()) {
       icmp_ = std::move(*icmp);
       VUNET_LOG(kInfo, "ICMP echo: on (IPv4%s, through ping sockets)",
@@ -153,12 +184,15 @@ absl::Status Backend::Init() {
       VUNET_LOG(kWarning, "ICMP echo: off: %s", icmp.status().message());
     }
   }
+  net::ParsedFrameSink* after_dispatch = &next_;
+  if (!translators_.empty()) after_dispatch = translators_.front().get();
+  if (icmp_ != nullptr) after_dispatch = icmp_.get();
   dispatcher_.emplace(
       net::Dispatcher::Handlers{.arp = &options_.arp,
                                 .dhcp = dhcp_.has_value() ? &*dhcp_ : nullptr,
                                 .ndp = ndp_.has_value() ? &*ndp_ : nullptr,
                                 .dhcpv6 = dhcpv6_.has_value() ? &*dhcpv6_ : nullptr},
-      replies_, icmp_ != nullptr ? static_cast<net::ParsedFrameSink*>(icmp_.get()) : &next_);
+      replies_, after_dispatch);
   tx_sink_ = &*dispatcher_;
   if (pcap_ != nullptr) {
     pcap_sink_.emplace(pcap_.get(), &*dispatcher_);
@@ -178,8 +212,6 @@ absl::Status Backend::SetUpLoop() {
   // Made here rather than in Create: the caller may fork (daemonize) in
   // between, and a signalfd in an epoll set keeps waking the process that
   // added it, not a child that inherited both.
-  epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll_.valid()) return Errno("epoll_create1");
   sigset_t mask;
   StopSignals(&mask);
   signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
@@ -195,9 +227,9 @@ absl::Status Backend::SetUpLoop() {
   if (absl::Status s = Add(signal_fd_.get(), Tag(kSignal)); !s.ok()) return s;
   if (absl::Status s = Add(timer_fd_.get(), Tag(kTimer)); !s.ok()) return s;
   if (absl::Status s = Add(stop_fd_.get(), Tag(kStop)); !s.ok()) return s;
-  if (icmp_ != nullptr) {
-    for (int fd : icmp_->SocketFds()) (void)OnSocketOpened(fd);
-  }
+  flow_timer_fd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!flow_timer_fd_.valid()) return Errno("timerfd_create");
+  if (absl::Status s = Add(flow_timer_fd_.get(), Tag(kFlowTimer)); !s.ok()) return s;
   return absl::OkStatus();
 }
 
@@ -206,6 +238,104 @@ Backend::~Backend() {
   // socket file; do it while the rest is still here.
   server_.reset();
   icmp_.reset();  // Tells us of its sockets closing while epoll_ is open.
+  dispatcher_.reset();
+  translators_.clear();  // Before the flow table their flows live in.
+  flows_.reset();
+}
+
+absl::Status Backend::CreateTranslators() {
+  if (options_.translators.empty()) return absl::OkStatus();
+  if (options_.translators.size() > (256 - kFirstFlowKind) / net::kKindsPerTranslator) {
+    return absl::InvalidArgumentError("too many translators for the epoll kinds");
+  }
+  absl::StatusOr<std::unique_ptr<net::FlowTable>> flows =
+      net::FlowTable::Create({.capacity = options_.max_flows});
+  if (!flows.ok()) return flows.status();
+  flows_ = std::move(*flows);
+  // Made last first, so that each knows the one it hands frames on to.
+  const size_t n = options_.translators.size();
+  translators_.resize(n);
+  for (size_t i = n; i-- > 0;) {
+    net::TranslatorEnv env;
+    env.flows = flows_.get();
+    env.rx = &rx_;
+    env.watcher = this;
+    env.replies = replies_;
+    env.next = i + 1 < n ? static_cast<net::ParsedFrameSink*>(translators_[i + 1].get()) : &next_;
+    env.guest = &options_.guest;
+    env.first_kind = static_cast<uint8_t>(kFirstFlowKind + i * net::kKindsPerTranslator);
+    env.clock = net::MonotonicNowNs;
+    absl::StatusOr<std::unique_ptr<net::Translator>> t = options_.translators[i](env);
+    if (!t.ok()) return t.status();
+    translators_[i] = std::move(*t);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Backend::Watch(int fd, uint32_t events, uint64_t tag) {
+  if (!epoll_.valid()) return absl::FailedPreconditionError("the event loop is not running");
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = tag;
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return Errno("epoll_ctl add");
+  return absl::OkStatus();
+}
+
+absl::Status Backend::Modify(int fd, uint32_t events, uint64_t tag) {
+  if (!epoll_.valid()) return absl::FailedPreconditionError("the event loop is not running");
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = tag;
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) return Errno("epoll_ctl mod");
+  return absl::OkStatus();
+}
+
+void Backend::Unwatch(int fd) {
+  if (epoll_.valid()) Remove(fd);
+}
+
+void Backend::HandleTranslatorEvent(uint64_t tag, uint32_t events) {
+  const size_t i = ((tag >> 56) - kFirstFlowKind) / net::kKindsPerTranslator;
+  if (i >= translators_.size()) return;
+  translators_[i]->OnSocketEvent(tag, events);
+  CheckBroken();
+}
+
+void Backend::HandleFlowTimers() {
+  uint64_t expirations;
+  [[maybe_unused]] ssize_t r = read(flow_timer_fd_.get(), &expirations, sizeof(expirations));
+  flow_timer_armed_.reset();  // Fired (or about to be re-armed below).
+  if (flows_ == nullptr) return;
+  const int64_t now = net::MonotonicNowNs();
+  stats_.flow_timers += flows_->Expire(now, [&](net::FlowId id) {
+    const net::FlowKey* key = flows_->Key(id);
+    if (key == nullptr) return;
+    for (const std::unique_ptr<net::Translator>& t : translators_) {
+      if (t->proto() == key->proto) {
+        t->OnTimer(id, now);
+        return;
+      }
+    }
+  });
+  CheckBroken();
+}
+
+void Backend::ArmFlowTimer() {
+  if (flows_ == nullptr || !flow_timer_fd_.valid()) return;
+  const std::optional<int64_t> next = flows_->NextDeadline();
+  if (next == flow_timer_armed_) return;
+  itimerspec when{};
+  if (next.has_value()) {
+    // A deadline already passed still needs a non-zero value to arm.
+    const int64_t at = std::max<int64_t>(*next, 1);
+    when.it_value.tv_sec = at / 1'000'000'000;
+    when.it_value.tv_nsec = at % 1'000'000'000;
+  }
+  if (timerfd_settime(flow_timer_fd_.get(), TFD_TIMER_ABSTIME, &when, nullptr) != 0) {
+    VUNET_LOG_RATELIMITED(kError, "flow timer: timerfd_settime: %s", strerror(errno));
+    return;
+  }
+  flow_timer_armed_ = next;
 }
 
 absl::Status Backend::Add(int fd, uint64_t tag) {
@@ -289,10 +419,18 @@ absl::Status Backend::Run() {
         case kIcmp:
           HandleIcmp(static_cast<int>(value));
           break;
+        case kFlowTimer:
+          HandleFlowTimers();
+          break;
+        default:
+          if ((tag >> 56) >= kFirstFlowKind) HandleTranslatorEvent(tag, events[i].events);
+          break;
       }
     }
     if (tx_pending_ && !stopping_) ProcessTx();
+    ArmFlowTimer();
   }
+  for (const std::unique_ptr<net::Translator>& t : translators_) t->Shutdown();
   if (server_->done()) VUNET_LOG(kInfo, "the frontend left (--one-off): exiting");
   VUNET_LOG(kInfo,
             "counters: %d frames from the guest (%d replies, %d malformed), dropped: tcp %d, "
@@ -303,6 +441,9 @@ absl::Status Backend::Run() {
             stats_.icmp_dropped, stats_.other_dropped, stats_.ra_sent,
             icmp_ != nullptr ? icmp_->stats().requests : 0,
             icmp_ != nullptr ? icmp_->stats().replies : 0);
+  for (const std::unique_ptr<net::Translator>& t : translators_) {
+    VUNET_LOG(kInfo, "%s", t->StatsLine());
+  }
   if (pcap_ != nullptr) {
     const PcapWriter::Stats& p = pcap_->stats();
     VUNET_LOG(kInfo,
@@ -367,6 +508,9 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
     ra_pending_ = true;
     SendRouterAdvertisement();
   }
+  if (index == kRx) {
+    for (const std::unique_ptr<net::Translator>& t : translators_) t->OnRxAvailable();
+  }
 }
 
 void Backend::OnQueueStop(uint32_t index) {
@@ -386,10 +530,14 @@ void Backend::HandleKick(uint32_t index) {
   // The kick eventfds belong to the device: DrainEventfd never blocks.
   if (DrainEventfd(kick_[index]) == 0) return;
   ++stats_.kicks;
-  // The rx queue's kick means the guest posted buffers: nothing waits for
-  // them until the translators exist (replies are dropped when there is no
-  // room).
-  if (index == kTx) ProcessTx();
+  // The rx queue's kick means the guest posted buffers: data waiting in the
+  // translators' sockets can go now.
+  if (index == kTx) {
+    ProcessTx();
+  } else {
+    for (const std::unique_ptr<net::Translator>& t : translators_) t->OnRxAvailable();
+    CheckBroken();
+  }
 }
 
 void Backend::ProcessTx() {
@@ -418,7 +566,6 @@ void Backend::CheckBroken() {
 }
 
 bool Backend::OnSocketOpened(int fd) {
-  if (!epoll_.valid()) return true;  // Run() adds the sockets open by then.
   if (absl::Status s = Add(fd, Tag(kIcmp, static_cast<uint32_t>(fd))); !s.ok()) {
     VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", s.ToString());
     return false;

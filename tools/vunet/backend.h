@@ -29,9 +29,11 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -39,12 +41,15 @@
 #include "base/pcap.h"
 #include "base/unique_fd.h"
 #include "net/arp.h"
+#include "net/config.h"
 #include "net/dhcp.h"
 #include "net/dhcpv6.h"
 #include "net/dispatch.h"
+#include "net/flow.h"
 #include "net/frame.h"
 #include "net/icmp.h"
 #include "net/ndp.h"
+#include "net/translator.h"
 #include "tools/vunet/capture.h"
 #include "virtio/virtqueue.h"
 #include "vu/common.h"
@@ -52,6 +57,10 @@
 #include "vu/server.h"
 
 namespace vunet::tools {
+
+// Makes one flow translator (TCP, UDP) with the backend's services.
+using TranslatorFactory =
+    std::function<absl::StatusOr<std::unique_ptr<net::Translator>>(const net::TranslatorEnv&)>;
 
 struct BackendOptions {
   std::string socket_path;
@@ -74,9 +83,20 @@ struct BackendOptions {
   // and to the guest (as it went into the receive queue) is written to this
   // file in libpcap format; Create creates or truncates it (mode 0600).
   std::string pcap_path;
+  // The guest's addressing, as the translators see it (MACs, addresses,
+  // gateway, MTU).
+  net::GuestConfig guest;
+  // The flow table all translators share.
+  size_t max_flows = net::FlowTable::kDefaultCapacity;
+  // The flow translators, made in Create and chained in this order after
+  // ICMP echo: frames translator i does not take go to translator i + 1.
+  // Translator i gets the epoll kinds [64 + 32 i, 64 + 32 (i + 1)).
+  std::vector<TranslatorFactory> translators;
 };
 
-class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
+class Backend : public vu::DataPlane,
+                private net::IcmpEcho::SocketObserver,
+                private net::SocketWatcher {
  public:
   struct Stats {
     uint64_t kicks = 0;
@@ -87,6 +107,7 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
     uint64_t ra_sent = 0;
     uint64_t broken = 0;
     uint64_t accept_backoffs = 0;
+    uint64_t flow_timers = 0;  // Flow timers fired.
   };
 
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const BackendOptions& options);
@@ -104,6 +125,10 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
   const net::IcmpEcho* icmp() const { return icmp_.get(); }
   // Null without a capture file.
   const PcapWriter* pcap() const { return pcap_.get(); }
+  // The flow table and the translators (in chain order).
+  const net::FlowTable* flows() const { return flows_.get(); }
+  size_t translator_count() const { return translators_.size(); }
+  net::Translator* translator(size_t i) const { return translators_[i].get(); }
   // The signal that ended Run(), or 0.
   int stop_signal() const { return stop_signal_; }
 
@@ -118,6 +143,18 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
    public:
     absl::Status Send(absl::Span<const uint8_t> frame) override;
     std::optional<net::VirtqueueReplySender> sender;
+  };
+  // The receive queue as the translators write data into it.
+  class Rx : public net::GuestRx {
+   public:
+    explicit Rx(Backend* backend) : backend_(backend) {}
+    virtio::Virtqueue* queue() override { return backend_->vq_[kRxQueue]; }
+    const vu::NetConfig& config() const override { return backend_->net_config_; }
+    void OnFrameWritten(absl::Span<const iovec> iov, size_t offset, size_t len) override;
+    void OnBroken() override { backend_->CheckBroken(); }
+
+   private:
+    Backend* backend_;
   };
   // Where the dispatcher hands what it does not answer.
   class Next : public net::ParsedFrameSink {
@@ -136,6 +173,16 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
   bool OnSocketOpened(int fd) override;
   void OnSocketClosing(int fd) override;
   void HandleIcmp(int fd);
+  // net::SocketWatcher: the translators' sockets in the epoll set.
+  absl::Status Watch(int fd, uint32_t events, uint64_t tag) override;
+  absl::Status Modify(int fd, uint32_t events, uint64_t tag) override;
+  void Unwatch(int fd) override;
+  absl::Status CreateTranslators();
+  // An epoll event for a translator's tag (kind >= 64).
+  void HandleTranslatorEvent(uint64_t tag, uint32_t events);
+  // Fires due flow timers and re-arms the flow timerfd.
+  void HandleFlowTimers();
+  void ArmFlowTimer();
   // Reports a queue that broke while we used it.
   void CheckBroken();
   absl::Status Init();
@@ -162,6 +209,10 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
   std::optional<PcapReplySender> pcap_replies_;
   net::ReplySender* replies_ = &rx_sender_;
   Next next_{this};
+  Rx rx_{this};
+  std::unique_ptr<net::FlowTable> flows_;
+  // Before icmp_ and dispatcher_, which hand frames to them.
+  std::vector<std::unique_ptr<net::Translator>> translators_;
   std::unique_ptr<net::IcmpEcho> icmp_;
   // After icmp_, which it hands frames to.
   std::optional<net::Dispatcher> dispatcher_;
@@ -177,6 +228,9 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
   UniqueFd signal_fd_;
   UniqueFd timer_fd_;
   UniqueFd stop_fd_;
+  // Armed at the flow table's NextDeadline; the deadline it is armed for.
+  UniqueFd flow_timer_fd_;
+  std::optional<int64_t> flow_timer_armed_;
   // The connection in the epoll set: its fd and which connection it was.
   int registered_conn_ = -1;
   uint64_t registered_conn_serial_ = 0;
@@ -184,6 +238,7 @@ class Backend : public vu::DataPlane, private net::IcmpEcho::SocketObserver {
   std::chrono::steady_clock::time_point listen_resume_;
 
   static constexpr uint32_t kQueues = 2;
+  static constexpr uint32_t kRxQueue = 0;
   std::array<virtio::Virtqueue*, kQueues> vq_{};
   std::array<int, kQueues> kick_{-1, -1};
   bool tx_pending_ = false;

@@ -3,12 +3,15 @@
 #include <arpa/inet.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -22,10 +25,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/eventfd.h"
 #include "base/pcap.h"
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "net/flow.h"
 #include "net/frame.h"
+#include "net/translator.h"
 #include "tools/vu_frontend/frontend.h"
 
 namespace vunet::tools {
@@ -85,9 +91,11 @@ class BackendTest : public ::testing::Test {
     rmdir(dir_.c_str());
   }
 
-  void Start(bool one_off = false, const std::string& pcap = "") {
+  void Start(bool one_off = false, const std::string& pcap = "",
+             std::vector<TranslatorFactory> translators = {}) {
     BackendOptions options = TestOptions(path_, one_off);
     options.pcap_path = pcap;
+    options.translators = std::move(translators);
     absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(options);
     ASSERT_TRUE(b.ok()) << b.status();
     backend_ = std::move(*b);
@@ -196,6 +204,87 @@ TEST_F(BackendTest, AnswersArpAdvertisesRouterAndDropsTcpUdp) {
   EXPECT_GE(backend_->stats().ra_sent, 1u);
   EXPECT_EQ(backend_->dispatch_stats().frames, 3u);
   EXPECT_GE(backend_->dispatch_stats().replies, 1u);
+}
+
+// A translator that takes UDP frames, watches an eventfd and runs a flow
+// timer: what the backend must route to it, counted.
+class FakeTranslator : public net::Translator {
+ public:
+  explicit FakeTranslator(const net::TranslatorEnv& env) : env_(env) {
+    event_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    tag_ = (uint64_t{env.first_kind} << 56) | 7;
+    watch_status_ = env.watcher->Watch(event_.get(), EPOLLIN, tag_);
+  }
+  net::FlowProto proto() const override { return net::FlowProto::kUdp; }
+  void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
+               const net::ParsedFrame& parsed) override {
+    if (parsed.l4 != net::L4Kind::kUdp) {
+      if (env_.next != nullptr) env_.next->OnFrame(hdr, frame, parsed);
+      return;
+    }
+    ++frames;
+    // A flow with a timer 5 ms from now.
+    std::optional<net::FlowKey> key = net::FlowKey::FromFrame(parsed);
+    absl::StatusOr<net::FlowId> id = env_.flows->Insert(*key);
+    if (id.ok()) env_.flows->SetTimer(*id, env_.clock() + 5'000'000);
+  }
+  void OnSocketEvent(uint64_t tag, uint32_t events) override {
+    if (tag == tag_ && (events & EPOLLIN) && DrainEventfd(event_.get()) > 0) ++socket_events;
+  }
+  void OnTimer(net::FlowId id, int64_t) override {
+    ++timers;
+    env_.flows->Remove(id);
+  }
+  void OnRxAvailable() override { ++rx_available; }
+  void Shutdown() override { shutdown = true; }
+  std::string StatsLine() const override { return "fake: ok"; }
+
+  int event_fd() const { return event_.get(); }
+  absl::Status watch_status_;
+  std::atomic<int> frames{0}, socket_events{0}, timers{0}, rx_available{0};
+  std::atomic<bool> shutdown{false};
+
+ private:
+  net::TranslatorEnv env_;
+  UniqueFd event_;
+  uint64_t tag_ = 0;
+};
+
+TEST_F(BackendTest, RoutesFramesSocketEventsTimersAndRxToTranslators) {
+  FakeTranslator* fake = nullptr;
+  Start(false, "",
+        {[&](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
+          EXPECT_EQ(env.first_kind, 64);
+          EXPECT_NE(env.flows, nullptr);
+          auto t = std::make_unique<FakeTranslator>(env);
+          fake = t.get();
+          return t;
+        }});
+  ASSERT_NE(fake, nullptr);
+  EXPECT_TRUE(fake->watch_status_.ok()) << fake->watch_status_;
+  std::unique_ptr<vu_frontend::Frontend> f = Connect();
+  ASSERT_NE(f, nullptr);
+
+  const std::vector<uint8_t> tcp = Ipv4Frame(IPPROTO_TCP);
+  const std::vector<uint8_t> udp = Ipv4Frame(IPPROTO_UDP);
+  const absl::Span<const uint8_t> frames[] = {tcp, udp};
+  ASSERT_TRUE(f->SendFrames(frames).ok());
+  const uint64_t one = 1;
+  ASSERT_EQ(write(fake->event_fd(), &one, sizeof(one)), 8);
+
+  for (int i = 0; i < 500 && (fake->timers == 0 || fake->socket_events == 0); ++i) {
+    usleep(10'000);
+  }
+  backend_->Stop();
+  Join();
+  EXPECT_EQ(fake->frames, 1);
+  EXPECT_EQ(fake->socket_events, 1);
+  EXPECT_EQ(fake->timers, 1);
+  EXPECT_GE(fake->rx_available, 1);  // The rx queue started.
+  EXPECT_TRUE(fake->shutdown);
+  EXPECT_EQ(backend_->stats().tcp_dropped, 1u);  // Handed on by the fake.
+  EXPECT_EQ(backend_->stats().udp_dropped, 0u);
+  EXPECT_EQ(backend_->flows()->size(), 0u);
 }
 
 // The frames of a capture file, in order; empty if the file is not one.

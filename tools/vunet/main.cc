@@ -25,6 +25,7 @@
 #include "net/config.h"
 #include "net/dhcpv6.h"
 #include "net/icmp.h"
+#include "net/translator.h"
 #include "tools/vunet/backend.h"
 #include "tools/vunet/cli.h"
 
@@ -128,6 +129,20 @@ int Main(int argc, char** argv) {
     return Fail(std::string(s.message()));
   }
   const net::GuestConfig& g = *guest;
+  // -t / -u: every spec checked here, so that a bad one is a one-line error.
+  for (const auto& [flag, specs] :
+       {std::pair{"-t", &options->tcp_forwards}, std::pair{"-u", &options->udp_forwards}}) {
+    for (const std::string& spec : *specs) {
+      absl::StatusOr<std::vector<net::PortForward>> forwards = net::ParsePortForwards(spec);
+      if (!forwards.ok()) return Fail(absl::StrCat(flag, ": ", forwards.status().message()));
+      for (const net::PortForward& f : *forwards) {
+        if ((f.family == AF_INET && g.ipv6_only) || (f.family == AF_INET6 && g.ipv4_only)) {
+          return Fail(absl::StrCat(flag, " ", spec, ": its address's family is off (",
+                                   g.ipv6_only ? "-6" : "-4", ")"));
+        }
+      }
+    }
+  }
   const bool v4 = !g.ipv6_only;
   const bool v6 = !g.ipv4_only;
 
@@ -141,6 +156,8 @@ int Main(int argc, char** argv) {
   backend_options.send_ra = v6 && !g.no_ndp && !g.no_ra;
   if (v6 && !g.no_dhcpv6) backend_options.dhcpv6 = net::ToDhcpv6Config(g);
   backend_options.icmp = net::ToIcmpEchoConfig(g);
+  backend_options.guest = g;
+  // Flow translators, in the order frames try them (see BackendOptions).
 
   absl::StatusOr<std::unique_ptr<Backend>> backend = Backend::Create(backend_options);
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
@@ -162,14 +179,18 @@ int Main(int argc, char** argv) {
             "MTU %d. Guest TCP and UDP are not translated yet: those frames are counted "
             "and dropped.",
             g.mtu);
-  VUNET_LOG(kInfo,
-            "attach a VM (RAM must be shared; -m and size= the same; under TCG QEMU 7.2 needs "
-            "vectors=0 on the -device):");
+  const net::MacAddr& mac = g.guest_mac;
+  VUNET_LOG(kInfo, "attach a VM with these QEMU options:");
   VUNET_LOG(kInfo,
             "  qemu-system-x86_64 ... -m 1G -chardev socket,id=vunet0,path=%s "
-            "-netdev vhost-user,id=net0,chardev=vunet0 -device virtio-net-pci,netdev=net0 "
-            "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem",
-            options->socket_path);
+            "-netdev vhost-user,id=net0,chardev=vunet0 "
+            "-device virtio-net-pci,netdev=net0,mac=%02x:%02x:%02x:%02x:%02x:%02x "
+            "-object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0",
+            options->socket_path, mac.bytes[0], mac.bytes[1], mac.bytes[2], mac.bytes[3],
+            mac.bytes[4], mac.bytes[5]);
+  VUNET_LOG(kInfo,
+            "  (the guest's RAM must be a shared memory backend: -m and size= must be the same; "
+            "under TCG, QEMU 7.2 also needs vectors=0 on the -device)");
 
   if (!options->foreground) {
     if (absl::Status s = Daemonize(); !s.ok()) return Fail(std::string(s.message()));
