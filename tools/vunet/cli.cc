@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
 // Values are strings and are checked in OptionsFromFlags, so that a bad one
@@ -40,6 +41,10 @@ ABSL_FLAG(bool, no_dhcpv6, false, "no DHCPv6 server");
 ABSL_FLAG(bool, no_ra, false, "no router advertisements");
 ABSL_FLAG(bool, ipv4_only, false, "IPv4 only");
 ABSL_FLAG(bool, ipv6_only, false, "IPv6 only");
+// One spec per line (ExpandArgs joins repeated -t/-u with newlines: a spec
+// holds commas of its own).
+ABSL_FLAG(std::string, tcp_ports, "", "TCP ports forwarded from the host to the guest");
+ABSL_FLAG(std::string, udp_ports, "", "UDP ports forwarded from the host to the guest");
 
 namespace vunet::tools {
 namespace {
@@ -47,18 +52,32 @@ namespace {
 // help and version are Abseil's own flags (flags_usage); main answers them
 // before Abseil sees them.
 constexpr OptionSpec kOptions[] = {
-    {"vhost_user", 0, false},     {"socket", 's', true},
-    {"foreground", 'f', false},   {"one_off", 0, false},
-    {"pid", 'P', true},           {"pcap", 'p', true},
-    {"quiet", 'q', false},        {"debug", 'd', false},
-    {"address", 'a', true, true}, {"netmask", 'n', true},
-    {"gateway", 'g', true, true}, {"mtu", 'm', true},
-    {"dns", 'D', true, true},     {"search", 'S', true, true},
-    {"mac_addr", 'M', true},      {"no_dhcp", 0, false},
-    {"no_ndp", 0, false},         {"no_dhcpv6", 0, false},
-    {"no_ra", 0, false},          {"ipv4_only", '4', false},
-    {"ipv6_only", '6', false},    {"print_capabilities", 0, false},
-    {"version", 0, false},        {"help", 'h', false},
+    {"vhost_user", 0, false},
+    {"socket", 's', true},
+    {"foreground", 'f', false},
+    {"one_off", 0, false},
+    {"pid", 'P', true},
+    {"pcap", 'p', true},
+    {"quiet", 'q', false},
+    {"debug", 'd', false},
+    {"address", 'a', true, true},
+    {"netmask", 'n', true},
+    {"gateway", 'g', true, true},
+    {"mtu", 'm', true},
+    {"dns", 'D', true, true},
+    {"search", 'S', true, true},
+    {"mac_addr", 'M', true},
+    {"no_dhcp", 0, false},
+    {"no_ndp", 0, false},
+    {"no_dhcpv6", 0, false},
+    {"no_ra", 0, false},
+    {"ipv4_only", '4', false},
+    {"ipv6_only", '6', false},
+    {"tcp_ports", 't', true, true, true},
+    {"udp_ports", 'u', true, true, true},
+    {"print_capabilities", 0, false},
+    {"version", 0, false},
+    {"help", 'h', false},
 };
 
 const OptionSpec* FindLong(absl::string_view name) {
@@ -154,7 +173,8 @@ absl::StatusOr<std::vector<std::string>> ExpandArgs(absl::Span<const std::string
     return Error(absl::StrCat("unexpected argument '", arg, "'"));
   }
   for (const auto& [o, values] : lists) {
-    out.push_back(absl::StrCat("--", o->name, "=", absl::StrJoin(values, ",")));
+    out.push_back(
+        absl::StrCat("--", o->name, "=", absl::StrJoin(values, o->join_lines ? "\n" : ",")));
   }
   return out;
 }
@@ -205,6 +225,10 @@ absl::StatusOr<CliOptions> OptionsFromFlags() {
   v.no_ra = absl::GetFlag(FLAGS_no_ra);
   v.ipv4_only = absl::GetFlag(FLAGS_ipv4_only);
   v.ipv6_only = absl::GetFlag(FLAGS_ipv6_only);
+  for (auto [flag, specs] : {std::pair{&FLAGS_tcp_ports, &o.tcp_forwards},
+                             std::pair{&FLAGS_udp_ports, &o.udp_forwards}}) {
+    if (std::string s = absl::GetFlag(*flag); !s.empty()) *specs = absl::StrSplit(s, '\n');
+  }
   // ApplyOverrides refuses -4 with -6 too; say it in passt's words first.
   if (v.ipv4_only && v.ipv6_only) return Error("-4 and -6 cannot be given together");
   return o;
@@ -249,6 +273,12 @@ counted and dropped.
   --no-ra               no router advertisements
   -4, --ipv4-only       IPv4 only
   -6, --ipv6-only       IPv6 only
+  -t, --tcp-ports SPEC  forward TCP ports from the host to the guest
+                        (repeatable); SPEC is passt's: "none", PORT[-PORT]
+                        [:GUESTPORT[-GUESTPORT]], several comma-separated,
+                        bound with ADDR/ or ADDR%%IFNAME/ in front, e.g.
+                        -t 8080:80  -t 127.0.0.1/2222:22  -t 8000-8010
+  -u, --udp-ports SPEC  forward UDP ports, as -t
   --print-capabilities  print the vhost-user backend capabilities (JSON)
   --version             print the version
   -h, --help            print this help

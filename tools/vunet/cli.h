@@ -38,6 +38,9 @@ struct OptionSpec {
   char short_name;   // 0 if none.
   bool takes_value;
   bool repeatable = false;  // Values gathered into one comma-separated list.
+  // Repeatable options whose values may hold commas themselves (-t, -u) are
+  // joined with a newline instead, and split again in OptionsFromFlags.
+  bool join_lines = false;
 };
 
 // Every option the backend accepts, in the order --help lists them.
@@ -59,6 +62,11 @@ struct CliOptions {
   std::string pcap_file;  // --pcap; empty: no capture.
   LogLevel log_level = LogLevel::kNormal;
   bool print_capabilities = false;
+
+  // -t / -u, one raw spec per occurrence, checked later by
+  // net::ParsePortForwards (net/translator.h).
+  std::vector<std::string> tcp_forwards;
+  std::vector<std::string> udp_forwards;
 
   // Addressing overrides, checked later by net::ApplyOverrides.
   net::ConfigOverrides overrides;

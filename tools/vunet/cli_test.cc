@@ -19,6 +19,8 @@ ABSL_DECLARE_FLAG(std::string, mtu);
 ABSL_DECLARE_FLAG(std::string, netmask);
 ABSL_DECLARE_FLAG(bool, ipv4_only);
 ABSL_DECLARE_FLAG(std::string, pcap);
+ABSL_DECLARE_FLAG(std::string, tcp_ports);
+ABSL_DECLARE_FLAG(std::string, udp_ports);
 
 namespace vunet::tools {
 namespace {
@@ -91,6 +93,11 @@ TEST(ExpandArgs, RepeatableOptionsAreGathered) {
       ElementsAre("--quiet", "--dns=192.0.2.53,2001:db8::53", "--address=10.0.0.2,fd00::2"));
   EXPECT_THAT(Expanded({"-g", "10.0.0.1", "--gateway", "fe80::1", "-S", "example.com"}),
               ElementsAre("--gateway=10.0.0.1,fe80::1", "--search=example.com"));
+}
+
+TEST(ExpandArgs, PortSpecsKeepTheirCommas) {
+  EXPECT_THAT(Expanded({"-t", "127.0.0.1/80,443", "--tcp-ports", "8080:80", "-u53"}),
+              ElementsAre("--tcp_ports=127.0.0.1/80,443\n8080:80", "--udp_ports=53"));
 }
 
 TEST(ExpandArgs, DoubleDashEndsOptions) {
@@ -206,6 +213,15 @@ TEST_F(OptionsFromFlagsTest, AddressingGoesToOverrides) {
   // net::ApplyOverrides judges the values (an IPv6 address with -4 is refused).
   net::GuestConfig config;
   EXPECT_FALSE(net::ApplyOverrides(&config, o->overrides).ok());
+}
+
+TEST_F(OptionsFromFlagsTest, PortSpecsOnePerOccurrence) {
+  absl::SetFlag(&FLAGS_tcp_ports, "127.0.0.1/80,443\n8080:80");
+  absl::SetFlag(&FLAGS_udp_ports, "53");
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_THAT(o->tcp_forwards, ElementsAre("127.0.0.1/80,443", "8080:80"));
+  EXPECT_THAT(o->udp_forwards, ElementsAre("53"));
 }
 
 TEST(Texts, CapabilitiesVersionUsage) {
