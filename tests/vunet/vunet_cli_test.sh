@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The vunet binary's command line and life cycle, without a guest: --print-capabilities prints the JSON
-# a vhost-user net backend must (QEMU/libvirt read it), --version and --help exit 0, every bad option or
-# impossible combination is one line on stderr and exit 1, SIGTERM in the foreground exits 0 and
-# removes the socket, and without -f the process daemonizes (the parent exits 0 at once; the pid file
-# names the daemon, which serves the socket until SIGTERM).
+# a vhost-user net backend must (QEMU/libvirt read it), --version and --help exit 0, every option passt's
+# users type is accepted (all of them at once, in two runs that start and serve), every bad option or
+# impossible combination is one line on stderr and exit 1, the start-up banner holds the QEMU options
+# that attach a VM, SIGTERM in the foreground exits 0 and removes the socket, and without -f the process
+# daemonizes (the parent exits 0 at once; the pid file names the daemon, which serves the socket until
+# SIGTERM).
 #
 # Usage: vunet_cli_test.sh VUNET
 set -euo pipefail
@@ -47,7 +49,7 @@ for help in --help -h; do
   run "$help"
   ((rc == 0)) || fail "$help exited $rc"
   for want in --socket --foreground --one-off --pid --print-capabilities --vhost-user --no-dhcp \
-    "TCP and UDP are not translated yet" "vectors=0" "memory-backend-memfd"; do
+    --tcp-ports --udp-ports --pcap --mtu --dns "vectors=0" "memory-backend-memfd"; do
     grep -qF -- "$want" "$dir/out" || fail "$help does not mention '$want'"
   done
 done
@@ -77,6 +79,45 @@ bad "netmask" -n 255.0.255.0
 bad "too long" -s "/tmp/$(printf 'x%.0s' $(seq 200))"
 bad "foreground" --foreground=maybe
 bad "the only mode" --vhost-user=false
+bad "needs a value" -t
+bad "forwarding spec 'x'" -t x
+bad "forwarding spec '0'" -t 0
+bad "forwarding spec '70000'" -u 70000
+bad "forwarding spec '8000-8010:80'" -t 8000-8010:80
+bad "forwarding spec '300.0.0.1/80'" -t 300.0.0.1/80
+bad "forwarding spec '80,,81'" -t 22 -t 80,,81
+bad "-6" -6 -t 127.0.0.1/8080
+bad "-4" -4 -u ::1/5353
+bad "unknown option '--tcp-port'" --tcp-port 80
+
+# Every option at once (passt's spellings), in two runs: each starts, serves its socket, and exits 0 on
+# SIGTERM. Forwarded ports are high and random (they bind once forwarding is served).
+port=$((20000 + RANDOM % 20000))
+accepted() {
+  local sock=$1 log=$2
+  shift 2
+  "$vunet" -s "$sock" "$@" >"$log" 2>&1 </dev/null &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 100); do
+    [[ -S $sock ]] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  [[ -S $sock ]] || fail "'$*' did not start: $(cat "$log")"
+  kill -TERM "$pid"
+  local rc=0
+  wait "$pid" || rc=$?
+  ((rc == 0)) || fail "'$*': exit $rc after SIGTERM: $(cat "$log")"
+  echo "ok: accepted $*"
+}
+accepted "$dir/all4.sock" "$dir/all4.log" --vhost-user -f --one-off -P "$dir/all4.pid" -4 \
+  -a 10.0.2.15 -n 255.255.255.0 -g 10.0.2.2 --mtu 1500 --dns 10.0.2.3 -D 10.0.2.4 -S example.com \
+  -M 02:00:00:00:00:01 --no-dhcp --no-ndp --no-dhcpv6 --no-ra -t "127.0.0.1/$port:80" -t none \
+  -u "$port,$((port + 1)):53" --pcap "$dir/all4.pcap" -q
+accepted "$dir/all6.sock" "$dir/all6.log" --foreground -6 -a fd00::15/64 -g fe80::1 -m 65520 \
+  -D fd00::3 --tcp-ports "::1/$port-$((port + 2)):8080-8082" --udp-ports none -p "$dir/all6.pcap" -d
+grep -q 'IPv6: guest fd00::15/64' "$dir/all6.log" || fail "-6 -a: $(cat "$dir/all6.log")"
 
 # Foreground: listening, SIGTERM, exit 0, socket and pid file removed.
 sock=$dir/fg.sock
@@ -89,8 +130,12 @@ for _ in $(seq 100); do
 done
 [[ -S $sock ]] || fail "no socket at $sock: $(cat "$dir/fg.log")"
 [[ $(cat "$dir/fg.pid") == "$pid" ]] || fail "the pid file does not name $pid"
-grep -q "path=$sock" "$dir/fg.log" || fail "no QEMU command line in the banner: $(cat "$dir/fg.log")"
-grep -q "TCP and UDP are not translated yet" "$dir/fg.log" || fail "the banner does not say TCP/UDP drop"
+# The QEMU options that attach a VM, with the MAC the guest should have and a shared memory backend.
+qemu_line="-chardev socket,id=vunet0,path=$sock -netdev vhost-user,id=net0,chardev=vunet0"
+qemu_line+=" -device virtio-net-pci,netdev=net0,mac=9a:55:9a:55:9a:56"
+qemu_line+=" -object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0"
+grep -qF -- "$qemu_line" "$dir/fg.log" || fail "no QEMU command line in the banner: $(cat "$dir/fg.log")"
+grep -qF -- "-m and size= must be the same" "$dir/fg.log" || fail "the banner does not say -m = size="
 # A second instance on the same socket is refused.
 run -f -s "$sock"
 ((rc == 1)) || fail "a second instance on a live socket exited $rc"
