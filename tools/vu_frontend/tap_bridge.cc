@@ -1,0 +1,283 @@
+#include "tools/vu_frontend/tap_bridge.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_arp.h>
+#include <linux/if_tun.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "base/log.h"
+#include "virtio/virtio_net.h"
+
+namespace vunet::vu_frontend {
+namespace {
+
+constexpr int kTapHeaderSize = sizeof(VirtioNetHdr);  // 12, set with TUNSETVNETHDRSZ.
+constexpr size_t kMinFrame = 14;                      // An Ethernet header.
+// Batches PumpTap moves before it lets the receive side have a turn.
+constexpr int kTapRounds = 4;
+// While frames wait for transmit ring space, poll wakes up this often even
+// without a notification (a safety net; notifications are armed).
+constexpr int kTxWaitMs = 10;
+
+absl::Status Errno(absl::string_view what) {
+  const int error = errno;
+  return absl::ErrnoToStatus(error, what);
+}
+
+}  // namespace
+
+std::optional<std::array<uint8_t, 6>> ParseMac(absl::string_view text) {
+  std::array<uint8_t, 6> mac{};
+  std::vector<absl::string_view> parts = absl::StrSplit(text, ':');
+  if (parts.size() != mac.size()) return std::nullopt;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (parts[i].empty() || parts[i].size() > 2) return std::nullopt;
+    unsigned value = 0;
+    for (char c : parts[i]) {
+      int digit;
+      if (c >= '0' && c <= '9') {
+        digit = c - '0';
+      } else if (c >= 'a' && c <= 'f') {
+        digit = c - 'a' + 10;
+      } else if (c >= 'A' && c <= 'F') {
+        digit = c - 'A' + 10;
+      } else {
+        return std::nullopt;
+      }
+      value = value * 16 + static_cast<unsigned>(digit);
+    }
+    mac[i] = static_cast<uint8_t>(value);
+  }
+  return mac;
+}
+
+absl::StatusOr<Tap> OpenTap(const TapOptions& options) {
+  if (options.name.size() >= IFNAMSIZ) {
+    return absl::InvalidArgumentError(absl::StrCat("interface name too long: ", options.name));
+  }
+  if (options.mtu < 68 || options.mtu > 65535) {
+    return absl::InvalidArgumentError(absl::StrFormat("MTU %d: not in 68..65535", options.mtu));
+  }
+  Tap tap;
+  tap.fd.reset(open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK));
+  if (!tap.fd.valid()) return Errno("open /dev/net/tun");
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, options.name.data(), options.name.size());
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  if (ioctl(tap.fd.get(), TUNSETIFF, &ifr) < 0) return Errno("TUNSETIFF");
+  tap.name.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+  // The frontend's own header layout, so the backend's goes to the tap as is.
+  int header_size = kTapHeaderSize;
+  if (ioctl(tap.fd.get(), TUNSETVNETHDRSZ, &header_size) < 0) return Errno("TUNSETVNETHDRSZ");
+  // No offloads: the kernel finishes checksums and segments before handing
+  // us a frame, since SendFrames cannot pass a header on.
+  if (ioctl(tap.fd.get(), TUNSETOFFLOAD, 0UL) < 0) return Errno("TUNSETOFFLOAD");
+
+  UniqueFd control(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!control.valid()) return Errno("socket");
+  ifreq req{};
+  std::memcpy(req.ifr_name, tap.name.data(), tap.name.size());
+  req.ifr_mtu = static_cast<int>(options.mtu);
+  if (ioctl(control.get(), SIOCSIFMTU, &req) < 0) {
+    return Errno(absl::StrFormat("%s: MTU %d", tap.name, options.mtu));
+  }
+  if (options.mac) {
+    req.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    std::memcpy(req.ifr_hwaddr.sa_data, options.mac->data(), options.mac->size());
+    if (ioctl(control.get(), SIOCSIFHWADDR, &req) < 0) {
+      return Errno(absl::StrCat(tap.name, ": MAC address"));
+    }
+  }
+  if (options.up) {
+    if (ioctl(control.get(), SIOCGIFFLAGS, &req) < 0) return Errno("SIOCGIFFLAGS");
+    req.ifr_flags |= IFF_UP;
+    if (ioctl(control.get(), SIOCSIFFLAGS, &req) < 0) return Errno(absl::StrCat(tap.name, ": up"));
+  }
+  return tap;
+}
+
+TapBridge::TapBridge(Frontend* frontend, UniqueFd tap)
+    : frontend_(frontend),
+      tap_(std::move(tap)),
+      slot_size_(frontend->options().max_frame_size),
+      rx_(kBatch * slot_size_) {}
+
+absl::StatusOr<std::unique_ptr<TapBridge>> TapBridge::Create(Frontend* frontend, UniqueFd tap) {
+  if (frontend == nullptr || !frontend->connected() || frontend->queue(kRxQueue) == nullptr) {
+    return absl::InvalidArgumentError("the frontend is not connected");
+  }
+  if (!tap.valid()) return absl::InvalidArgumentError("no tap fd");
+  if (frontend->options().max_frame_size < kMinFrame) {
+    return absl::InvalidArgumentError("the frontend's max_frame_size is below a frame");
+  }
+  return std::unique_ptr<TapBridge>(new TapBridge(frontend, std::move(tap)));
+}
+
+absl::StatusOr<bool> TapBridge::SendPending() {
+  bool reclaimed_once = false;
+  while (batch_sent_ < batch_size_) {
+    absl::StatusOr<size_t> sent = frontend_->SendFrames(
+        absl::MakeConstSpan(batch_).subspan(batch_sent_, batch_size_ - batch_sent_));
+    if (!sent.ok()) return sent.status();
+    if (*sent > 0) {
+      batch_sent_ += *sent;
+      reclaimed_once = false;
+      continue;
+    }
+    // The ring is full. SendFrames already took back what had been returned,
+    // which armed the notification for the next return; a fence, then one
+    // more look, so a return that raced with the arming is not missed.
+    if (reclaimed_once) return false;
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    absl::StatusOr<size_t> reclaimed = frontend_->ReclaimTx();
+    if (!reclaimed.ok()) return reclaimed.status();
+    if (*reclaimed == 0) return false;
+    reclaimed_once = true;
+  }
+  return true;
+}
+
+absl::Status TapBridge::PumpTap() {
+  for (int round = 0; round < kTapRounds; ++round) {
+    batch_size_ = 0;
+    batch_sent_ = 0;
+    bool drained = false;
+    while (batch_size_ < kBatch) {
+      uint8_t* slot = rx_.data() + batch_size_ * slot_size_;
+      iovec iov[2] = {{&rx_headers_[batch_size_], kTapHeaderSize}, {slot, slot_size_}};
+      const ssize_t n = readv(tap_.get(), iov, 2);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) {
+          drained = true;
+          break;
+        }
+        return Errno("read from the tap");
+      }
+      const VirtioNetHdr& header = rx_headers_[batch_size_];
+      const size_t len = static_cast<size_t>(n) > kTapHeaderSize ? n - kTapHeaderSize : 0;
+      // Offloads are off, so neither should happen; a frame we cannot
+      // complete is dropped rather than sent half-made.
+      if (len < kMinFrame || len >= slot_size_ || header.gso_type != 0 ||
+          (header.flags & virtio::kVirtioNetHdrFNeedsCsum) != 0) {
+        ++stats_.tap_read_dropped;
+        VUNET_LOG_RATELIMITED(kWarning, "tap_bridge: dropped a %d-byte frame from the tap", len);
+        continue;
+      }
+      batch_[batch_size_++] = absl::MakeConstSpan(slot, len);
+    }
+    if (batch_size_ == 0) return absl::OkStatus();
+    for (size_t i = 0; i < batch_size_; ++i) stats_.to_backend_bytes += batch_[i].size();
+    stats_.to_backend_frames += batch_size_;
+    absl::StatusOr<bool> all = SendPending();
+    if (!all.ok()) return all.status();
+    if (!*all) {
+      ++stats_.tx_ring_full;
+      return absl::OkStatus();
+    }
+    if (drained) return absl::OkStatus();
+  }
+  return absl::OkStatus();
+}
+
+void TapBridge::WriteToTap(const ReceivedFrame& frame) {
+  VirtioNetHdr header = frame.header;
+  header.num_buffers = 0;
+  iovec iov[2] = {{&header, kTapHeaderSize},
+                  {const_cast<uint8_t*>(frame.data.data()), frame.data.size()}};
+  const ssize_t n = writev(tap_.get(), iov, 2);
+  if (n < 0) {
+    ++stats_.tap_write_errors;
+    VUNET_LOG_RATELIMITED(kWarning, "tap_bridge: the tap refused a %d-byte frame: %s",
+                          frame.data.size(), strerror(errno));
+    return;
+  }
+  ++stats_.to_tap_frames;
+  stats_.to_tap_bytes += frame.data.size();
+}
+
+absl::Status TapBridge::PumpRx() {
+  while (true) {
+    absl::StatusOr<size_t> n = frontend_->ReceiveFrames(
+        kBatch, absl::ZeroDuration(), [this](const ReceivedFrame& frame) { WriteToTap(frame); });
+    if (!n.ok()) return n.status();
+    if (*n == 0) return absl::OkStatus();
+    // Consuming entries armed the next notification; the fence orders that
+    // before the next look at the used index, so none is missed.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+}
+
+absl::Status TapBridge::Run(int stop_fd) {
+  const int rx_call = frontend_->call_fd(kRxQueue);
+  const int tx_call = frontend_->call_fd(kTxQueue);
+  // Frames the backend queued before we started.
+  if (absl::Status s = PumpRx(); !s.ok()) return s;
+  bool tx_waiting = false;
+  while (true) {
+    pollfd fds[4];
+    nfds_t count = 0;
+    const auto add = [&fds, &count](int fd) {
+      fds[count] = {.fd = fd, .events = POLLIN, .revents = 0};
+      return count++;
+    };
+    const nfds_t stop_i = stop_fd >= 0 ? add(stop_fd) : 4;
+    const nfds_t socket_i = add(frontend_->socket_fd());
+    const nfds_t rx_i = add(rx_call);
+    const nfds_t tx_i = add(tx_waiting ? tx_call : tap_.get());
+    const int ready = poll(fds, count, tx_waiting ? kTxWaitMs : -1);
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      return Errno("poll");
+    }
+    ++stats_.polls;
+    if (stop_i < count && fds[stop_i].revents != 0) return absl::OkStatus();
+    if (fds[socket_i].revents != 0) {
+      char byte;
+      const ssize_t peeked = recv(frontend_->socket_fd(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (peeked == 0 || (fds[socket_i].revents & (POLLHUP | POLLERR)) != 0) {
+        return absl::UnavailableError("the backend closed the vhost-user connection");
+      }
+      if (peeked > 0) {
+        // We ask for no backend-initiated requests; read and ignore one.
+        absl::StatusOr<vu::Message> message = frontend_->ReadReply();
+        if (!message.ok()) return message.status();
+        VUNET_LOG_RATELIMITED(kWarning, "tap_bridge: ignored an unexpected message (request %d)",
+                              message->header.request);
+      }
+    }
+    if (fds[rx_i].revents != 0) {
+      uint64_t value;
+      // Ours and non-blocking; cleared before the ring is read, so a later
+      // notification is kept.
+      (void)!read(rx_call, &value, sizeof(value));
+      if (absl::Status s = PumpRx(); !s.ok()) return s;
+    }
+    if (tx_waiting) {
+      uint64_t value;
+      if (fds[tx_i].revents != 0) (void)!read(tx_call, &value, sizeof(value));
+      absl::StatusOr<bool> all = SendPending();
+      if (!all.ok()) return all.status();
+      tx_waiting = !*all;
+      if (tx_waiting) continue;
+      // The tap may have more; poll says so next time round.
+    } else if (fds[tx_i].revents != 0) {
+      if (absl::Status s = PumpTap(); !s.ok()) return s;
+      tx_waiting = batch_sent_ < batch_size_;
+    }
+  }
+}
+
+}  // namespace vunet::vu_frontend

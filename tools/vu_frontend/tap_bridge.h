@@ -1,0 +1,129 @@
+// Puts a Linux network stack behind a vhost-user backend: a tap device whose
+// frames are carried over a vu_frontend::Frontend, so that the kernel of the
+// namespace the tap lives in plays the guest. Frames the kernel sends on the
+// tap go to the backend's transmit queue (SendFrames, in batches); frames the
+// backend puts in the receive queue are written to the tap.
+//
+//   TapOptions tap_options{.name = "vunet0", .mtu = 65520};
+//   absl::StatusOr<Tap> tap = OpenTap(tap_options);
+//   ... frontend->Connect(socket), frontend->Negotiate() ...
+//   absl::StatusOr<std::unique_ptr<TapBridge>> bridge =
+//       TapBridge::Create(frontend.get(), std::move(tap->fd));
+//   absl::Status s = (*bridge)->Run(stop_fd);  // Until stop_fd is readable.
+//
+// The tap runs without offloads: the kernel hands us complete frames with
+// their checksums computed and segments no larger than the MTU (the
+// frontend's SendFrames sends a zeroed virtio-net header). The other way,
+// the backend's header goes to the tap as it is, so a frame marked
+// NEEDS_CSUM or DATA_VALID (with VIRTIO_NET_F_GUEST_CSUM negotiated) is
+// finished or trusted by the kernel.
+//
+// Buffers are allocated once by Create; the data path allocates nothing.
+// Single-threaded: Run drives the frontend, which must not be used
+// elsewhere meanwhile.
+
+#ifndef VUNET_TOOLS_VU_FRONTEND_TAP_BRIDGE_H_
+#define VUNET_TOOLS_VU_FRONTEND_TAP_BRIDGE_H_
+
+#include <sys/uio.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "base/unique_fd.h"
+#include "tools/vu_frontend/frontend.h"
+
+namespace vunet::vu_frontend {
+
+struct TapOptions {
+  // The interface's name; the kernel picks one (tapN) if empty.
+  std::string name = "vunet0";
+  // Set on the interface; 68 to 65535.
+  uint32_t mtu = 65520;
+  // The interface's MAC address; the kernel's random one if unset.
+  std::optional<std::array<uint8_t, 6>> mac;
+  // Bring the link up.
+  bool up = true;
+};
+
+struct Tap {
+  UniqueFd fd;       // Non-blocking, 12-byte virtio-net headers, no offloads.
+  std::string name;  // As the kernel named it.
+};
+
+// Creates the tap device in the calling thread's network namespace
+// (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, offloads off) and configures it. The
+// device lives as long as the fd. Needs CAP_NET_ADMIN.
+absl::StatusOr<Tap> OpenTap(const TapOptions& options);
+
+// Parses "52:54:00:12:34:56".
+std::optional<std::array<uint8_t, 6>> ParseMac(absl::string_view text);
+
+struct TapBridgeStats {
+  uint64_t to_backend_frames = 0;  // Read from the tap and queued on the transmit ring.
+  uint64_t to_backend_bytes = 0;
+  uint64_t to_tap_frames = 0;  // Received from the backend and written to the tap.
+  uint64_t to_tap_bytes = 0;
+  uint64_t tap_write_errors = 0;  // Frames the tap refused (counted, dropped).
+  uint64_t tap_read_dropped = 0;  // Frames from the tap we could not send (too big, offloaded).
+  uint64_t tx_ring_full = 0;      // Times the transmit ring was full and we waited.
+  uint64_t polls = 0;             // Loop iterations.
+};
+
+class TapBridge {
+ public:
+  // Frames read from the tap per SendFrames call, at most.
+  static constexpr size_t kBatch = 64;
+
+  // `frontend` has negotiated and both rings run; it must outlive the
+  // bridge. `tap` comes from OpenTap (non-blocking, 12-byte headers).
+  // kInvalidArgument if the rings are not running.
+  static absl::StatusOr<std::unique_ptr<TapBridge>> Create(Frontend* frontend, UniqueFd tap);
+
+  TapBridge(const TapBridge&) = delete;
+  TapBridge& operator=(const TapBridge&) = delete;
+
+  // Shuttles frames until `stop_fd` (an eventfd or signalfd; -1 for none)
+  // becomes readable: OkStatus. kUnavailable when the backend closes the
+  // connection; another error if the frontend reports one (a backend
+  // breaking the ring protocol) or a syscall fails.
+  absl::Status Run(int stop_fd);
+
+  const TapBridgeStats& stats() const { return stats_; }
+  int tap_fd() const { return tap_.get(); }
+
+ private:
+  TapBridge(Frontend* frontend, UniqueFd tap);
+
+  // Reads the tap until it is empty or the transmit ring is full, a batch
+  // at a time. Returns whether frames wait for ring space (pending_).
+  absl::Status PumpTap();
+  // Sends what waits in the batch; true if all of it went out.
+  absl::StatusOr<bool> SendPending();
+  // Writes everything the backend has put in the receive ring to the tap.
+  absl::Status PumpRx();
+  void WriteToTap(const ReceivedFrame& frame);
+
+  Frontend* const frontend_;
+  const UniqueFd tap_;
+  const size_t slot_size_;   // Bytes per read buffer: a frame at most this long.
+  std::vector<uint8_t> rx_;  // kBatch read buffers.
+  std::array<VirtioNetHdr, kBatch> rx_headers_{};
+  std::array<absl::Span<const uint8_t>, kBatch> batch_{};
+  size_t batch_size_ = 0;  // Frames read into the batch.
+  size_t batch_sent_ = 0;  // Of which the ring took this many.
+  TapBridgeStats stats_;
+};
+
+}  // namespace vunet::vu_frontend
+
+#endif  // VUNET_TOOLS_VU_FRONTEND_TAP_BRIDGE_H_

@@ -1,0 +1,139 @@
+// tap_bridge: a Linux network stack as the guest of a vhost-user backend.
+// Creates a tap device in the network namespace it runs in, connects to the
+// backend's socket as a virtio-net driver would, and carries frames between
+// the two until SIGTERM/SIGINT or the backend leaves (see tap_bridge.h).
+//
+//   ip netns add guest
+//   ip netns exec guest tap_bridge --socket /tmp/vunet.sock --tap vunet0 &
+//   ip netns exec guest udhcpc -i vunet0      # or: ip addr add ... dev vunet0
+//
+// The link is up with the MTU given once "tap_bridge: ... running" is
+// printed (stderr). Exit status: 0 after a signal, 1 on an error, 3 when the
+// backend closed the connection.
+
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "base/unique_fd.h"
+#include "tools/vu_frontend/frontend.h"
+#include "tools/vu_frontend/tap_bridge.h"
+
+ABSL_FLAG(std::string, socket, "", "the backend's vhost-user UNIX socket (required)");
+ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(10),
+          "how long to retry connecting while the socket is missing or refuses");
+ABSL_FLAG(std::string, tap, "vunet0", "the tap interface's name");
+ABSL_FLAG(uint32_t, mtu, 65520, "the tap's MTU (vunet's default guest MTU is 65520)");
+ABSL_FLAG(std::string, mac, "", "the tap's MAC address (default: the kernel's random one)");
+ABSL_FLAG(uint32_t, queue_size, 256, "entries per ring");
+ABSL_FLAG(bool, guest_csum, true,
+          "ask for VIRTIO_NET_F_GUEST_CSUM (the backend may leave checksums to us)");
+
+namespace vunet::vu_frontend {
+namespace {
+
+// "--queue-size=3" -> "--queue_size=3": absl flag names use underscores.
+void NormalizeFlagNames(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    char* arg = argv[i];
+    if (std::strcmp(arg, "--") == 0) break;
+    if (std::strncmp(arg, "--", 2) != 0) continue;
+    for (char* p = arg + 2; *p != '\0' && *p != '='; ++p) {
+      if (*p == '-') *p = '_';
+    }
+  }
+}
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "tap_bridge: %s\n", message.c_str());
+  return 1;
+}
+
+int Run() {
+  const std::string socket_path = absl::GetFlag(FLAGS_socket);
+  if (socket_path.empty()) return Fail("--socket is required");
+  TapOptions tap_options;
+  tap_options.name = absl::GetFlag(FLAGS_tap);
+  tap_options.mtu = absl::GetFlag(FLAGS_mtu);
+  if (const std::string mac = absl::GetFlag(FLAGS_mac); !mac.empty()) {
+    tap_options.mac = ParseMac(mac);
+    if (!tap_options.mac) return Fail("--mac: not a MAC address: " + mac);
+  }
+
+  // Signals become readable on a signalfd, the bridge's stop fd.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  sigprocmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  UniqueFd stop(signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!stop.valid()) return Fail(std::string("signalfd: ") + strerror(errno));
+
+  FrontendOptions options;
+  options.queue_size = absl::GetFlag(FLAGS_queue_size);
+  if (absl::GetFlag(FLAGS_guest_csum)) options.features |= Bit(kVirtioNetFGuestCsum);
+  // A frame of the largest MTU with its Ethernet header, in one buffer: no
+  // reassembly copy on the receive side.
+  options.max_frame_size = 65535 + 14;
+  options.rx_buffer_size = sizeof(VirtioNetHdr) + options.max_frame_size;
+  absl::StatusOr<std::unique_ptr<Frontend>> frontend = Frontend::Create(options);
+  if (!frontend.ok()) return Fail(frontend.status().ToString());
+
+  absl::StatusOr<Tap> tap = OpenTap(tap_options);
+  if (!tap.ok()) return Fail(tap.status().ToString());
+  const std::string tap_name = tap->name;
+
+  if (absl::Status s = (*frontend)->Connect(socket_path, absl::GetFlag(FLAGS_connect_timeout));
+      !s.ok()) {
+    return Fail(s.ToString());
+  }
+  if (absl::Status s = (*frontend)->Negotiate(); !s.ok()) {
+    return Fail("negotiation failed: " + s.ToString());
+  }
+  absl::StatusOr<std::unique_ptr<TapBridge>> bridge =
+      TapBridge::Create(frontend->get(), std::move(tap->fd));
+  if (!bridge.ok()) return Fail(bridge.status().ToString());
+  std::fprintf(stderr, "tap_bridge: %s (MTU %u) <-> %s running; features %s\n", tap_name.c_str(),
+               tap_options.mtu, socket_path.c_str(), FeatureNames((*frontend)->features()).c_str());
+
+  const absl::Status status = (*bridge)->Run(stop.get());
+  const TapBridgeStats& st = (*bridge)->stats();
+  std::fprintf(
+      stderr,
+      "tap_bridge: to backend %llu frames %llu bytes; to tap %llu frames %llu bytes; "
+      "tap write errors %llu, dropped from tap %llu, transmit ring full %llu, polls %llu\n",
+      static_cast<unsigned long long>(st.to_backend_frames),
+      static_cast<unsigned long long>(st.to_backend_bytes),
+      static_cast<unsigned long long>(st.to_tap_frames),
+      static_cast<unsigned long long>(st.to_tap_bytes),
+      static_cast<unsigned long long>(st.tap_write_errors),
+      static_cast<unsigned long long>(st.tap_read_dropped),
+      static_cast<unsigned long long>(st.tx_ring_full), static_cast<unsigned long long>(st.polls));
+  if (absl::IsUnavailable(status)) {
+    std::fprintf(stderr, "tap_bridge: %s\n", std::string(status.message()).c_str());
+    return 3;
+  }
+  if (!status.ok()) return Fail(status.ToString());
+  return 0;
+}
+
+}  // namespace
+}  // namespace vunet::vu_frontend
+
+int main(int argc, char** argv) {
+  vunet::vu_frontend::NormalizeFlagNames(argc, argv);
+  absl::ParseCommandLine(argc, argv);
+  return vunet::vu_frontend::Run();
+}
