@@ -29,6 +29,13 @@
 # (vunet.timeout=SECONDS, default 120); then `poweroff -f`. It prints markers on the console (ttyS0):
 #   VUNET-INIT: start / modules loaded / eth0 up ... / VUNET-TEST: begin / VUNET-TEST: exit=N /
 #   VUNET-INIT: poweroff
+# With vunet.mode=commands the script is a list of shell commands, one a line, run one after the other
+# in one shell by /bin/vunet-commands, each shown first as "guest# COMMAND" and followed by its output
+# (and "(exit status N)" if it failed); "#" lines are printed as they are. The demo (tools/run --demo)
+# uses it.
+# `udhcpc -i eth0` works out of the box: /etc/udhcpc/default.script prints what it got as one line,
+#   UDHCPC: bound ip=... mask=... router=... dns=... mtu=... lease=... serverid=...
+# and configures eth0 with it (address, MTU, default route, /etc/resolv.conf).
 #
 # Needs: apt (apt-get, apt-cache), dpkg, busybox-static (/bin/busybox), gzip; iperf3 optional.
 set -euo pipefail
@@ -305,6 +312,56 @@ echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
 echo "127.0.0.1 localhost" >"$root/etc/hosts"
 
+mkdir -p "$root/etc/udhcpc"
+cat >"$root/etc/udhcpc/default.script" <<'EOF'
+#!/bin/sh
+# udhcpc's event script: one line saying what the server gave, then eth0 configured with it.
+echo "UDHCPC: $1 ip=${ip:-} mask=${mask:-} subnet=${subnet:-} router=${router:-} dns=${dns:-}" \
+  "mtu=${mtu:-} lease=${lease:-} serverid=${serverid:-}"
+case "$1" in
+deconfig) ip -4 addr flush dev "$interface" ;;
+bound | renew)
+  ip -4 addr flush dev "$interface"
+  ip -4 addr add "$ip/${mask:-24}" dev "$interface"
+  [ -n "${mtu:-}" ] && ip link set dev "$interface" mtu "$mtu"
+  ip -4 route flush default 2>/dev/null
+  for r in ${router:-}; do
+    ip -4 route add default via "$r" dev "$interface" && break
+  done
+  : >/etc/resolv.conf
+  for d in ${dns:-}; do echo "nameserver $d" >>/etc/resolv.conf; done
+  ;;
+esac
+exit 0
+EOF
+chmod 755 "$root/etc/udhcpc/default.script"
+
+cat >"$root/bin/vunet-commands" <<'EOF'
+#!/bin/sh
+# Runs the shell commands in FILE, one a line, in this one shell (so variables carry over), each shown
+# as "guest# COMMAND" before its output. Lines starting with # are printed as they are. Exits 1 if any
+# command failed.
+rc=0
+while IFS= read -r line <&3; do
+  case $line in
+  '') continue ;;
+  '#'*)
+    echo "$line"
+    continue
+    ;;
+  esac
+  echo "guest# $line"
+  eval "$line" </dev/null
+  status=$?
+  if [ $status -ne 0 ]; then
+    echo "(exit status $status)"
+    rc=1
+  fi
+done 3<"$1"
+exit $rc
+EOF
+chmod 755 "$root/bin/vunet-commands"
+
 cat >"$root/init" <<'EOF'
 #!/bin/sh
 # vunet test guest: bring the virtio-net device up, run the test script, power off.
@@ -321,10 +378,12 @@ echo "VUNET-INIT: start (kernel $(uname -r), uptime $(cut -d ' ' -f 1 /proc/upti
 
 script=/test.sh
 limit=120
+mode=script
 for arg in $(cat /proc/cmdline); do
   case $arg in
     vunet.script=*) script=${arg#vunet.script=} ;;
     vunet.timeout=*) limit=${arg#vunet.timeout=} ;;
+    vunet.mode=*) mode=${arg#vunet.mode=} ;;
   esac
 done
 
@@ -363,7 +422,11 @@ echo "VUNET-INIT: eth0 up mac $(cat /sys/class/net/eth0/address)" \
 
 if [ -f "$script" ]; then
   echo "VUNET-TEST: begin $script (limit ${limit} s)"
-  timeout "$limit" sh "$script"
+  if [ "$mode" = commands ]; then
+    timeout "$limit" sh /bin/vunet-commands "$script"
+  else
+    timeout "$limit" sh "$script"
+  fi
   rc=$?
   echo "VUNET-TEST: exit=$rc"
 else

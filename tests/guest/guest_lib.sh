@@ -15,7 +15,8 @@
 # its /init prints.
 #
 # Settings (environment): GUEST_MAC (52:54:00:12:34:56), GUEST_MEMORY (512M),
-# GUEST_APPEND (more kernel parameters), VUNET_CACHE (the cache's parent, as fetch_guest.sh).
+# GUEST_APPEND (more kernel parameters), GUEST_REBOOT (yes: a guest reboot resets the machine and QEMU
+# goes on; by default QEMU exits on reboot), VUNET_CACHE (the cache's parent, as fetch_guest.sh).
 
 # Bazel runs tests without HOME: the cache is then the account's, shared by every run and checkout.
 if [[ -z ${VUNET_CACHE:-} ]]; then
@@ -59,11 +60,12 @@ guest_initrd() {
 # there). Sets GUEST_QEMU_PID. The guest's test script gets TIMEOUT seconds (default 120).
 guest_start() {
   local socket=$1 initrd=$2 console=$3 qemu_log=$4 timeout=${5:-120}
-  local memory=${GUEST_MEMORY:-512M}
+  local memory=${GUEST_MEMORY:-512M} no_reboot=-no-reboot
+  [[ ${GUEST_REBOOT:-no} == yes ]] && no_reboot=
   qemu-system-x86_64 \
     -accel tcg -machine pc -smp 1 -m "$memory" \
     -object "memory-backend-memfd,id=mem,size=$memory,share=on" -numa node,memdev=mem \
-    -nodefaults -nographic -monitor none -serial "file:$console" -no-reboot \
+    -nodefaults -nographic -monitor none -serial "file:$console" ${no_reboot:+"$no_reboot"} \
     -kernel "$GUEST_KERNEL" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 quiet vunet.timeout=$timeout ${GUEST_APPEND:-}" \
     -chardev "socket,id=chr0,path=$socket" \

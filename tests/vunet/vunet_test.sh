@@ -223,8 +223,11 @@ else
     "ping results not checked"
 fi
 grep -q 'VUNET-TEST: exit=0' "$console" || fail "the guest's test script failed"
-# Guest TCP and UDP: counted and dropped, for now.
-grep -Eq 'dropped: tcp [1-9][0-9]*, udp [1-9]' "$vlog" || fail "vunet did not count the guest's TCP and UDP"
+# Guest TCP and UDP: counted and dropped while vunet says it does not translate them.
+if grep -q 'TCP and UDP are not translated yet' "$vlog"; then
+  grep -Eq 'dropped: tcp [1-9][0-9]*, udp [1-9]' "$vlog" ||
+    fail "vunet did not count the guest's TCP and UDP"
+fi
 
 # The capture: every frame both ways, readable by libpcap's readers.
 [[ -f $pcap ]] || fail "--pcap wrote no $pcap"
