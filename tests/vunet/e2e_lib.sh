@@ -90,7 +90,13 @@ e2e_host() {
 e2e_host_bg() {
   local log=$E2E_DIR/$1
   shift
-  e2e_host "$@" >"$log" 2>&1 </dev/null &
+  # Not through e2e_host: a function in the background is a subshell, and $! would be its pid rather
+  # than the command's (nsenter execs the command: no fork for a network namespace).
+  if [[ $E2E_NETNS == yes ]]; then
+    nsenter -t "$E2E_VUNET_PID" -n -- "$@" >"$log" 2>&1 </dev/null &
+  else
+    "$@" >"$log" 2>&1 </dev/null &
+  fi
   local pid=$!
   E2E_HOST_PIDS+=("$pid")
   sleep 0.3
