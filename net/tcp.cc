@@ -5,6 +5,7 @@
 #include <linux/sockios.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -252,7 +253,7 @@ absl::StatusOr<std::unique_ptr<TcpTranslator>> TcpTranslator::Create(
   if (getrandom(&t->isn_state_, sizeof(t->isn_state_), 0) != sizeof(t->isn_state_)) {
     return absl::InternalError(absl::StrFormat("getrandom: %s", strerror(errno)));
   }
-  t->reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  t->reserve_fd_.reset(eventfd(0, EFD_CLOEXEC));
   for (const PortForward& f : o.forwards) {
     if (absl::Status s = t->Listen(f); !s.ok()) return s;
   }
@@ -828,7 +829,7 @@ void TcpTranslator::OnListen(uint32_t index) {
           SetLingerZero(refused);
           close(refused);
         }
-        reserve_fd_.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
+        reserve_fd_.reset(eventfd(0, EFD_CLOEXEC));
         if (refused >= 0) continue;
       }
       break;

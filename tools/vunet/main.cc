@@ -26,6 +26,7 @@
 #include "net/config.h"
 #include "net/dhcpv6.h"
 #include "net/icmp.h"
+#include "net/tcp.h"
 #include "net/translator.h"
 #include "tools/vunet/backend.h"
 #include "tools/vunet/cli.h"
@@ -159,6 +160,15 @@ int Main(int argc, char** argv) {
   backend_options.icmp = net::ToIcmpEchoConfig(g);
   backend_options.guest = g;
   // Flow translators, in the order frames try them (see BackendOptions).
+  net::TcpTranslatorOptions tcp;
+  for (const std::string& spec : options->tcp_forwards) {
+    const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
+    tcp.forwards.insert(tcp.forwards.end(), f.begin(), f.end());
+  }
+  backend_options.translators.push_back(
+      [tcp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
+        return net::TcpTranslator::Create(env, tcp);
+      });
 
   absl::StatusOr<std::unique_ptr<Backend>> backend = Backend::Create(backend_options);
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
