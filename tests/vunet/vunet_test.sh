@@ -18,9 +18,10 @@
 #
 # Ping sockets need net.ipv4.ping_group_range to include our group. As root, vunet runs in a network
 # namespace of its own (unshare -n) with loopback up and the range opened there, which changes nothing
-# on the host; otherwise it runs as is and the ping checks apply only if vunet says ICMP echo is on.
+# on the host; otherwise it runs as is and the ping checks apply only if vunet says ICMP echo is on
+# (e2e_lib.sh).
 #
-# Usage: vunet_test.sh VUNET FETCH_GUEST_SH GUEST_LIB_SH PCAP_CHECK_PY. Skips (exit 0, SKIPPED line) only when
+# Usage: vunet_test.sh VUNET FETCH_GUEST_SH GUEST_LIB_SH PCAP_CHECK_PY E2E_LIB_SH. Skips (exit 0, SKIPPED line) only when
 # qemu-system-x86_64 is not installed. VUNET_TEST_TIMEOUT (seconds, default 70) bounds the guest; the whole test stays under 90 s.
 set -euo pipefail
 
@@ -29,6 +30,8 @@ fetch=$(realpath "$2")
 # shellcheck source=tests/guest/guest_lib.sh
 source "$3"
 pcap_check=$(realpath "$4")
+# shellcheck source=tests/vunet/e2e_lib.sh
+source "$5"
 guest_timeout=${VUNET_TEST_TIMEOUT:-70}
 
 if ! guest_have_qemu; then
@@ -37,18 +40,9 @@ if ! guest_have_qemu; then
   exit 0
 fi
 
-# A UNIX socket path must be short; TEST_TMPDIR can be long.
-dir=$(mktemp -d /tmp/vunet_e2e.XXXXXX)
-vunet_pid=
-cleanup() {
-  guest_stop_pids $GUEST_QEMU_PID $vunet_pid
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-
-fail() { guest_fail "$*" "$dir/vunet.log" "$dir/console.log" "$dir/qemu.log"; }
+e2e_init vunet_e2e
+dir=$E2E_DIR
+fail() { e2e_fail "$@"; }
 
 t0=$(guest_now)
 guest_fetch "$fetch" || fail "fetch_guest.sh left no guest in $GUEST_CACHE"
@@ -120,23 +114,8 @@ guest_initrd "$dir/test.sh" "$dir/initrd" || fail "could not build the initrd"
 
 socket=$dir/vunet.sock
 pcap=$dir/vunet.pcap
-args=(--one-off -f -s "$socket" -a "$guest_ip" -n 24 -g "$gateway" -D "$dns" -m "$mtu" --pcap "$pcap")
-netns=no
-# shellcheck disable=SC2016
-if ((EUID == 0)) && unshare -n true 2>/dev/null; then
-  netns=yes
-  unshare -n sh -c 'ip link set lo up && echo "0 2147483647" >/proc/sys/net/ipv4/ping_group_range &&
-    exec "$0" "$@"' "$vunet" "${args[@]}" >"$dir/vunet.log" 2>&1 &
-else
-  "$vunet" "${args[@]}" >"$dir/vunet.log" 2>&1 &
-fi
-vunet_pid=$!
-for _ in $(seq 200); do
-  [[ -S $socket ]] && break
-  kill -0 "$vunet_pid" 2>/dev/null || break
-  sleep 0.05
-done
-[[ -S $socket ]] || fail "vunet did not listen on $socket"
+e2e_start_vunet "$vunet" --one-off -a "$guest_ip" -n 24 -g "$gateway" -D "$dns" -m "$mtu" --pcap "$pcap"
+netns=$E2E_NETNS
 
 t_boot=$(guest_now)
 script_timeout=$((guest_timeout > 30 ? guest_timeout - 20 : 10))
@@ -146,23 +125,11 @@ guest_wait "$guest_timeout" || qemu_rc=$?
 ((qemu_rc != 124)) || fail "the guest did not power off within $guest_timeout s"
 t_off=$(guest_now)
 
-# --one-off: vunet exits once QEMU has disconnected.
-for _ in $(seq 100); do
-  kill -0 "$vunet_pid" 2>/dev/null || break
-  sleep 0.1
-done
-kill -0 "$vunet_pid" 2>/dev/null && fail "vunet did not exit after QEMU left (--one-off)"
-vunet_rc=0
-wait "$vunet_pid" || vunet_rc=$?
-vunet_pid=
-
-# The serial console ends its lines with CR LF.
-tr -d '\r' <"$dir/console.log" >"$dir/console.txt"
-console=$dir/console.txt
-vlog=$dir/vunet.log
 ((qemu_rc == 0)) || fail "qemu exited with status $qemu_rc"
-((vunet_rc == 0)) || fail "vunet exited with status $vunet_rc"
-[[ ! -e $socket ]] || fail "vunet left its socket behind"
+# --one-off: vunet exits (0, its socket removed) once QEMU has disconnected.
+e2e_stop_vunet
+console=$(e2e_console)
+vlog=$dir/vunet.log
 grep -q 'VUNET-INIT: eth0 up' "$console" || fail "the guest has no eth0"
 grep -q 'queue 0 (rx) started' "$vlog" || fail "the receive queue never started"
 grep -q 'queue 1 (tx) started' "$vlog" || fail "the transmit queue never started"
