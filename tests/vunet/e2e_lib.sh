@@ -121,9 +121,6 @@ e2e_free_port() {
 # True if vunet said ICMP echo runs (ping sockets allowed).
 e2e_icmp_on() { grep -q 'ICMP echo: on' "$E2E_DIR/vunet.log"; }
 
-# True if vunet says it does not translate guest TCP (or UDP) yet.
-e2e_tcp_dropped() { grep -q 'TCP and UDP are not translated yet' "$E2E_DIR/vunet.log"; }
-
 # Builds the initrd with SCRIPT as the guest's /test.sh and boots the guest against vunet's socket;
 # the script gets SECONDS (default 60). GUEST_REBOOT=yes keeps QEMU going when the guest reboots.
 e2e_boot() {

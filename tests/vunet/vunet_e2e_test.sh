@@ -9,7 +9,11 @@
 #            (-R), and an HTTP fetch (busybox wget from busybox httpd on 127.0.0.1);
 #   udp      iperf3 -u both ways (iperf3's control connection is TCP);
 #   forward  vunet -t 127.0.0.1/HOSTPORT:8080: a client on the host reaches a listener in the guest
-#            (busybox nc -l) through the forwarded port, request in, answer out;
+#            (busybox nc -l) through the forwarded port, request in, answer out; the guest's MAC is the
+#            one vunet's banner gives QEMU (mac=9a:55:9a:55:9a:56);
+#   forward_learned_mac
+#            the same with QEMU's default MAC (52:54:00:12:34:56, as libvirt's are random): vunet must
+#            send the first frame of a connection to the MAC the guest uses, not to its default;
 #   reboot   the guest reboots (reboot -f; QEMU resets the machine and goes on), the frontend resets
 #            the device, the guest's driver starts it again: DHCP and ping work again, twice in all.
 #
@@ -150,7 +154,12 @@ EOF
   result="UDP at 20 Mbit/s: guest->host: ${up##*sec }; host->guest: ${down##*sec }"
   ;;
 
-forward)
+forward | forward_learned_mac)
+  if [[ $case_name == forward ]]; then
+    export GUEST_MAC=9a:55:9a:55:9a:56
+  else
+    export GUEST_MAC=52:54:00:12:34:56
+  fi
   # The forwarded port is bound by vunet (in its namespace): pick it where vunet will run.
   if ((EUID == 0)) && unshare -n true 2>/dev/null; then
     host_port=8080  # A namespace of its own: every port is free.
@@ -180,7 +189,7 @@ EOF
   [[ $fetched == "hello from the guest" ]] ||
     e2e_fail "the host did not get the guest's answer through 127.0.0.1:$host_port (got '${fetched}')"
   expect '^GUEST: request GET / HTTP/1\.[01]$' "the guest's listener got no HTTP request"
-  result="127.0.0.1:$host_port -> guest:8080: request in, answer out"
+  result="127.0.0.1:$host_port -> guest:8080 (MAC $GUEST_MAC): request in, answer out"
   ;;
 
 reboot)
@@ -216,7 +225,7 @@ EOF
   result="2 boots, each with a lease; ping both times: $pinged; rx queue started $starts times"
   ;;
 *)
-  echo "unknown case '$case_name' (tcp, udp, forward, reboot)"
+  echo "unknown case '$case_name' (tcp, udp, forward, forward_learned_mac, reboot)"
   exit 2
   ;;
 esac
