@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -183,6 +185,13 @@ std::vector<UdpDnsForward> UdpDnsForwards(const GuestConfig& guest,
     }
   }
   return out;
+}
+
+config_internal::Resolver HostResolvers(const std::string& resolv_conf) {
+  std::ifstream in(resolv_conf);
+  std::stringstream text;
+  text << in.rdbuf();
+  return config_internal::ParseResolvConf(text.str());
 }
 
 absl::StatusOr<std::unique_ptr<UdpTranslator>> UdpTranslator::Create(

@@ -105,6 +105,10 @@ struct UdpDnsForward {
 std::vector<UdpDnsForward> UdpDnsForwards(const GuestConfig& guest,
                                           const config_internal::Resolver& host);
 
+// The host's resolvers as `resolv_conf` (a file, normally /etc/resolv.conf)
+// lists them; none if it cannot be read.
+config_internal::Resolver HostResolvers(const std::string& resolv_conf = "/etc/resolv.conf");
+
 struct UdpTranslatorOptions {
   std::vector<PortForward> forwards;  // -u.
   std::vector<UdpDnsForward> dns;

@@ -28,6 +28,7 @@
 #include "net/icmp.h"
 #include "net/tcp.h"
 #include "net/translator.h"
+#include "net/udp.h"
 #include "tools/vunet/backend.h"
 #include "tools/vunet/cli.h"
 
@@ -168,6 +169,21 @@ int Main(int argc, char** argv) {
   backend_options.translators.push_back(
       [tcp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
         return net::TcpTranslator::Create(env, tcp);
+      });
+  net::UdpTranslatorOptions udp;
+  for (const std::string& spec : options->udp_forwards) {
+    const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
+    udp.forwards.insert(udp.forwards.end(), f.begin(), f.end());
+  }
+  // DNS to the gateway, where it stands for a resolver on the host's loopback.
+  udp.dns = net::UdpDnsForwards(g, net::HostResolvers());
+  for (const net::UdpDnsForward& d : udp.dns) {
+    VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
+              d.host.ToString());
+  }
+  backend_options.translators.push_back(
+      [udp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
+        return net::UdpTranslator::Create(env, udp);
       });
 
   absl::StatusOr<std::unique_ptr<Backend>> backend = Backend::Create(backend_options);
