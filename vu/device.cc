@@ -83,11 +83,18 @@ bool Supported(Request r) {
 // tells, and make the fd non-blocking. The frontend shares the file
 // description and could clear the flag and fill the counter again; only a
 // signalling thread that may block would close that gap (a known limit).
+//
+// /proc is opened when the program starts and read through that fd, so the
+// check still works once a sandbox has hidden the filesystem
+// (tools/vunet/sandbox.h); "self" is resolved at each lookup, so it also
+// survives a daemonizing fork.
+const int g_proc_dir = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+
 absl::Status PrepareEventFd(int fd) {
   char path[32];
   char target[64] = {};
-  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-  const ssize_t n = readlink(path, target, sizeof(target) - 1);
+  std::snprintf(path, sizeof(path), "self/fd/%d", fd);
+  const ssize_t n = g_proc_dir >= 0 ? readlinkat(g_proc_dir, path, target, sizeof(target) - 1) : -1;
   if (n > 0 && std::string_view(target, n) != "anon_inode:[eventfd]") {
     return absl::InvalidArgumentError(absl::StrCat("fd is not an eventfd (", target, ")"));
   }

@@ -28,6 +28,8 @@ ABSL_FLAG(std::string, pcap, "", "capture the guest's frames both ways to this f
 ABSL_FLAG(bool, quiet, false, "log errors only");
 ABSL_FLAG(bool, debug, false, "log debugging lines too");
 ABSL_FLAG(bool, print_capabilities, false, "print the vhost-user capabilities and exit");
+ABSL_FLAG(std::string, runas, "", "USER[:GROUP] to run as when started as root (default nobody)");
+ABSL_FLAG(bool, no_sandbox, false, "no confinement (identity, namespaces, seccomp): debugging");
 ABSL_FLAG(std::vector<std::string>, address, {}, "the guest's address (IPv4 or IPv6)");
 ABSL_FLAG(std::string, netmask, "", "the guest's IPv4 netmask or prefix length");
 ABSL_FLAG(std::vector<std::string>, gateway, {}, "the gateway address (IPv4 or IPv6)");
@@ -75,6 +77,8 @@ constexpr OptionSpec kOptions[] = {
     {"ipv6_only", '6', false},
     {"tcp_ports", 't', true, true, true},
     {"udp_ports", 'u', true, true, true},
+    {"runas", 0, true},
+    {"no_sandbox", 0, false},
     {"print_capabilities", 0, false},
     {"version", 0, false},
     {"help", 'h', false},
@@ -210,6 +214,8 @@ absl::StatusOr<CliOptions> OptionsFromFlags() {
   if (quiet && debug) return Error("-q and -d cannot be given together");
   o.log_level = quiet ? LogLevel::kQuiet : debug ? LogLevel::kDebug : LogLevel::kNormal;
   o.print_capabilities = absl::GetFlag(FLAGS_print_capabilities);
+  o.runas = absl::GetFlag(FLAGS_runas);
+  o.no_sandbox = absl::GetFlag(FLAGS_no_sandbox);
 
   net::ConfigOverrides& v = o.overrides;
   v.addresses = absl::GetFlag(FLAGS_address);
@@ -279,6 +285,13 @@ counted and dropped.
                         bound with ADDR/ or ADDR%%IFNAME/ in front, e.g.
                         -t 8080:80  -t 127.0.0.1/2222:22  -t 8000-8010
   -u, --udp-ports SPEC  forward UDP ports, as -t
+  --runas USER[:GROUP]  started as root, run as USER (default nobody) once
+                        the socket and files are open; ignored otherwise
+  --no-sandbox          no confinement, for debugging: by default vunet
+                        drops root (--runas), sets no_new_privs, enters new
+                        user and mount namespaces with an empty root where
+                        the kernel allows, and refuses every syscall it does
+                        not need (seccomp; refusals are logged)
   --print-capabilities  print the vhost-user backend capabilities (JSON)
   --version             print the version
   -h, --help            print this help

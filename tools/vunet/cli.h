@@ -62,6 +62,8 @@ struct CliOptions {
   std::string pcap_file;  // --pcap; empty: no capture.
   LogLevel log_level = LogLevel::kNormal;
   bool print_capabilities = false;
+  std::string runas;        // --runas; empty: nobody when root.
+  bool no_sandbox = false;  // --no-sandbox (tools/vunet/sandbox.h).
 
   // -t / -u, one raw spec per occurrence, checked later by
   // net::ParsePortForwards (net/translator.h).

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +32,7 @@
 #include "net/udp.h"
 #include "tools/vunet/backend.h"
 #include "tools/vunet/cli.h"
+#include "tools/vunet/sandbox.h"
 
 namespace vunet::tools {
 namespace {
@@ -86,6 +88,20 @@ absl::Status WritePidFile(const std::string& path) {
   std::fprintf(f, "%d\n", static_cast<int>(getpid()));
   if (std::fclose(f) != 0) return absl::InternalError(absl::StrCat(path, ": ", strerror(errno)));
   return absl::OkStatus();
+}
+
+// Confines the process (tools/vunet/sandbox.h) once the socket and the files
+// are open; the socket and the pid file are removed at exit by its helper.
+absl::StatusOr<std::unique_ptr<Sandbox>> Confine(const CliOptions& options,
+                                                 const std::optional<Identity>& runas) {
+  SandboxOptions sandbox;
+  sandbox.runas = runas;
+  sandbox.remove_at_exit = {options.socket_path};
+  if (!options.pid_file.empty()) sandbox.remove_at_exit.push_back(options.pid_file);
+  sandbox.syslog = !options.foreground;
+  absl::StatusOr<std::unique_ptr<Sandbox>> entered = Sandbox::Enter(sandbox);
+  if (entered.ok()) VUNET_LOG(kInfo, "%s", (*entered)->Describe());
+  return entered;
 }
 
 int Main(int argc, char** argv) {
@@ -186,6 +202,10 @@ int Main(int argc, char** argv) {
         return net::UdpTranslator::Create(env, udp);
       });
 
+  // --runas before anything is created, so that a bad name is a one-line error.
+  absl::StatusOr<std::optional<Identity>> runas = RunAsFor(options->runas, geteuid() == 0);
+  if (!runas.ok()) return Fail(std::string(runas.status().message()));
+
   absl::StatusOr<std::unique_ptr<Backend>> backend = Backend::Create(backend_options);
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
 
@@ -228,8 +248,21 @@ int Main(int argc, char** argv) {
     }
   }
 
+  std::unique_ptr<Sandbox> sandbox;
+  if (!options->no_sandbox) {
+    absl::StatusOr<std::unique_ptr<Sandbox>> confined = Confine(*options, *runas);
+    if (!confined.ok()) {
+      VUNET_LOG(kError, "%s", confined.status().message());
+      return 1;
+    }
+    sandbox = *std::move(confined);
+  } else {
+    VUNET_LOG(kWarning, "--no-sandbox: running unconfined");
+  }
+
   const absl::Status s = (*backend)->Run();
   backend->reset();  // Stops the queues, removes the socket.
+  sandbox.reset();   // Its helper removes the socket and the pid file.
   if (!options->pid_file.empty()) unlink(options->pid_file.c_str());
   if (!s.ok()) {
     VUNET_LOG(kError, "%s", s.ToString());
