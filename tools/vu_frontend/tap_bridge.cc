@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +38,32 @@ absl::Status Errno(absl::string_view what) {
 }
 
 }  // namespace
+
+std::optional<ChecksumField> FindChecksumField(absl::Span<const uint8_t> frame) {
+  constexpr size_t kEth = 14;
+  if (frame.size() < kEth) return std::nullopt;
+  const uint16_t ether_type = static_cast<uint16_t>(frame[12] << 8 | frame[13]);
+  size_t l4;
+  uint8_t protocol;
+  if (ether_type == 0x0800) {
+    if (frame.size() < kEth + 20 || (frame[kEth] >> 4) != 4) return std::nullopt;
+    l4 = kEth + size_t{frame[kEth] & 0x0fu} * 4;
+    const bool fragment = ((frame[kEth + 6] & 0x3f) | frame[kEth + 7]) != 0;  // MF or offset.
+    if (l4 < kEth + 20 || fragment) return std::nullopt;
+    protocol = frame[kEth + 9];
+  } else if (ether_type == 0x86dd) {
+    if (frame.size() < kEth + 40 || (frame[kEth] >> 4) != 6) return std::nullopt;
+    l4 = kEth + 40;
+    protocol = frame[kEth + 6];
+  } else {
+    return std::nullopt;
+  }
+  if (protocol == 6 && frame.size() >= l4 + 20) {
+    return ChecksumField{static_cast<uint16_t>(l4), 16};
+  }
+  if (protocol == 17 && frame.size() >= l4 + 8) return ChecksumField{static_cast<uint16_t>(l4), 6};
+  return std::nullopt;
+}
 
 std::optional<std::array<uint8_t, 6>> ParseMac(absl::string_view text) {
   std::array<uint8_t, 6> mac{};
@@ -195,6 +222,22 @@ absl::Status TapBridge::PumpTap() {
 void TapBridge::WriteToTap(const ReceivedFrame& frame) {
   VirtioNetHdr header = frame.header;
   header.num_buffers = 0;
+  // DATA_VALID (the backend vouches for a checksum it may not have written)
+  // makes a guest's virtio-net driver skip verification, but a tap ignores
+  // the flag and the kernel would verify and drop. A partial checksum
+  // (NEEDS_CSUM) is what a tap takes that the receiving stack also trusts.
+  // Fine for a stack that delivers locally; one that forwarded the frame
+  // would finish the checksum from a field that holds no pseudo-header sum.
+  if ((header.flags & (virtio::kVirtioNetHdrFDataValid | virtio::kVirtioNetHdrFNeedsCsum)) ==
+      virtio::kVirtioNetHdrFDataValid) {
+    header.flags &= static_cast<uint8_t>(~virtio::kVirtioNetHdrFDataValid);
+    if (std::optional<ChecksumField> field = FindChecksumField(frame.data)) {
+      header.flags |= virtio::kVirtioNetHdrFNeedsCsum;
+      header.csum_start = field->start;
+      header.csum_offset = field->offset;
+      ++stats_.data_valid_marked_partial;
+    }
+  }
   iovec iov[2] = {{&header, kTapHeaderSize},
                   {const_cast<uint8_t*>(frame.data.data()), frame.data.size()}};
   const ssize_t n = writev(tap_.get(), iov, 2);

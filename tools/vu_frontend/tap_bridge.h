@@ -14,9 +14,11 @@
 // The tap runs without offloads: the kernel hands us complete frames with
 // their checksums computed and segments no larger than the MTU (the
 // frontend's SendFrames sends a zeroed virtio-net header). The other way,
-// the backend's header goes to the tap as it is, so a frame marked
-// NEEDS_CSUM or DATA_VALID (with VIRTIO_NET_F_GUEST_CSUM negotiated) is
-// finished or trusted by the kernel.
+// the backend's header goes to the tap, so that with VIRTIO_NET_F_GUEST_CSUM
+// a frame marked NEEDS_CSUM is finished by the kernel; one marked DATA_VALID
+// (checksum field left as is), which a tap would not honour, goes as a
+// partial checksum that the receiving stack trusts as a guest's driver
+// would (see WriteToTap).
 //
 // Buffers are allocated once by Create; the data path allocates nothing.
 // Single-threaded: Run drives the frontend, which must not be used
@@ -68,6 +70,17 @@ absl::StatusOr<Tap> OpenTap(const TapOptions& options);
 // Parses "52:54:00:12:34:56".
 std::optional<std::array<uint8_t, 6>> ParseMac(absl::string_view text);
 
+// Where a frame's TCP or UDP checksum field is: `start`, the transport
+// header's offset in the frame, and `offset`, the field's in that header
+// (virtio-net's csum_start and csum_offset). IPv4 without fragments and IPv6
+// without extension headers; nullopt for anything else or a frame too short
+// to hold the transport header.
+struct ChecksumField {
+  uint16_t start = 0;
+  uint16_t offset = 0;
+};
+std::optional<ChecksumField> FindChecksumField(absl::Span<const uint8_t> frame);
+
 struct TapBridgeStats {
   uint64_t to_backend_frames = 0;  // Read from the tap and queued on the transmit ring.
   uint64_t to_backend_bytes = 0;
@@ -76,7 +89,8 @@ struct TapBridgeStats {
   uint64_t tap_write_errors = 0;  // Frames the tap refused (counted, dropped).
   uint64_t tap_read_dropped = 0;  // Frames from the tap we could not send (too big, offloaded).
   uint64_t tx_ring_full = 0;      // Times the transmit ring was full and we waited.
-  uint64_t polls = 0;             // Loop iterations.
+  uint64_t data_valid_marked_partial = 0;  // DATA_VALID frames passed on as NEEDS_CSUM.
+  uint64_t polls = 0;                      // Loop iterations.
 };
 
 class TapBridge {

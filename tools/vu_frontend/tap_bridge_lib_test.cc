@@ -13,9 +13,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +48,58 @@ TEST(ParseMacTest, ParsesAndRefuses) {
   EXPECT_FALSE(ParseMac("52:54:00:12:34:567"));
   EXPECT_FALSE(ParseMac("52:54:00:12:34:g6"));
   EXPECT_FALSE(ParseMac("52:54::12:34:56"));
+}
+
+// An Ethernet frame of `size` bytes with EtherType `ether_type` whose
+// network header starts with `ip`.
+std::vector<uint8_t> IpFrame(uint16_t ether_type, std::vector<uint8_t> ip, size_t size) {
+  std::vector<uint8_t> frame(size);
+  frame[12] = static_cast<uint8_t>(ether_type >> 8);
+  frame[13] = static_cast<uint8_t>(ether_type);
+  std::copy(ip.begin(), ip.end(), frame.begin() + 14);
+  return frame;
+}
+
+TEST(FindChecksumFieldTest, TcpAndUdpOverIpv4AndIpv6) {
+  // IPv4: version/IHL, TOS, length(2), id(2), flags/fragment(2), TTL, protocol.
+  const auto v4 = [](uint8_t ihl, uint8_t protocol, uint8_t flags_hi, uint8_t fragment_lo,
+                     size_t size) {
+    return IpFrame(
+        0x0800,
+        {static_cast<uint8_t>(0x40 | ihl), 0, 0, 0, 0, 0, flags_hi, fragment_lo, 64, protocol},
+        size);
+  };
+  std::optional<ChecksumField> f = FindChecksumField(v4(5, 6, 0x40, 0, 54));
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->start, 34);
+  EXPECT_EQ(f->offset, 16);
+  f = FindChecksumField(v4(6, 17, 0, 0, 46));  // 4 bytes of options.
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->start, 38);
+  EXPECT_EQ(f->offset, 6);
+  EXPECT_FALSE(FindChecksumField(v4(5, 6, 0x40, 0, 53)));  // TCP header cut short.
+  EXPECT_FALSE(FindChecksumField(v4(4, 6, 0, 0, 60)));     // IHL below 5.
+  EXPECT_FALSE(FindChecksumField(v4(5, 6, 0x20, 0, 60)));  // More fragments.
+  EXPECT_FALSE(FindChecksumField(v4(5, 6, 0, 1, 60)));     // A later fragment.
+  EXPECT_FALSE(FindChecksumField(v4(5, 1, 0, 0, 60)));     // ICMP.
+
+  // IPv6: version, then the next header at byte 6.
+  const auto v6 = [](uint8_t next_header, size_t size) {
+    return IpFrame(0x86dd, {0x60, 0, 0, 0, 0, 0, next_header}, size);
+  };
+  f = FindChecksumField(v6(17, 62));
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->start, 54);
+  EXPECT_EQ(f->offset, 6);
+  f = FindChecksumField(v6(6, 74));
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->offset, 16);
+  EXPECT_FALSE(FindChecksumField(v6(0, 100)));  // Hop-by-hop options first.
+  EXPECT_FALSE(FindChecksumField(v6(17, 61)));
+
+  EXPECT_FALSE(FindChecksumField(IpFrame(0x0806, {}, 60)));      // ARP.
+  EXPECT_FALSE(FindChecksumField(IpFrame(0x0800, {0x60}, 60)));  // Not version 4.
+  EXPECT_FALSE(FindChecksumField({}));
 }
 
 TEST(OpenTapTest, RefusesBadOptions) {
