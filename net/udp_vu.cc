@@ -90,6 +90,56 @@ UdpVuReceiver::UdpVuReceiver(const Options& options) : options_(options) {
   scratch_.reset(new iovec[options_.max_iov]);
 }
 
+UdpVuReceiver::Room UdpVuReceiver::CollectFor(const vu::NetConfig& config, virtio::Virtqueue* vq,
+                                              size_t need, Slot* s, size_t first,
+                                              size_t* iov_used) {
+  s->first = first;
+  s->iov_first = *iov_used;
+  s->count = 0;
+  size_t got = 0;
+  auto give_back = [&] {
+    vq->Rewind(static_cast<uint32_t>(s->count));
+    *iov_used = s->iov_first;
+    s->count = 0;
+  };
+  while (got < need) {
+    size_t more = 0;
+    const size_t m = vu::Collect(config, vq, elems_.get() + first + s->count,
+                                 options_.max_elems - first - s->count, pool_.get(),
+                                 options_.max_iov, iov_used, need - got, &more);
+    s->count += m;
+    got += more;
+    if (got >= need) break;
+    if (vq->broken() || vq->IsEmpty()) {
+      give_back();
+      return Room::kRingEmpty;
+    }
+    if (!config.mergeable_rx && m == 1) {
+      // Its one buffer is too small, and the guest's buffers are alike.
+      give_back();
+      return Room::kNeverFits;
+    }
+    if (m == 0 || first + s->count == options_.max_elems || *iov_used == options_.max_iov) {
+      // Chains are there but the pools cannot take the next (or it is
+      // unusable): with nothing else of ours outstanding, it never fits.
+      give_back();
+      return vq->in_use() == 0 ? Room::kNeverFits : Room::kLater;
+    }
+    // The guest posted more while we collected: go on.
+  }
+  // A collect that went on may have taken an element more than the frame
+  // reaches (Collect gathers at least a minimum frame): hand it back.
+  while (s->count > 1 && got - elems_[first + s->count - 1].in_len >= need) {
+    const virtio::VirtqElement& last = elems_[first + s->count - 1];
+    got -= last.in_len;
+    *iov_used -= last.in_num;
+    vq->Rewind(1);
+    --s->count;
+  }
+  s->iov_count = *iov_used - s->iov_first;
+  return Room::kOk;
+}
+
 UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketState* state,
                                              bool want_peer, PrepareFn prepare) {
   ++stats_.wakeups;
@@ -158,39 +208,23 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
         s.spec.protocol = IPPROTO_UDP;
         s.spec.l4_checksum = !config.guest_csum;
         s.hdr_len = vnet + FrameHeadersLen(s.spec);
-        const size_t need = std::max(s.hdr_len + s.len, min_frame);
-        size_t got = 0;
-        const size_t m = vu::Collect(config, vq, elems_.get() + popped, options_.max_elems - popped,
-                                     pool_.get(), options_.max_iov, &iov_used, need, &got);
-        if (got < need) {
-          const bool ring_empty = vq->IsEmpty();
-          vq->Rewind(static_cast<uint32_t>(m));
-          iov_used = s.iov_first;
-          if (vq->broken()) {
-            stopped = no_room = true;
-            break;
-          }
-          if (!config.mergeable_rx && m == 1) {
-            // Its one buffer is too small; the guest's buffers are alike.
-            keep = false;
-            ++stats_.too_big;
-          } else if (!ring_empty && popped == 0) {
-            // Empty pools cannot hold it: it never fits.
-            keep = false;
-            ++stats_.too_big;
+        const Room room =
+            CollectFor(config, vq, std::max(s.hdr_len + s.len, min_frame), &s, popped, &iov_used);
+        if (room == Room::kOk) {
+          popped += s.count;
+        } else if (room == Room::kNeverFits) {
+          keep = false;
+          ++stats_.too_big;
+          if (config.mergeable_rx) {
             VUNET_LOG_RATELIMITED(kWarning,
                                   "udp: %d-byte datagram needs more receive buffers than "
                                   "%d elements / %d iovecs: dropped",
                                   s.len, options_.max_elems, options_.max_iov);
-          } else {
-            stopped = true;
-            no_room = ring_empty;
-            break;
           }
         } else {
-          s.count = m;
-          s.iov_count = iov_used - s.iov_first;
-          popped += m;
+          stopped = true;
+          no_room = room == Room::kRingEmpty;
+          break;
         }
       }
       mmsghdr& msg = msgs_[k];

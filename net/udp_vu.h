@@ -61,6 +61,7 @@
 #include "net/frame.h"
 #include "net/translator.h"
 #include "virtio/virtqueue.h"
+#include "vu/common.h"
 
 namespace vunet::net {
 
@@ -157,6 +158,18 @@ class UdpVuReceiver {
     size_t iov_first = 0;  // pool_ index of its first entry.
     size_t iov_count = 0;  // pool_ entries of its elements.
   };
+
+  enum class Room {
+    kOk,         // Collected: s->count elements from elems_[first].
+    kRingEmpty,  // The guest has not posted enough (or the queue broke).
+    kNeverFits,  // Larger than the guest's buffers or our pools can hold.
+    kLater,      // The pools are taken by earlier datagrams: next round.
+  };
+  // Collects the receive buffers of one frame of `need` bytes into
+  // elems_[first...] and pool_[*iov_used...]; on anything but kOk, nothing
+  // stays popped.
+  Room CollectFor(const vu::NetConfig& config, virtio::Virtqueue* vq, size_t need, Slot* s,
+                  size_t first, size_t* iov_used);
 
   // Sets the peek offset of `fd` (-1 turns it off). False on failure.
   static bool SetPeekOffset(int fd, int value);
