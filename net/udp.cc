@@ -814,6 +814,13 @@ void UdpTranslator::Block(int fd, uint64_t tag, bool* blocked) {
   // are still reported.
   if (!env_.watcher->Modify(fd, 0, tag).ok()) return;
   *blocked = true;
+  if (blocked_.size() == blocked_.capacity()) {
+    // Drop what closed since (their tags are stale) before growing.
+    std::erase_if(blocked_, [this](uint64_t t) {
+      if (static_cast<uint8_t>((t >> 56) - env_.first_kind) != kFlowSocketKind) return false;
+      return !env_.flows->FindByRef(FlowRef::FromU64(t)).valid();
+    });
+  }
   blocked_.push_back(tag);
 }
 
