@@ -792,6 +792,103 @@ TEST_F(UdpTest, InboundForwardAndReplyToTheSender) {
   EXPECT_EQ(udp_->stats().flows_opened, 0u);  // The forward's flow, not a new one.
 }
 
+// An unqualified spec binds both versions; an IPv6 peer on the host's
+// loopback reaches the guest from the gateway, and an answer to a peer that
+// has gone comes back as ICMPv6 port unreachable.
+TEST_F(UdpTest, InboundForwardOverIpv6AndUnreachablePeer) {
+  if (!HaveIpv6Loopback()) GTEST_SKIP() << "no IPv6 loopback";
+  uint16_t port;
+  {
+    HostSocket probe(AF_INET6);
+    port = probe.port;
+  }
+  UdpTranslatorOptions o;
+  PortForward f;
+  f.host_port = port;
+  f.guest_port = 6000;
+  o.forwards = {f};
+  Start({}, o);
+  rx_->Post();
+  EXPECT_EQ(udp_->listener_count(), 2u);
+  uint16_t peer_port;
+  {
+    HostSocket peer(AF_INET6);
+    peer_port = peer.port;
+    peer.SendTo(Loopback(AF_INET6, port), Pattern(500, 1));
+    std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+    ASSERT_EQ(frames.size(), 1u);
+    GuestDatagram d = ParseGuest(frames[0].data, true);
+    EXPECT_EQ(d.payload, Pattern(500, 1));
+    EXPECT_TRUE(d.checksum_ok);
+    EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&d.parsed.ip.src6, &guest_.gateway6));
+    EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&d.parsed.ip.dst6, &guest_.addr6));
+    EXPECT_EQ(d.parsed.src_port, peer.port);
+    EXPECT_EQ(d.parsed.dst_port, 6000);
+    Send(GuestSpec6(guest_.gateway6, 6000, peer.port), Pattern(600, 2));
+    sockaddr_storage from;
+    std::optional<std::vector<uint8_t>> reply = peer.Receive(&from);
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_EQ(*reply, Pattern(600, 2));
+    EXPECT_EQ(PortOf(from), port);
+  }
+  // The peer's socket is closed now.
+  Send(GuestSpec6(guest_.gateway6, 6000, peer_port), Pattern(10, 3));
+  for (int i = 0; i < 100 && replies_.frames.empty(); ++i) watcher_.Pump(udp_.get(), 10);
+  ASSERT_EQ(replies_.frames.size(), 1u);
+  ParsedFrame p;
+  ASSERT_TRUE(testing::Parse(replies_.frames[0], &p).ok());
+  EXPECT_EQ(p.l4, L4Kind::kIcmpv6);
+  EXPECT_EQ(p.icmp.type, 1);
+  EXPECT_EQ(p.icmp.code, 4);
+  // Quoted: the guest's port and the peer's.
+  const size_t q = p.l4_offset + 8 + 40;
+  ASSERT_GE(replies_.frames[0].size(), q + 8);
+  EXPECT_EQ(testing::GetBe16(replies_.frames[0], q), 6000);
+  EXPECT_EQ(testing::GetBe16(replies_.frames[0], q + 2), peer_port);
+}
+
+// A guest on IPv4 whose DNS server stands for a resolver on IPv6.
+TEST_F(UdpTest, DnsAcrossIpVersions) {
+  if (!HaveIpv6Loopback()) GTEST_SKIP() << "no IPv6 loopback";
+  HostSocket resolver(AF_INET6);
+  UdpTranslatorOptions o;
+  o.dns = {
+      {UdpEndpoint::V4(Ip4("10.0.2.2"), 53), UdpEndpoint::V6(in6addr_loopback, resolver.port)}};
+  Start({}, o);
+  rx_->Post();
+  Send(GuestSpec(guest_.gateway4, 45001, 53), Pattern(30, 1));
+  sockaddr_storage from;
+  std::optional<std::vector<uint8_t>> got = resolver.Receive(&from);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(*got, Pattern(30, 1));
+  resolver.SendTo(from, Pattern(90, 2));
+  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  ASSERT_EQ(frames.size(), 1u);
+  GuestDatagram d = ParseGuest(frames[0].data, true);
+  EXPECT_EQ(d.parsed.l3, L3Kind::kIpv4);
+  EXPECT_EQ(d.parsed.ip.src4.s_addr, guest_.gateway4.s_addr);
+  EXPECT_EQ(d.parsed.src_port, 53);
+  EXPECT_EQ(d.payload, Pattern(90, 2));
+}
+
+TEST_F(UdpTest, SegmentationOffloadAndPortZeroRefused) {
+  Start();
+  HostSocket host;
+  std::vector<uint8_t> frame = Build(GuestSpec(guest_.gateway4, 49000, host.port), Pattern(10, 1));
+  std::vector<iovec> iov = Split(frame);
+  ParsedFrame parsed;
+  ASSERT_TRUE(ParseFrame(iov, &parsed).ok());
+  vu::VirtioNetHdr gso{};
+  gso.gso_type = 5;  // VIRTIO_NET_HDR_GSO_UDP_L4: never offered.
+  udp_->OnFrame(gso, iov, parsed);
+  udp_->OnBatchEnd();
+  Send(GuestSpec(guest_.gateway4, 0, host.port), {1});
+  Send(GuestSpec(guest_.gateway4, 49000, 0), {1});
+  EXPECT_EQ(udp_->stats().malformed, 3u);
+  EXPECT_FALSE(host.Receive(nullptr, 100).has_value());
+  EXPECT_EQ(udp_->flow_count(), 0u);
+}
+
 TEST_F(UdpTest, FullTableDropsNewFlows) {
   Start({}, {}, /*capacity=*/2);
   HostSocket host;
