@@ -286,6 +286,7 @@ absl::Status TapBridge::Run(int stop_fd) {
       return Errno("poll");
     }
     ++stats_.polls;
+    if (ready == 0) ++stats_.tx_wait_timeouts;
     if (stop_i < count && fds[stop_i].revents != 0) return absl::OkStatus();
     if (fds[socket_i].revents != 0) {
       char byte;

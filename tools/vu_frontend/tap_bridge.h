@@ -89,6 +89,7 @@ struct TapBridgeStats {
   uint64_t tap_write_errors = 0;  // Frames the tap refused (counted, dropped).
   uint64_t tap_read_dropped = 0;  // Frames from the tap we could not send (too big, offloaded).
   uint64_t tx_ring_full = 0;      // Times the transmit ring was full and we waited.
+  uint64_t tx_wait_timeouts = 0;  // Waits for ring space that ended without a notification.
   uint64_t data_valid_marked_partial = 0;  // DATA_VALID frames passed on as NEEDS_CSUM.
   uint64_t polls = 0;                      // Loop iterations.
 };

@@ -110,19 +110,21 @@ int Run() {
 
   const absl::Status status = (*bridge)->Run(stop.get());
   const TapBridgeStats& st = (*bridge)->stats();
-  std::fprintf(stderr,
-               "tap_bridge: to backend %llu frames %llu bytes; to tap %llu frames %llu bytes; "
-               "tap write errors %llu, dropped from tap %llu, transmit ring full %llu, "
-               "DATA_VALID as partial %llu, polls %llu\n",
-               static_cast<unsigned long long>(st.to_backend_frames),
-               static_cast<unsigned long long>(st.to_backend_bytes),
-               static_cast<unsigned long long>(st.to_tap_frames),
-               static_cast<unsigned long long>(st.to_tap_bytes),
-               static_cast<unsigned long long>(st.tap_write_errors),
-               static_cast<unsigned long long>(st.tap_read_dropped),
-               static_cast<unsigned long long>(st.tx_ring_full),
-               static_cast<unsigned long long>(st.data_valid_marked_partial),
-               static_cast<unsigned long long>(st.polls));
+  std::fprintf(
+      stderr,
+      "tap_bridge: to backend %llu frames %llu bytes; to tap %llu frames %llu bytes; "
+      "tap write errors %llu, dropped from tap %llu, transmit ring full %llu (%llu timed out), "
+      "DATA_VALID as partial %llu, polls %llu\n",
+      static_cast<unsigned long long>(st.to_backend_frames),
+      static_cast<unsigned long long>(st.to_backend_bytes),
+      static_cast<unsigned long long>(st.to_tap_frames),
+      static_cast<unsigned long long>(st.to_tap_bytes),
+      static_cast<unsigned long long>(st.tap_write_errors),
+      static_cast<unsigned long long>(st.tap_read_dropped),
+      static_cast<unsigned long long>(st.tx_ring_full),
+      static_cast<unsigned long long>(st.tx_wait_timeouts),
+      static_cast<unsigned long long>(st.data_valid_marked_partial),
+      static_cast<unsigned long long>(st.polls));
   if (absl::IsUnavailable(status)) {
     std::fprintf(stderr, "tap_bridge: %s\n", std::string(status.message()).c_str());
     return 3;
