@@ -78,6 +78,18 @@ void Backend::Rx::OnFrameWritten(absl::Span<const iovec> iov, size_t offset, siz
   pcap->Write(pieces, n, len - left);
 }
 
+void Backend::MacLearner::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame) {
+  net::MacAddr src;
+  if (net::FrameReader(frame).Read(6, src.bytes, sizeof(src.bytes)) && !src.IsMulticast() &&
+      !(src == net::MacAddr{}) && !(src == backend_->guest_.guest_mac)) {
+    VUNET_LOG_RATELIMITED(kInfo, "the guest's MAC address is %02x:%02x:%02x:%02x:%02x:%02x",
+                          src.bytes[0], src.bytes[1], src.bytes[2], src.bytes[3], src.bytes[4],
+                          src.bytes[5]);
+    backend_->guest_.guest_mac = src;
+  }
+  next_->OnFrame(hdr, frame);
+}
+
 absl::Status Backend::RxSender::Send(absl::Span<const uint8_t> frame) {
   if (!sender.has_value()) return absl::UnavailableError("the receive queue is not running");
   return sender->Send(frame);
@@ -114,7 +126,11 @@ void Backend::Next::OnFrame(const vu::VirtioNetHdr& /*hdr*/, absl::Span<const io
 
 Backend::Backend(const BackendOptions& options, std::optional<net::DhcpServer> dhcp,
                  std::optional<net::NdpResponder> ndp, std::optional<net::Dhcpv6Server> dhcpv6)
-    : options_(options), dhcp_(std::move(dhcp)), ndp_(std::move(ndp)), dhcpv6_(std::move(dhcpv6)) {}
+    : options_(options),
+      dhcp_(std::move(dhcp)),
+      ndp_(std::move(ndp)),
+      dhcpv6_(std::move(dhcpv6)),
+      guest_(options.guest) {}
 
 absl::StatusOr<std::unique_ptr<Backend>> Backend::Create(const BackendOptions& options) {
   std::optional<net::DhcpServer> dhcp;
@@ -193,9 +209,10 @@ absl::Status Backend::Init() {
                                 .ndp = ndp_.has_value() ? &*ndp_ : nullptr,
                                 .dhcpv6 = dhcpv6_.has_value() ? &*dhcpv6_ : nullptr},
       replies_, after_dispatch);
-  tx_sink_ = &*dispatcher_;
+  mac_learner_.emplace(this, &*dispatcher_);
+  tx_sink_ = &*mac_learner_;
   if (pcap_ != nullptr) {
-    pcap_sink_.emplace(pcap_.get(), &*dispatcher_);
+    pcap_sink_.emplace(pcap_.get(), &*mac_learner_);
     tx_sink_ = &*pcap_sink_;
   }
 
@@ -262,7 +279,7 @@ absl::Status Backend::CreateTranslators() {
     env.watcher = this;
     env.replies = replies_;
     env.next = i + 1 < n ? static_cast<net::ParsedFrameSink*>(translators_[i + 1].get()) : &next_;
-    env.guest = &options_.guest;
+    env.guest = &guest_;
     env.first_kind = static_cast<uint8_t>(kFirstFlowKind + i * net::kKindsPerTranslator);
     env.clock = net::MonotonicNowNs;
     absl::StatusOr<std::unique_ptr<net::Translator>> t = options_.translators[i](env);

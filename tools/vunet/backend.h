@@ -156,6 +156,19 @@ class Backend : public vu::DataPlane,
    private:
     Backend* backend_;
   };
+  // Learns the guest's MAC address from the source of its frames, so that
+  // frames we start (inbound connections) reach a guest whose MAC is not the
+  // one we were told (QEMU's default, libvirt's). Then hands the frame on.
+  class MacLearner : public vu::FrameSink {
+   public:
+    MacLearner(Backend* backend, vu::FrameSink* next) : backend_(backend), next_(next) {}
+    void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame) override;
+    void OnBatchEnd() override { next_->OnBatchEnd(); }
+
+   private:
+    Backend* backend_;
+    vu::FrameSink* next_;
+  };
   // Where the dispatcher hands what it does not answer.
   class Next : public net::ParsedFrameSink {
    public:
@@ -219,7 +232,11 @@ class Backend : public vu::DataPlane,
   // Where the transmit handler delivers guest frames: the dispatcher, or
   // pcap_sink_ wrapping it.
   std::optional<PcapFrameSink> pcap_sink_;
+  std::optional<MacLearner> mac_learner_;
   vu::FrameSink* tx_sink_ = nullptr;
+  // options_.guest, with the guest's MAC as its frames give it; what the
+  // translators see.
+  net::GuestConfig guest_;
   vu::TxHandler tx_;
   vu::NetConfig net_config_;
 

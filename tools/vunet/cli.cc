@@ -250,8 +250,9 @@ default gateway, DNS), as passt does; the options below override it.
 
 The guest's ARP, DHCP, DHCPv6, NDP (router and neighbour advertisements) and
 ICMP/ICMPv6 echo to any address are answered by vunet itself (echo through
-host ping sockets). Guest TCP and UDP are not translated yet: those frames are
-counted and dropped.
+host ping sockets). Guest TCP and UDP flows become ordinary host sockets
+(the gateway's address stands for the host's loopback); -t and -u forward
+host ports to the guest.
 
   --vhost-user          vhost-user mode (the only mode; accepted)
   -s, --socket PATH     the UNIX socket to listen on

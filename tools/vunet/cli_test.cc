@@ -228,7 +228,7 @@ TEST(Texts, CapabilitiesVersionUsage) {
   EXPECT_EQ(CapabilitiesJson(), "{\n  \"type\": \"net\"\n}\n");
   EXPECT_THAT(VersionText(), HasSubstr("vunet "));
   const std::string usage = UsageText("vunet");
-  EXPECT_THAT(usage, HasSubstr("TCP and UDP are not translated yet"));
+  EXPECT_THAT(usage, HasSubstr("TCP and UDP flows become ordinary host sockets"));
   for (const OptionSpec& o : Options()) {
     std::string dashed = o.name;
     for (char& c : dashed) {

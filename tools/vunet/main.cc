@@ -222,10 +222,7 @@ int Main(int argc, char** argv) {
               g.mirrored6 ? " (from the host)" : "", g.no_ndp ? "off" : "on",
               backend_options.send_ra ? "on" : "off", g.no_dhcpv6 ? "off" : "on");
   }
-  VUNET_LOG(kInfo,
-            "MTU %d. Guest TCP and UDP are not translated yet: those frames are counted "
-            "and dropped.",
-            g.mtu);
+  VUNET_LOG(kInfo, "MTU %d. Guest TCP and UDP flows are translated to host sockets.", g.mtu);
   const net::MacAddr& mac = g.guest_mac;
   VUNET_LOG(kInfo, "attach a VM with these QEMU options:");
   VUNET_LOG(kInfo,
