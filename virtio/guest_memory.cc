@@ -110,7 +110,8 @@ absl::Status GuestMemory::AddRegion(const GuestMemoryRegion& r, int fd) {
           .host = static_cast<uint8_t*>(mapping) + r.mmap_offset,
           .mapping = mapping,
           .mapping_size = mapping_size,
-          .sealed = sealed});
+          .sealed = sealed,
+          .fault_slot = RegisterGuestMapping(mapping, mapping_size)});
   return absl::OkStatus();
 }
 
@@ -127,6 +128,8 @@ absl::Status GuestMemory::AddHostRegion(const GuestMemoryRegion& r, void* host) 
 }
 
 void GuestMemory::Unmap(Region& region) {
+  UnregisterGuestMapping(region.fault_slot);  // Before the range can be reused.
+  region.fault_slot = -1;
   if (region.mapping != nullptr) munmap(region.mapping, region.mapping_size);
   region.mapping = nullptr;
 }

@@ -30,6 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "virtio/memory_fault.h"
 
 namespace vunet::virtio {
 
@@ -87,6 +88,18 @@ class GuestMemory {
     }
     return true;
   }
+  // True once a SIGBUS in one of this memory's mappings was contained
+  // (virtio/memory_fault.h): that region reads as zeros now, and the queues
+  // over it stop. One relaxed load unless the process ever contained one.
+  bool faulted() const {
+    if (ContainedGuestMemoryFaults() == 0) [[likely]]
+      return false;
+    for (const Region& r : regions_) {
+      if (GuestMappingFaulted(r.fault_slot)) return true;
+    }
+    return false;
+  }
+
   std::vector<GuestMemoryRegion> regions() const;
 
   // Host pointer to [gpa, gpa + len) if that range lies inside one region.
@@ -156,7 +169,8 @@ class GuestMemory {
     uint8_t* host = nullptr;  // Start of the region's bytes.
     void* mapping = nullptr;  // What mmap returned; nullptr if not ours.
     size_t mapping_size = 0;
-    bool sealed = true;  // The file cannot shrink under the mapping.
+    bool sealed = true;   // The file cannot shrink under the mapping.
+    int fault_slot = -1;  // Its entry in the SIGBUS registry (memory_fault.h).
   };
 
   absl::Status CheckNewRegion(const GuestMemoryRegion& region) const;

@@ -149,6 +149,8 @@ absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max
                                     iovec* out_sg, size_t max_out_sg) {
   if (!started_ || broken_) [[unlikely]]
     return NotUsable();
+  if (memory_->faulted()) [[unlikely]]
+    return BreakWith("guest memory faulted: a region's file shrank under its mapping");
   if (IsEmpty()) {
     if (broken_) [[unlikely]]
       return BrokenNow();
@@ -250,6 +252,8 @@ absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max
 
 absl::StatusOr<bool> Virtqueue::DiscardNext() {
   if (!started_ || broken_) return NotUsable();
+  if (memory_->faulted()) [[unlikely]]
+    return BreakWith("guest memory faulted: a region's file shrank under its mapping");
   if (IsEmpty()) {
     if (broken_) return BrokenNow();
     return false;

@@ -580,7 +580,9 @@ void Device::WarnIfUnsealed() const {
   if (!memory_.sealed()) {
     VUNET_LOG(kWarning,
               "vhost-user: guest memory is not sealed against shrinking; a frontend that "
-              "shrinks it would crash this process (use memory-backend-memfd with seal=on)");
+              "shrinks it makes our next access fault with SIGBUS (contained where "
+              "virtio::ContainGuestMemoryFaults runs: the queues break and need a reset; use "
+              "memory-backend-memfd with seal=on)");
   }
 }
 
