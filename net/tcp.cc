@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -767,6 +768,7 @@ void TcpTranslator::OnSocketEvent(uint64_t tag, uint32_t events) {
     socklen_t len = sizeof(err);
     (void)getsockopt(c->fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
     if (err != 0) {
+      VUNET_LOG_RATELIMITED(kInfo, "tcp: %s: %s", env_.flows->Key(id)->ToString(), strerror(err));
       ++stats_.host_resets;
       ResetGuest(id, c);
       Close(id, c, false);
@@ -1187,17 +1189,25 @@ void TcpTranslator::RefuseSegment(const ParsedFrame& p) {
 }
 
 uint32_t TcpTranslator::FreeSendSpace(const Conn& c, uint32_t* sndbuf) const {
-  int buf = 0;
-  socklen_t len = sizeof(buf);
+  // The socket takes data while the memory its queue is charged (wmem_queued:
+  // the data and the kernel's per-packet overhead) is below SO_SNDBUF. So the
+  // free memory is scaled by the share of the queue's memory that is data.
+  uint32_t mem[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof(mem);
   int outq = 0;
-  if (getsockopt(c.fd.get(), SOL_SOCKET, SO_SNDBUF, &buf, &len) != 0 || buf < 0) buf = 0;
+  if (getsockopt(c.fd.get(), SOL_SOCKET, SO_MEMINFO, mem, &len) != 0 ||
+      len <= SK_MEMINFO_WMEM_QUEUED * sizeof(uint32_t)) {
+    *sndbuf = 0;
+    return 0;
+  }
   if (ioctl(c.fd.get(), SIOCOUTQ, &outq) != 0 || outq < 0) outq = 0;
-  *sndbuf = static_cast<uint32_t>(buf);
-  if (outq >= buf) return 0;
-  // The buffer also pays for the kernel's per-packet overhead: offer three
-  // quarters of what is free, so that the socket takes what we advertise.
-  const uint32_t free = static_cast<uint32_t>(buf - outq);
-  return free - free / 4;
+  *sndbuf = mem[SK_MEMINFO_SNDBUF];
+  const uint64_t queued = mem[SK_MEMINFO_WMEM_QUEUED];
+  if (queued >= *sndbuf) return 0;
+  const uint64_t free = *sndbuf - queued;
+  // With nothing queued yet, assume a quarter goes to overhead.
+  if (queued == 0 || outq == 0) return static_cast<uint32_t>(free - free / 4);
+  return static_cast<uint32_t>(free * std::min<uint64_t>(outq, queued) / queued);
 }
 
 uint16_t TcpTranslator::AdvertiseWindow(FlowId id, Conn* c, uint32_t window, uint32_t sndbuf,
@@ -1348,10 +1358,11 @@ void TcpTranslator::Close(FlowId id, Conn* c, bool reset_host) {
     c->fd.reset();
   }
   env_.flows->Remove(id);
-  ++stats_.closed;
+  if (!shutting_down_) ++stats_.closed;
 }
 
 void TcpTranslator::Shutdown() {
+  shutting_down_ = true;
   if (env_.flows != nullptr) {
     env_.flows->ForEach([&](FlowId id) {
       Conn* c = env_.flows->Data<Conn>(id);

@@ -121,7 +121,7 @@ struct TcpStats {
   uint64_t connect_failures = 0;  // Refused, unreachable, timed out.
   uint64_t accepted = 0;          // Inbound connections offered to the guest.
   uint64_t established = 0;
-  uint64_t closed = 0;
+  uint64_t closed = 0;               // Ended (Shutdown's not counted).
   uint64_t refused_full = 0;         // The flow table was full: RST.
   uint64_t refused_destination = 0;  // Unusable destination or family: RST.
   uint64_t refused_by_guest = 0;     // Inbound connections the guest reset.
@@ -255,7 +255,9 @@ class TcpTranslator : public Translator {
   TranslatorEnv env_;
   TcpTranslatorOptions options_;
   bool peek_off_ = false;
-  bool trunc_discard_ = true;  // recv(MSG_TRUNC) discards; else read into scratch.
+  bool trunc_discard_ = true;
+  bool shutting_down_ = false;  // Flows closed by Shutdown are not counted as closed.  //
+                                // recv(MSG_TRUNC) discards; else read into scratch.
   uint64_t isn_state_ = 0;
   std::unique_ptr<TcpRxWriter> writer_;
   std::vector<Listener> listeners_;

@@ -1,0 +1,746 @@
+// The TCP translator in the real backend (tools/vunet/backend.h), run
+// in-process on its own thread and driven through its vhost-user socket by
+// vu_frontend::Frontend, against real host sockets on the loopback. The
+// guest is scripted (tests/tcp/scripted_guest.h).
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "base/unique_fd.h"
+#include "gtest/gtest.h"
+#include "net/config.h"
+#include "net/tcp.h"
+#include "net/translator.h"
+#include "tests/tcp/scripted_guest.h"
+#include "tools/vu_frontend/frontend.h"
+#include "tools/vunet/backend.h"
+
+namespace vunet::tcp_testing {
+namespace {
+
+using tools::Backend;
+using tools::BackendOptions;
+
+in_addr V4(const char* s) {
+  in_addr a{};
+  inet_pton(AF_INET, s, &a);
+  return a;
+}
+
+// The bytes of a transfer: position-dependent, so that a byte in the wrong
+// place shows.
+std::vector<uint8_t> Pattern(size_t len, uint32_t seed) {
+  std::vector<uint8_t> v(len);
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < len; ++i) {
+    x = x * 1103515245u + 12345u;
+    v[i] = static_cast<uint8_t>(x >> 16);
+  }
+  return v;
+}
+
+// Where the first difference is, for a readable failure.
+std::string Compare(const std::vector<uint8_t>& got, const std::vector<uint8_t>& want) {
+  if (got == want) return "";
+  size_t i = 0;
+  while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
+  return "got " + std::to_string(got.size()) + " bytes, want " + std::to_string(want.size()) +
+         "; first difference at byte " + std::to_string(i);
+}
+
+void SetTimeouts(int fd, int seconds) {
+  timeval tv{seconds, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+// A listener on the host's loopback.
+class HostListener {
+ public:
+  explicit HostListener(int backlog = 128) : fd_(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    EXPECT_EQ(listen(fd_.get(), backlog), 0);
+    socklen_t len = sizeof(a);
+    getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+  }
+  // The next connection (blocking, with 10 s timeouts), or an invalid fd.
+  UniqueFd Accept(int timeout_ms = 10000) {
+    pollfd p{fd_.get(), POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) != 1) return UniqueFd();
+    UniqueFd c(accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    SetTimeouts(c.get(), 10);
+    return c;
+  }
+  int fd() const { return fd_.get(); }
+  uint16_t port() const { return port_; }
+
+ private:
+  UniqueFd fd_;
+  uint16_t port_ = 0;
+};
+
+// Reads until EOF (or an error, or `limit` bytes).
+std::vector<uint8_t> ReadAll(int fd, size_t limit = SIZE_MAX) {
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> buf(1 << 16);
+  while (out.size() < limit) {
+    const ssize_t n = recv(fd, buf.data(), std::min(buf.size(), limit - out.size()), 0);
+    if (n <= 0) break;
+    out.insert(out.end(), buf.begin(), buf.begin() + n);
+  }
+  return out;
+}
+
+// A thread joined when it goes out of scope, so that a failed assertion
+// cannot leave one running (std::terminate). Every host-side thread here
+// ends on its own: its sockets have timeouts.
+class Thread {
+ public:
+  template <typename F>
+  explicit Thread(F f) : t_(std::move(f)) {}
+  ~Thread() { join(); }
+  void join() {
+    if (t_.joinable()) t_.join();
+  }
+
+ private:
+  std::thread t_;
+};
+
+bool WriteAll(int fd, const std::vector<uint8_t>& data) {
+  size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+class TcpIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/vunet_tcp_test.XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
+    path_ = dir_ + "/vunet.sock";
+  }
+
+  void TearDown() override {
+    guest_.reset();
+    frontend_.reset();
+    Stop();
+    backend_.reset();
+    unlink(path_.c_str());
+    rmdir(dir_.c_str());
+  }
+
+  void Start(net::TcpTranslatorOptions tcp = {}, vu_frontend::FrontendOptions fo = Frontend()) {
+    BackendOptions o;
+    o.socket_path = path_;
+    o.arp = {.gateway_mac = net::kDefaultGatewayMac, .guest_addr = V4("10.0.2.15")};
+    o.guest.addr4 = V4("10.0.2.15");
+    o.guest.gateway4 = V4("10.0.2.2");
+    o.guest.mtu = 65520;
+    o.send_ra = false;
+    o.translators.push_back(
+        [tcp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
+          return net::TcpTranslator::Create(env, tcp);
+        });
+    absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(o);
+    ASSERT_TRUE(b.ok()) << b.status();
+    backend_ = std::move(*b);
+    thread_ = std::thread([this] { run_status_ = backend_->Run(); });
+
+    absl::StatusOr<std::unique_ptr<vu_frontend::Frontend>> f = vu_frontend::Frontend::Create(fo);
+    ASSERT_TRUE(f.ok()) << f.status();
+    frontend_ = std::move(*f);
+    ASSERT_TRUE(frontend_->Connect(path_, absl::Seconds(5)).ok());
+    absl::Status s = frontend_->Negotiate();
+    ASSERT_TRUE(s.ok()) << s;
+    GuestAddress a;
+    a.guest4 = V4("10.0.2.15");
+    guest_ = std::make_unique<ScriptedGuest>(frontend_.get(), a);
+  }
+
+  static vu_frontend::FrontendOptions Frontend() {
+    vu_frontend::FrontendOptions fo;
+    fo.queue_size = 1024;
+    fo.rx_buffer_size = 4096;
+    return fo;
+  }
+
+  // Stops the backend (its translator's counters are then safe to read).
+  void Stop() {
+    if (backend_ == nullptr || !thread_.joinable()) return;
+    backend_->Stop();
+    thread_.join();
+    EXPECT_TRUE(run_status_.ok()) << run_status_;
+  }
+
+  const net::TcpStats& Stats() {
+    const net::TcpTranslator* t = dynamic_cast<const net::TcpTranslator*>(backend_->translator(0));
+    return t->stats();
+  }
+  net::TcpTranslator* Tcp() { return dynamic_cast<net::TcpTranslator*>(backend_->translator(0)); }
+
+  Endpoint Gateway(uint16_t port) const { return Endpoint::V4("10.0.2.2", port); }
+
+  std::string dir_;
+  std::string path_;
+  std::unique_ptr<Backend> backend_;
+  std::thread thread_;
+  absl::Status run_status_;
+  std::unique_ptr<vu_frontend::Frontend> frontend_;
+  std::unique_ptr<ScriptedGuest> guest_;
+};
+
+TEST_F(TcpIntegrationTest, ConnectRefusedIsReset) {
+  uint16_t port;
+  {
+    HostListener closed;
+    port = closed.port();
+  }
+  Start();
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(port), 40000, {}, absl::Seconds(5));
+  ASSERT_FALSE(c.ok());
+  EXPECT_TRUE(absl::IsUnavailable(c.status())) << c.status();
+  Stop();
+  EXPECT_EQ(Stats().connect_failures, 1u);
+}
+
+TEST_F(TcpIntegrationTest, BulkGuestToHost) {
+  Start();
+  HostListener host;
+  const std::vector<uint8_t> data = Pattern(8 << 20, 1);
+  std::vector<uint8_t> got;
+  Thread reader([&] {
+    UniqueFd h = host.Accept();
+    got = ReadAll(h.get());
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40001, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->peer_options().mss, 65520 - 40);
+  const absl::Time t0 = absl::Now();
+  absl::Status s = (*c)->Write(data, absl::Seconds(60));
+  EXPECT_TRUE(s.ok()) << s;
+  s = (*c)->Shutdown(absl::Seconds(10));
+  EXPECT_TRUE(s.ok()) << s;
+  reader.join();
+  const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
+  EXPECT_EQ(Compare(got, data), "");
+  std::printf("guest -> host: %zu bytes in %.3f s (%.0f Mbit/s); guest timeouts %lu\n", data.size(),
+              secs, data.size() * 8 / secs / 1e6,
+              static_cast<unsigned long>((*c)->stats().timeouts));
+  // The host closed after EOF: our FIN, and the flow ends with its ACK.
+  s = (*c)->WaitFin(absl::Seconds(10));
+  EXPECT_TRUE(s.ok()) << s;
+  (*c)->Pump().IgnoreError();
+  absl::SleepFor(absl::Milliseconds(100));
+  Stop();
+  EXPECT_EQ(Stats().bytes_from_guest, data.size());
+  EXPECT_EQ(Stats().closed, 1u);
+}
+
+TEST_F(TcpIntegrationTest, BulkHostToGuest) {
+  Start();
+  HostListener host;
+  const std::vector<uint8_t> data = Pattern(8 << 20, 2);
+  Thread writer([&] {
+    UniqueFd h = host.Accept();
+    EXPECT_TRUE(WriteAll(h.get(), data));
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40002, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  const absl::Time t0 = absl::Now();
+  absl::Status s = (*c)->WaitFin(absl::Seconds(60));
+  EXPECT_TRUE(s.ok()) << s;
+  const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
+  writer.join();
+  std::vector<uint8_t> got = (*c)->TakeReceived();
+  EXPECT_EQ(Compare(got, data), "");
+  std::printf("host -> guest: %zu bytes in %.3f s (%.0f Mbit/s)\n", data.size(), secs,
+              data.size() * 8 / secs / 1e6);
+  s = (*c)->Shutdown(absl::Seconds(10));
+  EXPECT_TRUE(s.ok()) << s;
+  absl::SleepFor(absl::Milliseconds(100));
+  Stop();
+  EXPECT_GE(Stats().bytes_to_guest, data.size());
+  EXPECT_EQ(Stats().closed, 1u);
+}
+
+TEST_F(TcpIntegrationTest, BulkBothWaysAtOnceWithSmallMss) {
+  Start();
+  HostListener host;
+  const std::vector<uint8_t> up = Pattern(4 << 20, 3);
+  const std::vector<uint8_t> down = Pattern(4 << 20, 4);
+  std::vector<uint8_t> got_up;
+  Thread server([&] {
+    UniqueFd h = host.Accept();
+    std::thread w([&] {
+      EXPECT_TRUE(WriteAll(h.get(), down));
+      shutdown(h.get(), SHUT_WR);
+    });
+    got_up = ReadAll(h.get());
+    w.join();
+  });
+  GuestTcp::Options o;
+  o.mss = 1460;
+  o.window = 1 << 20;
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40003, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  GuestTcp& t = **c;
+  t.Queue(up);
+  t.QueueFin();
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (!(t.all_acked() && t.fin_received()) && !t.reset_received() && absl::Now() < deadline) {
+    ASSERT_TRUE(guest_->Poll(absl::Milliseconds(5)).ok());
+    ASSERT_TRUE(t.Pump().ok());
+  }
+  EXPECT_TRUE(t.all_acked());
+  EXPECT_TRUE(t.fin_received());
+  server.join();
+  EXPECT_EQ(Compare(got_up, up), "");
+  EXPECT_EQ(Compare(t.TakeReceived(), down), "");
+  Stop();
+}
+
+TEST_F(TcpIntegrationTest, HalfCloseGuestFirst) {
+  Start();
+  HostListener host;
+  std::vector<uint8_t> request;
+  const std::vector<uint8_t> response = Pattern(200000, 5);
+  Thread server([&] {
+    UniqueFd h = host.Accept();
+    request = ReadAll(h.get());  // Until the guest's FIN.
+    EXPECT_TRUE(WriteAll(h.get(), response));
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40004, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::vector<uint8_t> req = Pattern(1000, 6);
+  ASSERT_TRUE((*c)->Write(req, absl::Seconds(10)).ok());
+  ASSERT_TRUE((*c)->Shutdown(absl::Seconds(10)).ok());
+  // Half-closed: the response still comes, then the host's FIN.
+  absl::Status s = (*c)->WaitFin(absl::Seconds(10));
+  EXPECT_TRUE(s.ok()) << s;
+  server.join();
+  EXPECT_EQ(request, req);
+  EXPECT_EQ(Compare((*c)->TakeReceived(), response), "");
+  (*c)->Pump().IgnoreError();  // Our ACK of the FIN ends the flow.
+  absl::SleepFor(absl::Milliseconds(100));
+  Stop();
+  EXPECT_EQ(Stats().closed, 1u);
+  EXPECT_EQ(Stats().host_resets + Stats().guest_resets, 0u);
+}
+
+TEST_F(TcpIntegrationTest, HalfCloseHostFirst) {
+  Start();
+  HostListener host;
+  std::vector<uint8_t> late;
+  std::atomic<bool> shut{false};
+  Thread server([&] {
+    UniqueFd h = host.Accept();
+    EXPECT_TRUE(WriteAll(h.get(), {'b', 'y', 'e'}));
+    shutdown(h.get(), SHUT_WR);
+    shut = true;
+    late = ReadAll(h.get());  // The guest still sends, then closes.
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40005, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE((*c)->WaitFin(absl::Seconds(10)).ok());
+  EXPECT_EQ((*c)->TakeReceived(), std::vector<uint8_t>({'b', 'y', 'e'}));
+  const std::vector<uint8_t> more = Pattern(300000, 7);
+  ASSERT_TRUE((*c)->Write(more, absl::Seconds(10)).ok());
+  ASSERT_TRUE((*c)->Shutdown(absl::Seconds(10)).ok());
+  server.join();
+  EXPECT_EQ(Compare(late, more), "");
+  absl::SleepFor(absl::Milliseconds(100));
+  Stop();
+  EXPECT_EQ(Stats().closed, 1u);
+}
+
+TEST_F(TcpIntegrationTest, GuestResetResetsTheHost) {
+  Start();
+  HostListener host;
+  int err = 0;
+  Thread server([&] {
+    UniqueFd h = host.Accept();
+    char c;
+    if (recv(h.get(), &c, 1, 0) < 0) err = errno;
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40006, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_TRUE((*c)->Reset().ok());
+  server.join();
+  EXPECT_EQ(err, ECONNRESET);
+  Stop();
+  EXPECT_EQ(Stats().guest_resets, 1u);
+}
+
+TEST_F(TcpIntegrationTest, HostResetResetsTheGuest) {
+  Start();
+  HostListener host;
+  std::atomic<bool> established{false};
+  Thread server([&] {
+    UniqueFd h = host.Accept();
+    // Reset once the guest has its connection (before, it would be refused).
+    for (int i = 0; i < 1000 && !established; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    const linger l = {1, 0};
+    setsockopt(h.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40007, {});
+  established = true;
+  ASSERT_TRUE(c.ok()) << c.status();
+  server.join();
+  absl::Status s = (*c)->WaitReset(absl::Seconds(10));
+  EXPECT_TRUE(s.ok()) << s;
+  Stop();
+  EXPECT_EQ(Stats().host_resets, 1u);
+}
+
+// A host reader that stops, then reads slowly, then fast: the guest must
+// follow the window it is given (window updates, duplicate ACKs when the
+// socket took part), not stall or fall back to timeouts.
+TEST_F(TcpIntegrationTest, WindowFullHostReaderStopsThenReads) {
+  Start();
+  HostListener host;
+  const std::vector<uint8_t> data = Pattern(16 << 20, 8);
+  std::vector<uint8_t> got;
+  Thread reader([&] {
+    UniqueFd h = host.Accept();
+    int small = 64 * 1024;  // The host's receive buffer: fills quickly.
+    setsockopt(h.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // Not reading.
+    std::vector<uint8_t> buf(16384);
+    const auto slow_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+    while (std::chrono::steady_clock::now() < slow_until) {  // Slow.
+      const ssize_t n = recv(h.get(), buf.data(), buf.size(), 0);
+      if (n <= 0) return;
+      got.insert(got.end(), buf.begin(), buf.begin() + n);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::vector<uint8_t> rest = ReadAll(h.get());  // Fast.
+    got.insert(got.end(), rest.begin(), rest.end());
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40008, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  const absl::Time t0 = absl::Now();
+  absl::Status s = (*c)->Write(data, absl::Seconds(60));
+  EXPECT_TRUE(s.ok()) << s;
+  ASSERT_TRUE((*c)->Shutdown(absl::Seconds(10)).ok());
+  reader.join();
+  EXPECT_EQ(Compare(got, data), "");
+  const GuestTcp::Stats& gs = (*c)->stats();
+  std::printf(
+      "window-full transfer: %.2f s; guest: %lu timeouts, %lu fast retransmits, %lu probes\n",
+      absl::ToDoubleSeconds(absl::Now() - t0), static_cast<unsigned long>(gs.timeouts),
+      static_cast<unsigned long>(gs.fast_retransmits), static_cast<unsigned long>(gs.probes));
+  // Settled: the guest was told about the window, it did not time out its
+  // way through (a few timeouts at the stop itself are tolerated).
+  EXPECT_LE(gs.timeouts, 5u);
+  Stop();
+  std::printf("translator: %lu partial sends, %lu window updates\n",
+              static_cast<unsigned long>(Stats().partial_sends),
+              static_cast<unsigned long>(Stats().window_updates));
+  EXPECT_GE(Stats().window_updates, 1u);
+}
+
+// The guest stops taking frames (its receive ring fills), then resumes:
+// every byte still arrives, in order.
+TEST_F(TcpIntegrationTest, GuestNotReadingThenReading) {
+  vu_frontend::FrontendOptions fo = Frontend();
+  fo.queue_size = 256;  // 1 MiB of receive buffers: less than the guest's window.
+  Start({}, fo);
+  HostListener host;
+  const std::vector<uint8_t> data = Pattern(8 << 20, 9);
+  Thread writer([&] {
+    UniqueFd h = host.Accept();
+    EXPECT_TRUE(WriteAll(h.get(), data));
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40009, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  // Read a little, then nothing for a second: the ring fills and stays full.
+  ASSERT_TRUE((*c)->Read(100000, absl::Seconds(10)).ok());
+  absl::SleepFor(absl::Seconds(1));
+  absl::Status s = (*c)->WaitFin(absl::Seconds(60));
+  EXPECT_TRUE(s.ok()) << s;
+  writer.join();
+  std::vector<uint8_t> got = (*c)->TakeReceived();
+  got.insert(got.begin(), data.begin(), data.begin() + 100000);
+  EXPECT_EQ(Compare(got, data), "");
+  EXPECT_EQ((*c)->stats().out_of_order, 0u);
+  Stop();
+  EXPECT_GE(Stats().rx_waits, 1u);
+}
+
+// The guest loses one data segment and acks what it has: the duplicate ACKs
+// bring the data again from the socket.
+TEST_F(TcpIntegrationTest, RetransmitAfterADroppedFrame) {
+  Start();
+  HostListener host;
+  const std::vector<uint8_t> data = Pattern(4 << 20, 10);
+  Thread writer([&] {
+    UniqueFd h = host.Accept();
+    EXPECT_TRUE(WriteAll(h.get(), data));
+  });
+  int data_segments = 0;
+  guest_->drop = [&](const Segment& s) { return !s.payload.empty() && ++data_segments == 5; };
+  GuestTcp::Options o;
+  o.mss = 8000;  // Many segments per window: the ones after the loss make duplicate ACKs.
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40010, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::Status s = (*c)->WaitFin(absl::Seconds(30));
+  EXPECT_TRUE(s.ok()) << s;
+  writer.join();
+  EXPECT_EQ(guest_->dropped(), 1u);
+  EXPECT_EQ(Compare((*c)->TakeReceived(), data), "");
+  EXPECT_GE((*c)->stats().out_of_order, 3u);
+  Stop();
+  EXPECT_GE(Stats().fast_retransmits, 1u);
+}
+
+// The last segment of a burst is lost: no duplicate ACKs follow, the timer
+// sends it again.
+TEST_F(TcpIntegrationTest, RetransmitOnTheTimer) {
+  net::TcpTranslatorOptions o;
+  o.rto_initial_ns = 200'000'000;
+  Start(o);
+  HostListener host;
+  const std::vector<uint8_t> data = Pattern(5000, 11);
+  UniqueFd h;
+  Thread accept([&] { h = host.Accept(); });
+  GuestTcp::Options go;
+  go.mss = 1000;
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Connect(guest_.get(), Gateway(host.port()), 40011, go);
+  ASSERT_TRUE(c.ok()) << c.status();
+  accept.join();
+  bool dropped = false;
+  guest_->drop = [&](const Segment& s) {
+    // The segment that ends with the last byte (the pattern's tail is unique).
+    if (dropped || s.payload.empty() || s.payload.size() > data.size()) return false;
+    dropped = std::equal(s.payload.begin(), s.payload.end(), data.end() - s.payload.size());
+    return dropped;
+  };
+  ASSERT_TRUE(WriteAll(h.get(), data));
+  absl::StatusOr<std::vector<uint8_t>> got = (*c)->Read(data.size(), absl::Seconds(10));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(dropped);
+  EXPECT_EQ(Compare(*got, data), "");
+  Stop();
+  EXPECT_GE(Stats().timer_retransmits, 1u);
+}
+
+// A thousand connections at once, each echoed by the host.
+TEST_F(TcpIntegrationTest, ThousandConcurrentConnections) {
+  constexpr int kConnections = 1000;
+  Start();
+  HostListener host(1024);
+  std::atomic<bool> stop{false};
+  std::atomic<int> echoed{0};
+  // The host: one epoll loop that accepts, echoes and closes after EOF.
+  Thread server([&] {
+    UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
+    fcntl(host.fd(), F_SETFL, O_NONBLOCK);
+    epoll_event ev{EPOLLIN, {.fd = host.fd()}};
+    epoll_ctl(ep.get(), EPOLL_CTL_ADD, host.fd(), &ev);
+    std::map<int, std::vector<uint8_t>> pending;  // Bytes read, to echo.
+    char buf[4096];
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+    while (!stop && std::chrono::steady_clock::now() < give_up) {
+      epoll_event evs[64];
+      const int n = epoll_wait(ep.get(), evs, 64, 20);
+      for (int i = 0; i < n; ++i) {
+        const int fd = evs[i].data.fd;
+        if (fd == host.fd()) {
+          for (;;) {
+            const int c = accept4(host.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (c < 0) break;
+            epoll_event cev{EPOLLIN, {.fd = c}};
+            epoll_ctl(ep.get(), EPOLL_CTL_ADD, c, &cev);
+          }
+          continue;
+        }
+        for (;;) {
+          const ssize_t r = recv(fd, buf, sizeof(buf), 0);
+          if (r > 0) {
+            // Small messages: the socket always has room for the echo.
+            EXPECT_EQ(send(fd, buf, r, MSG_NOSIGNAL), r);
+            continue;
+          }
+          if (r == 0) {
+            epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);
+            close(fd);
+            ++echoed;
+          }
+          break;
+        }
+      }
+    }
+  });
+  std::vector<std::unique_ptr<GuestTcp>> conns;
+  std::vector<std::vector<uint8_t>> messages;
+  GuestTcp::Options o;
+  o.window = 65535;
+  for (int i = 0; i < kConnections; ++i) {
+    conns.push_back(
+        GuestTcp::Open(guest_.get(), Gateway(host.port()), static_cast<uint16_t>(20000 + i), o));
+    messages.push_back(Pattern(100 + i, 1000 + i));
+  }
+  // Each sends its message and its FIN once established; done when its echo
+  // and the host's FIN are in.
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  std::vector<bool> queued(kConnections, false);
+  int done = 0;
+  while (done < kConnections && absl::Now() < deadline) {
+    ASSERT_TRUE(guest_->Poll(absl::Milliseconds(5)).ok());
+    done = 0;
+    for (int i = 0; i < kConnections; ++i) {
+      GuestTcp& c = *conns[i];
+      ASSERT_FALSE(c.reset_received()) << "connection " << i << " reset";
+      if (c.established() && !queued[i]) {
+        c.Queue(messages[i]);
+        c.QueueFin();
+        queued[i] = true;
+      }
+      ASSERT_TRUE(c.Pump().ok());
+      if (c.all_acked() && c.fin_received() && queued[i]) ++done;
+    }
+  }
+  EXPECT_EQ(done, kConnections);
+  for (int i = 0; i < kConnections; ++i) {
+    EXPECT_EQ(conns[i]->TakeReceived(), messages[i]) << "connection " << i;
+  }
+  // The final ACKs of the hosts' FINs.
+  for (auto& c : conns) ASSERT_TRUE(c->Pump().ok());
+  absl::SleepFor(absl::Milliseconds(200));
+  stop = true;
+  server.join();
+  EXPECT_EQ(echoed.load(), kConnections);
+  Stop();
+  EXPECT_EQ(Stats().established, static_cast<uint64_t>(kConnections));
+  EXPECT_EQ(Stats().closed, static_cast<uint64_t>(kConnections));
+}
+
+TEST_F(TcpIntegrationTest, InboundForward) {
+  net::TcpTranslatorOptions o;
+  net::PortForward f;
+  f.host_port = 0;  // A free port: listen_ports() tells which.
+  f.guest_port = 8080;
+  f.family = AF_INET;
+  f.bind4 = V4("127.0.0.1");
+  o.forwards.push_back(f);
+  Start(o);
+  ASSERT_EQ(Tcp()->listen_ports().size(), 1u);
+  const uint16_t port = Tcp()->listen_ports()[0];
+
+  const std::vector<uint8_t> request = Pattern(3000, 12);
+  const std::vector<uint8_t> response = Pattern(2 << 20, 13);
+  std::vector<uint8_t> got;
+  Thread client([&] {
+    UniqueFd s(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SetTimeouts(s.get(), 10);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    ASSERT_EQ(connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    EXPECT_TRUE(WriteAll(s.get(), request));
+    got = ReadAll(s.get());
+  });
+  absl::StatusOr<std::unique_ptr<GuestTcp>> c =
+      GuestTcp::Accept(guest_.get(), 8080, {}, absl::Seconds(10));
+  ASSERT_TRUE(c.ok()) << c.status();
+  // From the host's loopback, so from the gateway's address.
+  EXPECT_EQ((*c)->remote().addr4.s_addr, V4("10.0.2.2").s_addr);
+  EXPECT_TRUE((*c)->peer_options().has_window_scale);
+  absl::StatusOr<std::vector<uint8_t>> req = (*c)->Read(request.size(), absl::Seconds(10));
+  ASSERT_TRUE(req.ok()) << req.status();
+  EXPECT_EQ(*req, request);
+  ASSERT_TRUE((*c)->Write(response, absl::Seconds(30)).ok());
+  ASSERT_TRUE((*c)->Shutdown(absl::Seconds(10)).ok());
+  client.join();
+  EXPECT_EQ(Compare(got, response), "");
+  ASSERT_TRUE((*c)->WaitFin(absl::Seconds(10)).ok());
+  (*c)->Pump().IgnoreError();
+  absl::SleepFor(absl::Milliseconds(100));
+  Stop();
+  EXPECT_EQ(Stats().accepted, 1u);
+  EXPECT_EQ(Stats().closed, 1u);
+}
+
+TEST_F(TcpIntegrationTest, InboundRefusedByTheGuest) {
+  net::TcpTranslatorOptions o;
+  net::PortForward f;
+  f.guest_port = 22;
+  f.family = AF_INET;
+  f.bind4 = V4("127.0.0.1");
+  o.forwards.push_back(f);
+  Start(o);
+  const uint16_t port = Tcp()->listen_ports()[0];
+  int err = 0;
+  Thread client([&] {
+    UniqueFd s(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SetTimeouts(s.get(), 10);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    ASSERT_EQ(connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    char c;
+    if (recv(s.get(), &c, 1, 0) < 0) err = errno;
+  });
+  std::optional<Segment> syn;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!syn && absl::Now() < deadline) {
+    ASSERT_TRUE(guest_->Poll(absl::Milliseconds(20)).ok());
+    syn = guest_->TakeSyn(22);
+  }
+  ASSERT_TRUE(syn.has_value());
+  ASSERT_TRUE(GuestTcp::Refuse(guest_.get(), *syn).ok());
+  client.join();
+  EXPECT_EQ(err, ECONNRESET);
+  Stop();
+  EXPECT_EQ(Stats().refused_by_guest, 1u);
+}
+
+}  // namespace
+}  // namespace vunet::tcp_testing
