@@ -14,7 +14,7 @@
 //  2. Root becomes the --runas identity (default nobody): setgroups(0),
 //     setgid, setuid, each checked, then checked again through getres[ug]id
 //     and a setuid(0) that must fail. A process that is not root keeps its
-//     identity.
+//     identity (and see RunAsFor for root of a user namespace).
 //  3. PR_SET_NO_NEW_PRIVS.
 //  4. Best effort (an info line where the kernel refuses; containers often
 //     do): new user and mount namespaces, the root pivoted to an empty
@@ -25,8 +25,9 @@
 //     with arguments checked where that narrows something (sockets: AF_INET
 //     and AF_INET6 stream and datagram sockets and ping sockets only; mmap
 //     and mprotect: never PROT_EXEC; ioctl: FIONREAD, TIOCOUTQ, SIOCOUTQNSD,
-//     FIONBIO; fcntl: flags, seals, F_DUPFD_CLOEXEC; setsockopt: no socket
-//     filters, no TCP_ULP; tgkill: this process only). Calls only an exploit
+//     FIONBIO, TCGETS; fcntl: flags, seals, F_DUPFD_CLOEXEC; setsockopt: no
+//     socket filters, no TCP_ULP; tgkill: this process only; no open or
+//     openat at all). Calls only an exploit
 //     makes (execve, ptrace, mount, unshare, bpf, io_uring_*, setuid...)
 //     kill the process. Any other call is refused: it fails with EPERM and a
 //     SIGSYS handler logs it (the syscall's name, once per syscall up to a
