@@ -8,8 +8,9 @@
 #   - waits for a global IPv6 address from our router advertisement (SLAAC) and pings the router.
 # Checks: the lease is the one vunet was told to give (-a -n -g -D -m), eth0 got it, the default route
 # points at the gateway, SLAAC produced an address in the advertised prefix, the pings were answered
-# (where ICMP echo runs: see below), the guest powered off, and vunet exited 0 with its socket gone
-# once QEMU had left. Everything started here is killed on every exit path.
+# (where ICMP echo runs: see below), the guest powered off, vunet ran in its sandbox and no syscall was
+# refused, and vunet exited 0 with its socket gone once QEMU had left. Everything started here is killed
+# on every exit path.
 #
 # vunet runs with --pcap: afterwards the capture (mode 0600) must parse as libpcap and hold the DHCP
 # exchange (DISCOVER, OFFER, REQUEST, ACK), the router advertisement, the guest's echo requests (and our
@@ -134,6 +135,9 @@ grep -q 'VUNET-INIT: eth0 up' "$console" || fail "the guest has no eth0"
 grep -q 'queue 0 (rx) started' "$vlog" || fail "the receive queue never started"
 grep -q 'queue 1 (tx) started' "$vlog" || fail "the transmit queue never started"
 grep -q "path=$socket" "$vlog" || fail "vunet printed no QEMU command line"
+# The sandbox (tools/vunet/sandbox.h) is on and allowed everything the guest's traffic needed.
+grep -q 'sandbox: running as' "$vlog" || fail "vunet did not enter its sandbox"
+! grep -q 'refused syscall' "$vlog" || fail "the sandbox refused: $(grep -m 3 'refused syscall' "$vlog")"
 
 # The lease, as udhcpc's script saw it.
 lease=$(grep -m 1 '^UDHCPC: bound' "$console") || fail "udhcpc got no lease"
