@@ -17,9 +17,11 @@
 // duplicate ACKs so that it retransmits from there without waiting for a
 // timeout. Segments out of order or already taken are dropped and answered
 // with an ACK of what we expect. The window advertised to the guest is the
-// socket's free send space (SO_SNDBUF minus SIOCOUTQ), scaled; while it is
-// low we watch for it to open (EPOLLOUT, and a short timer with backoff) and
-// send a window update when it does.
+// socket's free send space: SO_SNDBUF minus the memory its queue is charged
+// (SO_MEMINFO), scaled by the share of that memory which is data (SIOCOUTQ),
+// so that the socket takes what we offer; while it is low we watch for it to
+// open (EPOLLOUT, and a short timer with backoff) and send a window update
+// when it does.
 //
 // Host to guest: data is peeked from the socket (MSG_PEEK) straight into the
 // guest's receive buffers (TcpRxWriter, net/tcp_vu.h), in segments of the

@@ -1050,6 +1050,62 @@ TEST_P(TcpTest, ShutdownClosesEverything) {
   EXPECT_NE(tcp_->StatsLine().find("1 established"), std::string::npos) << tcp_->StatsLine();
 }
 
+// IPv6: a SYN to our link-local address reaches the host's ::1.
+TEST_P(TcpTest, Ipv6ToTheGatewayReachesLoopback) {
+  UniqueFd l(socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  if (bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  ASSERT_EQ(listen(l.get(), 4), 0);
+  socklen_t len = sizeof(a);
+  getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  guest_.addr6 = testing::Ip6("fd00::2");
+  guest_.our_link_local6 = testing::Ip6("fe80::1");
+  guest_.gateway6 = testing::Ip6("fe80::1");
+
+  FrameSpec s;
+  s.ipv6 = true;
+  s.src_mac = kDefaultGuestMac;
+  s.dst_mac = kDefaultGatewayMac;
+  s.src6 = guest_.addr6;
+  s.dst6 = guest_.our_link_local6;
+  s.protocol = IPPROTO_TCP;
+  s.src_port = kGuestPort;
+  s.dst_port = ntohs(a.sin6_port);
+  s.tcp_seq = 300;
+  s.tcp_flags = kTcpSyn;
+  s.tcp_window = 65535;
+  Send(testing::Build(s, {}));
+  std::optional<Seg> synack = WaitFor(kTcpSyn | kTcpAck);
+  ASSERT_TRUE(synack.has_value());
+  EXPECT_EQ(synack->options.mss, 65520 - 60);
+  EXPECT_FALSE(synack->options.has_window_scale);  // The guest offered none.
+  pollfd p{l.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 2000), 1);
+  UniqueFd h(accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(h.valid());
+  s.tcp_seq = 301;
+  s.tcp_ack = synack->seq + 1;
+  s.tcp_flags = kTcpAck;
+  Send(testing::Build(s, {'v', '6'}));
+  char buf[2];
+  timeval tv{2, 0};
+  setsockopt(h.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ASSERT_EQ(recv(h.get(), buf, 2, MSG_WAITALL), 2);
+  EXPECT_EQ(std::string(buf, 2), "v6");
+  // IPv6 destinations we do not connect to.
+  for (const char* d : {"::1", "ff02::1", "fe80::99", "::ffff:1.2.3.4"}) {
+    s.dst6 = testing::Ip6(d);
+    s.tcp_flags = kTcpSyn;
+    s.tcp_ack = 0;
+    Send(testing::Build(s, {}));
+  }
+  EXPECT_EQ(tcp_->stats().refused_destination, 4u);
+}
+
 TEST(TcpCreateTest, RefusesBadEnvAndOptions) {
   TranslatorEnv env;
   EXPECT_FALSE(TcpTranslator::Create(env, {}).ok());
