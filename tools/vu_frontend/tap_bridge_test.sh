@@ -189,7 +189,7 @@ for _ in $(seq 100); do
   in_host ss -ltnH "sport = :$port" | grep -q . && break
   sleep 0.05
 done
-in_guest timeout 40 python3 "$check" client "$gateway" "$port" "$dir/up.bin" "$dir/down.got" \
+in_guest timeout 20 python3 "$check" client "$gateway" "$port" "$dir/up.bin" "$dir/down.got" \
   >>"$dir/tcp.log" 2>&1 || fail "TCP from the guest to the host's loopback failed"
 wait "$server_pid" || fail "the host's TCP listener failed"
 server_pid=
@@ -204,7 +204,7 @@ for _ in $(seq 100); do
   in_host ss -lunH "sport = :$port" | grep -q . && break
   sleep 0.05
 done
-in_guest timeout 40 python3 "$check" udp-client "$gateway" "$port" 20 >>"$dir/udp.log" 2>&1 ||
+in_guest timeout 20 python3 "$check" udp-client "$gateway" "$port" 20 >>"$dir/udp.log" 2>&1 ||
   fail "UDP between the guest and the host's loopback failed: $(cat "$dir/udp.log")"
 wait "$server_pid" || fail "the host's UDP echo failed: $(cat "$dir/udp.log")"
 server_pid=
