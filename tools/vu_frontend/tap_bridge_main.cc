@@ -38,6 +38,11 @@ ABSL_FLAG(std::string, mac, "", "the tap's MAC address (default: the kernel's ra
 ABSL_FLAG(uint32_t, queue_size, 256, "entries per ring");
 ABSL_FLAG(bool, guest_csum, true,
           "ask for VIRTIO_NET_F_GUEST_CSUM (the backend may leave checksums to us)");
+ABSL_FLAG(bool, reset_on_usr1, false,
+          "on SIGUSR1, reset the device as a guest driver does (for fault tests): both rings "
+          "disabled and stopped (GET_VRING_BASE), --reset_pause, then laid out afresh and started");
+ABSL_FLAG(absl::Duration, reset_pause, absl::Milliseconds(100),
+          "how long the rings stay stopped in a --reset_on_usr1 reset");
 
 namespace vunet::vu_frontend {
 namespace {
@@ -59,6 +64,29 @@ int Fail(const std::string& message) {
   return 1;
 }
 
+// A device reset as a guest's driver makes one: both rings disabled and
+// stopped (GET_VRING_BASE), `pause`, then laid out afresh (receive buffers
+// posted anew, frames in flight lost) and started again.
+absl::Status ResetRings(Frontend* frontend, absl::Duration pause) {
+  const bool enable = (frontend->features() & Bit(vu::kVhostUserFProtocolFeatures)) != 0;
+  for (uint32_t i = 0; i < kNumQueues; ++i) {
+    if (enable) {
+      if (absl::Status s = frontend->EnableRing(i, false); !s.ok()) return s;
+    }
+    if (absl::StatusOr<uint32_t> base = frontend->GetVringBase(i); !base.ok()) {
+      return base.status();
+    }
+  }
+  absl::SleepFor(pause);
+  for (uint32_t i = 0; i < kNumQueues; ++i) {
+    if (absl::Status s = frontend->SetUpRing(i); !s.ok()) return s;
+  }
+  for (uint32_t i = 0; enable && i < kNumQueues; ++i) {
+    if (absl::Status s = frontend->EnableRing(i, true); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 int Run() {
   const std::string socket_path = absl::GetFlag(FLAGS_socket);
   if (socket_path.empty()) return Fail("--socket is required");
@@ -76,6 +104,7 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGHUP);
+  if (absl::GetFlag(FLAGS_reset_on_usr1)) sigaddset(&signals, SIGUSR1);
   sigprocmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
   UniqueFd stop(signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
@@ -108,7 +137,16 @@ int Run() {
   std::fprintf(stderr, "tap_bridge: %s (MTU %u) <-> %s running; features %s\n", tap_name.c_str(),
                tap_options.mtu, socket_path.c_str(), FeatureNames((*frontend)->features()).c_str());
 
-  const absl::Status status = (*bridge)->Run(stop.get());
+  absl::Status status = (*bridge)->Run(stop.get());
+  // --reset_on_usr1: Run returned for a signal; on SIGUSR1 reset and go on.
+  for (int resets = 1; status.ok() && absl::GetFlag(FLAGS_reset_on_usr1); ++resets) {
+    signalfd_siginfo info;
+    if (read(stop.get(), &info, sizeof(info)) != sizeof(info) || info.ssi_signo != SIGUSR1) break;
+    status = ResetRings(frontend->get(), absl::GetFlag(FLAGS_reset_pause));
+    if (!status.ok()) break;
+    std::fprintf(stderr, "tap_bridge: device reset %d: rings stopped and started again\n", resets);
+    status = (*bridge)->Run(stop.get());
+  }
   const TapBridgeStats& st = (*bridge)->stats();
   std::fprintf(
       stderr,

@@ -11,6 +11,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -30,6 +31,7 @@ ABSL_FLAG(bool, debug, false, "log debugging lines too");
 ABSL_FLAG(bool, print_capabilities, false, "print the vhost-user capabilities and exit");
 ABSL_FLAG(std::string, runas, "", "USER[:GROUP] to run as when started as root (default nobody)");
 ABSL_FLAG(bool, no_sandbox, false, "no confinement (identity, namespaces, seccomp): debugging");
+ABSL_FLAG(std::string, max_flows, "", "TCP and UDP flows at a time, at most");
 ABSL_FLAG(std::vector<std::string>, address, {}, "the guest's address (IPv4 or IPv6)");
 ABSL_FLAG(std::string, netmask, "", "the guest's IPv4 netmask or prefix length");
 ABSL_FLAG(std::vector<std::string>, gateway, {}, "the gateway address (IPv4 or IPv6)");
@@ -79,6 +81,7 @@ constexpr OptionSpec kOptions[] = {
     {"udp_ports", 'u', true, true, true},
     {"runas", 0, true},
     {"no_sandbox", 0, false},
+    {"max_flows", 0, true},
     {"print_capabilities", 0, false},
     {"version", 0, false},
     {"help", 'h', false},
@@ -216,6 +219,13 @@ absl::StatusOr<CliOptions> OptionsFromFlags() {
   o.print_capabilities = absl::GetFlag(FLAGS_print_capabilities);
   o.runas = absl::GetFlag(FLAGS_runas);
   o.no_sandbox = absl::GetFlag(FLAGS_no_sandbox);
+  if (std::string m = absl::GetFlag(FLAGS_max_flows); !m.empty()) {
+    // The flow table's bounds (net::FlowTable::kMaxCapacity).
+    constexpr size_t kMax = size_t{1} << 20;
+    if (!absl::SimpleAtoi(m, &o.max_flows) || o.max_flows < 1 || o.max_flows > kMax) {
+      return Error(absl::StrCat("--max-flows: not a number of flows from 1 to ", kMax, ": ", m));
+    }
+  }
 
   net::ConfigOverrides& v = o.overrides;
   v.addresses = absl::GetFlag(FLAGS_address);
@@ -288,6 +298,8 @@ host ports to the guest.
   -u, --udp-ports SPEC  forward UDP ports, as -t
   --runas USER[:GROUP]  started as root, run as USER (default nobody) once
                         the socket and files are open; ignored otherwise
+  --max-flows N         at most N TCP and UDP flows at a time (default 65536);
+                        new ones beyond are refused (TCP: an RST) and counted
   --no-sandbox          no confinement, for debugging: by default vunet
                         drops root (--runas), sets no_new_privs, enters new
                         user and mount namespaces with an empty root where

@@ -64,6 +64,9 @@ struct CliOptions {
   bool print_capabilities = false;
   std::string runas;        // --runas; empty: nobody when root.
   bool no_sandbox = false;  // --no-sandbox (tools/vunet/sandbox.h).
+  // --max-flows: TCP and UDP flows at a time (the shared flow table's
+  // capacity); 0 keeps the backend's default.
+  size_t max_flows = 0;
 
   // -t / -u, one raw spec per occurrence, checked later by
   // net::ParsePortForwards (net/translator.h).

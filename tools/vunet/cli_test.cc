@@ -19,6 +19,7 @@ ABSL_DECLARE_FLAG(std::string, mtu);
 ABSL_DECLARE_FLAG(std::string, netmask);
 ABSL_DECLARE_FLAG(bool, ipv4_only);
 ABSL_DECLARE_FLAG(std::string, pcap);
+ABSL_DECLARE_FLAG(std::string, max_flows);
 ABSL_DECLARE_FLAG(std::string, tcp_ports);
 ABSL_DECLARE_FLAG(std::string, udp_ports);
 
@@ -160,6 +161,18 @@ TEST_F(OptionsFromFlagsTest, Pcap) {
   absl::StatusOr<CliOptions> o = OptionsFromFlags();
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->pcap_file, "/tmp/vunet.pcap");
+}
+
+TEST_F(OptionsFromFlagsTest, MaxFlows) {
+  EXPECT_EQ(OptionsFromFlags()->max_flows, 0u);  // The backend's default.
+  absl::SetFlag(&FLAGS_max_flows, "32");
+  EXPECT_EQ(OptionsFromFlags()->max_flows, 32u);
+  for (const char* bad : {"0", "-1", "x", "1048577"}) {
+    absl::SetFlag(&FLAGS_max_flows, bad);
+    absl::StatusOr<CliOptions> o = OptionsFromFlags();
+    ASSERT_FALSE(o.ok()) << bad;
+    EXPECT_THAT(o.status().message(), HasSubstr("--max-flows")) << bad;
+  }
 }
 
 TEST_F(OptionsFromFlagsTest, DefaultSocketFollowsXdgRuntimeDir) {

@@ -177,6 +177,7 @@ int Main(int argc, char** argv) {
   if (v6 && !g.no_dhcpv6) backend_options.dhcpv6 = net::ToDhcpv6Config(g);
   backend_options.icmp = net::ToIcmpEchoConfig(g);
   backend_options.guest = g;
+  if (options->max_flows != 0) backend_options.max_flows = options->max_flows;
   // Flow translators, in the order frames try them (see BackendOptions).
   net::TcpTranslatorOptions tcp;
   for (const std::string& spec : options->tcp_forwards) {
