@@ -1106,6 +1106,61 @@ TEST_P(TcpTest, Ipv6ToTheGatewayReachesLoopback) {
   EXPECT_EQ(tcp_->stats().refused_destination, 4u);
 }
 
+// A forward for every address: one dual-stack socket; an IPv4 client (seen
+// v4-mapped) becomes an IPv4 flow, an IPv6 one an IPv6 flow, each from the
+// gateway's address of its family.
+TEST_P(TcpTest, DualStackForward) {
+  guest_.addr6 = testing::Ip6("fd00::2");
+  guest_.our_link_local6 = testing::Ip6("fe80::1");
+  guest_.gateway6 = testing::Ip6("fe80::1");
+  TcpTranslatorOptions o;
+  PortForward f;
+  f.guest_port = 8080;  // family AF_UNSPEC, host port 0: any free one.
+  o.forwards.push_back(f);
+  Make({.peek_off = GetParam()}, o);
+  ASSERT_EQ(tcp_->listen_ports().size(), 1u);
+  const uint16_t port = tcp_->listen_ports()[0];
+
+  UniqueFd c4(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  ASSERT_EQ(connect(c4.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  std::vector<uint8_t> raw;
+  for (int i = 0; i < 100 && raw.empty(); ++i) {
+    watcher_.Poll(tcp_.get(), 10);
+    if (!replies_.frames.empty()) raw = replies_.frames[0];
+  }
+  replies_.frames.clear();
+  ParsedFrame p;
+  ASSERT_TRUE(testing::Parse(raw, &p).ok());
+  EXPECT_EQ(p.l3, L3Kind::kIpv4);
+  EXPECT_EQ(p.ip.src4.s_addr, guest_.gateway4.s_addr);
+  EXPECT_EQ(p.ip.dst4.s_addr, guest_.addr4.s_addr);
+  EXPECT_EQ(p.dst_port, 8080);
+  EXPECT_EQ(p.tcp.flags, kTcpSyn);
+
+  UniqueFd c6(socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 a6{};
+  a6.sin6_family = AF_INET6;
+  a6.sin6_addr = in6addr_loopback;
+  a6.sin6_port = htons(port);
+  if (connect(c6.get(), reinterpret_cast<sockaddr*>(&a6), sizeof(a6)) != 0) {
+    GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  raw.clear();
+  for (int i = 0; i < 100 && raw.empty(); ++i) {
+    watcher_.Poll(tcp_.get(), 10);
+    if (!replies_.frames.empty()) raw = replies_.frames[0];
+  }
+  ASSERT_TRUE(testing::Parse(raw, &p).ok());
+  EXPECT_EQ(p.l3, L3Kind::kIpv6);
+  EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&p.ip.src6, &guest_.our_link_local6));
+  EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&p.ip.dst6, &guest_.addr6));
+  EXPECT_EQ(tcp_->stats().accepted, 2u);
+}
+
 TEST(TcpCreateTest, RefusesBadEnvAndOptions) {
   TranslatorEnv env;
   EXPECT_FALSE(TcpTranslator::Create(env, {}).ok());
