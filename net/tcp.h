@@ -51,7 +51,9 @@
 // logs it). Every pool is sized at Create; the data path allocates nothing.
 // Guest frames are hostile: every sequence number, acknowledgement, length
 // and option is checked against the flow's state; a segment for no known
-// flow gets an RST (an RST for none is ignored).
+// flow gets an RST (an RST for none is ignored). Checksums of the guest's
+// segments are not verified: that would read every payload once more, and a
+// wrong one can only corrupt the guest's own stream.
 //
 //   TcpTranslatorOptions options;
 //   options.forwards = *ParsePortForwards("8080:80");
