@@ -631,6 +631,9 @@ void TcpTranslator::ProcessAck(FlowId id, Conn* c, const ParsedFrame& parsed, in
     c->fin_acked = true;
     c->rto_at = 0;
     if (c->guest_fin) {  // Both directions are done.
+      // The guest's FIN (a simultaneous close) may not be acknowledged yet:
+      // without it the guest retransmits the FIN and meets an RST.
+      if (c->ack_due) SendAck(id, c, now);
       Close(id, c, false);
       return;
     }
