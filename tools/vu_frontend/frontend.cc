@@ -560,20 +560,55 @@ absl::StatusOr<size_t> Frontend::SendFrames(absl::Span<const absl::Span<const ui
                                                         frame.size(), options_.max_frame_size));
     }
   }
+  size_t next = 0;
+  return SendFramesFrom(frames.size(), [&](const TxBuffer& buffer) -> absl::StatusOr<size_t> {
+    const absl::Span<const uint8_t> frame = frames[next++];
+    std::memcpy(buffer.frame.data(), frame.data(), frame.size());
+    return frame.size();
+  });
+}
+
+absl::StatusOr<size_t> Frontend::SendFramesFrom(size_t max, TxFill fill) {
+  if (!ring_running_[kTxQueue]) return absl::FailedPreconditionError("transmit ring not running");
+  // Slots the backend has finished with go back on the free stack first, so
+  // the next frames land in memory that is still in cache.
+  absl::StatusOr<size_t> reclaimed = ReclaimTx();
+  if (!reclaimed.ok()) return reclaimed.status();
   const size_t header = net_header_size_;
+  const uint32_t descriptors = options_.tx_indirect ? 1 : (options_.tx_header_separate ? 2 : 1);
+  DriverQueue& q = *queues_[kTxQueue];
   size_t sent = 0;
-  for (const absl::Span<const uint8_t>& frame : frames) {
+  absl::Status status;
+  while (sent < max) {
     if (tx_free_.empty()) {
-      absl::StatusOr<size_t> reclaimed = ReclaimTx();
-      if (!reclaimed.ok()) return reclaimed.status();
+      reclaimed = ReclaimTx();
+      if (!reclaimed.ok()) {
+        status = reclaimed.status();
+        break;
+      }
       if (tx_free_.empty()) break;
     }
+    // The frame cannot be given back once `fill` has it: check for ring
+    // space before.
+    if (q.free_descriptors() < descriptors) break;
     const uint32_t slot = tx_free_.back();
     const uint64_t gpa = tx_pool_gpa_ + uint64_t{slot} * tx_slot_size_;
     uint8_t* host = memory_->Host(gpa);
     std::memset(host, 0, header);
-    std::memcpy(host + header, frame.data(), frame.size());
-    const uint32_t len = static_cast<uint32_t>(frame.size());
+    const TxBuffer buffer{.header = absl::MakeSpan(host, header),
+                          .frame = absl::MakeSpan(host + header, options_.max_frame_size)};
+    absl::StatusOr<size_t> filled = fill(buffer);
+    if (!filled.ok()) {
+      status = filled.status();
+      break;
+    }
+    if (*filled == 0) break;
+    if (*filled > buffer.frame.size()) {
+      status = absl::InvalidArgumentError(absl::StrFormat(
+          "filled a frame of %d bytes into a %d-byte buffer", *filled, buffer.frame.size()));
+      break;
+    }
+    const uint32_t len = static_cast<uint32_t>(*filled);
     Buffer chain[2];
     size_t n = 0;
     if (options_.tx_header_separate) {
@@ -585,7 +620,11 @@ absl::StatusOr<size_t> Frontend::SendFrames(absl::Span<const absl::Span<const ui
     const uint64_t table =
         options_.tx_indirect ? tx_tables_gpa_ + uint64_t{slot} * 2 * sizeof(VirtqDesc) : 0;
     std::optional<uint16_t> head = AddChain(kTxQueue, absl::MakeConstSpan(chain, n), table);
-    if (!head) break;
+    if (!head) {
+      // Ruled out by the check above; the frame is lost rather than sent wrong.
+      status = absl::InternalError("transmit ring out of descriptors");
+      break;
+    }
     tx_slot_of_head_[*head] = static_cast<int32_t>(slot);
     tx_free_.pop_back();
     ++tx_in_flight_;
@@ -594,6 +633,7 @@ absl::StatusOr<size_t> Frontend::SendFrames(absl::Span<const absl::Span<const ui
   }
   stats_.tx_frames += sent;
   PublishAndKick(kTxQueue);
+  if (!status.ok()) return status;
   return sent;
 }
 

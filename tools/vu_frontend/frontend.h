@@ -134,6 +134,19 @@ struct ReceivedFrame {
   uint16_t buffers = 0;  // Receive buffers (used entries) the frame took.
 };
 
+// A transmit slot in guest memory, handed to a SendFramesFrom callback to
+// fill in place: the virtio-net header (net_header_size() bytes, zeroed)
+// directly followed by room for one frame of up to max_frame_size bytes.
+struct TxBuffer {
+  absl::Span<uint8_t> header;
+  absl::Span<uint8_t> frame;
+  // Header and frame as one span, for a single read() of a tap with
+  // IFF_VNET_HDR and the same header size.
+  absl::Span<uint8_t> whole() const {
+    return absl::MakeSpan(header.data(), header.size() + frame.size());
+  }
+};
+
 struct FrontendStats {
   uint64_t tx_frames = 0;
   uint64_t tx_bytes = 0;  // Frame bytes, headers excluded.
@@ -204,6 +217,21 @@ class Frontend {
   // max_frame_size (nothing is sent), kFailedPrecondition if the transmit
   // ring is not running.
   absl::StatusOr<size_t> SendFrames(absl::Span<const absl::Span<const uint8_t>> frames);
+
+  // Zero-copy transmit: for up to `max` free transmit slots in turn, calls
+  // `fill` with the slot's buffer in guest memory; `fill` writes a frame
+  // (and, if it wants, the virtio-net header: offload flags go to the
+  // backend as written) and returns the frame's length, header excluded, or
+  // 0 to stop (that slot stays free). The frames filled are published at
+  // once, with one kick if the backend wants it. Reclaims used slots first,
+  // so recently used (cache-warm) ones are filled again. Returns how many
+  // frames went out: fewer than `max` when `fill` stopped or the ring is
+  // full; `fill` is not called without a slot to fill. If `fill` fails, or
+  // returns more than frame.size() (kInvalidArgument), the frames filled
+  // before are still published and that error is returned.
+  // kFailedPrecondition if the transmit ring is not running.
+  using TxFill = absl::FunctionRef<absl::StatusOr<size_t>(const TxBuffer& buffer)>;
+  absl::StatusOr<size_t> SendFramesFrom(size_t max, TxFill fill);
 
   // Takes back transmit buffers the backend has used; returns how many.
   // kDataLoss if the backend returned a chain that was not outstanding.

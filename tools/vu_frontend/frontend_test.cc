@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <numeric>
@@ -478,6 +479,185 @@ TEST_F(FrontendTest, RefusesOversizedAndEmptyFrames) {
   EXPECT_EQ(frontend_->tx_in_flight(), 0u);
 }
 
+// SendFramesFrom: frames written straight into the transmit slots.
+
+// A fill callback that writes `frames` in turn and counts its calls; 0 once
+// they are all out.
+struct FillFrames {
+  absl::StatusOr<size_t> operator()(const TxBuffer& buffer) {
+    ++calls;
+    if (next == frames.size()) return 0;
+    const std::vector<uint8_t>& frame = frames[next++];
+    std::memcpy(buffer.frame.data(), frame.data(), frame.size());
+    return frame.size();
+  }
+  std::vector<std::vector<uint8_t>> frames;
+  size_t next = 0;
+  int calls = 0;
+};
+
+TEST_F(FrontendTest, SendFramesFromFillsGuestMemoryInPlace) {
+  Start();
+  const std::vector<uint8_t> a = Pattern(60, 1), b = Pattern(1514, 2), c = Pattern(9000, 3);
+  const std::vector<uint8_t>* frames[] = {&a, &b, &c};
+  VirtioNetHdr offload;
+  offload.flags = virtio::kVirtioNetHdrFNeedsCsum;
+  offload.csum_start = 34;
+  offload.csum_offset = 16;
+  size_t next = 0;
+  std::vector<const uint8_t*> slots;  // In the frontend's mapping.
+  absl::StatusOr<size_t> sent =
+      frontend_->SendFramesFrom(10, [&](const TxBuffer& buffer) -> absl::StatusOr<size_t> {
+        EXPECT_EQ(buffer.header.size(), 12u);
+        EXPECT_EQ(buffer.header, absl::MakeConstSpan(std::vector<uint8_t>(12, 0)));
+        EXPECT_EQ(buffer.frame.data(), buffer.header.data() + 12);
+        EXPECT_EQ(buffer.frame.size(), frontend_->options().max_frame_size);
+        EXPECT_EQ(buffer.whole().data(), buffer.header.data());
+        EXPECT_EQ(buffer.whole().size(), 12 + buffer.frame.size());
+        if (next == 3) return 0;
+        slots.push_back(buffer.header.data());
+        const std::vector<uint8_t>& frame = *frames[next];
+        std::memcpy(buffer.frame.data(), frame.data(), frame.size());
+        // The second frame carries offload flags, as a tap would write them.
+        if (next == 1) std::memcpy(buffer.header.data(), &offload, 10);
+        ++next;
+        return frame.size();
+      });
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_EQ(*sent, 3u);
+  EXPECT_EQ(frontend_->stats().tx_kicks, 1u);
+  EXPECT_EQ(frontend_->stats().tx_frames, 3u);
+  EXPECT_EQ(frontend_->stats().tx_bytes, 60u + 1514 + 9000);
+  EXPECT_EQ(frontend_->tx_in_flight(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    VirtqElement elem = Pop(kTxQueue);
+    ASSERT_EQ(elem.out_num, 1u);
+    const std::vector<uint8_t>& frame = *frames[i];
+    ASSERT_EQ(elem.out_sg[0].iov_len, 12 + frame.size());
+    const uint8_t* p = static_cast<const uint8_t*>(elem.out_sg[0].iov_base);
+    VirtioNetHdr header;
+    std::memcpy(&header, p, 12);
+    EXPECT_EQ(header.flags, i == 1 ? virtio::kVirtioNetHdrFNeedsCsum : 0);
+    EXPECT_EQ(header.csum_start, i == 1 ? 34 : 0);
+    EXPECT_EQ(header.csum_offset, i == 1 ? 16 : 0);
+    EXPECT_EQ(header.num_buffers, 0);
+    EXPECT_EQ(std::memcmp(p + 12, frame.data(), frame.size()), 0);
+    vq_[kTxQueue].Push(elem, 0);
+  }
+  // The slots just returned are filled again first (still in cache), with
+  // their headers zeroed afresh.
+  const uint8_t* reused = nullptr;
+  sent = frontend_->SendFramesFrom(1, [&](const TxBuffer& buffer) -> absl::StatusOr<size_t> {
+    reused = buffer.header.data();
+    EXPECT_EQ(buffer.header, absl::MakeConstSpan(std::vector<uint8_t>(12, 0)));
+    return 60;
+  });
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_EQ(*sent, 1u);
+  EXPECT_NE(std::find(slots.begin(), slots.end(), reused), slots.end());
+  EXPECT_EQ(frontend_->stats().tx_reclaimed, 3u);
+  EXPECT_EQ(frontend_->tx_in_flight(), 1u);
+}
+
+TEST_F(FrontendTest, SendFramesFromStopsWhenFillReturnsZero) {
+  Start();
+  FillFrames fill{.frames = {Pattern(100, 1), Pattern(200, 2)}};
+  absl::StatusOr<size_t> sent = frontend_->SendFramesFrom(10, std::ref(fill));
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_EQ(*sent, 2u);
+  EXPECT_EQ(fill.calls, 3);
+  EXPECT_EQ(frontend_->tx_in_flight(), 2u);
+  EXPECT_EQ(frontend_->stats().tx_kicks, 1u);
+  // Nothing to send: no kick, and the slot offered is still free.
+  sent = frontend_->SendFramesFrom(10, std::ref(fill));
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_EQ(*sent, 0u);
+  EXPECT_EQ(fill.calls, 4);
+  EXPECT_EQ(frontend_->stats().tx_kicks, 1u);
+  EXPECT_EQ(frontend_->tx_in_flight(), 2u);
+  // `max` bounds the calls.
+  fill.frames.assign(5, Pattern(64, 3));
+  fill.next = 0;
+  sent = frontend_->SendFramesFrom(3, std::ref(fill));
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_EQ(*sent, 3u);
+  EXPECT_EQ(fill.calls, 7);
+}
+
+TEST_F(FrontendTest, SendFramesFromCallsFillOnlyWithASlot) {
+  for (const bool separate : {false, true}) {
+    SCOPED_TRACE(separate ? "header separate" : "one descriptor");
+    TearDown();
+    // Separate headers take two descriptors per frame: half as many slots.
+    Start({.queue_size = 8, .tx_header_separate = separate});
+    const size_t slots = separate ? 4 : 8;
+    FillFrames fill{.frames = std::vector<std::vector<uint8_t>>(20, Pattern(64, 0))};
+    EXPECT_EQ(*frontend_->SendFramesFrom(12, std::ref(fill)), slots);
+    EXPECT_EQ(fill.calls, static_cast<int>(slots));
+    // The ring is full: the callback is not called (a tap read would lose
+    // the frame).
+    EXPECT_EQ(*frontend_->SendFramesFrom(12, std::ref(fill)), 0u);
+    EXPECT_EQ(fill.calls, static_cast<int>(slots));
+    // The device consumes three; the next call takes them back first.
+    for (int i = 0; i < 3; ++i) vq_[kTxQueue].Push(Pop(kTxQueue), 0);
+    EXPECT_EQ(*frontend_->SendFramesFrom(12, std::ref(fill)), 3u);
+    EXPECT_EQ(fill.calls, static_cast<int>(slots) + 3);
+  }
+}
+
+TEST_F(FrontendTest, SendFramesFromPublishesWhatWasFilledBeforeAnError) {
+  Start();
+  int calls = 0;
+  absl::StatusOr<size_t> sent =
+      frontend_->SendFramesFrom(10, [&](const TxBuffer& buffer) -> absl::StatusOr<size_t> {
+        if (++calls == 3) return absl::UnavailableError("the tap went away");
+        std::memset(buffer.frame.data(), calls, 64);
+        return 64;
+      });
+  EXPECT_EQ(sent.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(frontend_->tx_in_flight(), 2u);
+  EXPECT_EQ(frontend_->stats().tx_kicks, 1u);
+  for (int i = 1; i <= 2; ++i) {
+    VirtqElement elem = Pop(kTxQueue);
+    ASSERT_EQ(elem.out_sg[0].iov_len, 12u + 64);
+    EXPECT_EQ(static_cast<const uint8_t*>(elem.out_sg[0].iov_base)[12], i);
+  }
+  // A length beyond the buffer is the caller's bug: refused, not sent.
+  sent = frontend_->SendFramesFrom(
+      10, [](const TxBuffer& buffer) -> absl::StatusOr<size_t> { return buffer.frame.size() + 1; });
+  EXPECT_EQ(sent.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(frontend_->tx_in_flight(), 2u);
+}
+
+TEST_F(FrontendTest, SendFramesFromWithLegacyHeader) {
+  // Neither VERSION_1 nor MRG_RXBUF: the 10-byte header.
+  Start(
+      {.features = kDefaultFeatures & ~Bit(virtio::kVirtioFVersion1) & ~Bit(kVirtioNetFMrgRxbuf)});
+  ASSERT_EQ(frontend_->net_header_size(), 10u);
+  FillFrames fill{.frames = {Pattern(100, 5)}};
+  ASSERT_EQ(*frontend_->SendFramesFrom(1,
+                                       [&](const TxBuffer& buffer) {
+                                         EXPECT_EQ(buffer.header.size(), 10u);
+                                         EXPECT_EQ(buffer.frame.data(), buffer.header.data() + 10);
+                                         return fill(buffer);
+                                       }),
+            1u);
+  VirtqElement elem = Pop(kTxQueue);
+  ASSERT_EQ(elem.out_sg[0].iov_len, 10u + 100);
+  EXPECT_EQ(std::memcmp(static_cast<const uint8_t*>(elem.out_sg[0].iov_base) + 10,
+                        fill.frames[0].data(), 100),
+            0);
+}
+
+TEST_F(FrontendTest, SendFramesFromNeedsARunningRing) {
+  Start();
+  ASSERT_TRUE(frontend_->GetVringBase(kTxQueue).ok());
+  FillFrames fill{.frames = {Pattern(100, 5)}};
+  EXPECT_EQ(frontend_->SendFramesFrom(1, std::ref(fill)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(fill.calls, 0);
+}
+
 TEST_F(FrontendTest, ReceivesFrameAndRepostsBuffer) {
   Start({.queue_size = 16, .features = kDefaultFeatures & ~Bit(kVirtioNetFMrgRxbuf)});
   const std::vector<uint8_t> frame = Pattern(1514, 5);
@@ -789,6 +969,24 @@ TEST_F(ServerTest, EchoesWithoutEventIdxOrProtocolFeatures) {
   EXPECT_EQ(frontend_->protocol_features(), 0u);
   const std::vector<std::vector<uint8_t>> frames = Frames(300, 60, 1514);
   EXPECT_EQ(RoundTrip(*frontend_, frames), frames);
+}
+
+TEST_F(ServerTest, EchoesFramesFilledInPlace) {
+  Start();
+  const std::vector<std::vector<uint8_t>> frames = Frames(300, 60, 9000);
+  FillFrames fill{.frames = frames};
+  std::vector<std::vector<uint8_t>> got;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (got.size() < frames.size() && absl::Now() < deadline) {
+    absl::StatusOr<size_t> n = frontend_->SendFramesFrom(32, std::ref(fill));
+    ASSERT_TRUE(n.ok()) << n.status();
+    n = frontend_->ReceiveFrames(
+        frames.size() - got.size(), absl::Milliseconds(100),
+        [&](const ReceivedFrame& f) { got.emplace_back(f.data.begin(), f.data.end()); });
+    ASSERT_TRUE(n.ok()) << n.status();
+  }
+  EXPECT_EQ(got, frames);
+  EXPECT_EQ(plane_->frames_echoed(), 300u);
 }
 
 TEST_F(ServerTest, LargeFramesSpanSeveralMergeableBuffers) {

@@ -24,7 +24,7 @@
 namespace vunet::vu_frontend {
 namespace {
 
-constexpr int kTapHeaderSize = sizeof(VirtioNetHdr);  // 12, set with TUNSETVNETHDRSZ.
+constexpr int kTapHeaderSize = sizeof(VirtioNetHdr);  // OpenTap's; Create sets the rings'.
 constexpr size_t kMinFrame = 14;                      // An Ethernet header.
 // Batches PumpTap moves before it lets the receive side have a turn.
 constexpr int kTapRounds = 4;
@@ -105,11 +105,11 @@ absl::StatusOr<Tap> OpenTap(const TapOptions& options) {
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
   if (ioctl(tap.fd.get(), TUNSETIFF, &ifr) < 0) return Errno("TUNSETIFF");
   tap.name.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
-  // The frontend's own header layout, so the backend's goes to the tap as is.
+  // The virtio-net header layout, so headers pass between the tap and the
+  // rings as they are; TapBridge::Create sets the negotiated size.
   int header_size = kTapHeaderSize;
   if (ioctl(tap.fd.get(), TUNSETVNETHDRSZ, &header_size) < 0) return Errno("TUNSETVNETHDRSZ");
-  // No offloads: the kernel finishes checksums and segments before handing
-  // us a frame, since SendFrames cannot pass a header on.
+  // No offloads until TapBridge::Create knows what the backend takes.
   if (ioctl(tap.fd.get(), TUNSETOFFLOAD, 0UL) < 0) return Errno("TUNSETOFFLOAD");
 
   UniqueFd control(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
@@ -135,11 +135,11 @@ absl::StatusOr<Tap> OpenTap(const TapOptions& options) {
   return tap;
 }
 
-TapBridge::TapBridge(Frontend* frontend, UniqueFd tap)
+TapBridge::TapBridge(Frontend* frontend, UniqueFd tap, bool checksum_offload)
     : frontend_(frontend),
       tap_(std::move(tap)),
-      slot_size_(frontend->options().max_frame_size),
-      rx_(kBatch * slot_size_) {}
+      header_size_(frontend->net_header_size()),
+      checksum_offload_(checksum_offload) {}
 
 absl::StatusOr<std::unique_ptr<TapBridge>> TapBridge::Create(Frontend* frontend, UniqueFd tap) {
   if (frontend == nullptr || !frontend->connected() || frontend->queue(kRxQueue) == nullptr) {
@@ -149,74 +149,82 @@ absl::StatusOr<std::unique_ptr<TapBridge>> TapBridge::Create(Frontend* frontend,
   if (frontend->options().max_frame_size < kMinFrame) {
     return absl::InvalidArgumentError("the frontend's max_frame_size is below a frame");
   }
-  return std::unique_ptr<TapBridge>(new TapBridge(frontend, std::move(tap)));
+  // A read from the tap fills a transmit buffer as is: the same header size.
+  int header_size = static_cast<int>(frontend->net_header_size());
+  if (ioctl(tap.get(), TUNSETVNETHDRSZ, &header_size) < 0) return Errno("TUNSETVNETHDRSZ");
+  // With VIRTIO_NET_F_CSUM the backend takes partial checksums, so the
+  // kernel may leave them to "the device" (TUN_F_CSUM). vunet never verifies
+  // a guest's TCP or UDP checksum: it sends the payload on a host socket.
+  const bool offload = frontend->has_feature(kVirtioNetFCsum);
+  if (ioctl(tap.get(), TUNSETOFFLOAD, offload ? static_cast<unsigned long>(TUN_F_CSUM) : 0UL) < 0) {
+    return Errno("TUNSETOFFLOAD");
+  }
+  return std::unique_ptr<TapBridge>(new TapBridge(frontend, std::move(tap), offload));
 }
 
-absl::StatusOr<bool> TapBridge::SendPending() {
-  bool reclaimed_once = false;
-  while (batch_sent_ < batch_size_) {
-    absl::StatusOr<size_t> sent = frontend_->SendFrames(
-        absl::MakeConstSpan(batch_).subspan(batch_sent_, batch_size_ - batch_sent_));
-    if (!sent.ok()) return sent.status();
-    if (*sent > 0) {
-      batch_sent_ += *sent;
-      reclaimed_once = false;
+absl::StatusOr<size_t> TapBridge::ReadFromTap(const TxBuffer& buffer, bool* drained) {
+  const absl::Span<uint8_t> whole = buffer.whole();
+  while (true) {
+    const ssize_t n = read(tap_.get(), whole.data(), whole.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        *drained = true;
+        return 0;
+      }
+      return Errno("read from the tap");
+    }
+    const size_t len = static_cast<size_t>(n) > header_size_ ? n - header_size_ : 0;
+    // The first 10 bytes are the tap's; num_buffers (if any) stays as the
+    // frontend zeroed it.
+    VirtioNetHdr header;
+    std::memcpy(&header, buffer.header.data(), header_size_);
+    const bool partial = (header.flags & virtio::kVirtioNetHdrFNeedsCsum) != 0;
+    // A frame filling the buffer may have been cut short. No segmentation
+    // offload is on, and partial checksums only with checksum offload; a
+    // frame we cannot complete is dropped rather than sent half-made.
+    if (len < kMinFrame || len >= buffer.frame.size() || header.gso_type != 0 ||
+        (partial &&
+         (!checksum_offload_ || size_t{header.csum_start} + header.csum_offset + 2 > len))) {
+      ++stats_.tap_read_dropped;
+      VUNET_LOG_RATELIMITED(kWarning, "tap_bridge: dropped a %d-byte frame from the tap", len);
       continue;
     }
-    // The ring is full. SendFrames already took back what had been returned,
-    // which armed the notification for the next return; a fence, then one
-    // more look, so a return that raced with the arming is not missed.
-    if (reclaimed_once) return false;
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    absl::StatusOr<size_t> reclaimed = frontend_->ReclaimTx();
-    if (!reclaimed.ok()) return reclaimed.status();
-    if (*reclaimed == 0) return false;
-    reclaimed_once = true;
+    // The tap marks frames its stack had verified; a driver must not set
+    // DATA_VALID on transmit.
+    if ((header.flags & virtio::kVirtioNetHdrFDataValid) != 0) {
+      buffer.header[0] = static_cast<uint8_t>(header.flags & ~virtio::kVirtioNetHdrFDataValid);
+    }
+    ++stats_.to_backend_frames;
+    stats_.to_backend_bytes += len;
+    if (partial) ++stats_.to_backend_partial;
+    return len;
   }
-  return true;
 }
 
-absl::Status TapBridge::PumpTap() {
+absl::StatusOr<bool> TapBridge::PumpTap() {
   for (int round = 0; round < kTapRounds; ++round) {
-    batch_size_ = 0;
-    batch_sent_ = 0;
     bool drained = false;
-    while (batch_size_ < kBatch) {
-      uint8_t* slot = rx_.data() + batch_size_ * slot_size_;
-      iovec iov[2] = {{&rx_headers_[batch_size_], kTapHeaderSize}, {slot, slot_size_}};
-      const ssize_t n = readv(tap_.get(), iov, 2);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN) {
-          drained = true;
-          break;
-        }
-        return Errno("read from the tap");
+    absl::StatusOr<size_t> sent = frontend_->SendFramesFrom(
+        kBatch, [this, &drained](const TxBuffer& buffer) { return ReadFromTap(buffer, &drained); });
+    if (!sent.ok()) return sent.status();
+    if (*sent > 0) ++stats_.tx_batches;
+    if (drained) return false;
+    if (*sent < kBatch) {
+      // The ring is full. SendFramesFrom took back what had been returned,
+      // which armed the notification for the next return; a fence, then one
+      // more look, so a return that raced with the arming is not missed.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      absl::StatusOr<size_t> reclaimed = frontend_->ReclaimTx();
+      if (!reclaimed.ok()) return reclaimed.status();
+      if (*reclaimed == 0) {
+        ++stats_.tx_ring_full;
+        return true;
       }
-      const VirtioNetHdr& header = rx_headers_[batch_size_];
-      const size_t len = static_cast<size_t>(n) > kTapHeaderSize ? n - kTapHeaderSize : 0;
-      // Offloads are off, so neither should happen; a frame we cannot
-      // complete is dropped rather than sent half-made.
-      if (len < kMinFrame || len >= slot_size_ || header.gso_type != 0 ||
-          (header.flags & virtio::kVirtioNetHdrFNeedsCsum) != 0) {
-        ++stats_.tap_read_dropped;
-        VUNET_LOG_RATELIMITED(kWarning, "tap_bridge: dropped a %d-byte frame from the tap", len);
-        continue;
-      }
-      batch_[batch_size_++] = absl::MakeConstSpan(slot, len);
     }
-    if (batch_size_ == 0) return absl::OkStatus();
-    for (size_t i = 0; i < batch_size_; ++i) stats_.to_backend_bytes += batch_[i].size();
-    stats_.to_backend_frames += batch_size_;
-    absl::StatusOr<bool> all = SendPending();
-    if (!all.ok()) return all.status();
-    if (!*all) {
-      ++stats_.tx_ring_full;
-      return absl::OkStatus();
-    }
-    if (drained) return absl::OkStatus();
   }
-  return absl::OkStatus();
+  // The tap may hold more: poll says so next time round.
+  return false;
 }
 
 void TapBridge::WriteToTap(const ReceivedFrame& frame) {
@@ -238,7 +246,7 @@ void TapBridge::WriteToTap(const ReceivedFrame& frame) {
       ++stats_.data_valid_marked_partial;
     }
   }
-  iovec iov[2] = {{&header, kTapHeaderSize},
+  iovec iov[2] = {{&header, header_size_},
                   {const_cast<uint8_t*>(frame.data.data()), frame.data.size()}};
   const ssize_t n = writev(tap_.get(), iov, 2);
   if (n < 0) {
@@ -309,17 +317,14 @@ absl::Status TapBridge::Run(int stop_fd) {
       (void)!read(rx_call, &value, sizeof(value));
       if (absl::Status s = PumpRx(); !s.ok()) return s;
     }
-    if (tx_waiting) {
-      uint64_t value;
-      if (fds[tx_i].revents != 0) (void)!read(tx_call, &value, sizeof(value));
-      absl::StatusOr<bool> all = SendPending();
-      if (!all.ok()) return all.status();
-      tx_waiting = !*all;
-      if (tx_waiting) continue;
-      // The tap may have more; poll says so next time round.
-    } else if (fds[tx_i].revents != 0) {
-      if (absl::Status s = PumpTap(); !s.ok()) return s;
-      tx_waiting = batch_sent_ < batch_size_;
+    if (tx_waiting || fds[tx_i].revents != 0) {
+      if (tx_waiting && fds[tx_i].revents != 0) {
+        uint64_t value;
+        (void)!read(tx_call, &value, sizeof(value));
+      }
+      absl::StatusOr<bool> full = PumpTap();
+      if (!full.ok()) return full.status();
+      tx_waiting = *full;
     }
   }
 }

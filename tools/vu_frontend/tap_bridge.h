@@ -1,8 +1,9 @@
 // Puts a Linux network stack behind a vhost-user backend: a tap device whose
 // frames are carried over a vu_frontend::Frontend, so that the kernel of the
 // namespace the tap lives in plays the guest. Frames the kernel sends on the
-// tap go to the backend's transmit queue (SendFrames, in batches); frames the
-// backend puts in the receive queue are written to the tap.
+// tap are read straight into the transmit queue's buffers in guest memory
+// (Frontend::SendFramesFrom, in batches); frames the backend puts in the
+// receive queue are written to the tap.
 //
 //   TapOptions tap_options{.name = "vunet0", .mtu = 65520};
 //   absl::StatusOr<Tap> tap = OpenTap(tap_options);
@@ -11,18 +12,21 @@
 //       TapBridge::Create(frontend.get(), std::move(tap->fd));
 //   absl::Status s = (*bridge)->Run(stop_fd);  // Until stop_fd is readable.
 //
-// The tap runs without offloads: the kernel hands us complete frames with
-// their checksums computed and segments no larger than the MTU (the
-// frontend's SendFrames sends a zeroed virtio-net header). The other way,
-// the backend's header goes to the tap, so that with VIRTIO_NET_F_GUEST_CSUM
-// a frame marked NEEDS_CSUM is finished by the kernel; one marked DATA_VALID
-// (checksum field left as is), which a tap would not honour, goes as a
-// partial checksum that the receiving stack trusts as a guest's driver
-// would (see WriteToTap).
+// The tap's virtio-net header has the negotiated size (10 or 12 bytes), so
+// a read lands header and frame in a transmit buffer as the backend expects
+// them. If the frontend negotiated VIRTIO_NET_F_CSUM, the tap runs with
+// checksum offload (TUN_F_CSUM): the kernel leaves TCP/UDP checksums
+// partial and says so in the header (NEEDS_CSUM), which goes to the backend
+// as a guest's driver would send it. Without it, the kernel computes every
+// checksum. No segmentation offload either way: frames are at most the MTU.
+// The other way, the backend's header goes to the tap, so that with
+// VIRTIO_NET_F_GUEST_CSUM a frame marked NEEDS_CSUM is finished by the
+// kernel; one marked DATA_VALID (checksum field left as is), which a tap
+// would not honour, goes as a partial checksum that the receiving stack
+// trusts as a guest's driver would (see WriteToTap).
 //
-// Buffers are allocated once by Create; the data path allocates nothing.
-// Single-threaded: Run drives the frontend, which must not be used
-// elsewhere meanwhile.
+// The data path allocates nothing. Single-threaded: Run drives the
+// frontend, which must not be used elsewhere meanwhile.
 
 #ifndef VUNET_TOOLS_VU_FRONTEND_TAP_BRIDGE_H_
 #define VUNET_TOOLS_VU_FRONTEND_TAP_BRIDGE_H_
@@ -58,7 +62,9 @@ struct TapOptions {
 };
 
 struct Tap {
-  UniqueFd fd;       // Non-blocking, 12-byte virtio-net headers, no offloads.
+  // Non-blocking, 12-byte virtio-net headers, no offloads (TapBridge::Create
+  // sets what the frontend negotiated).
+  UniqueFd fd;
   std::string name;  // As the kernel named it.
 };
 
@@ -84,10 +90,12 @@ std::optional<ChecksumField> FindChecksumField(absl::Span<const uint8_t> frame);
 struct TapBridgeStats {
   uint64_t to_backend_frames = 0;  // Read from the tap and queued on the transmit ring.
   uint64_t to_backend_bytes = 0;
-  uint64_t to_tap_frames = 0;  // Received from the backend and written to the tap.
+  uint64_t to_backend_partial = 0;  // Of which with a partial checksum (NEEDS_CSUM).
+  uint64_t to_tap_frames = 0;       // Received from the backend and written to the tap.
   uint64_t to_tap_bytes = 0;
   uint64_t tap_write_errors = 0;  // Frames the tap refused (counted, dropped).
   uint64_t tap_read_dropped = 0;  // Frames from the tap we could not send (too big, offloaded).
+  uint64_t tx_batches = 0;        // SendFramesFrom calls that queued frames.
   uint64_t tx_ring_full = 0;      // Times the transmit ring was full and we waited.
   uint64_t tx_wait_timeouts = 0;  // Waits for ring space that ended without a notification.
   uint64_t data_valid_marked_partial = 0;  // DATA_VALID frames passed on as NEEDS_CSUM.
@@ -96,12 +104,14 @@ struct TapBridgeStats {
 
 class TapBridge {
  public:
-  // Frames read from the tap per SendFrames call, at most.
+  // Frames read from the tap per SendFramesFrom call (one publish, at most
+  // one kick), at most.
   static constexpr size_t kBatch = 64;
 
   // `frontend` has negotiated and both rings run; it must outlive the
-  // bridge. `tap` comes from OpenTap (non-blocking, 12-byte headers).
-  // kInvalidArgument if the rings are not running.
+  // bridge. `tap` comes from OpenTap (non-blocking, IFF_VNET_HDR); Create
+  // sets its header size and checksum offload to match the frontend's
+  // features. kInvalidArgument if the rings are not running.
   static absl::StatusOr<std::unique_ptr<TapBridge>> Create(Frontend* frontend, UniqueFd tap);
 
   TapBridge(const TapBridge&) = delete;
@@ -115,27 +125,27 @@ class TapBridge {
 
   const TapBridgeStats& stats() const { return stats_; }
   int tap_fd() const { return tap_.get(); }
+  // Whether the tap leaves checksums partial (VIRTIO_NET_F_CSUM negotiated).
+  bool checksum_offload() const { return checksum_offload_; }
 
  private:
-  TapBridge(Frontend* frontend, UniqueFd tap);
+  TapBridge(Frontend* frontend, UniqueFd tap, bool checksum_offload);
 
-  // Reads the tap until it is empty or the transmit ring is full, a batch
-  // at a time. Returns whether frames wait for ring space (pending_).
-  absl::Status PumpTap();
-  // Sends what waits in the batch; true if all of it went out.
-  absl::StatusOr<bool> SendPending();
+  // Reads the tap into the transmit ring until the tap is empty or a few
+  // batches went out (false), or the ring is full (true: wait for the
+  // backend to return buffers).
+  absl::StatusOr<bool> PumpTap();
+  // SendFramesFrom's fill: reads one frame from the tap into `buffer`,
+  // dropping any we cannot send; 0 and *drained when the tap is empty.
+  absl::StatusOr<size_t> ReadFromTap(const TxBuffer& buffer, bool* drained);
   // Writes everything the backend has put in the receive ring to the tap.
   absl::Status PumpRx();
   void WriteToTap(const ReceivedFrame& frame);
 
   Frontend* const frontend_;
   const UniqueFd tap_;
-  const size_t slot_size_;   // Bytes per read buffer: a frame at most this long.
-  std::vector<uint8_t> rx_;  // kBatch read buffers.
-  std::array<VirtioNetHdr, kBatch> rx_headers_{};
-  std::array<absl::Span<const uint8_t>, kBatch> batch_{};
-  size_t batch_size_ = 0;  // Frames read into the batch.
-  size_t batch_sent_ = 0;  // Of which the ring took this many.
+  const size_t header_size_;  // The virtio-net header on the rings and the tap.
+  const bool checksum_offload_;
   TapBridgeStats stats_;
 };
 

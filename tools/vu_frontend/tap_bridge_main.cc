@@ -38,6 +38,9 @@ ABSL_FLAG(std::string, mac, "", "the tap's MAC address (default: the kernel's ra
 ABSL_FLAG(uint32_t, queue_size, 256, "entries per ring");
 ABSL_FLAG(bool, guest_csum, true,
           "ask for VIRTIO_NET_F_GUEST_CSUM (the backend may leave checksums to us)");
+ABSL_FLAG(bool, csum, true,
+          "ask for VIRTIO_NET_F_CSUM; if the backend takes it, the tap runs with checksum "
+          "offload and the namespace's stack leaves TCP/UDP checksums to the backend");
 ABSL_FLAG(bool, reset_on_usr1, false,
           "on SIGUSR1, reset the device as a guest driver does (for fault tests): both rings "
           "disabled and stopped (GET_VRING_BASE), --reset_pause, then laid out afresh and started");
@@ -113,6 +116,7 @@ int Run() {
   FrontendOptions options;
   options.queue_size = absl::GetFlag(FLAGS_queue_size);
   if (absl::GetFlag(FLAGS_guest_csum)) options.features |= Bit(kVirtioNetFGuestCsum);
+  if (absl::GetFlag(FLAGS_csum)) options.features |= Bit(kVirtioNetFCsum);
   // A frame of the largest MTU with its Ethernet header, in one buffer: no
   // reassembly copy on the receive side.
   options.max_frame_size = 65535 + 14;
@@ -150,11 +154,14 @@ int Run() {
   const TapBridgeStats& st = (*bridge)->stats();
   std::fprintf(
       stderr,
-      "tap_bridge: to backend %llu frames %llu bytes; to tap %llu frames %llu bytes; "
+      "tap_bridge: to backend %llu frames %llu bytes (%llu partial checksums, %llu batches); "
+      "to tap %llu frames %llu bytes; "
       "tap write errors %llu, dropped from tap %llu, transmit ring full %llu (%llu timed out), "
       "DATA_VALID as partial %llu, polls %llu\n",
       static_cast<unsigned long long>(st.to_backend_frames),
       static_cast<unsigned long long>(st.to_backend_bytes),
+      static_cast<unsigned long long>(st.to_backend_partial),
+      static_cast<unsigned long long>(st.tx_batches),
       static_cast<unsigned long long>(st.to_tap_frames),
       static_cast<unsigned long long>(st.to_tap_bytes),
       static_cast<unsigned long long>(st.tap_write_errors),
