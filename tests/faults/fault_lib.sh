@@ -237,12 +237,15 @@ fl_wait_pid() {
   wait "$pid" || FL_RC=$?
 }
 
-# fl_stop_vunet: SIGTERM; vunet must exit 0 within 5 s (its counters are then in vunet.log).
+# fl_stop_vunet: SIGTERM; vunet must exit 0 within 5 s (its counters are then in vunet.log), and its
+# sandbox must not have refused a syscall meanwhile (what vunet does under a fault is allowed too).
 fl_stop_vunet() {
   kill "$FL_VUNET_PID"
   fl_wait_pid "$FL_VUNET_PID" 5
   ((FL_RC == 0)) || fl_fail "vunet exited $FL_RC on SIGTERM"
   FL_VUNET_PID=
+  ! grep -q "refused syscall" "$FL_DIR/vunet.log" ||
+    fl_fail "the sandbox refused: $(grep -m 3 "refused syscall" "$FL_DIR/vunet.log")"
 }
 
 # fl_counter LABEL: the first counter "N LABEL" in vunet's log (its exit lines: "tcp: ..., 3 table full, ...").
