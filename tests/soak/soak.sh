@@ -94,13 +94,15 @@ echo "soak: $seconds s: $tcp_procs x $tcp_workers TCP workers, $dns_rate UDP flo
 
 : >"$FL_DIR/samples.txt"
 start=$SECONDS
-while (($(date +%s) > 0)); do
+shown=-30
+while :; do
   t=$((SECONDS - start))
   kill -0 "$FL_VUNET_PID" 2>/dev/null || fl_fail "vunet died"
   kill -0 "$FL_BRIDGE_PID" 2>/dev/null || fl_fail "tap_bridge died"
   line=$(fl_probe) || fl_fail "could not probe vunet"
   echo "t=$t $line" >>"$FL_DIR/samples.txt"
-  if ((t % 30 < interval)); then
+  if ((t - shown >= 30)); then
+    shown=$t
     echo "soak: ${t}s $line; $(tail -n 1 "$FL_DIR/churn1.log" | cut -d: -f2-)"
   fi
   running=0
