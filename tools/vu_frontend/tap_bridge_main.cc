@@ -36,6 +36,9 @@ ABSL_FLAG(std::string, tap, "vunet0", "the tap interface's name");
 ABSL_FLAG(uint32_t, mtu, 65520, "the tap's MTU (vunet's default guest MTU is 65520)");
 ABSL_FLAG(std::string, mac, "", "the tap's MAC address (default: the kernel's random one)");
 ABSL_FLAG(uint32_t, queue_size, 256, "entries per ring");
+ABSL_FLAG(uint32_t, rx_buffers, 64,
+          "receive buffers of a whole frame each posted at a time, at most the ring's size (0: as "
+          "many as the ring holds); fewer keep the memory they cycle through in cache");
 ABSL_FLAG(bool, guest_csum, true,
           "ask for VIRTIO_NET_F_GUEST_CSUM (the backend may leave checksums to us)");
 ABSL_FLAG(bool, csum, true,
@@ -121,6 +124,7 @@ int Run() {
   // reassembly copy on the receive side.
   options.max_frame_size = 65535 + 14;
   options.rx_buffer_size = sizeof(VirtioNetHdr) + options.max_frame_size;
+  options.rx_buffers = absl::GetFlag(FLAGS_rx_buffers);
   absl::StatusOr<std::unique_ptr<Frontend>> frontend = Frontend::Create(options);
   if (!frontend.ok()) return Fail(frontend.status().ToString());
 
