@@ -578,6 +578,7 @@ absl::StatusOr<size_t> Frontend::SendFramesFrom(size_t max, TxFill fill) {
   const uint32_t descriptors = options_.tx_indirect ? 1 : (options_.tx_header_separate ? 2 : 1);
   DriverQueue& q = *queues_[kTxQueue];
   size_t sent = 0;
+  size_t unpublished_bytes = 0;
   absl::Status status;
   while (sent < max) {
     if (tx_free_.empty()) {
@@ -630,6 +631,11 @@ absl::StatusOr<size_t> Frontend::SendFramesFrom(size_t max, TxFill fill) {
     ++tx_in_flight_;
     ++sent;
     stats_.tx_bytes += len;
+    unpublished_bytes += len;
+    if (options_.tx_publish_bytes != 0 && unpublished_bytes >= options_.tx_publish_bytes) {
+      PublishAndKick(kTxQueue);
+      unpublished_bytes = 0;
+    }
   }
   stats_.tx_frames += sent;
   PublishAndKick(kTxQueue);

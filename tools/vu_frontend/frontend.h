@@ -120,6 +120,12 @@ struct FrontendOptions {
   uint32_t max_frame_size = 65550;
   bool tx_header_separate = false;
   bool tx_indirect = false;
+  // 0: SendFrames and SendFramesFrom publish what they queued once, at the
+  // end. Otherwise they also publish (kicking if the backend asks to be
+  // kicked) as soon as this many frame bytes were queued since the last
+  // publish, so that with large frames the backend starts on the first ones
+  // while later ones are still being filled in.
+  uint32_t tx_publish_bytes = 0;
 
   // How long to wait for a reply or ack before failing (SO_RCVTIMEO).
   absl::Duration reply_timeout = absl::Seconds(10);
@@ -223,8 +229,9 @@ class Frontend {
   // (and, if it wants, the virtio-net header: offload flags go to the
   // backend as written) and returns the frame's length, header excluded, or
   // 0 to stop (that slot stays free). The frames filled are published at
-  // once, with one kick if the backend wants it. Reclaims used slots first,
-  // so recently used (cache-warm) ones are filled again. Returns how many
+  // the end (with tx_publish_bytes also on the way), kicking the backend if
+  // it asks to be kicked. Reclaims used slots first, so recently used
+  // (cache-warm) ones are filled again. Returns how many
   // frames went out: fewer than `max` when `fill` stopped or the ring is
   // full; `fill` is not called without a slot to fill. If `fill` fails, or
   // returns more than frame.size() (kInvalidArgument), the frames filled

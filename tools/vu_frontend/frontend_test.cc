@@ -649,6 +649,28 @@ TEST_F(FrontendTest, SendFramesFromWithLegacyHeader) {
             0);
 }
 
+TEST_F(FrontendTest, SendFramesFromPublishesOnTheWayWithTxPublishBytes) {
+  Start({.tx_publish_bytes = 1000});
+  const virtio::testing::DriverQueue& q = *frontend_->queue(kTxQueue);
+  const auto published = [&] {
+    return *reinterpret_cast<const uint16_t*>(frontend_->memory()->Host(q.avail_gpa()) + 2);
+  };
+  std::vector<uint16_t> seen;
+  absl::StatusOr<size_t> sent =
+      frontend_->SendFramesFrom(5, [&](const TxBuffer&) -> absl::StatusOr<size_t> {
+        seen.push_back(published());
+        return 600;
+      });
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_EQ(*sent, 5u);
+  // Published after the second and fourth frames (1200 bytes each time),
+  // then at the end.
+  EXPECT_EQ(seen, (std::vector<uint16_t>{0, 0, 2, 2, 4}));
+  EXPECT_EQ(published(), 5);
+  // The backend has not caught up (avail_event 0): one kick, for the first.
+  EXPECT_EQ(frontend_->stats().tx_kicks, 1u);
+}
+
 TEST_F(FrontendTest, SendFramesFromNeedsARunningRing) {
   Start();
   ASSERT_TRUE(frontend_->GetVringBase(kTxQueue).ok());

@@ -36,6 +36,10 @@ ABSL_FLAG(std::string, tap, "vunet0", "the tap interface's name");
 ABSL_FLAG(uint32_t, mtu, 65520, "the tap's MTU (vunet's default guest MTU is 65520)");
 ABSL_FLAG(std::string, mac, "", "the tap's MAC address (default: the kernel's random one)");
 ABSL_FLAG(uint32_t, queue_size, 256, "entries per ring");
+ABSL_FLAG(uint32_t, tx_publish_bytes, 32768,
+          "publish transmitted frames to the backend whenever this many bytes were read from the "
+          "tap, not only at the end of a batch, so that it starts on large frames early (0: "
+          "once per batch)");
 ABSL_FLAG(uint32_t, rx_buffers, 64,
           "receive buffers of a whole frame each posted at a time, at most the ring's size (0: as "
           "many as the ring holds); fewer keep the memory they cycle through in cache");
@@ -125,6 +129,7 @@ int Run() {
   options.max_frame_size = 65535 + 14;
   options.rx_buffer_size = sizeof(VirtioNetHdr) + options.max_frame_size;
   options.rx_buffers = absl::GetFlag(FLAGS_rx_buffers);
+  options.tx_publish_bytes = absl::GetFlag(FLAGS_tx_publish_bytes);
   absl::StatusOr<std::unique_ptr<Frontend>> frontend = Frontend::Create(options);
   if (!frontend.ok()) return Fail(frontend.status().ToString());
 
