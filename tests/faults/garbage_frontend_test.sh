@@ -2,15 +2,16 @@
 # shellcheck disable=SC2119  # fault_lib.sh functions take optional arguments.
 # Fault: frontends that hold a valid session, then send garbage or otherwise misbehave.
 #
-# A guest (tap_bridge) starts a paced transfer (both ways, every byte checked) and goes away. Then,
-# one after the other, frontends negotiate, get an ARP reply through the rings, and misbehave
-# (garbage_frontend --mode): random bytes, a bad version, an oversized or truncated message: vunet
-# must drop each connection, say why in its log, and accept the next; an unknown request wanting a
-# reply gets a failure reply (logged) and the connection stays; 250 fds on one message, a memory table of 200 regions without fds, a transmit ring whose
-# avail index runs 1000 ahead: vunet may refuse the request or break the queue, but must serve the
-# next frontend. Finally the guest comes back: the transfer resumes and completes byte-exact, new
-# flows work, the fds other than flow sockets are as many as before (no fd of the 250 kept), heap and
-# mappings did not grow, and SIGTERM ends vunet with status 0.
+# A guest (tap_bridge) opens four connections, holds them and goes away. Then, one after the other,
+# frontends negotiate, get an ARP reply through the rings, and misbehave (garbage_frontend --mode):
+# random bytes, a bad version, an oversized or truncated message: vunet must drop each connection,
+# say why in its log, and accept the next; an unknown request wanting a reply gets a failure reply
+# (logged) and the connection stays; 250 fds on one message, a memory table of 200 regions without
+# fds, a transmit ring whose avail index runs 1000 ahead: vunet may refuse the request, drop the
+# connection or break the queue, but must serve the next frontend. Finally the guest comes back: the
+# held connections work (64 KiB echoed on each, byte-exact), new flows work, the fds other than flow
+# sockets are as many as before (none of the 250 kept), heap and mappings did not grow, and SIGTERM
+# ends vunet with status 0.
 #
 # Usage: garbage_frontend_test.sh VUNET TAP_BRIDGE GARBAGE_FRONTEND
 set -euo pipefail
@@ -24,15 +25,15 @@ fl_start_vunet
 fl_start_server "$port"
 fl_start_bridge
 fl_serving "$port"
-fl_guest_bg alongside.log timeout 55 "${FL_TRAFFIC[@]}" bulk --host "$FL_GATEWAY" --port "$port" \
-  --up 12000000 --down 12000000 --rate 1000000 --seed 10
-alongside_pid=$FL_LAST_PID
-sleep 1
+fl_guest_bg hold.log timeout 55 "${FL_TRAFFIC[@]}" hold --host "$FL_GATEWAY" --port "$port" --count 4 \
+  --until "$FL_DIR/release" --timeout 50
+hold_pid=$FL_LAST_PID
+fl_wait_log "$FL_DIR/hold.log" "^hold: ok 4$" 10 || fl_fail "the held connections did not open: $(cat "$FL_DIR/hold.log")"
 kill "$FL_BRIDGE_PID"
 fl_wait_pid "$FL_BRIDGE_PID" 5
 FL_BRIDGE_PID=
 fl_wait_log "$FL_DIR/vunet.log" "queue 1 \(tx\) stopped" 5 || fl_fail "vunet did not stop the queues"
-# Without a frontend: the alongside flow and the warm-up's UDP flow.
+# Without a frontend: the held connections and the warm-up's UDP flow.
 before=$(fl_probe)
 echo "no frontend: $before"
 
@@ -68,9 +69,10 @@ echo "after the garbage: $after_garbage"
 
 fl_start_bridge
 fl_serving "$port"
-fl_wait_pid "$alongside_pid" 50
-((FL_RC == 0)) || fl_fail "the transfer alongside failed ($FL_RC): $(cat "$FL_DIR/alongside.log")"
-echo "alongside: $(cat "$FL_DIR/alongside.log")"
+touch "$FL_DIR/release"
+fl_wait_pid "$hold_pid" 10
+((FL_RC == 0)) || fl_fail "held connections broke: $(cat "$FL_DIR/hold.log")"
+echo "held: $(tail -n 1 "$FL_DIR/hold.log")"
 kill "$FL_BRIDGE_PID"
 fl_wait_pid "$FL_BRIDGE_PID" 5
 FL_BRIDGE_PID=

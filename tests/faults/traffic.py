@@ -18,6 +18,8 @@ line that says what happened:
     traffic.py bulk  --host H --port P --up N --down N [--seed S] [--rate B/s] [--timeout S]
     traffic.py reset --host H --port P (--down N | --up N) --after N [--seed S]
     traffic.py hold  --host H --port P --count N --until FILE [--connect-timeout S]
+                     (opens N connections, one byte echoed on each; once FILE exists, 64 KiB echoed
+                     on each, byte-exact, then closed)
     traffic.py udp   --host H --port P [--count N] [--size N]
     traffic.py churn --host H --port P --seconds S [--tcp-workers N] [--udp-rate N] ...   (soak)
 """
@@ -313,12 +315,13 @@ def client_hold(args):
     deadline = time.monotonic() + args.timeout
     while not os.path.exists(args.until) and time.monotonic() < deadline:
         time.sleep(0.05)
-    # Each held connection must still work before it is closed.
+    # Each held connection must still work before it is closed: 64 KiB echoed, byte-exact.
     broken = 0
-    for sock in socks:
+    for i, sock in enumerate(socks):
+        data = Pattern(1000 + i).take(CHUNK)
         try:
-            sock.sendall(b"y")
-            if sock.recv(1) != b"y":
+            sock.sendall(data)
+            if recv_exact(sock, len(data)) != data:
                 broken += 1
         except OSError:
             broken += 1
