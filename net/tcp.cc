@@ -266,6 +266,7 @@ TcpTranslator::TcpTranslator(const TranslatorEnv& env, const TcpTranslatorOption
       options_(options),
       send_iov_(new iovec[kMaxSendIov]),
       pending_(new FlowId[options.max_pending]),
+      deferred_(new Deferred[kMaxDeferred]),
       scratch_(new uint8_t[kScratchSize]) {}
 
 TcpTranslator::~TcpTranslator() { Shutdown(); }
@@ -406,8 +407,38 @@ void TcpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
 }
 
 void TcpTranslator::OnBatchEnd() {
+  RetryDeferred();
   FlushPending();
   if (env_.next != nullptr) env_.next->OnBatchEnd();
+}
+
+void TcpTranslator::RetryDeferred() {
+  if (deferred_count_ == 0) return;
+  retrying_ = true;
+  const int64_t now = Now();
+  // Each pass takes every segment now in order; one that fills a hole may
+  // make others in order, so pass again while any was taken.
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    for (size_t i = 0; i < deferred_count_; ++i) {
+      Deferred& d = deferred_[i];
+      if (!d.id.valid()) continue;
+      Conn* c = env_.flows->Data<Conn>(d.id);
+      if (c == nullptr || c->state != Conn::State::kEstablished || c->guest_fin) {
+        d.id = FlowId{};
+        continue;
+      }
+      if (SeqGt(d.parsed.tcp.seq, c->rcv_nxt)) continue;  // Still a hole before it.
+      const FlowId id = d.id;
+      d.id = FlowId{};
+      ++stats_.reordered;
+      ProcessData(id, c, d.frame, d.parsed, now);
+      progress = true;
+    }
+  }
+  deferred_count_ = 0;
+  retrying_ = false;
 }
 
 void TcpTranslator::NewFromGuest(const ParsedFrame& parsed, const FlowKey& key, int64_t now) {
@@ -683,9 +714,14 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
   if (len == 0 && !fin) return;
   const uint32_t seq = parsed.tcp.seq;
   if (c->guest_fin || SeqGt(seq, c->rcv_nxt)) {
-    // After the guest's FIN, or out of order (we keep nothing): an ACK of
-    // what we expect.
-    if (!c->guest_fin) ++stats_.out_of_order;
+    // After the guest's FIN, or out of order: an ACK of what we expect. Out
+    // of order, it is tried again at the end of the batch (see Deferred).
+    if (!c->guest_fin) {
+      ++stats_.out_of_order;
+      if (deferred_count_ < kMaxDeferred && !retrying_) {
+        deferred_[deferred_count_++] = Deferred{id, frame, parsed};
+      }
+    }
     c->ack_due = true;
     MarkPending(id, c);
     return;
@@ -1386,13 +1422,14 @@ std::string TcpTranslator::StatsLine() const {
       "tcp: %d connects (%d failed), %d accepted (%d refused by the guest), %d established, "
       "%d closed; refused: %d table full, %d destination; resets: %d from the guest, %d from "
       "the host, %d for no flow; %d timeouts; bytes %d from the guest, %d to it in %d segments; "
-      "%d partial sends, %d out of order; retransmits %d fast, %d on timer; %d window updates, "
+      "%d partial sends, %d out of order (%d taken at the end of their batch); retransmits %d "
+      "fast, %d on timer; %d window updates, "
       "%d zero-window probes, %d waits for rx buffers, %d control segments dropped, "
       "%d malformed; SO_PEEK_OFF %s",
       s.connects, s.connect_failures, s.accepted, s.refused_by_guest, s.established, s.closed,
       s.refused_full, s.refused_destination, s.guest_resets, s.host_resets, s.no_flow_resets,
       s.timeouts, s.bytes_from_guest, s.bytes_to_guest, s.frames_to_guest, s.partial_sends,
-      s.out_of_order, s.fast_retransmits, s.timer_retransmits, s.window_updates,
+      s.out_of_order, s.reordered, s.fast_retransmits, s.timer_retransmits, s.window_updates,
       s.zero_window_probes, s.rx_waits, s.control_dropped, s.malformed, peek_off_ ? "on" : "off");
 }
 

@@ -138,6 +138,7 @@ struct TcpStats {
   uint64_t frames_to_guest = 0;      // Data segments.
   uint64_t partial_sends = 0;        // Guest segments the socket took part of.
   uint64_t out_of_order = 0;         // Guest segments past the expected sequence.
+  uint64_t reordered = 0;            // Of those, taken at the end of their batch.
   uint64_t fast_retransmits = 0;
   uint64_t timer_retransmits = 0;
   uint64_t window_updates = 0;
@@ -269,6 +270,23 @@ class TcpTranslator : public Translator {
   std::unique_ptr<iovec[]> send_iov_;
   std::unique_ptr<FlowId[]> pending_;
   size_t pending_count_ = 0;
+  // Guest segments past the expected sequence, retried at the end of their
+  // batch: after a retransmission timeout the guest sends new data together
+  // with the hole's retransmission, often later in the same batch, and
+  // their bytes stay in guest memory until the batch ends (the transmit
+  // handler returns the buffers after OnBatchEnd). Dropping them instead
+  // costs the guest another, doubled, timeout per hole (we offer no SACK).
+  struct Deferred {
+    FlowId id;
+    absl::Span<const iovec> frame;
+    ParsedFrame parsed;
+  };
+  static constexpr size_t kMaxDeferred = 64;
+  std::unique_ptr<Deferred[]> deferred_;
+  size_t deferred_count_ = 0;
+  // Takes the deferred segments that have become in order, repeatedly.
+  void RetryDeferred();
+  bool retrying_ = false;
   FlowId rx_wait_head_;
   FlowId rx_wait_tail_;
   std::unique_ptr<uint8_t[]> scratch_;  // For discards without MSG_TRUNC.

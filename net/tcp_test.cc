@@ -322,6 +322,19 @@ class TcpTest : public ::testing::TestWithParam<bool> {
     return testing::Build(s, payload);
   }
 
+  // Frames delivered as one transmit batch: every frame stays in place until
+  // OnBatchEnd, as guest memory does.
+  void SendBatch(std::vector<std::vector<uint8_t>> frames) {
+    std::vector<std::vector<iovec>> iovs;
+    for (std::vector<uint8_t>& f : frames) iovs.push_back(testing::Split(f, 700));
+    for (const std::vector<iovec>& iov : iovs) {
+      ParsedFrame p;
+      ASSERT_TRUE(ParseFrame(iov, &p).ok());
+      tcp_->OnFrame(vu::VirtioNetHdr{}, iov, p);
+    }
+    tcp_->OnBatchEnd();
+  }
+
   void Send(std::vector<uint8_t> frame, bool batch_end = true) {
     ParsedFrame p;
     // Cut in pieces so that headers and payload straddle buffers.
@@ -564,6 +577,34 @@ TEST_P(TcpTest, OutOfOrderAndDuplicateSegmentsAreAckedNotSent) {
   ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 200);
   EXPECT_EQ(got, d);
   EXPECT_EQ(tcp_->stats().bytes_from_guest, 200u);
+}
+
+TEST_P(TcpTest, SegmentsAheadAreTakenWhenTheirBatchFillsTheHole) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> d = Pattern(300, 6);
+  auto piece = [&](size_t from, size_t to) {
+    return Frame(kTcpAck, guest_seq_ + from, guest_ack_,
+                 std::vector<uint8_t>(d.begin() + from, d.begin() + to));
+  };
+  // As a guest sends after a retransmission timeout: new data first, the
+  // hole's retransmission after it, in one batch; and a segment whose hole
+  // is never filled.
+  SendBatch({piece(200, 300), piece(100, 200), piece(0, 100),
+             Frame(kTcpAck, guest_seq_ + 1000, guest_ack_, Pattern(10, 7))});
+  std::vector<uint8_t> got(300);
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 300);
+  EXPECT_EQ(got, d);
+  EXPECT_EQ(tcp_->stats().out_of_order, 3u);
+  EXPECT_EQ(tcp_->stats().reordered, 2u);
+  EXPECT_EQ(tcp_->stats().bytes_from_guest, 300u);
+  std::vector<Seg> segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().ack, guest_seq_ + 300);
+  // Nothing is kept past the batch: the far segment is gone.
+  SendBatch({});
+  EXPECT_EQ(tcp_->stats().bytes_from_guest, 300u);
 }
 
 TEST_P(TcpTest, ThreeDuplicateAcksRetransmitFromTheSocket) {
