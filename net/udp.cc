@@ -1023,13 +1023,14 @@ std::string UdpTranslator::StatsLine() const {
   const UdpVuReceiver::Stats& rx = receiver_.stats();
   return absl::StrFormat(
       "udp: %d flows out, %d in, %d expired, %d open; guest->host %d datagrams (%d bytes), "
-      "dropped %d buffer full, %d errors, %d no flow room, %d bad address, %d malformed; "
+      "dropped %d buffer full, %d errors, %d no flow room, %d no socket (fds), %d bad address, "
+      "%d malformed; "
       "host->guest %d datagrams (%d bytes), dropped %d too big, %d refused; %d wake-ups "
       "without receive buffers; %d ICMP errors to the guest",
       stats_.flows_opened, stats_.flows_inbound, stats_.flows_expired, flow_count_,
       stats_.tx_datagrams, stats_.tx_bytes, stats_.tx_buffer_full, stats_.tx_errors,
-      stats_.table_full, stats_.bad_destination, stats_.malformed, rx.frames, rx.bytes, rx.too_big,
-      rx.refused, rx.no_room, stats_.icmp_sent);
+      stats_.table_full, stats_.socket_errors, stats_.bad_destination, stats_.malformed, rx.frames,
+      rx.bytes, rx.too_big, rx.refused, rx.no_room, stats_.icmp_sent);
 }
 
 }  // namespace vunet::net

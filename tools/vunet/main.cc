@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -105,8 +106,18 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Confine(const CliOptions& options,
   return entered;
 }
 
+// Every flow holds a socket: take the open-file limit's hard value as the
+// soft one (commonly 1024 of 524288), as a server of many connections does.
+void RaiseFdLimit() {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  limit.rlim_cur = limit.rlim_max;
+  (void)setrlimit(RLIMIT_NOFILE, &limit);
+}
+
 int Main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
+  RaiseFdLimit();
   absl::StatusOr<std::vector<std::string>> args =
       ExpandArgs(absl::Span<const char* const>(argv, argc));
   if (!args.ok()) return Fail(absl::StrCat(args.status().message(), " (try --help)"));
