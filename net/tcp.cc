@@ -776,7 +776,7 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
       Close(id, c, false);
       return;
     }
-    UpdateTimer(id, c);  // Now half-closed: a shorter idle timeout.
+    UpdateTimer(id, c);
   }
   c->ack_due = true;
   MarkPending(id, c);
@@ -797,6 +797,8 @@ void TcpTranslator::OnSocketEvent(uint64_t tag, uint32_t events) {
   Conn* c = id.valid() ? env_.flows->Data<Conn>(id) : nullptr;
   if (c == nullptr) return;
   const int64_t now = Now();
+  // Edge-triggered: a shutdown seen now is not reported again.
+  if (events & (EPOLLRDHUP | EPOLLHUP)) c->host_rdhup = true;
   if (c->state == Conn::State::kConnecting) {
     if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) ConnectDone(id, c, now);
     writer_->Flush(env_.rx);
@@ -815,7 +817,6 @@ void TcpTranslator::OnSocketEvent(uint64_t tag, uint32_t events) {
       return;
     }
   }
-  if (events & (EPOLLRDHUP | EPOLLHUP)) c->host_rdhup = true;
   if (c->state != Conn::State::kEstablished) return;  // Sent once established.
   c->last_activity = now;
   if ((events & EPOLLOUT) && c->wnd_watch) CheckWindow(id, c, now);
@@ -965,7 +966,9 @@ bool TcpTranslator::SendData(FlowId id, Conn* c, int64_t now) {
   bool have_window = false;
   TcpSegments seg;
   for (;;) {
-    if (c->host_eof) {
+    // After end of file only a retransmission (snd_nxt rewound) has data
+    // left to peek; otherwise our FIN follows once everything is acked.
+    if (c->host_eof && c->snd_nxt == c->snd_high) {
       if (c->snd_una == c->snd_high) SendFin(id, c, now);
       return true;
     }
@@ -1003,7 +1006,7 @@ bool TcpTranslator::SendData(FlowId id, Conn* c, int64_t now) {
       VUNET_LOG_RATELIMITED(kInfo, "tcp: %s: receive: %s", key.ToString(), strerror(r.error));
       ++stats_.host_resets;
       ResetGuest(id, c);
-      Close(id, c, false);
+      Close(id, c, /*reset_host=*/r.error == EPROTO);  // EPROTO: our fault, not the socket's.
       return false;
     }
     if (r.no_room) {
@@ -1023,6 +1026,14 @@ bool TcpTranslator::SendData(FlowId id, Conn* c, int64_t now) {
       }
     }
     if (r.eof || (r.no_new_data && c->host_rdhup)) {
+      if (c->host_eof && c->snd_nxt != c->snd_high) {
+        // The socket ended before the bytes it sent once: cannot happen
+        // while our accounting holds.
+        VUNET_LOG_RATELIMITED(kError, "tcp: %s: data to resend is gone", key.ToString());
+        ResetGuest(id, c);
+        Close(id, c, true);
+        return false;
+      }
       c->host_eof = true;
       continue;
     }
@@ -1099,7 +1110,11 @@ bool TcpTranslator::OnRto(FlowId id, Conn* c, int64_t now) {
     }
     c->snd_nxt = c->snd_una;
     if (peek_off_) SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, 0);
-    return SendData(id, c, now);
+    if (!SendData(id, c, now)) return false;
+    // A guest with no receive buffers (stopped, or busy) lost nothing: its
+    // wait does not count towards giving up.
+    if (c->in_rx_wait) --c->retries;
+    return true;
   }
   return SendData(id, c, now);  // The window opened meanwhile.
 }
@@ -1344,7 +1359,9 @@ void TcpTranslator::OnRxAvailable() {
 
 int64_t TcpTranslator::IdleTimeout(const Conn& c) const {
   if (c.state != Conn::State::kEstablished) return options_.handshake_timeout_ns;
-  if (c.guest_fin || c.fin_sent) return options_.half_closed_timeout_ns;
+  // Only once the host's side ended: while the guest alone has closed, the
+  // host peer may take its time to answer (as a host socket would let it).
+  if (c.host_eof && c.fin_sent) return options_.half_closed_timeout_ns;
   return options_.idle_timeout_ns;
 }
 

@@ -15,8 +15,10 @@
 // the guest-memory iovecs. Only what the socket took is acknowledged; when it
 // took less, the guest gets the acknowledgement at once, repeated as
 // duplicate ACKs so that it retransmits from there without waiting for a
-// timeout. Segments out of order or already taken are dropped and answered
-// with an ACK of what we expect. The window advertised to the guest is the
+// timeout. Segments already taken are dropped and answered with an ACK of
+// what we expect; segments past it are tried again at the end of their
+// transmit batch (a retransmission later in the batch may fill the hole),
+// then dropped: nothing is kept past the batch. The window advertised to the guest is the
 // socket's free send space: SO_SNDBUF minus the memory its queue is charged
 // (SO_MEMINFO), scaled by the share of that memory which is data (SIOCOUTQ),
 // so that the socket takes what we offer; while it is low we watch for it to
@@ -38,7 +40,8 @@
 // acknowledged. An RST from the guest closes the socket with SO_LINGER 0 (the
 // host peer sees a reset); a reset on the host side (ECONNRESET, EPIPE, a
 // socket error) becomes an RST to the guest. Idle flows time out: two hours
-// established, shorter while half-closed or in the handshake. No TIME_WAIT.
+// established, shorter in the handshake and once the host's side has ended
+// while the guest's is open. No TIME_WAIT.
 //
 // Inbound (-t): each PortForward listens on the host; an accepted connection
 // becomes a SYN to the guest's address (from the peer's address, or from the
@@ -90,12 +93,17 @@ struct TcpTranslatorOptions {
   // Timeouts.
   int64_t handshake_timeout_ns = 10'000'000'000;            // connect(), or our SYN unanswered.
   int64_t idle_timeout_ns = int64_t{7200} * 1'000'000'000;  // Established, no traffic.
-  int64_t half_closed_timeout_ns = 60'000'000'000;          // A FIN sent or taken, no traffic.
+  // The host's side ended and our FIN went out, the guest's side is still
+  // open, no traffic. (While only the guest has closed, the idle timeout
+  // applies: the host peer may take long to answer.)
+  int64_t half_closed_timeout_ns = 60'000'000'000;
   // Retransmission to the guest: the first timeout, doubled on each expiry
-  // up to the maximum; after max_retransmits in a row the flow is reset.
+  // up to the maximum; after max_retransmits in a row the flow is reset
+  // (about 10 minutes, as Linux's tcp_retries2 gives). Expiries that found
+  // no receive buffers to resend into do not count.
   int64_t rto_initial_ns = 1'000'000'000;
-  int64_t rto_max_ns = 30'000'000'000;
-  int max_retransmits = 8;
+  int64_t rto_max_ns = 60'000'000'000;
+  int max_retransmits = 15;
   // How soon a low window is checked again (doubling up to the maximum)
   // when EPOLLOUT may not come.
   int64_t window_check_initial_ns = 1'000'000;
@@ -260,9 +268,8 @@ class TcpTranslator : public Translator {
   TranslatorEnv env_;
   TcpTranslatorOptions options_;
   bool peek_off_ = false;
-  bool trunc_discard_ = true;
-  bool shutting_down_ = false;  // Flows closed by Shutdown are not counted as closed.  //
-                                // recv(MSG_TRUNC) discards; else read into scratch.
+  bool trunc_discard_ = true;   // recv(MSG_TRUNC) discards; else read into scratch.
+  bool shutting_down_ = false;  // Flows closed by Shutdown are not counted as closed.
   uint64_t isn_state_ = 0;
   std::unique_ptr<TcpRxWriter> writer_;
   std::vector<Listener> listeners_;

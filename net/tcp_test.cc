@@ -671,14 +671,116 @@ TEST_P(TcpTest, RetransmissionTimerResendsAndBacksOff) {
   Expire();
   EXPECT_EQ(Segments().size(), 1u);
   // After max_retransmits the flow is reset both ways.
-  for (int i = 0; i < 10; ++i) {
-    fake_now += 30'000'000'000;
+  for (int i = 0; i < 20; ++i) {
+    fake_now += 60'000'000'000;
     Expire();
   }
   EXPECT_EQ(flows_->size(), 0u);
   char c;
   EXPECT_EQ(recv(h.get(), &c, 1, 0), -1);
   EXPECT_EQ(errno, ECONNRESET);
+}
+
+TEST_P(TcpTest, LostDataIsResentAfterTheHostClosed) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  // The host writes and closes (an HTTP/1.0 answer); what reached the guest
+  // is lost, and the guest acks nothing.
+  const std::vector<uint8_t> b = Pattern(5000, 11);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 5000);
+  ASSERT_EQ(shutdown(h.get(), SHUT_WR), 0);
+  std::vector<Seg> segs;
+  size_t sent = 0;
+  ASSERT_TRUE(Pump(&segs, [&] {
+    sent = 0;
+    for (const Seg& s : segs) sent += s.payload.size();
+    return sent == b.size();
+  }));
+  for (const Seg& s : segs) EXPECT_FALSE(s.flags & kTcpFin) << "FIN before the data was acked";
+  // The timer resends every byte from the socket, though its peer is gone.
+  fake_now += 1'000'000'000;
+  Expire();
+  segs = Segments();
+  std::vector<uint8_t> again;
+  for (const Seg& s : segs) {
+    EXPECT_EQ(s.seq, guest_ack_ + again.size());
+    again.insert(again.end(), s.payload.begin(), s.payload.end());
+  }
+  EXPECT_EQ(again, b);
+  EXPECT_EQ(tcp_->stats().timer_retransmits, 1u);
+  // Three duplicate ACKs of the first 1000 bytes resend the rest.
+  guest_ack_ += 1000;
+  for (int i = 0; i < 4; ++i) Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  again.clear();
+  for (const Seg& s : Segments()) again.insert(again.end(), s.payload.begin(), s.payload.end());
+  EXPECT_EQ(again, std::vector<uint8_t>(b.begin() + 1000, b.end()));
+  EXPECT_EQ(tcp_->stats().fast_retransmits, 1u);
+  // Once all is acked our FIN follows.
+  guest_ack_ += 4000;
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  std::optional<Seg> fin = WaitFor(kTcpFin);
+  ASSERT_TRUE(fin.has_value());
+  EXPECT_EQ(fin->seq, guest_ack_);
+}
+
+TEST_P(TcpTest, TimeoutsWithoutReceiveBuffersDoNotCountTowardsGivingUp) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  ASSERT_EQ(send(h.get(), "abcdef", 6, 0), 6);
+  std::vector<Seg> segs;
+  ASSERT_TRUE(Pump(&segs, [&] { return !segs.empty(); }));
+  // The guest stops (no receive buffers, no ACKs) for an hour: its data is
+  // not lost, so the flow stays.
+  rx_->running_ = false;
+  for (int i = 0; i < 60; ++i) {
+    fake_now += 60'000'000'000;
+    Expire();
+  }
+  EXPECT_EQ(flows_->size(), 1u);
+  EXPECT_GE(tcp_->stats().rx_waits, 1u);
+  rx_->running_ = true;
+  tcp_->OnRxAvailable();
+  EXPECT_EQ(ReceiveData(6), std::vector<uint8_t>({'a', 'b', 'c', 'd', 'e', 'f'}));
+}
+
+TEST_P(TcpTest, HalfClosedTimeouts) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  // The guest closed its side; the host peer takes ten minutes to answer.
+  Send(Frame(kTcpAck | kTcpFin, guest_seq_, guest_ack_));
+  ++guest_seq_;
+  fake_now += 600'000'000'000;
+  Expire();
+  ASSERT_EQ(flows_->size(), 1u);
+  ASSERT_EQ(send(h.get(), "late", 4, 0), 4);
+  EXPECT_EQ(ReceiveData(4), std::vector<uint8_t>({'l', 'a', 't', 'e'}));
+  // The host closes too, the guest acks our FIN but keeps its side (it sent
+  // FIN already here, so the flow ends at once).
+  ASSERT_EQ(shutdown(h.get(), SHUT_WR), 0);
+  std::optional<Seg> fin = WaitFor(kTcpFin);
+  ASSERT_TRUE(fin.has_value());
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_ + 1));
+  EXPECT_EQ(flows_->size(), 0u);
+
+  // The host closes first and the guest stays silent: the half-closed
+  // timeout (60 s) ends it.
+  UniqueFd h2 = Establish(host);
+  ASSERT_TRUE(h2.valid());
+  ASSERT_EQ(shutdown(h2.get(), SHUT_WR), 0);
+  fin = WaitFor(kTcpFin);
+  ASSERT_TRUE(fin.has_value());
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_ + 1));
+  ASSERT_EQ(flows_->size(), 1u);
+  fake_now += 59'000'000'000;
+  Expire();
+  EXPECT_EQ(flows_->size(), 1u);
+  fake_now += 2'000'000'000;
+  Expire();
+  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(tcp_->stats().timeouts, 1u);
 }
 
 TEST_P(TcpTest, GuestWindowIsRespectedAndZeroWindowProbed) {

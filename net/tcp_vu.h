@@ -70,7 +70,9 @@ struct TcpPeekResult {
   bool no_new_data = false;  // Only `skip` bytes came back (or EAGAIN).
   bool no_room = false;      // Not even one segment's buffers were available.
   bool full = false;         // Every byte asked for came back: more may wait.
-  int error = 0;             // errno of a failed recvmsg other than EAGAIN.
+  int error = 0;             // errno of a failed recvmsg other than EAGAIN; EPROTO if a
+                             // segment could not be built after the peek (the flow
+                             // must end: the peek offset moved past it).
 };
 
 class TcpRxWriter {
