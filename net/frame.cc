@@ -400,6 +400,8 @@ absl::StatusOr<size_t> BuildFrame(const FrameSpec& spec, absl::Span<const iovec>
       uint16_t c = csum.Finish();
       if (udp && c == 0) c = 0xffff;  // Zero means "no checksum" in UDP.
       PutBe16(l4 + check_at, c);
+    } else if (udp && spec.ipv6) {
+      PutBe16(l4 + check_at, 0xffff);  // Not verified (data valid), but never zero.
     }
   } else if (icmp) {
     const uint8_t zero[2] = {};

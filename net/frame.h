@@ -286,9 +286,11 @@ struct FrameSpec {
   absl::Span<const uint8_t> tcp_options;  // Already padded to a multiple of 4, at most 40.
 
   // Compute the L4 checksum. False when the guest negotiated
-  // VIRTIO_NET_F_GUEST_CSUM: the field is left zero and the caller sends the
-  // frame with kVirtioNetHdrFDataValid in its virtio-net header. (The IPv4
-  // header checksum and ICMP/ICMPv6 checksums are always written.)
+  // VIRTIO_NET_F_GUEST_CSUM: the caller sends the frame with
+  // kVirtioNetHdrFDataValid in its virtio-net header and the field is left
+  // zero, except for UDP over IPv6, where zero is refused whatever the flag
+  // says (RFC 8200 8.1; Linux drops it): 0xffff there. (The IPv4 header
+  // checksum and ICMP/ICMPv6 checksums are always written.)
   bool l4_checksum = true;
 };
 

@@ -562,11 +562,19 @@ TEST(FrameTest, BuildsIntoSplitIovecsAtAnOffset) {
   }
 }
 
-TEST(FrameTest, GuestCsumLeavesTheFieldZero) {
-  FrameSpec s = V6Spec(IPPROTO_UDP);
+TEST(FrameTest, GuestCsumLeavesTheFieldZeroButNeverForUdpOverIpv6) {
+  FrameSpec s = V4Spec(IPPROTO_UDP);
   s.l4_checksum = false;
   std::vector<uint8_t> f = Build(s, Payload(20));
-  EXPECT_EQ(GetBe16(f, 14 + 40 + 6), 0);
+  EXPECT_EQ(GetBe16(f, 14 + 20 + 6), 0);
+  s = V6Spec(IPPROTO_TCP);
+  s.l4_checksum = false;
+  f = Build(s, Payload(20));
+  EXPECT_EQ(GetBe16(f, 14 + 40 + 16), 0);
+  s = V6Spec(IPPROTO_UDP);
+  s.l4_checksum = false;
+  f = Build(s, Payload(20));
+  EXPECT_EQ(GetBe16(f, 14 + 40 + 6), 0xffff);
   s.l4_checksum = true;
   f = Build(s, Payload(20));
   EXPECT_NE(GetBe16(f, 14 + 40 + 6), 0);

@@ -812,7 +812,11 @@ void UdpTranslator::Block(int fd, uint64_t tag, bool* blocked) {
   if (*blocked) return;
   // Level-triggered input would wake us for data we cannot place; errors
   // are still reported.
-  if (!env_.watcher->Modify(fd, 0, tag).ok()) return;
+  if (absl::Status s = env_.watcher->Modify(fd, 0, tag); !s.ok()) {
+    // Still watched for input: the loop comes back to it, busier.
+    VUNET_LOG_RATELIMITED(kWarning, "udp: cannot pause a socket: %s", s.ToString());
+    return;
+  }
   *blocked = true;
   if (blocked_.size() == blocked_.capacity()) {
     // Drop what closed since (their tags are stale) before growing.

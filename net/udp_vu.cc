@@ -111,7 +111,12 @@ UdpVuReceiver::Room UdpVuReceiver::CollectFor(const vu::NetConfig& config, virti
     got += more;
     if (got >= need) break;
     if (vq->broken() || vq->IsEmpty()) {
+      // Every buffer the ring can hold is out, and still too few: nothing
+      // the guest posts can change that while they are all for this one.
+      const bool whole_ring = vq->in_use() >= vq->size();
+      const bool only_this = vq->in_use() == s->count;
       give_back();
+      if (!vq->broken() && whole_ring) return only_this ? Room::kNeverFits : Room::kLater;
       return Room::kRingEmpty;
     }
     if (!config.mergeable_rx && m == 1) {
@@ -217,9 +222,9 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
           ++stats_.too_big;
           if (config.mergeable_rx) {
             VUNET_LOG_RATELIMITED(kWarning,
-                                  "udp: %d-byte datagram needs more receive buffers than "
-                                  "%d elements / %d iovecs: dropped",
-                                  s.len, options_.max_elems, options_.max_iov);
+                                  "udp: %d-byte datagram needs more receive buffers than the "
+                                  "ring (%d) or our pools (%d elements, %d iovecs) hold: dropped",
+                                  s.len, vq->size(), options_.max_elems, options_.max_iov);
           }
         } else {
           stopped = true;
