@@ -447,8 +447,13 @@ absl::StatusOr<GuestConfig> MirrorHost(const HostSources& sources) {
     AddUnique(&c.dns4, IsLoopback4(d) ? c.gateway4 : d, Eq4);
   }
   for (const in6_addr& d : res.dns6) {
-    const bool unreachable = IsLoopback6(d) || IsLinkLocal6(d);
-    AddUnique(&c.dns6, unreachable ? c.gateway6 : d, Equal6);
+    if (IsLinkLocal6(d)) {
+      // On the host's link, not the guest's, and DNS forwarding maps only
+      // loopback resolvers: of no use to the guest.
+      VUNET_LOG(kInfo, "config: host resolver %s is link-local: not given to the guest", Str6(d));
+      continue;
+    }
+    AddUnique(&c.dns6, IsLoopback6(d) ? c.gateway6 : d, Equal6);
   }
   c.search_domains = res.search;
   return c;

@@ -157,7 +157,9 @@ TEST(MirrorHost, GlobalIpv6GatewayKeepsFe80Colon1AsOurLinkLocal) {
 
 TEST(MirrorHost, LoopbackResolverBecomesTheGateway) {
   HostSources s = Sources();
-  s.resolv_conf = "nameserver 127.0.0.53\nnameserver ::1\nnameserver 198.51.100.9\n";
+  s.resolv_conf =
+      "nameserver 127.0.0.53\nnameserver fe80::53%eth0\nnameserver ::1\nnameserver "
+      "198.51.100.9\n";
   absl::StatusOr<GuestConfig> c = MirrorHost(s);
   ASSERT_TRUE(c.ok());
   ASSERT_EQ(c->dns4.size(), 2u);
