@@ -3,9 +3,10 @@
 # a vhost-user net backend must (QEMU/libvirt read it), --version and --help exit 0, every option passt's
 # users type is accepted (all of them at once, in two runs that start and serve), every bad option or
 # impossible combination is one line on stderr and exit 1, the start-up banner holds the QEMU options
-# that attach a VM, SIGTERM in the foreground exits 0 and removes the socket, and without -f the process
-# daemonizes (the parent exits 0 at once; the pid file names the daemon, which serves the socket until
-# SIGTERM).
+# that attach a VM, SIGTERM and SIGINT in the foreground exit 0 and remove the socket, and without -f
+# the process daemonizes (the parent exits 0 once the daemon is ready, the pid file naming it, and the
+# daemon serves the socket until SIGTERM; a daemon failing at start-up makes the parent exit 1 with
+# its error).
 #
 # Usage: vunet_cli_test.sh VUNET
 set -euo pipefail
@@ -146,14 +147,28 @@ wait "$pid" || rc=$?
 [[ ! -e $sock ]] || fail "the socket is still there after SIGTERM"
 [[ ! -e $dir/fg.pid ]] || fail "the pid file is still there after SIGTERM"
 
-# Daemon: the parent returns at once; the daemon writes the pid file and serves.
+# SIGINT (Ctrl-C) ends it as SIGTERM does.
+"$vunet" -f -s "$sock" -P "$dir/int.pid" >"$dir/int.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+for _ in $(seq 100); do
+  [[ -S $sock ]] && break
+  sleep 0.05
+done
+[[ -S $sock ]] || fail "no socket at $sock: $(cat "$dir/int.log")"
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+((rc == 0)) || fail "SIGINT: exit $rc: $(cat "$dir/int.log")"
+[[ ! -e $sock ]] || fail "the socket is still there after SIGINT"
+[[ ! -e $dir/int.pid ]] || fail "the pid file is still there after SIGINT"
+
+# Daemon: the parent returns once the daemon is ready, its pid file already written; the daemon
+# serves.
 sock=$dir/bg.sock
 run -s "$sock" -P "$dir/bg.pid" -q
 ((rc == 0)) || fail "daemonizing exited $rc: $err"
-for _ in $(seq 100); do
-  [[ -s $dir/bg.pid ]] && break
-  sleep 0.05
-done
+[[ -s $dir/bg.pid ]] || fail "the daemon's parent returned before the pid file was written"
 daemon=$(cat "$dir/bg.pid" 2>/dev/null || true)
 [[ -n $daemon ]] || fail "the daemon wrote no pid file"
 pids+=("$daemon")
@@ -169,4 +184,18 @@ for _ in $(seq 100); do
 done
 alive "$daemon" && fail "the daemon did not exit on SIGTERM"
 [[ ! -e $sock ]] || fail "the daemon left its socket"
+
+# A daemon that fails after the fork (its pid file cannot be written): the parent says why, exit 1,
+# and nothing is left listening.
+sock=$dir/bg2.sock
+run -s "$sock" -P "$dir/no/such/dir/bg.pid"
+((rc == 1)) || fail "a daemon whose pid file fails: exit $rc"
+last=$(tail -n 1 "$dir/err")
+[[ $last == "vunet: $dir/no/such/dir/bg.pid: No such file or directory" ]] ||
+  fail "the parent did not report the daemon's error last: $err"
+for _ in $(seq 100); do
+  [[ -e $sock ]] || break
+  sleep 0.05
+done
+[[ ! -e $sock ]] || fail "the failed daemon left its socket"
 echo "PASS"

@@ -8,10 +8,12 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,8 +41,22 @@
 namespace vunet::tools {
 namespace {
 
+// A daemon's child holds this until it is ready: its stderr is /dev/null by
+// then, so a start-up error goes here, for the waiting parent to print.
+int g_startup_report_fd = -1;
+bool g_logging_to_syslog = false;
+
 int Fail(const std::string& message) {
-  std::fprintf(stderr, "vunet: %s\n", message.c_str());
+  if (g_startup_report_fd >= 0) {
+    if (g_logging_to_syslog) VUNET_LOG(kError, "%s", message);  // For the record.
+    // One write under PIPE_BUF: the parent reads it whole.
+    const std::string line = message.substr(0, 1024);
+    (void)!write(g_startup_report_fd, line.data(), line.size());
+    close(g_startup_report_fd);
+    g_startup_report_fd = -1;
+  } else {
+    std::fprintf(stderr, "vunet: %s\n", message.c_str());
+  }
   return 1;
 }
 
@@ -62,19 +78,66 @@ std::string List(const std::vector<T>& addrs) {
   return absl::StrJoin(parts, ", ");
 }
 
-// Forks; the parent exits at once, the child leaves the terminal and logs to
-// syslog from now on.
+constexpr char kReady[] = "ready";
+
+// Forks. The parent waits for the child to report: it exits 0 once the child
+// is ready (socket open, pid file written, confined), or prints the child's
+// error and exits 1, so that whoever started vunet learns the outcome and
+// finds the pid file in place. The child leaves the terminal and keeps the
+// report pipe in g_startup_report_fd until ReportReady.
 absl::Status Daemonize() {
+  int report[2];
+  if (pipe2(report, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe: ", strerror(errno)));
+  }
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
-  if (pid > 0) _exit(0);  // No destructors: the child owns the socket now.
+  if (pid > 0) {
+    close(report[1]);
+    char buf[1100];
+    ssize_t n;
+    do {
+      n = read(report[0], buf, sizeof(buf) - 1);
+    } while (n < 0 && errno == EINTR);
+    if (n == static_cast<ssize_t>(sizeof(kReady) - 1) && std::memcmp(buf, kReady, n) == 0) {
+      _exit(0);  // No destructors: the child owns the socket now.
+    }
+    if (n > 0) {
+      buf[n] = '\0';
+      std::fprintf(stderr, "vunet: %s\n", buf);
+    } else {
+      int status = 0;
+      (void)waitpid(pid, &status, 0);
+      std::fprintf(stderr, "vunet: the daemon ended during start-up (%s %d)\n",
+                   WIFSIGNALED(status) ? "signal" : "exit status",
+                   WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    }
+    _exit(1);
+  }
+  close(report[0]);
+  g_startup_report_fd = report[1];
   if (setsid() < 0) return absl::InternalError(absl::StrCat("setsid: ", strerror(errno)));
+  return absl::OkStatus();
+}
+
+// The daemon's child, once its files are written and before it is confined:
+// logs go to syslog, stdio to /dev/null.
+absl::Status DetachStdio() {
+  log::UseSyslog("vunet");
+  g_logging_to_syslog = true;
   const int null = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null < 0) return absl::InternalError(absl::StrCat("/dev/null: ", strerror(errno)));
   for (int fd = 0; fd <= 2; ++fd) dup2(null, fd);
   if (null > 2) close(null);
-  log::UseSyslog("vunet");
   return absl::OkStatus();
+}
+
+// Releases a daemon's waiting parent with success.
+void ReportReady() {
+  if (g_startup_report_fd < 0) return;
+  (void)!write(g_startup_report_fd, kReady, sizeof(kReady) - 1);
+  close(g_startup_report_fd);
+  g_startup_report_fd = -1;
 }
 
 absl::Status WritePidFile(const std::string& path) {
@@ -257,6 +320,9 @@ int Main(int argc, char** argv) {
       return Fail(std::string(s.message()));
     }
   }
+  if (!options->foreground) {
+    if (absl::Status s = DetachStdio(); !s.ok()) return Fail(std::string(s.message()));
+  }
 
   // A frontend that shrinks an unsealable memory file under our mapping
   // faults our next access to it: contained (virtio/memory_fault.h).
@@ -266,14 +332,12 @@ int Main(int argc, char** argv) {
   std::unique_ptr<Sandbox> sandbox;
   if (!options->no_sandbox) {
     absl::StatusOr<std::unique_ptr<Sandbox>> confined = Confine(*options, *runas);
-    if (!confined.ok()) {
-      VUNET_LOG(kError, "%s", confined.status().message());
-      return 1;
-    }
+    if (!confined.ok()) return Fail(std::string(confined.status().message()));
     sandbox = *std::move(confined);
   } else {
     VUNET_LOG(kWarning, "--no-sandbox: running unconfined");
   }
+  ReportReady();
 
   const absl::Status s = (*backend)->Run();
   backend->reset();  // Stops the queues, removes the socket.
