@@ -458,8 +458,13 @@ void CloseAllBut(std::vector<int> keep) {
       f.Allow(name);
     }
     if (const absl::Status s = f.Load(); !s.ok()) {
-      static constexpr char kMessage[] = "vunet: clean-up helper: no seccomp filter\n";
+      // It keeps vunet's identity (root, often) and directory fds: never
+      // unconfined. The files then stay behind after vunet ends.
+      static constexpr char kMessage[] =
+          "vunet: clean-up helper: no seccomp filter; not running (the socket and pid file "
+          "will stay after vunet ends)\n";
       (void)!write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+      _exit(1);
     }
   }
   char buf[64];

@@ -1,5 +1,6 @@
 #include "tools/vunet/sandbox.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/filter.h>
@@ -23,11 +24,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -283,6 +286,22 @@ std::string ProcStatus(pid_t pid) {
   return s.str();
 }
 
+std::string Link(const std::string& path) {
+  char buf[256];
+  const ssize_t n = readlink(path.c_str(), buf, sizeof(buf));
+  return n > 0 ? std::string(buf, n) : std::string();
+}
+
+// Whether a process here may make user and mount namespaces (what the
+// sandbox tries; some kernels or containers forbid it).
+bool CanUnshareUserAndMount() {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0 ? 0 : 1);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 std::string TempPath(const std::string& name) {
   const char* dir = std::getenv("TEST_TMPDIR");
   return std::string(dir != nullptr ? dir : "/tmp") + "/" + name + "." + std::to_string(getpid());
@@ -334,6 +353,9 @@ enum class Ending { kReturn, kKill };
 struct ChildRun {
   Sandbox::State state;
   std::string status_file;  // /proc/PID/status while it ran.
+  std::string user_ns;      // Its /proc/PID/ns/user and ns/mnt links.
+  std::string mount_ns;
+  std::vector<std::string> root_entries;  // What it saw as "/" (/proc/PID/root).
   int wait_status = 0;
   bool ok = false;
 };
@@ -369,6 +391,17 @@ ChildRun EnterInChild(const SandboxOptions& options, Ending ending,
   if (read(ready[0], &run.state, sizeof(run.state)) == sizeof(run.state)) {
     run.ok = true;
     run.status_file = ProcStatus(pid);
+    const std::string proc = "/proc/" + std::to_string(pid);
+    run.user_ns = Link(proc + "/ns/user");
+    run.mount_ns = Link(proc + "/ns/mnt");
+    if (DIR* d = opendir((proc + "/root").c_str()); d != nullptr) {
+      while (const dirent* e = readdir(d)) {
+        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+          run.root_entries.push_back(e->d_name);
+        }
+      }
+      closedir(d);
+    }
     if (while_running) while_running();
   }
   if (ending == Ending::kKill) kill(pid, SIGKILL);
@@ -416,6 +449,19 @@ TEST(Sandbox, EntersDropsRootAndRemovesFilesWhenDone) {
     EXPECT_EQ(run.state.uid, getuid());
   }
   std::printf("namespaces: %d, empty root: %d\n", run.state.namespaces, run.state.empty_root);
+  if (CanUnshareUserAndMount()) {
+    EXPECT_TRUE(run.state.namespaces) << "the kernel allows them, yet the sandbox has none";
+  }
+  if (run.state.namespaces) {
+    // Namespaces of its own, not ours.
+    EXPECT_NE(run.user_ns, Link("/proc/self/ns/user"));
+    EXPECT_NE(run.mount_ns, Link("/proc/self/ns/mnt"));
+    EXPECT_FALSE(run.user_ns.empty());
+  }
+  if (run.state.empty_root) {
+    EXPECT_TRUE(run.root_entries.empty())
+        << "its root holds " << run.root_entries.size() << " entries, " << run.root_entries[0];
+  }
   // ~Sandbox waited for the helper: the files are gone already.
   EXPECT_FALSE(Exists(socket_path));
   EXPECT_FALSE(Exists(pid_path));
