@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -31,12 +32,15 @@
 
 namespace vunet::vu::fuzz {
 
-inline constexpr size_t kMaxInput = 64 * 1024;  // Fits a socket buffer: sends never block.
+inline constexpr size_t kMaxInput = 64 * 1024;
 inline constexpr size_t kMemfdSize = 1 << 20;
 inline constexpr size_t kMaxRecordFds = 15;
 
 // Sends the records of `data` into `socket` and shuts its sending side, so
-// the reader sees EOF after them. False if the input is unusable.
+// the reader sees EOF after them. False if the input is unusable. The reader
+// runs after this returns, in the same thread: records past what the
+// socket's buffer holds (each record costs a buffer's overhead, so many tiny
+// ones fill it long before 64 KiB) are not sent, rather than block forever.
 inline bool SendRecords(int socket, const uint8_t* data, size_t size) {
   if (size > kMaxInput) return false;
   // Fresh for each input: a frontend's memfd sent as a call fd gets written.
@@ -86,7 +90,10 @@ inline bool SendRecords(int socket, const uint8_t* data, size_t size) {
       c->cmsg_len = CMSG_LEN(sizeof(int) * fd_count);
       std::memcpy(CMSG_DATA(c), raw, sizeof(int) * fd_count);
     }
-    if (sendmsg(socket, &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(iov.iov_len)) return false;
+    const ssize_t sent = sendmsg(socket, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;  // The buffer is full.
+    if (sent < 0) return false;
+    if (static_cast<size_t>(sent) != iov.iov_len) break;  // Cut short: the rest is not sent.
     pos += len;
   }
   shutdown(socket, SHUT_WR);
