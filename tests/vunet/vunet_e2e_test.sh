@@ -5,6 +5,13 @@
 # sockets live (its own network namespace when run as root: see e2e_lib.sh), and the gateway address
 # reaches that host's loopback.
 #
+#   dhcp     the lease is what vunet was told to give (-a -n -g -D -S -m 1400): address, mask,
+#            router, DNS, MTU and server id as udhcpc reports them; eth0, its MTU, its default route
+#            and /etc/resolv.conf configured from it;
+#   ping     ping to the gateway (vunet's ICMP echo through a ping socket to the host's loopback);
+#   slaac    a global IPv6 address by SLAAC in the prefix of our router advertisement, the default
+#            route via our router, ping -6 to it, and TCP and UDP over IPv6 both ways (iperf3 to the
+#            router's link-local address, which reaches the host's ::1);
 #   tcp      iperf3 from the guest to a server on the host's loopback (iperf3 -c GATEWAY) and back
 #            (-R), and an HTTP fetch (busybox wget from busybox httpd on 127.0.0.1);
 #   udp      iperf3 -u both ways (iperf3's control connection is TCP);
@@ -15,7 +22,8 @@
 #            the same with QEMU's default MAC (52:54:00:12:34:56, as libvirt's are random): vunet must
 #            send the first frame of a connection to the MAC the guest uses, not to its default;
 #   reboot   the guest reboots (reboot -f; QEMU resets the machine and goes on), the frontend resets
-#            the device, the guest's driver starts it again: DHCP and ping work again, twice in all.
+#            the device, the guest's driver starts it again: DHCP, ping and an HTTP fetch work again,
+#            twice in all, and the receive queue started once per boot.
 #
 # Checks are stated in each case; all cases check that the guest got its lease and that vunet exited 0
 # with its socket gone once QEMU had left (--one-off). Prints the guest's results and timing, then PASS.
@@ -37,7 +45,8 @@ if ! guest_have_qemu; then
     "busybox-static)"
   exit 0
 fi
-if [[ $case_name == tcp || $case_name == udp ]] && ! command -v iperf3 >/dev/null; then
+if [[ $case_name == tcp || $case_name == udp || $case_name == slaac ]] &&
+  ! command -v iperf3 >/dev/null; then
   echo "SKIPPED: iperf3 is not installed (apt-get install iperf3)"
   exit 0
 fi
@@ -81,7 +90,112 @@ iperf_summary() { sed -n "/^GUEST: $1 begin/,/^GUEST: $1 end/p" "$console" | gre
 # The rate in Mbit/s of an iperf3 summary line (-f m).
 mbits() { sed -n 's/.* \([0-9.]*\) Mbits\/sec.*/\1/p' <<<"$1"; }
 
+# ICMP echo needs ping sockets: as root vunet runs in a namespace where they are allowed (e2e_lib.sh);
+# otherwise a ping case cannot run unless the host allows them.
+need_icmp() {
+  e2e_icmp_on && return 0
+  ((EUID != 0)) || e2e_fail "vunet runs without ICMP echo: $(grep -m 1 'ICMP echo' "$E2E_DIR/vunet.log")"
+  echo "SKIPPED: ping sockets are not allowed here (net.ipv4.ping_group_range) and this is not root"
+  exit 0
+}
+
 case $case_name in
+dhcp)
+  e2e_start_vunet "$vunet" --one-off -a 10.0.2.15 -n 24 -g 10.0.2.2 -D 10.0.2.3 -S example.org -m 1400
+  e2e_guest_script "$script" <<'EOF'
+echo "GUEST: mtu $(cat /sys/class/net/eth0/mtu)"
+echo "GUEST: route4 $(ip -4 route show default)"
+echo "GUEST: resolv $(grep -E '^nameserver' /etc/resolv.conf | tr '\n' ' ')"
+# The options the default script does not show: a second exchange with a script that prints them.
+printf '#!/bin/sh\necho "GUEST: lease $1 search=${search:-} domain=${domain:-}"\n' >/tmp/show.sh
+chmod 755 /tmp/show.sh
+udhcpc -i eth0 -n -q -t 3 -T 2 -s /tmp/show.sh
+EOF
+  run_guest 70
+  check_lease
+  lease=$(grep -m 1 '^UDHCPC: bound' "$console")
+  field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$lease"; }
+  [[ $(field mask) == 24 || $(field subnet) == 255.255.255.0 ]] || e2e_fail "lease mask: $lease"
+  [[ $(field dns) == 10.0.2.3 ]] || e2e_fail "leased DNS '$(field dns)', not 10.0.2.3: $lease"
+  [[ $(field mtu) == 1400 ]] || e2e_fail "leased MTU '$(field mtu)', not 1400: $lease"
+  [[ $(field serverid) == 10.0.2.2 ]] || e2e_fail "DHCP server id '$(field serverid)': $lease"
+  expect '^GUEST: mtu 1400$' "eth0's MTU is not the leased 1400"
+  expect '^GUEST: route4 default via 10\.0\.2\.2 ' "no default route via 10.0.2.2"
+  expect '^GUEST: resolv .*nameserver 10\.0\.2\.3' "resolv.conf does not name 10.0.2.3"
+  expect '^GUEST: lease bound search=example\.org' "the lease has no search list example.org"
+  expect 'VUNET-TEST: exit=0' "the guest's test script failed"
+  result="lease: $lease"
+  ;;
+
+ping)
+  e2e_start_vunet "$vunet" "${addressing[@]}"
+  need_icmp
+  e2e_guest_script "$script" <<'EOF'
+if ping -c 3 -W 5 "$gw"; then echo "GUEST: ping ok"; else echo "GUEST: ping FAILED"; exit 1; fi
+EOF
+  run_guest 70
+  check_lease
+  expect '^GUEST: ping ok$' "ping to the gateway failed"
+  expect '3 packets received' "not every echo request was answered"
+  grep -Eq 'icmp echo: [1-9][0-9]* requests, [1-9][0-9]* replies' "$E2E_DIR/vunet.log" ||
+    e2e_fail "vunet counted no echo requests and replies"
+  result="ping 10.0.2.2: $(grep -m 1 'packets received' "$console")"
+  ;;
+
+slaac)
+  iperf_port=$(e2e_free_port)
+  e2e_start_vunet "$vunet" "${addressing[@]}"
+  need_icmp
+  e2e_host_bg iperf3.log iperf3 -s -B ::1 -p "$iperf_port"
+  e2e_guest_script "$script" IPERF="$iperf_port" <<'EOF'
+rc=0
+addr6=
+for _ in $(seq 40); do
+  addr6=$(ip -6 -o addr show dev eth0 scope global | grep -v tentative | awk '{print $4; exit}')
+  [ -n "$addr6" ] && break
+  sleep 0.5
+done
+echo "GUEST: addr6 ${addr6:-none}"
+echo "GUEST: route6 $(ip -6 route show default)"
+[ -n "$addr6" ] || exit 1
+gw6=$(ip -6 route show default | awk '{print $3; exit}')
+if ping -6 -c 3 -W 5 -I eth0 "$gw6"; then echo "GUEST: ping6 ok"; else echo "GUEST: ping6 FAILED"; rc=1; fi
+# TCP and UDP over IPv6 both ways: the router's link-local address is the host's ::1.
+for run in "tcp6 up:" "tcp6 down:-R" "udp6 up:-u -b 10M -l 1200" "udp6 down:-u -b 10M -l 1200 -R"; do
+  echo "GUEST: ${run%%:*} begin"
+  timeout 25 iperf3 -6 -c "$gw6%eth0" -p @IPERF@ -t 2 -f m --connect-timeout 5000 ${run#*:} || rc=1
+  echo "GUEST: ${run%%:*} end"
+done
+exit $rc
+EOF
+  run_guest 110
+  check_lease
+  addr6=$(sed -n 's/^GUEST: addr6 \([^ ]*\).*/\1/p' "$console")
+  [[ -n $addr6 && $addr6 != none ]] || e2e_fail "no global IPv6 address from our router advertisement"
+  prefix6=$(sed -n 's/.*IPv6: guest \([0-9a-f:]*\)\/64.*/\1/p' "$E2E_DIR/vunet.log")
+  [[ -n $prefix6 ]] || e2e_fail "vunet did not print the guest's IPv6 address"
+  # The same /64: the first four groups, expanded.
+  first64() { python3 -c 'import ipaddress, sys; print(ipaddress.ip_address(sys.argv[1]).exploded[:19])' "${1%%/*}"; }
+  [[ $(first64 "$addr6") == $(first64 "$prefix6") ]] ||
+    e2e_fail "the SLAAC address $addr6 is not in the advertised prefix of $prefix6"
+  expect '^GUEST: route6 default via fe80::' "no IPv6 default route via our router"
+  expect '^GUEST: ping6 ok$' "ping -6 to the router failed"
+  for run in "tcp6 up" "tcp6 down" "udp6 up" "udp6 down"; do
+    line=$(iperf_summary "$run")
+    [[ -n $line ]] || e2e_fail "iperf3 $run over IPv6 did not complete"
+    if [[ $run == udp* ]]; then
+      loss=$(sed -n 's/.* \([0-9]*\)\/\([0-9]*\) (\([0-9.e+-]*\)%).*/\2 \3/p' <<<"$line")
+      read -r total percent <<<"$loss"
+      ((${total:-0} > 0)) || e2e_fail "no datagrams counted ($run): $line"
+      awk -v p="$percent" 'BEGIN { exit !(p < 50) }' || e2e_fail "more than 50% lost ($run): $line"
+    else
+      awk -v r="$(mbits "$line")" 'BEGIN { exit !(r > 0) }' || e2e_fail "iperf3 $run moved nothing"
+    fi
+  done
+  expect 'VUNET-TEST: exit=0' "the guest's test script failed"
+  result="SLAAC $addr6; ping6 ok; over IPv6: TCP $(mbits "$(iperf_summary "tcp6 up")")/$(mbits "$(iperf_summary "tcp6 down")") Mbit/s up/down, UDP both ways"
+  ;;
+
 tcp)
   iperf_port=$(e2e_free_port)
   e2e_start_vunet "$vunet" "${addressing[@]}"
@@ -196,8 +310,17 @@ EOF
 
 reboot)
   e2e_start_vunet "$vunet" "${addressing[@]}"
-  e2e_guest_script "$script" <<'EOF'
+  http_port=$(e2e_free_port)
+  mkdir -p "$E2E_DIR/www"
+  echo "hello from the host" >"$E2E_DIR/www/index.html"
+  e2e_host_bg httpd.log busybox httpd -f -p "127.0.0.1:$http_port" -h "$E2E_DIR/www"
+  e2e_guest_script "$script" HTTP="$http_port" <<'EOF'
 if ping -c 2 -W 5 "$gw"; then echo "GUEST: ping ok"; else echo "GUEST: ping FAILED"; fi
+if timeout 20 wget -q -O /tmp/page "http://$gw:@HTTP@/"; then
+  echo "GUEST: http $(cat /tmp/page)"
+else
+  echo "GUEST: http FAILED"
+fi
 echo "GUEST: pass done"
 reboot -f
 EOF
@@ -222,12 +345,15 @@ EOF
   else
     pinged="no (vunet runs without ICMP echo)"
   fi
+  (($(grep -c '^GUEST: http hello from the host$' "$console") >= 2)) ||
+    e2e_fail "the HTTP fetch failed before or after the reboot"
   starts=$(grep -c 'queue 0 (rx) started' "$E2E_DIR/vunet.log" || true)
+  ((starts >= 2)) || e2e_fail "the receive queue started $starts times, not once per boot"
   grep -q 'broken' "$E2E_DIR/vunet.log" && e2e_fail "a queue broke"
-  result="2 boots, each with a lease; ping both times: $pinged; rx queue started $starts times"
+  result="2 boots, each with a lease and an HTTP fetch; ping both times: $pinged; rx queue started $starts times"
   ;;
 *)
-  echo "unknown case '$case_name' (tcp, udp, forward, forward_learned_mac, reboot)"
+  echo "unknown case '$case_name' (dhcp, ping, slaac, tcp, udp, forward, forward_learned_mac, reboot)"
   exit 2
   ;;
 esac
