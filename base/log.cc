@@ -13,6 +13,7 @@ namespace {
 
 std::atomic<int> g_level{static_cast<int>(Level::kInfo)};
 std::atomic<bool> g_syslog{false};
+std::atomic<int> g_fd{STDERR_FILENO};
 std::atomic<uint64_t> g_lines[4];
 
 int64_t MonotonicNs() {
@@ -36,6 +37,11 @@ void UseSyslog(std::string_view ident) {
   g_syslog = true;
 }
 
+void UseFd(int fd) {
+  g_fd = fd;
+  g_syslog = false;
+}
+
 void Write(Level level, std::string_view message) {
   const int i = static_cast<int>(level);
   g_lines[i].fetch_add(1, std::memory_order_relaxed);
@@ -51,8 +57,12 @@ void Write(Level level, std::string_view message) {
   const int n = std::snprintf(line, sizeof(line), "%02d:%02d:%02d.%03ld vunet %s: %.*s\n",
                               local.tm_hour, local.tm_min, local.tm_sec, ts.tv_nsec / 1000000,
                               kNames[i], static_cast<int>(message.size()), message.data());
-  // One write per line, so lines from several threads do not interleave.
-  if (n > 0) (void)!::write(STDERR_FILENO, line, std::min<size_t>(n, sizeof(line) - 1));
+  if (n <= 0) return;
+  const size_t len = std::min<size_t>(n, sizeof(line) - 1);
+  line[len - 1] = '\n';  // A line cut short still ends.
+  // One write per line, so lines from several threads do not interleave (and
+  // a file opened O_APPEND gets whole lines).
+  (void)!::write(g_fd, line, len);
 }
 
 uint64_t LinesWritten(Level level) { return g_lines[static_cast<int>(level)].load(); }

@@ -1,6 +1,6 @@
-// Logging for vunet: leveled lines to stderr (or syslog once daemonized), and
-// a rate-limited form for the data path, where a hostile guest could
-// otherwise flood the log with one line per frame.
+// Logging for vunet: leveled lines to stderr (or syslog once daemonized, or a
+// file: UseFd), and a rate-limited form for the data path, where a hostile
+// guest could otherwise flood the log with one line per frame.
 //
 //   VUNET_LOG(kWarning, "vring %d: %s", index, status.ToString());
 //   VUNET_LOG_RATELIMITED(kInfo, "dropped frame: %s", reason);
@@ -28,6 +28,11 @@ inline bool Enabled(Level level) { return static_cast<int>(level) <= static_cast
 
 // Sends lines to syslog (daemon facility) instead of stderr.
 void UseSyslog(std::string_view ident);
+
+// Sends lines to `fd` (a log file, opened by the caller and kept open for as
+// long as anything logs) instead of stderr or syslog, each line in one
+// write(2), as to stderr. UseFd(STDERR_FILENO) returns to stderr.
+void UseFd(int fd);
 
 // Writes one line at `level`.
 void Write(Level level, std::string_view message);

@@ -1,5 +1,10 @@
 #include "base/log.h"
 
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
 #include "gtest/gtest.h"
 
 namespace vunet::log {
@@ -28,6 +33,36 @@ TEST(LogTest, LimiterReportsSuppressedLines) {
   for (int i = 0; i < RateLimiter::kBurst; ++i) EXPECT_TRUE(limiter.Allow(&suppressed));
   EXPECT_FALSE(limiter.Allow(&suppressed));
   EXPECT_FALSE(limiter.Allow(&suppressed));
+}
+
+// A SOCK_SEQPACKET socket keeps each write(2) a message of its own: one
+// message per line shows one write per line.
+TEST(LogTest, UseFdWritesEachLineOnceToTheFd) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UseSyslog("log_test");  // UseFd takes over from syslog too.
+  UseFd(sv[0]);
+  VUNET_LOG(kWarning, "to the fd %d", 1);
+  VUNET_LOG(kError, "%s", std::string(5000, 'x'));  // Cut to fit, still one line.
+  UseFd(STDERR_FILENO);
+  VUNET_LOG(kWarning, "to stderr again");
+  shutdown(sv[0], SHUT_WR);
+
+  std::string messages[3];
+  for (std::string& m : messages) {
+    char buf[8192];
+    const ssize_t n = recv(sv[1], buf, sizeof(buf), 0);
+    ASSERT_GE(n, 0);
+    m.assign(buf, n);
+  }
+  close(sv[0]);
+  close(sv[1]);
+  EXPECT_NE(messages[0].find(" vunet warning: to the fd 1\n"), std::string::npos) << messages[0];
+  EXPECT_EQ(messages[0].find('\n'), messages[0].size() - 1);
+  EXPECT_NE(messages[1].find(" vunet error: xxx"), std::string::npos);
+  EXPECT_EQ(messages[1].find('\n'), messages[1].size() - 1);
+  EXPECT_LT(messages[1].size(), 4096u);
+  EXPECT_EQ(messages[2], "");  // End of stream: the last line went to stderr.
 }
 
 }  // namespace
