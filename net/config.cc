@@ -129,15 +129,16 @@ std::string ReadFileOrEmpty(const char* path) {
   return s.str();
 }
 
-// The first routable address of `family`, preferring interface `ifname`.
+// The first routable address of `family`, preferring interface `ifname`, or
+// (only) on that one alone.
 const HostAddress* PickAddress(const std::vector<HostAddress>& addrs, int family,
-                               const std::string& ifname) {
+                               const std::string& ifname, bool only) {
   const HostAddress* any = nullptr;
   for (const HostAddress& a : addrs) {
     if (a.family != family || !a.up || a.loopback) continue;
     if (family == AF_INET ? !IsRoutable4(a.addr4) : !IsRoutable6(a.addr6)) continue;
     if (a.ifname == ifname) return &a;
-    if (any == nullptr) any = &a;
+    if (any == nullptr && !only) any = &a;
   }
   return any;
 }
@@ -295,7 +296,7 @@ in6_addr Masked6(const in6_addr& a, int len) {
 
 namespace config_internal {
 
-std::optional<DefaultRoute4> ParseDefaultRoute4(const std::string& text) {
+std::optional<DefaultRoute4> ParseDefaultRoute4(const std::string& text, std::string_view ifname) {
   // Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT;
   // addresses are the raw 32-bit value in hex, so s_addr takes it as is.
   std::optional<DefaultRoute4> best;
@@ -311,7 +312,7 @@ std::optional<DefaultRoute4> ParseDefaultRoute4(const std::string& text) {
     }
     if (dst != 0 || mask != 0 || gw == 0) continue;
     if ((flags & RTF_UP) == 0 || (flags & RTF_GATEWAY) == 0 || (flags & RTF_REJECT) != 0) continue;
-    if (f[0] == "lo") continue;
+    if (f[0] == "lo" || (!ifname.empty() && f[0] != ifname)) continue;
     if (best.has_value() && metric >= best_metric) continue;
     best = DefaultRoute4{std::string(f[0]), {}};
     best->gateway.s_addr = gw;
@@ -320,7 +321,7 @@ std::optional<DefaultRoute4> ParseDefaultRoute4(const std::string& text) {
   return best;
 }
 
-std::optional<DefaultRoute6> ParseDefaultRoute6(const std::string& text) {
+std::optional<DefaultRoute6> ParseDefaultRoute6(const std::string& text, std::string_view ifname) {
   // dst dst_len src src_len next_hop metric refcnt use flags iface, all hex.
   std::optional<DefaultRoute6> best;
   uint32_t best_metric = 0;
@@ -335,7 +336,7 @@ std::optional<DefaultRoute6> ParseDefaultRoute6(const std::string& text) {
     }
     if (dst_len != 0 || !IsUnspecified6(dst) || IsUnspecified6(gw)) continue;
     if ((flags & RTF_UP) == 0 || (flags & RTF_GATEWAY) == 0 || (flags & RTF_REJECT) != 0) continue;
-    if (f[9] == "lo") continue;
+    if (f[9] == "lo" || (!ifname.empty() && f[9] != ifname)) continue;
     if (best.has_value() && metric >= best_metric) continue;
     best = DefaultRoute6{std::string(f[9]), gw};
     best_metric = metric;
@@ -406,25 +407,42 @@ absl::StatusOr<GuestConfig> MirrorHost(const HostSources& sources) {
   const std::string resolv = source(sources.resolv_conf, kResolvConf);
 
   GuestConfig c;
+  const std::string& ifname = sources.interface;
+  const bool only = !ifname.empty();
+  // The address of `family` to mirror: with -i, that interface's; else the
+  // default route's interface's, or any interface's.
+  auto pick = [&](int family, const std::string* route_ifname) -> const HostAddress* {
+    if (only) return PickAddress(addrs, family, ifname, true);
+    return route_ifname != nullptr ? PickAddress(addrs, family, *route_ifname, false) : nullptr;
+  };
+  // Why a family falls back, for the log.
+  auto why = [&](const char* family, bool has_address) -> std::string {
+    if (!only) return absl::StrFormat("no %s default route and address on the host", family);
+    if (!has_address) {
+      return absl::StrFormat("interface %s has no routable %s address (or does not exist)", ifname,
+                             family);
+    }
+    return absl::StrFormat("no %s default route through interface %s", family, ifname);
+  };
 
   const std::optional<config_internal::DefaultRoute4> r4 =
-      config_internal::ParseDefaultRoute4(route);
-  const HostAddress* a4 = r4.has_value() ? PickAddress(addrs, AF_INET, r4->ifname) : nullptr;
-  if (a4 != nullptr) {
+      config_internal::ParseDefaultRoute4(route, ifname);
+  const HostAddress* a4 = pick(AF_INET, r4.has_value() ? &r4->ifname : nullptr);
+  if (r4.has_value() && a4 != nullptr) {
     c.addr4 = a4->addr4;
     c.prefix_len4 = a4->prefix_len;
     c.gateway4 = r4->gateway;
     c.mirrored4 = true;
   } else {
     SetFallback4(&c);
-    VUNET_LOG(kInfo, "config: no IPv4 default route and address on the host; guest gets %s/%d",
-              Str4(c.addr4), c.prefix_len4);
+    VUNET_LOG(kInfo, "config: %s; guest gets %s/%d", why("IPv4", a4 != nullptr), Str4(c.addr4),
+              c.prefix_len4);
   }
 
   const std::optional<config_internal::DefaultRoute6> r6 =
-      config_internal::ParseDefaultRoute6(route6);
-  const HostAddress* a6 = r6.has_value() ? PickAddress(addrs, AF_INET6, r6->ifname) : nullptr;
-  if (a6 != nullptr) {
+      config_internal::ParseDefaultRoute6(route6, ifname);
+  const HostAddress* a6 = pick(AF_INET6, r6.has_value() ? &r6->ifname : nullptr);
+  if (r6.has_value() && a6 != nullptr) {
     c.addr6 = a6->addr6;
     c.prefix_len6 = a6->prefix_len;
     c.gateway6 = r6->gateway;
@@ -436,8 +454,8 @@ absl::StatusOr<GuestConfig> MirrorHost(const HostSources& sources) {
     c.mirrored6 = true;
   } else {
     SetFallback6(&c);
-    VUNET_LOG(kInfo, "config: no IPv6 default route and address on the host; guest gets %s/%d",
-              Str6(c.addr6), c.prefix_len6);
+    VUNET_LOG(kInfo, "config: %s; guest gets %s/%d", why("IPv6", a6 != nullptr), Str6(c.addr6),
+              c.prefix_len6);
   }
 
   const config_internal::Resolver res = config_internal::ParseResolvConf(resolv);
@@ -589,6 +607,8 @@ absl::Status ApplyOverrides(GuestConfig* config, const ConfigOverrides& o) {
   c.no_ndp = c.no_ndp || o.no_ndp;
   c.no_dhcpv6 = c.no_dhcpv6 || o.no_dhcpv6;
   c.no_ra = c.no_ra || o.no_ra;
+  c.no_dhcp_dns = c.no_dhcp_dns || o.no_dhcp_dns;
+  c.no_dhcp_search = c.no_dhcp_search || o.no_dhcp_search;
   *config = std::move(c);
   return absl::OkStatus();
 }
@@ -606,8 +626,8 @@ DhcpConfig ToDhcpConfig(const GuestConfig& c) {
   d.gateway_addr = c.gateway4;
   d.guest_addr = c.addr4;
   d.prefix_len = c.prefix_len4;
-  d.dns = c.dns4;
-  d.search_domains = c.search_domains;
+  if (!c.no_dhcp_dns) d.dns = c.dns4;
+  if (!c.no_dhcp_search) d.search_domains = c.search_domains;
   d.mtu = static_cast<uint16_t>(c.mtu);  // kMaxMtu fits.
   return d;
 }
@@ -620,8 +640,8 @@ NdpConfig ToNdpConfig(const GuestConfig& c) {
   n.prefix = Masked6(c.addr6, c.prefix_len6);
   n.prefix_len = c.prefix_len6;
   n.mtu = c.mtu >= 1280 ? c.mtu : 0;
-  n.dns = c.dns6;
-  n.search_domains = c.search_domains;
+  if (!c.no_dhcp_dns) n.dns = c.dns6;
+  if (!c.no_dhcp_search) n.search_domains = c.search_domains;
   return n;
 }
 
@@ -630,8 +650,8 @@ Dhcpv6Config ToDhcpv6Config(const GuestConfig& c) {
   d.gateway_mac = c.gateway_mac;
   d.gateway_ll = c.our_link_local6;
   d.guest_addr = c.addr6;
-  d.dns = c.dns6;
-  d.search_domains = c.search_domains;
+  if (!c.no_dhcp_dns) d.dns = c.dns6;
+  if (!c.no_dhcp_search) d.search_domains = c.search_domains;
   return d;
 }
 

@@ -17,6 +17,9 @@
 //   - the address is the first routable one (up, not loopback, not
 //     link-local, not multicast) on the default route's interface, or the
 //     first routable one on any interface if that one has none;
+//   - with HostSources::interface (-i, --interface NAME), only that
+//     interface counts: its default route of lowest metric (a default route
+//     through another interface is not used) and its first routable address;
 //   - a family without both a default gateway and a routable address falls
 //     back to fixed defaults (the host is, for example, a network namespace
 //     with only loopback), and GuestConfig::mirrored4/mirrored6 say which:
@@ -45,6 +48,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -99,6 +103,11 @@ struct GuestConfig {
   bool no_ra = false;
   bool ipv4_only = false;  // -4
   bool ipv6_only = false;  // -6
+  // DHCP, DHCPv6 and router advertisements offer no DNS servers (RDNSS) /
+  // no search list (DNSSL); the lists above are kept (DNS forwarding maps
+  // the gateway's address whatever the guest was told).
+  bool no_dhcp_dns = false;     // --no-dhcp-dns
+  bool no_dhcp_search = false;  // --no-dhcp-search
 
   // Whether each family came from the host (true) or is the fallback.
   bool mirrored4 = false;
@@ -123,6 +132,11 @@ struct HostSources {
   std::optional<std::string> route;                   // Default: /proc/net/route.
   std::optional<std::string> ipv6_route;              // Default: /proc/net/ipv6_route.
   std::optional<std::string> resolv_conf;             // Default: /etc/resolv.conf.
+  // Not a source but a restriction (-i, --interface): the interface whose
+  // addresses and default routes are mirrored. Empty: each family's default
+  // route's. A family this interface has no routable address or no default
+  // route for falls back (and is logged), as a host without one does.
+  std::string interface;
 };
 
 // The guest's configuration mirrored from the host (see the file comment).
@@ -155,12 +169,14 @@ struct ConfigOverrides {
   std::vector<std::string> search;
   // -M, --mac-addr ADDR: our own MAC (aa:bb:cc:dd:ee:ff, unicast).
   std::optional<std::string> mac_addr;
-  bool no_dhcp = false;    // --no-dhcp
-  bool no_ndp = false;     // --no-ndp
-  bool no_dhcpv6 = false;  // --no-dhcpv6
-  bool no_ra = false;      // --no-ra
-  bool ipv4_only = false;  // -4, --ipv4-only
-  bool ipv6_only = false;  // -6, --ipv6-only
+  bool no_dhcp = false;         // --no-dhcp
+  bool no_ndp = false;          // --no-ndp
+  bool no_dhcpv6 = false;       // --no-dhcpv6
+  bool no_ra = false;           // --no-ra
+  bool ipv4_only = false;       // -4, --ipv4-only
+  bool ipv6_only = false;       // -6, --ipv6-only
+  bool no_dhcp_dns = false;     // --no-dhcp-dns
+  bool no_dhcp_search = false;  // --no-dhcp-search
 };
 
 // Applies `overrides` to `config`. kInvalidArgument, naming the option and
@@ -171,7 +187,8 @@ struct ConfigOverrides {
 absl::Status ApplyOverrides(GuestConfig* config, const ConfigOverrides& overrides);
 
 // The handlers' configurations. The NDP MTU option is left out when the MTU
-// is below IPv6's minimum (1280).
+// is below IPv6's minimum (1280). DHCP, NDP and DHCPv6 get no DNS servers
+// with no_dhcp_dns and no search list with no_dhcp_search.
 ArpConfig ToArpConfig(const GuestConfig& config);
 DhcpConfig ToDhcpConfig(const GuestConfig& config);
 NdpConfig ToNdpConfig(const GuestConfig& config);
@@ -191,9 +208,12 @@ struct DefaultRoute6 {
   std::string ifname;
   in6_addr gateway{};
 };
-// The default route of lowest metric with a gateway, if any.
-std::optional<DefaultRoute4> ParseDefaultRoute4(const std::string& proc_net_route);
-std::optional<DefaultRoute6> ParseDefaultRoute6(const std::string& proc_net_ipv6_route);
+// The default route of lowest metric with a gateway, if any; through
+// interface `ifname` only, unless it is empty.
+std::optional<DefaultRoute4> ParseDefaultRoute4(const std::string& proc_net_route,
+                                                std::string_view ifname = {});
+std::optional<DefaultRoute6> ParseDefaultRoute6(const std::string& proc_net_ipv6_route,
+                                                std::string_view ifname = {});
 
 struct Resolver {
   std::vector<in_addr> dns4;

@@ -100,6 +100,20 @@ TEST(ParseDefaultRoute6, SkipsRejectAndLoopback) {
   EXPECT_FALSE(config_internal::ParseDefaultRoute6("garbage\n\n").has_value());
 }
 
+TEST(ParseDefaultRoute, ThroughOneInterface) {
+  // eth1's route has the higher metric: only -i picks it.
+  const auto r = config_internal::ParseDefaultRoute4(kRoute, "eth1");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->ifname, "eth1");
+  EXPECT_EQ(S4(r->gateway), "192.168.1.1");
+  EXPECT_EQ(config_internal::ParseDefaultRoute4(kRoute, "eth0")->ifname, "eth0");
+  EXPECT_FALSE(config_internal::ParseDefaultRoute4(kRoute, "eth9").has_value());
+  EXPECT_FALSE(config_internal::ParseDefaultRoute4(kRoute, "lo").has_value());
+  EXPECT_EQ(config_internal::ParseDefaultRoute6(kRoute6, "eth0")->ifname, "eth0");
+  EXPECT_FALSE(config_internal::ParseDefaultRoute6(kRoute6, "eth1").has_value());
+  EXPECT_FALSE(config_internal::ParseDefaultRoute6(kRoute6, "lo").has_value());
+}
+
 TEST(ParseResolvConf, ServersAndLastSearch) {
   const auto r = config_internal::ParseResolvConf(
       "; comment\n"
@@ -201,6 +215,60 @@ TEST(MirrorHost, DefaultRouteWithoutAddressFallsBack) {
   ASSERT_TRUE(c.ok());
   EXPECT_FALSE(c->mirrored4);
   EXPECT_FALSE(c->mirrored6);
+}
+
+TEST(MirrorHost, InterfaceChosenOverTheDefaultRoutes) {
+  HostSources s = Sources();
+  s.interface = "eth1";
+  s.resolv_conf = "nameserver 127.0.0.53\nnameserver ::1\n";
+  absl::StatusOr<GuestConfig> c = MirrorHost(s);
+  ASSERT_TRUE(c.ok()) << c.status();
+  // IPv4: eth1's address and eth1's default route, not eth0's of lower metric.
+  EXPECT_TRUE(c->mirrored4);
+  EXPECT_EQ(S4(c->addr4), "192.168.1.7");
+  EXPECT_EQ(c->prefix_len4, 24);
+  EXPECT_EQ(S4(c->gateway4), "192.168.1.1");
+  ASSERT_EQ(c->dns4.size(), 1u);
+  EXPECT_EQ(S4(c->dns4[0]), "192.168.1.1");  // The loopback resolver: eth1's gateway.
+  // IPv6: eth1 has neither address nor route; eth0's are not used.
+  EXPECT_FALSE(c->mirrored6);
+  EXPECT_EQ(S6(c->addr6), "fd00:5655:4e45::2");
+  EXPECT_EQ(S6(c->gateway6), "fe80::1");
+
+  s.interface = "eth0";  // The default routes' own: as without -i.
+  c = MirrorHost(s);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->mirrored4 && c->mirrored6);
+  EXPECT_EQ(S4(c->addr4), "192.0.2.2");
+  EXPECT_EQ(S6(c->addr6), "2001:db8::2");
+}
+
+TEST(MirrorHost, InterfaceMissingOrWithoutAddressOrRouteFallsBack) {
+  HostSources s = Sources();
+  s.interface = "wlan9";  // No such interface.
+  absl::StatusOr<GuestConfig> c = MirrorHost(s);
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->mirrored4);
+  EXPECT_FALSE(c->mirrored6);
+  EXPECT_EQ(S4(c->addr4), "10.0.2.15");
+  EXPECT_EQ(S4(c->gateway4), "10.0.2.2");
+  EXPECT_EQ(S6(c->addr6), "fd00:5655:4e45::2");
+
+  // eth1 has an IPv4 address but no route through it; its IPv6 address is
+  // link-local only, and another interface's global one is not taken.
+  s.interface = "eth1";
+  s.route = std::string(kRoute).substr(0, std::string(kRoute).find("eth1\t00000000"));
+  s.addresses->push_back(
+      {.ifname = "eth1", .family = AF_INET6, .addr6 = Ip6("fe80::7"), .prefix_len = 64});
+  s.ipv6_route =
+      "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+      "fe800000000000000000000000000001 00000400 00000002 00000000 00000003     eth1\n";
+  c = MirrorHost(s);
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->mirrored4);
+  EXPECT_EQ(S4(c->addr4), "10.0.2.15");
+  EXPECT_FALSE(c->mirrored6);
+  EXPECT_EQ(S6(c->addr6), "fd00:5655:4e45::2");
 }
 
 // The real host: OK, and each family either mirrored or the fallback.
@@ -395,6 +463,38 @@ TEST(Derive, HandlerConfigsMatchAndValidate) {
   EXPECT_EQ(ToNdpConfig(c).mtu, 0u);  // Below IPv6's minimum: no MTU option.
   EXPECT_EQ(S6(ToNdpConfig(c).prefix), "2001:db8:ab:c000::");
   EXPECT_EQ(ToDhcpConfig(c).mtu, 576);
+}
+
+TEST(Derive, NoDhcpDnsAndNoDhcpSearch) {
+  GuestConfig c = Mirrored();
+  ConfigOverrides o;
+  o.no_dhcp_dns = true;
+  ASSERT_TRUE(ApplyOverrides(&c, o).ok());
+  EXPECT_TRUE(c.no_dhcp_dns);
+  EXPECT_FALSE(c.no_dhcp_search);
+  EXPECT_EQ(c.dns4.size(), 1u);  // Kept: only the offers leave them out.
+  EXPECT_TRUE(ToDhcpConfig(c).dns.empty());
+  EXPECT_TRUE(ToNdpConfig(c).dns.empty());
+  EXPECT_TRUE(ToDhcpv6Config(c).dns.empty());
+  EXPECT_EQ(ToDhcpConfig(c).search_domains.size(), 2u);
+  EXPECT_EQ(ToNdpConfig(c).search_domains.size(), 2u);
+  EXPECT_EQ(ToDhcpv6Config(c).search_domains.size(), 2u);
+  EXPECT_TRUE(DhcpServer::Create(ToDhcpConfig(c)).ok());
+  EXPECT_TRUE(NdpResponder::Create(ToNdpConfig(c)).ok());
+  EXPECT_TRUE(Dhcpv6Server::Create(ToDhcpv6Config(c)).ok());
+
+  c = Mirrored();
+  o = {};
+  o.no_dhcp_search = true;
+  ASSERT_TRUE(ApplyOverrides(&c, o).ok());
+  EXPECT_FALSE(c.no_dhcp_dns);
+  EXPECT_TRUE(c.no_dhcp_search);
+  EXPECT_EQ(ToDhcpConfig(c).dns.size(), 1u);
+  EXPECT_EQ(ToNdpConfig(c).dns.size(), 1u);
+  EXPECT_EQ(ToDhcpv6Config(c).dns.size(), 1u);
+  EXPECT_TRUE(ToDhcpConfig(c).search_domains.empty());
+  EXPECT_TRUE(ToNdpConfig(c).search_domains.empty());
+  EXPECT_TRUE(ToDhcpv6Config(c).search_domains.empty());
 }
 
 TEST(ConfigTest, DerivesDhcpv6AndIcmpEchoConfigs) {
