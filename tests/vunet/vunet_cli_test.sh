@@ -2,8 +2,8 @@
 # The vunet binary's command line and life cycle, without a guest: --print-capabilities prints the JSON
 # a vhost-user net backend must (QEMU/libvirt read it), --version and --help exit 0, every option passt's
 # users type is accepted (all of them at once, in two runs that start and serve), every bad option or
-# impossible combination is one line on stderr and exit 1, the start-up banner holds the QEMU options
-# that attach a VM, SIGTERM and SIGINT in the foreground exit 0 and remove the socket, and without -f
+# impossible combination is one line on stderr and exit 1 (never gflags' own messages), the start-up
+# banner holds the QEMU options that attach a VM, -l sends the log to a file (foreground and daemon), SIGTERM and SIGINT in the foreground exit 0 and remove the socket, and without -f
 # the process daemonizes (the parent exits 0 once the daemon is ready, the pid file naming it, and the
 # daemon serves the socket until SIGTERM; a daemon failing at start-up makes the parent exit 1 with
 # its error).
@@ -50,7 +50,8 @@ for help in --help -h; do
   run "$help"
   ((rc == 0)) || fail "$help exited $rc"
   for want in --socket --foreground --one-off --pid --print-capabilities --vhost-user --no-dhcp \
-    --tcp-ports --udp-ports --pcap --mtu --dns "vectors=0" "memory-backend-memfd"; do
+    --tcp-ports --udp-ports --pcap --mtu --dns "vectors=0" "memory-backend-memfd" "-1," \
+    --log-file --interface --no-tcp --no-udp --no-icmp --no-dhcp-dns --no-dhcp-search; do
     grep -qF -- "$want" "$dir/out" || fail "$help does not mention '$want'"
   done
 done
@@ -78,7 +79,22 @@ bad "mtu" -m 10
 bad "address" -a 300.1.2.3
 bad "netmask" -n 255.0.255.0
 bad "too long" -s "/tmp/$(printf 'x%.0s' $(seq 200))"
-bad "foreground" --foreground=maybe
+bad "option '--foreground' is a switch: 'maybe'" --foreground=maybe
+bad "option '--foreground' is a switch: 't'" --foreground=t
+bad "option '--no-icmp' is a switch" --no-icmp=maybe
+bad "unknown option '--noforeground'" --noforeground
+bad "unknown option '--flagfile'" --flagfile=/dev/null
+bad "unknown option '--fromenv'" --fromenv=socket
+bad "needs a value" -i
+bad "needs a value" --interface=
+bad "-i/--interface: not an interface name" -i 0123456789abcdef
+bad "needs a value" -l
+bad "log file $dir/no/such/dir/vunet.log: No such file" -l "$dir/no/such/dir/vunet.log"
+ln -s "$dir/elsewhere.log" "$dir/link.log"
+bad "log file $dir/link.log: Too many levels of symbolic links" -l "$dir/link.log"
+[[ ! -e $dir/elsewhere.log ]] || fail "-l followed a symlink"
+bad "-t 8080: TCP is off (--no-tcp)" --no-tcp -t 8080
+bad "-u 53: UDP is off (--no-udp)" --no-udp -u none -u 53
 bad "the only mode" --vhost-user=false
 bad "needs a value" -t
 bad "forwarding spec 'x'" -t x
@@ -91,8 +107,8 @@ bad "-6" -6 -t 127.0.0.1/8080
 bad "-4" -4 -u ::1/5353
 bad "unknown option '--tcp-port'" --tcp-port 80
 
-# Every option at once (passt's spellings), in two runs: each starts, serves its socket, and exits 0 on
-# SIGTERM. Forwarded ports are high and random (they bind once forwarding is served).
+# Every option at once (passt's spellings), in three runs: each starts, serves its socket, and exits 0
+# on SIGTERM. Forwarded ports are high and random (they bind once forwarding is served).
 port=$((20000 + RANDOM % 20000))
 accepted() {
   local sock=$1 log=$2
@@ -115,10 +131,22 @@ accepted() {
 accepted "$dir/all4.sock" "$dir/all4.log" --vhost-user -f --one-off -P "$dir/all4.pid" -4 \
   -a 10.0.2.15 -n 255.255.255.0 -g 10.0.2.2 --mtu 1500 --dns 10.0.2.3 -D 10.0.2.4 -S example.com \
   -M 02:00:00:00:00:01 --no-dhcp --no-ndp --no-dhcpv6 --no-ra -t "127.0.0.1/$port:80" -t none \
-  -u "$port,$((port + 1)):53" --pcap "$dir/all4.pcap" -q
+  -u "$port,$((port + 1)):53" --pcap "$dir/all4.pcap" -q -i lo --no-icmp --no-dhcp-dns \
+  --no-dhcp-search
 accepted "$dir/all6.sock" "$dir/all6.log" --foreground -6 -a fd00::15/64 -g fe80::1 -m 65520 \
-  -D fd00::3 --tcp-ports "::1/$port-$((port + 2)):8080-8082" --udp-ports none -p "$dir/all6.pcap" -d
-grep -q 'IPv6: guest fd00::15/64' "$dir/all6.log" || fail "-6 -a: $(cat "$dir/all6.log")"
+  -D fd00::3 --tcp-ports "::1/$port-$((port + 2)):8080-8082" --udp-ports none -p "$dir/all6.pcap" -d \
+  -1 --log-file "$dir/all6.vunet.log" --interface nosuch0 --no-udp
+# -l: the lines went to the file (created mode 0600), none to stderr.
+vlog=$dir/all6.vunet.log
+grep -q 'IPv6: guest fd00::15/64' "$vlog" || fail "-6 -a: $(cat "$vlog")"
+grep -q 'config: interface nosuch0 has no routable IPv4 address' "$vlog" ||
+  fail "--interface nosuch0: $(cat "$vlog")"
+grep -q 'UDP is dropped (--no-udp)' "$vlog" || fail "--no-udp: $(cat "$vlog")"
+[[ $(stat -c %a "$vlog") == 600 ]] || fail "-l created its file mode $(stat -c %a "$vlog")"
+[[ ! -s $dir/all6.log ]] || fail "-l: lines on stderr: $(cat "$dir/all6.log")"
+accepted "$dir/off.sock" "$dir/off.log" -f --no-tcp --no-udp --no-icmp -t none -u none
+grep -q 'Guest TCP and UDP are dropped (--no-tcp, --no-udp). ICMP echo is off (--no-icmp).' \
+  "$dir/off.log" || fail "--no-tcp --no-udp --no-icmp: $(cat "$dir/off.log")"
 
 # Foreground: listening, SIGTERM, exit 0, socket and pid file removed.
 sock=$dir/fg.sock
@@ -184,6 +212,25 @@ for _ in $(seq 100); do
 done
 alive "$daemon" && fail "the daemon did not exit on SIGTERM"
 [[ ! -e $sock ]] || fail "the daemon left its socket"
+
+# A daemon with -l: its lines, before the fork and after, are appended to the file (not syslog);
+# stderr stays empty.
+sock=$dir/bgl.sock
+echo "an earlier line" >"$dir/bgl.log"
+run -s "$sock" -P "$dir/bgl.pid" -l "$dir/bgl.log"
+((rc == 0)) || fail "a daemon with -l exited $rc: $err"
+[[ -z $err ]] || fail "a daemon with -l printed: $err"
+daemon=$(cat "$dir/bgl.pid")
+pids+=("$daemon")
+[[ $(head -n 1 "$dir/bgl.log") == "an earlier line" ]] || fail "-l did not append: $(cat "$dir/bgl.log")"
+grep -q "backend listening on $sock" "$dir/bgl.log" || fail "-l: no banner: $(cat "$dir/bgl.log")"
+kill -TERM "$daemon"
+for _ in $(seq 100); do
+  alive "$daemon" || break
+  sleep 0.05
+done
+alive "$daemon" && fail "the daemon with -l did not exit on SIGTERM"
+grep -q "shutting down" "$dir/bgl.log" || fail "-l: the daemon's lines are not in it: $(cat "$dir/bgl.log")"
 
 # A daemon that fails after the fork (its pid file cannot be written): the parent says why, exit 1,
 # and nothing is left listening.

@@ -1,69 +1,83 @@
 #include "tools/vunet/cli.h"
 
+#include <net/if.h>
 #include <sys/un.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
-#include "absl/flags/flag.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "gflags/gflags.h"
 
 // Values are strings and are checked in OptionsFromFlags, so that a bad one
-// gets our one-line error rather than Abseil's.
-ABSL_FLAG(bool, vhost_user, true, "vhost-user mode (the only mode; accepted for passt's users)");
-ABSL_FLAG(std::string, socket, "", "the vhost-user socket");
-ABSL_FLAG(bool, foreground, false, "stay in the foreground");
-ABSL_FLAG(bool, one_off, false, "serve one frontend, then exit");
-ABSL_FLAG(std::string, pid, "", "write the process id to this file");
-ABSL_FLAG(std::string, pcap, "", "capture the guest's frames both ways to this file (libpcap)");
-ABSL_FLAG(bool, quiet, false, "log errors only");
-ABSL_FLAG(bool, debug, false, "log debugging lines too");
-ABSL_FLAG(bool, print_capabilities, false, "print the vhost-user capabilities and exit");
-ABSL_FLAG(std::string, runas, "", "USER[:GROUP] to run as when started as root (default nobody)");
-ABSL_FLAG(bool, no_sandbox, false, "no confinement (identity, namespaces, seccomp): debugging");
-ABSL_FLAG(std::string, max_flows, "", "TCP and UDP flows at a time, at most");
-ABSL_FLAG(std::vector<std::string>, address, {}, "the guest's address (IPv4 or IPv6)");
-ABSL_FLAG(std::string, netmask, "", "the guest's IPv4 netmask or prefix length");
-ABSL_FLAG(std::vector<std::string>, gateway, {}, "the gateway address (IPv4 or IPv6)");
-ABSL_FLAG(std::string, mtu, "", "the MTU advertised to the guest");
-ABSL_FLAG(std::vector<std::string>, dns, {}, "DNS servers advertised to the guest");
-ABSL_FLAG(std::vector<std::string>, search, {}, "DNS search domains advertised to the guest");
-ABSL_FLAG(std::string, mac_addr, "", "our MAC address");
-ABSL_FLAG(bool, no_dhcp, false, "no DHCP server");
-ABSL_FLAG(bool, no_ndp, false, "no NDP (neighbour and router advertisements)");
-ABSL_FLAG(bool, no_dhcpv6, false, "no DHCPv6 server");
-ABSL_FLAG(bool, no_ra, false, "no router advertisements");
-ABSL_FLAG(bool, ipv4_only, false, "IPv4 only");
-ABSL_FLAG(bool, ipv6_only, false, "IPv6 only");
+// gets our one-line error; gflags only ever sees what ExpandArgs let through.
+DEFINE_bool(vhost_user, true, "vhost-user mode (the only mode; accepted for passt's users)");
+DEFINE_string(socket, "", "the vhost-user socket");
+DEFINE_bool(foreground, false, "stay in the foreground");
+DEFINE_bool(one_off, false, "serve one frontend, then exit");
+DEFINE_string(pid, "", "write the process id to this file");
+DEFINE_string(pcap, "", "capture the guest's frames both ways to this file (libpcap)");
+DEFINE_string(log_file, "", "log to this file (appended) instead of stderr or syslog");
+DEFINE_bool(quiet, false, "log errors only");
+DEFINE_bool(debug, false, "log debugging lines too");
+DEFINE_bool(print_capabilities, false, "print the vhost-user capabilities and exit");
+DEFINE_string(runas, "", "USER[:GROUP] to run as when started as root (default nobody)");
+DEFINE_bool(no_sandbox, false, "no confinement (identity, namespaces, seccomp): debugging");
+DEFINE_string(max_flows, "", "TCP and UDP flows at a time, at most");
+DEFINE_string(interface, "", "the host interface whose addresses and routes are mirrored");
+// Comma-separated lists (ExpandArgs gathers repeated options into one).
+DEFINE_string(address, "", "the guest's addresses (IPv4 or IPv6)");
+DEFINE_string(netmask, "", "the guest's IPv4 netmask or prefix length");
+DEFINE_string(gateway, "", "the gateway addresses (IPv4 or IPv6)");
+DEFINE_string(mtu, "", "the MTU advertised to the guest");
+DEFINE_string(dns, "", "DNS servers advertised to the guest");
+DEFINE_string(search, "", "DNS search domains advertised to the guest");
+DEFINE_string(mac_addr, "", "our MAC address");
+DEFINE_bool(no_dhcp, false, "no DHCP server");
+DEFINE_bool(no_ndp, false, "no NDP (neighbour and router advertisements)");
+DEFINE_bool(no_dhcpv6, false, "no DHCPv6 server");
+DEFINE_bool(no_ra, false, "no router advertisements");
+DEFINE_bool(no_dhcp_dns, false, "no DNS servers in DHCP, DHCPv6 and router advertisements");
+DEFINE_bool(no_dhcp_search, false, "no search list in DHCP, DHCPv6 and router advertisements");
+DEFINE_bool(no_tcp, false, "no TCP translator");
+DEFINE_bool(no_udp, false, "no UDP translator");
+DEFINE_bool(no_icmp, false, "no ICMP/ICMPv6 echo");
+DEFINE_bool(ipv4_only, false, "IPv4 only");
+DEFINE_bool(ipv6_only, false, "IPv6 only");
 // One spec per line (ExpandArgs joins repeated -t/-u with newlines: a spec
 // holds commas of its own).
-ABSL_FLAG(std::string, tcp_ports, "", "TCP ports forwarded from the host to the guest");
-ABSL_FLAG(std::string, udp_ports, "", "UDP ports forwarded from the host to the guest");
+DEFINE_string(tcp_ports, "", "TCP ports forwarded from the host to the guest");
+DEFINE_string(udp_ports, "", "UDP ports forwarded from the host to the guest");
 
 namespace vunet::tools {
 namespace {
 
-// help and version are Abseil's own flags (flags_usage); main answers them
-// before Abseil sees them.
+// help and version are gflags' own flags; main answers them before gflags
+// sees them.
 constexpr OptionSpec kOptions[] = {
     {"vhost_user", 0, false},
     {"socket", 's', true},
     {"foreground", 'f', false},
-    {"one_off", 0, false},
+    {"one_off", '1', false},
     {"pid", 'P', true},
     {"pcap", 'p', true},
+    {"log_file", 'l', true},
     {"quiet", 'q', false},
     {"debug", 'd', false},
+    {"interface", 'i', true},
     {"address", 'a', true, true},
     {"netmask", 'n', true},
     {"gateway", 'g', true, true},
@@ -75,6 +89,11 @@ constexpr OptionSpec kOptions[] = {
     {"no_ndp", 0, false},
     {"no_dhcpv6", 0, false},
     {"no_ra", 0, false},
+    {"no_dhcp_dns", 0, false},
+    {"no_dhcp_search", 0, false},
+    {"no_tcp", 0, false},
+    {"no_udp", 0, false},
+    {"no_icmp", 0, false},
     {"ipv4_only", '4', false},
     {"ipv6_only", '6', false},
     {"tcp_ports", 't', true, true, true},
@@ -102,6 +121,21 @@ const OptionSpec* FindShort(char c) {
 }
 
 absl::Status Error(absl::string_view message) { return absl::InvalidArgumentError(message); }
+
+// A switch's value, as gflags would take it but narrower (gflags also takes
+// t, f, y and n).
+std::optional<bool> ParseSwitch(absl::string_view value) {
+  const std::string v = absl::AsciiStrToLower(value);
+  if (v == "true" || v == "yes" || v == "1") return true;
+  if (v == "false" || v == "no" || v == "0") return false;
+  return std::nullopt;
+}
+
+// A comma-separated list; empty: none.
+std::vector<std::string> SplitList(const std::string& s) {
+  if (s.empty()) return {};
+  return absl::StrSplit(s, ',');
+}
 
 }  // namespace
 
@@ -146,7 +180,22 @@ absl::StatusOr<std::vector<std::string>> ExpandArgs(absl::Span<const std::string
         if (o->takes_value && value.empty()) {
           return Error(absl::StrCat("option '", typed, "' needs a value"));
         }
-        emit(o, &value);  // For a switch, Abseil checks true/false.
+        if (!o->takes_value) {
+          // gflags would print its own error for a value it cannot take.
+          const std::optional<bool> on = ParseSwitch(value);
+          if (!on.has_value()) {
+            return Error(absl::StrCat("option '", typed, "' is a switch: '", value,
+                                      "' is not true or false (yes, no, 1, 0)"));
+          }
+          if (*on) {
+            emit(o, nullptr);
+          } else {
+            const std::string off = "false";
+            emit(o, &off);
+          }
+        } else {
+          emit(o, &value);
+        }
       } else if (o->takes_value) {
         if (i + 1 >= argv.size()) return Error(absl::StrCat("option '", typed, "' needs a value"));
         emit(o, &argv[++i]);
@@ -199,51 +248,66 @@ std::string DefaultSocketPath() {
 
 absl::StatusOr<CliOptions> OptionsFromFlags() {
   CliOptions o;
-  o.socket_path = absl::GetFlag(FLAGS_socket);
+  o.socket_path = FLAGS_socket;
   if (o.socket_path.empty()) o.socket_path = DefaultSocketPath();
   if (o.socket_path.size() >= sizeof(sockaddr_un{}.sun_path)) {
     return Error(absl::StrCat("socket path too long (at most ", sizeof(sockaddr_un{}.sun_path) - 1,
                               " bytes): ", o.socket_path));
   }
-  if (!absl::GetFlag(FLAGS_vhost_user)) {
-    return Error("vhost-user is the only mode (--vhost-user=false)");
-  }
-  o.foreground = absl::GetFlag(FLAGS_foreground);
-  o.one_off = absl::GetFlag(FLAGS_one_off);
-  o.pid_file = absl::GetFlag(FLAGS_pid);
-  o.pcap_file = absl::GetFlag(FLAGS_pcap);
-  const bool quiet = absl::GetFlag(FLAGS_quiet);
-  const bool debug = absl::GetFlag(FLAGS_debug);
-  if (quiet && debug) return Error("-q and -d cannot be given together");
-  o.log_level = quiet ? LogLevel::kQuiet : debug ? LogLevel::kDebug : LogLevel::kNormal;
-  o.print_capabilities = absl::GetFlag(FLAGS_print_capabilities);
-  o.runas = absl::GetFlag(FLAGS_runas);
-  o.no_sandbox = absl::GetFlag(FLAGS_no_sandbox);
-  if (std::string m = absl::GetFlag(FLAGS_max_flows); !m.empty()) {
+  if (!FLAGS_vhost_user) return Error("vhost-user is the only mode (--vhost-user=false)");
+  o.foreground = FLAGS_foreground;
+  o.one_off = FLAGS_one_off;
+  o.pid_file = FLAGS_pid;
+  o.pcap_file = FLAGS_pcap;
+  o.log_file = FLAGS_log_file;
+  if (FLAGS_quiet && FLAGS_debug) return Error("-q and -d cannot be given together");
+  o.log_level = FLAGS_quiet ? LogLevel::kQuiet : FLAGS_debug ? LogLevel::kDebug : LogLevel::kNormal;
+  o.print_capabilities = FLAGS_print_capabilities;
+  o.runas = FLAGS_runas;
+  o.no_sandbox = FLAGS_no_sandbox;
+  if (const std::string& m = FLAGS_max_flows; !m.empty()) {
     // The flow table's bounds (net::FlowTable::kMaxCapacity).
     constexpr size_t kMax = size_t{1} << 20;
     if (!absl::SimpleAtoi(m, &o.max_flows) || o.max_flows < 1 || o.max_flows > kMax) {
       return Error(absl::StrCat("--max-flows: not a number of flows from 1 to ", kMax, ": ", m));
     }
   }
+  o.interface = FLAGS_interface;
+  if (o.interface.size() >= IFNAMSIZ) {
+    return Error(absl::StrCat("-i/--interface: not an interface name (at most ", IFNAMSIZ - 1,
+                              " bytes): ", o.interface));
+  }
+  o.no_tcp = FLAGS_no_tcp;
+  o.no_udp = FLAGS_no_udp;
+  o.no_icmp = FLAGS_no_icmp;
 
   net::ConfigOverrides& v = o.overrides;
-  v.addresses = absl::GetFlag(FLAGS_address);
-  if (std::string n = absl::GetFlag(FLAGS_netmask); !n.empty()) v.netmask = n;
-  v.gateways = absl::GetFlag(FLAGS_gateway);
-  if (std::string m = absl::GetFlag(FLAGS_mtu); !m.empty()) v.mtu = m;
-  v.dns = absl::GetFlag(FLAGS_dns);
-  v.search = absl::GetFlag(FLAGS_search);
-  if (std::string m = absl::GetFlag(FLAGS_mac_addr); !m.empty()) v.mac_addr = m;
-  v.no_dhcp = absl::GetFlag(FLAGS_no_dhcp);
-  v.no_ndp = absl::GetFlag(FLAGS_no_ndp);
-  v.no_dhcpv6 = absl::GetFlag(FLAGS_no_dhcpv6);
-  v.no_ra = absl::GetFlag(FLAGS_no_ra);
-  v.ipv4_only = absl::GetFlag(FLAGS_ipv4_only);
-  v.ipv6_only = absl::GetFlag(FLAGS_ipv6_only);
+  v.addresses = SplitList(FLAGS_address);
+  if (!FLAGS_netmask.empty()) v.netmask = FLAGS_netmask;
+  v.gateways = SplitList(FLAGS_gateway);
+  if (!FLAGS_mtu.empty()) v.mtu = FLAGS_mtu;
+  v.dns = SplitList(FLAGS_dns);
+  v.search = SplitList(FLAGS_search);
+  if (!FLAGS_mac_addr.empty()) v.mac_addr = FLAGS_mac_addr;
+  v.no_dhcp = FLAGS_no_dhcp;
+  v.no_ndp = FLAGS_no_ndp;
+  v.no_dhcpv6 = FLAGS_no_dhcpv6;
+  v.no_ra = FLAGS_no_ra;
+  v.no_dhcp_dns = FLAGS_no_dhcp_dns;
+  v.no_dhcp_search = FLAGS_no_dhcp_search;
+  v.ipv4_only = FLAGS_ipv4_only;
+  v.ipv6_only = FLAGS_ipv6_only;
   for (auto [flag, specs] : {std::pair{&FLAGS_tcp_ports, &o.tcp_forwards},
                              std::pair{&FLAGS_udp_ports, &o.udp_forwards}}) {
-    if (std::string s = absl::GetFlag(*flag); !s.empty()) *specs = absl::StrSplit(s, '\n');
+    if (!flag->empty()) *specs = absl::StrSplit(*flag, '\n');
+  }
+  // Forwarding needs the translator that serves it ("none" forwards nothing).
+  for (const auto& [specs, off, flag, what] :
+       {std::tuple{&o.tcp_forwards, o.no_tcp, "-t", "TCP is off (--no-tcp)"},
+        std::tuple{&o.udp_forwards, o.no_udp, "-u", "UDP is off (--no-udp)"}}) {
+    for (const std::string& spec : *specs) {
+      if (off && spec != "none") return Error(absl::StrCat(flag, " ", spec, ": ", what));
+    }
   }
   // ApplyOverrides refuses -4 with -6 too; say it in passt's words first.
   if (v.ipv4_only && v.ipv6_only) return Error("-4 and -6 cannot be given together");
@@ -269,13 +333,19 @@ host ports to the guest.
                         default: $XDG_RUNTIME_DIR/vunet.socket, else
                         /tmp/vunet.socket
   -f, --foreground      do not daemonize (default: fork, log to syslog)
-  --one-off             exit when the first frontend disconnects
+  -1, --one-off         exit when the first frontend disconnects
   -P, --pid FILE        write the process id to FILE
   -p, --pcap FILE       capture every frame to and from the guest in FILE
                         (libpcap format, for tcpdump or Wireshark; created
                         mode 0600, or truncated; not a symlink)
+  -l, --log-file PATH   log to PATH instead of stderr (and of syslog when
+                        daemonized); appended, created mode 0600, not a
+                        symlink
   -q, --quiet           log errors only
   -d, --debug           log debugging lines too
+  -i, --interface NAME  mirror the addresses and default routes of host
+                        interface NAME rather than of each default route's
+                        interface (a family NAME has neither: the defaults)
   -a, --address ADDR    the guest's IPv4 or IPv6 address[/PREFIX]
                         (repeatable, once per family)
   -n, --netmask MASK    the guest's IPv4 netmask or prefix length
@@ -288,6 +358,14 @@ host ports to the guest.
   --no-ndp              no NDP responder (and no router advertisements)
   --no-dhcpv6           no DHCPv6 server
   --no-ra               no router advertisements
+  --no-dhcp-dns         no DNS servers in DHCP, DHCPv6 and router
+                        advertisements
+  --no-dhcp-search      no search list in DHCP, DHCPv6 and router
+                        advertisements
+  --no-tcp              no TCP: the guest's segments are dropped; no -t
+  --no-udp              no UDP: the guest's datagrams (DNS to the gateway
+                        too) are dropped; no -u
+  --no-icmp             no ICMP/ICMPv6 echo: requests are dropped
   -4, --ipv4-only       IPv4 only
   -6, --ipv6-only       IPv6 only
   -t, --tcp-ports SPEC  forward TCP ports from the host to the guest

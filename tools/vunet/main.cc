@@ -20,13 +20,13 @@
 #include <utility>
 #include <vector>
 
-#include "absl/flags/parse.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "base/log.h"
+#include "gflags/gflags.h"
 #include "net/config.h"
 #include "net/dhcpv6.h"
 #include "net/icmp.h"
@@ -44,11 +44,13 @@ namespace {
 // A daemon's child holds this until it is ready: its stderr is /dev/null by
 // then, so a start-up error goes here, for the waiting parent to print.
 int g_startup_report_fd = -1;
-bool g_logging_to_syslog = false;
+// Log lines go to syslog or the -l file, not stderr: Fail records its error
+// there too.
+bool g_logging_elsewhere = false;
 
 int Fail(const std::string& message) {
+  if (g_logging_elsewhere) VUNET_LOG(kError, "%s", message);  // For the record.
   if (g_startup_report_fd >= 0) {
-    if (g_logging_to_syslog) VUNET_LOG(kError, "%s", message);  // For the record.
     // One write under PIPE_BUF: the parent reads it whole.
     const std::string line = message.substr(0, 1024);
     (void)!write(g_startup_report_fd, line.data(), line.size());
@@ -121,15 +123,34 @@ absl::Status Daemonize() {
 }
 
 // The daemon's child, once its files are written and before it is confined:
-// logs go to syslog, stdio to /dev/null.
-absl::Status DetachStdio() {
-  log::UseSyslog("vunet");
-  g_logging_to_syslog = true;
+// logs go to syslog, stdio to /dev/null. With a log file (log_fd, already
+// logged to), stderr becomes that file instead: what else writes there (the
+// sandbox's reports of refused syscalls, a sanitizer) lands in it too.
+absl::Status DetachStdio(int log_fd) {
+  if (log_fd < 0) {
+    log::UseSyslog("vunet");
+    g_logging_elsewhere = true;
+  }
   const int null = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null < 0) return absl::InternalError(absl::StrCat("/dev/null: ", strerror(errno)));
-  for (int fd = 0; fd <= 2; ++fd) dup2(null, fd);
+  for (int fd = 0; fd <= 2; ++fd) dup2(fd == STDERR_FILENO && log_fd >= 0 ? log_fd : null, fd);
   if (null > 2) close(null);
   return absl::OkStatus();
+}
+
+// -l: appended to, created mode 0600; O_NOFOLLOW, as the pid file. Opened
+// before anything worth logging and long before the sandbox, which forbids
+// open; kept for the life of the process, above the stdio fds (DetachStdio
+// replaces those).
+absl::StatusOr<int> OpenLogFile(const std::string& path) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd >= 0 && fd <= STDERR_FILENO) {
+    const int high = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+    close(fd);
+    fd = high;
+  }
+  if (fd < 0) return absl::InternalError(absl::StrCat("log file ", path, ": ", strerror(errno)));
+  return fd;
 }
 
 // Releases a daemon's waiting parent with success.
@@ -163,7 +184,8 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Confine(const CliOptions& options,
   sandbox.runas = runas;
   sandbox.remove_at_exit = {options.socket_path};
   if (!options.pid_file.empty()) sandbox.remove_at_exit.push_back(options.pid_file);
-  sandbox.syslog = !options.foreground;
+  // With -l, a daemon's stderr is the log file (DetachStdio).
+  sandbox.syslog = !options.foreground && options.log_file.empty();
   absl::StatusOr<std::unique_ptr<Sandbox>> entered = Sandbox::Enter(sandbox);
   if (entered.ok()) VUNET_LOG(kInfo, "%s", (*entered)->Describe());
   return entered;
@@ -197,7 +219,11 @@ int Main(int argc, char** argv) {
   std::vector<char*> expanded;
   for (std::string& a : *args) expanded.push_back(a.data());
   expanded.push_back(nullptr);
-  absl::ParseCommandLine(static_cast<int>(expanded.size()) - 1, expanded.data());
+  int expanded_argc = static_cast<int>(expanded.size()) - 1;
+  char** expanded_argv = expanded.data();
+  // Prints nothing and does not exit: ExpandArgs let through only what gflags
+  // takes, and --help and --version were answered above.
+  gflags::ParseCommandLineNonHelpFlags(&expanded_argc, &expanded_argv, /*remove_flags=*/true);
 
   absl::StatusOr<CliOptions> options = OptionsFromFlags();
   if (!options.ok()) return Fail(std::string(options.status().message()));
@@ -217,7 +243,18 @@ int Main(int argc, char** argv) {
       break;
   }
 
-  absl::StatusOr<net::GuestConfig> guest = net::MirrorHost();
+  int log_fd = -1;
+  if (!options->log_file.empty()) {
+    absl::StatusOr<int> fd = OpenLogFile(options->log_file);
+    if (!fd.ok()) return Fail(std::string(fd.status().message()));
+    log_fd = *fd;
+    log::UseFd(log_fd);
+    g_logging_elsewhere = true;
+  }
+
+  net::HostSources host;
+  host.interface = options->interface;  // -i
+  absl::StatusOr<net::GuestConfig> guest = net::MirrorHost(host);
   if (!guest.ok()) return Fail(absl::StrCat("host addressing: ", guest.status().message()));
   if (absl::Status s = net::ApplyOverrides(&*guest, options->overrides); !s.ok()) {
     return Fail(std::string(s.message()));
@@ -249,7 +286,7 @@ int Main(int argc, char** argv) {
   if (v6 && !g.no_ndp) backend_options.ndp = net::ToNdpConfig(g);
   backend_options.send_ra = v6 && !g.no_ndp && !g.no_ra;
   if (v6 && !g.no_dhcpv6) backend_options.dhcpv6 = net::ToDhcpv6Config(g);
-  backend_options.icmp = net::ToIcmpEchoConfig(g);
+  if (!options->no_icmp) backend_options.icmp = net::ToIcmpEchoConfig(g);
   backend_options.guest = g;
   if (options->max_flows != 0) backend_options.max_flows = options->max_flows;
   // Flow translators, in the order frames try them (see BackendOptions).
@@ -258,25 +295,29 @@ int Main(int argc, char** argv) {
     const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
     tcp.forwards.insert(tcp.forwards.end(), f.begin(), f.end());
   }
-  backend_options.translators.push_back(
-      [tcp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
-        return net::TcpTranslator::Create(env, tcp);
-      });
+  if (!options->no_tcp) {
+    backend_options.translators.push_back(
+        [tcp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
+          return net::TcpTranslator::Create(env, tcp);
+        });
+  }
   net::UdpTranslatorOptions udp;
   for (const std::string& spec : options->udp_forwards) {
     const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
     udp.forwards.insert(udp.forwards.end(), f.begin(), f.end());
   }
-  // DNS to the gateway, where it stands for a resolver on the host's loopback.
-  udp.dns = net::UdpDnsForwards(g, net::HostResolvers());
-  for (const net::UdpDnsForward& d : udp.dns) {
-    VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
-              d.host.ToString());
+  if (!options->no_udp) {
+    // DNS to the gateway, where it stands for a resolver on the host's loopback.
+    udp.dns = net::UdpDnsForwards(g, net::HostResolvers());
+    for (const net::UdpDnsForward& d : udp.dns) {
+      VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
+                d.host.ToString());
+    }
+    backend_options.translators.push_back(
+        [udp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
+          return net::UdpTranslator::Create(env, udp);
+        });
   }
-  backend_options.translators.push_back(
-      [udp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
-        return net::UdpTranslator::Create(env, udp);
-      });
 
   // --runas before anything is created, so that a bad name is a one-line error.
   absl::StatusOr<std::optional<Identity>> runas = RunAsFor(options->runas, geteuid() == 0);
@@ -298,7 +339,22 @@ int Main(int argc, char** argv) {
               g.mirrored6 ? " (from the host)" : "", g.no_ndp ? "off" : "on",
               backend_options.send_ra ? "on" : "off", g.no_dhcpv6 ? "off" : "on");
   }
-  VUNET_LOG(kInfo, "MTU %d. Guest TCP and UDP flows are translated to host sockets.", g.mtu);
+  if (g.no_dhcp_dns || g.no_dhcp_search) {
+    VUNET_LOG(kInfo, "DHCP, DHCPv6 and router advertisements offer no %s",
+              g.no_dhcp_dns && g.no_dhcp_search ? "DNS servers and no search list"
+              : g.no_dhcp_dns                   ? "DNS servers (--no-dhcp-dns)"
+                                                : "search list (--no-dhcp-search)");
+  }
+  const char* flows = "Guest TCP and UDP flows are translated to host sockets.";
+  if (options->no_tcp && options->no_udp) {
+    flows = "Guest TCP and UDP are dropped (--no-tcp, --no-udp).";
+  } else if (options->no_tcp) {
+    flows = "Guest UDP flows are translated to host sockets; TCP is dropped (--no-tcp).";
+  } else if (options->no_udp) {
+    flows = "Guest TCP flows are translated to host sockets; UDP is dropped (--no-udp).";
+  }
+  VUNET_LOG(kInfo, "MTU %d. %s%s", g.mtu, flows,
+            options->no_icmp ? " ICMP echo is off (--no-icmp)." : "");
   const net::MacAddr& mac = g.guest_mac;
   VUNET_LOG(kInfo, "attach a VM with these QEMU options:");
   VUNET_LOG(kInfo,
@@ -321,7 +377,7 @@ int Main(int argc, char** argv) {
     }
   }
   if (!options->foreground) {
-    if (absl::Status s = DetachStdio(); !s.ok()) return Fail(std::string(s.message()));
+    if (absl::Status s = DetachStdio(log_fd); !s.ok()) return Fail(std::string(s.message()));
   }
 
   // A frontend that shrinks an unsealable memory file under our mapping
