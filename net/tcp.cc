@@ -192,7 +192,11 @@ struct TcpTranslator::Conn {
   uint8_t guest_ws = 0;    // Shift of the guest's windows.
   uint8_t our_ws = 0;      // Shift of ours.
   uint8_t dup_acks = 0;    // 3 once a fast retransmit was made, until the ACK moves.
-  uint8_t retries = 0;     // Retransmission timeouts in a row.
+  // Segments past a hole dropped in this batch (up to 3): each owes the
+  // guest a duplicate ACK, so that it retransmits the hole at once (RFC 5681
+  // 4.2) rather than after a timeout.
+  uint8_t holes_dropped = 0;
+  uint8_t retries = 0;  // Retransmission timeouts in a row.
   MacAddr guest_mac;
   uint16_t mss = 536;  // Payload per segment to the guest.
   // Host to guest: our initial sequence number; the first byte the guest has
@@ -429,13 +433,19 @@ void TcpTranslator::RetryDeferred() {
         d.id = FlowId{};
         continue;
       }
-      if (SeqGt(d.parsed.tcp.seq, c->rcv_nxt)) continue;  // Still a hole before it.
+      if (SeqGt(d.parsed.tcp.seq, c->rcv_nxt)) continue;  // Still a hole before it: later.
       const FlowId id = d.id;
       d.id = FlowId{};
       ++stats_.reordered;
       ProcessData(id, c, d.frame, d.parsed, now);
       progress = true;
     }
+  }
+  // What is left stays past a hole: dropped, each worth a duplicate ACK.
+  for (size_t i = 0; i < deferred_count_; ++i) {
+    if (!deferred_[i].id.valid()) continue;
+    Conn* c = env_.flows->Data<Conn>(deferred_[i].id);
+    if (c != nullptr && c->holes_dropped < 3) ++c->holes_dropped;
   }
   deferred_count_ = 0;
   retrying_ = false;
@@ -720,6 +730,8 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
       ++stats_.out_of_order;
       if (deferred_count_ < kMaxDeferred && !retrying_) {
         deferred_[deferred_count_++] = Deferred{id, frame, parsed};
+      } else if (c->holes_dropped < 3) {
+        ++c->holes_dropped;
       }
     }
     c->ack_due = true;
@@ -1307,7 +1319,8 @@ void TcpTranslator::FlushPending() {
     if (c == nullptr) continue;
     c->in_pending = false;
     c->tx_due = false;
-    if (c->ack_due) SendAck(pending_[i], c, now);
+    if (c->ack_due) SendAck(pending_[i], c, now, std::max(1, int{c->holes_dropped}));
+    c->holes_dropped = 0;
     UpdateTimer(pending_[i], c);
   }
   pending_count_ = 0;

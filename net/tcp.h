@@ -18,7 +18,9 @@
 // timeout. Segments already taken are dropped and answered with an ACK of
 // what we expect; segments past it are tried again at the end of their
 // transmit batch (a retransmission later in the batch may fill the hole),
-// then dropped: nothing is kept past the batch. The window advertised to the guest is the
+// then dropped (nothing is kept past the batch), each answered with a
+// duplicate ACK, up to three a batch, so that the guest retransmits the
+// hole at once rather than after its timeout. The window advertised to the guest is the
 // socket's free send space: SO_SNDBUF minus the memory its queue is charged
 // (SO_MEMINFO), scaled by the share of that memory which is data (SIOCOUTQ),
 // so that the socket takes what we offer; while it is low we watch for it to

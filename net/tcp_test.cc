@@ -607,6 +607,32 @@ TEST_P(TcpTest, SegmentsAheadAreTakenWhenTheirBatchFillsTheHole) {
   EXPECT_EQ(tcp_->stats().bytes_from_guest, 300u);
 }
 
+TEST_P(TcpTest, EachSegmentDroppedPastAHoleGetsADuplicateAck) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  // The first segment of the window was lost: the four after it are
+  // dropped, and the guest gets three duplicate ACKs of the hole (enough
+  // for its fast retransmit) in the same batch rather than one.
+  std::vector<std::vector<uint8_t>> batch;
+  for (uint32_t i = 1; i <= 4; ++i) {
+    batch.push_back(Frame(kTcpAck, guest_seq_ + 100 * i, guest_ack_, Pattern(100, i)));
+  }
+  SendBatch(batch);
+  std::vector<Seg> segs = Segments();
+  ASSERT_EQ(segs.size(), 3u);
+  for (const Seg& s : segs) {
+    EXPECT_EQ(s.ack, guest_seq_);
+    EXPECT_EQ(s.window, segs[0].window) << "duplicates carry the same window";
+  }
+  EXPECT_EQ(tcp_->stats().out_of_order, 4u);
+  // The hole's retransmission: in order again, one ACK.
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_, Pattern(100, 0)));
+  segs = Segments();
+  ASSERT_EQ(segs.size(), 1u);
+  EXPECT_EQ(segs[0].ack, guest_seq_ + 100);
+}
+
 TEST_P(TcpTest, ThreeDuplicateAcksRetransmitFromTheSocket) {
   HostListener host;
   UniqueFd h = Establish(host);

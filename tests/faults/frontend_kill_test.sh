@@ -9,12 +9,13 @@
 # outlived the frontends (only its device went away), and vunet keeps flows across frontends: the
 # held connections must work afterwards, 64 KiB echoed on each byte-exact, and the transfers resume
 # over the new device and must complete byte-exact. After the outage the guest's retransmission
-# timeout has backed off to seconds, and once it fires the guest (F-RTO) sends new data past the hole;
-# vunet takes such segments at the end of their transmit batch when the hole's retransmission came in
-# the same batch. Where it came in a later one (vunet keeps nothing past a batch and offers no SACK),
-# the transfer can still stall, each round of recovery waiting for another, doubled, timeout: a known
-# gap, reported as a NOTE, not a failure (not seen in 4 runs since the end-of-batch retry; 1 in 3-6
-# before). Then: vunet serves a new TCP connection and UDP flow; it holds no more fds than before
+# timeout has backed off to seconds, and in its loss recovery the guest sends segments past the hole
+# along with the hole's retransmissions; vunet takes those at the end of their transmit batch when
+# the hole's retransmission came in the same batch, and answers each it drops with a duplicate ACK.
+# But a guest in loss recovery without SACK (vunet offers none: it keeps nothing past a batch) counts
+# the dropped segments as still in flight and resends them only at its next, doubled, timeout, so the
+# transfer can stall for a minute: a known gap, reported as a NOTE, not a failure (about 1 run in 6;
+# captures show the guest's retransmissions interleaved with segments it had already resent). Then: vunet serves a new TCP connection and UDP flow; it holds no more fds than before
 # besides flow sockets; its heap and mappings did not grow; SIGTERM ends it with status 0.
 #
 # Usage: frontend_kill_test.sh VUNET TAP_BRIDGE GARBAGE_FRONTEND
