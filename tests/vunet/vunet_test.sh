@@ -14,8 +14,9 @@
 #
 # vunet runs with --pcap: afterwards the capture (mode 0600) must parse as libpcap and hold the DHCP
 # exchange (DISCOVER, OFFER, REQUEST, ACK), the router advertisement, the guest's echo requests (and our
-# replies where ICMP echo runs), its TCP and UDP frames (pcap_check.py, a parser of its own). If tcpdump
-# is installed, `tcpdump -nn -r` must read it too, frame for frame.
+# replies where ICMP echo runs), its TCP and UDP frames (pcap_check.py, a parser of its own). Where
+# tcpdump and tshark are installed (tools/setup installs both), `tcpdump -nn -r` and `tshark -r` must
+# read it too, frame for frame.
 #
 # Ping sockets need net.ipv4.ping_group_range to include our group. As root, vunet runs in a network
 # namespace of its own (unshare -n) with loopback up and the range opened there, which changes nothing
@@ -220,6 +221,14 @@ if command -v tcpdump >/dev/null; then
     fail "tcpdump read $(wc -l <"$dir/tcpdump.txt") frames, not $pcap_frames"
   tcpdump_checked=yes
 fi
+tshark_checked=no
+if command -v tshark >/dev/null; then
+  timeout 60 tshark -r "$pcap" -T fields -e frame.number >"$dir/tshark.txt" 2>"$dir/tshark.err" ||
+    fail "tshark cannot read the capture: $(cat "$dir/tshark.err")"
+  [[ $(wc -l <"$dir/tshark.txt") == "$pcap_frames" ]] ||
+    fail "tshark read $(wc -l <"$dir/tshark.txt") frames, not $pcap_frames"
+  tshark_checked=yes
+fi
 
 echo "--- guest console (results):"
 grep -E 'VUNET-|GUEST:|UDHCPC:|packets received|round-trip' "$console" || true
@@ -227,7 +236,7 @@ echo "--- vunet:"
 grep -E 'IPv4:|IPv6:|MTU|ICMP|queue|counters|frontend|exiting' "$vlog" || true
 echo "--- capture:"
 cat "$dir/pcap_check.txt"
-echo "netns: $netns; ICMP echo: $icmp; capture read by tcpdump:" \
-  "$tcpdump_checked"
+echo "netns: $netns; ICMP echo: $icmp; capture read by tcpdump: $tcpdump_checked, by tshark:" \
+  "$tshark_checked"
 echo "timing: boot to power-off $(guest_elapsed "$t_boot" "$t_off") s; whole test $(guest_elapsed "$t0" "$(guest_now)") s"
 echo "PASS"
