@@ -51,13 +51,20 @@ e2e_fail() {
 }
 
 # Starts VUNET -f -s $E2E_DIR/vunet.sock ARGS... (logging to $E2E_DIR/vunet.log) and waits until it
-# listens.
+# listens. With E2E_RESOLV_CONF=FILE (root only), vunet reads FILE as /etc/resolv.conf (a bind mount in
+# a mount namespace of its own, next to its network namespace).
 e2e_start_vunet() {
   local vunet=$1
   shift
   local args=(-f -s "$E2E_DIR/vunet.sock" "$@")
   # shellcheck disable=SC2016
-  if ((EUID == 0)) && unshare -n true 2>/dev/null; then
+  if [[ -n ${E2E_RESOLV_CONF:-} ]]; then
+    ((EUID == 0)) || e2e_fail "E2E_RESOLV_CONF needs root"
+    E2E_NETNS=yes
+    unshare -n -m sh -c 'mount --bind "$0" /etc/resolv.conf && ip link set lo up &&
+      echo "0 2147483647" >/proc/sys/net/ipv4/ping_group_range && exec "$@"' \
+      "$E2E_RESOLV_CONF" "$vunet" "${args[@]}" >"$E2E_DIR/vunet.log" 2>&1 &
+  elif ((EUID == 0)) && unshare -n true 2>/dev/null; then
     E2E_NETNS=yes
     # unshare without --fork and sh's exec keep one process: E2E_VUNET_PID is vunet's.
     unshare -n sh -c 'ip link set lo up && echo "0 2147483647" >/proc/sys/net/ipv4/ping_group_range &&

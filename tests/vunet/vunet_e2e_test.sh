@@ -12,6 +12,9 @@
 #   slaac    a global IPv6 address by SLAAC in the prefix of our router advertisement, the default
 #            route via our router, ping -6 to it, and TCP and UDP over IPv6 both ways (iperf3 to the
 #            router's link-local address, which reaches the host's ::1);
+#   dns      the host's resolver is a loopback one (resolv.conf says 127.0.0.53, and a DNS server
+#            of the test's answers there): the lease names the gateway as DNS server, and the guest's
+#            nslookup through it reaches the host's resolver and gets its answer;
 #   tcp      iperf3 from the guest to a server on the host's loopback (iperf3 -c GATEWAY) and back
 #            (-R), and an HTTP fetch (busybox wget from busybox httpd on 127.0.0.1);
 #   udp      iperf3 -u both ways (iperf3's control connection is TCP);
@@ -196,6 +199,33 @@ EOF
   result="SLAAC $addr6; ping6 ok; over IPv6: TCP $(mbits "$(iperf_summary "tcp6 up")")/$(mbits "$(iperf_summary "tcp6 down")") Mbit/s up/down, UDP both ways"
   ;;
 
+dns)
+  ((EUID == 0)) || {
+    echo "SKIPPED: the dns case needs root (a mount namespace for resolv.conf, port 53)"
+    exit 0
+  }
+  printf 'nameserver 127.0.0.53\nsearch example.org\n' >"$E2E_DIR/resolv.conf"
+  E2E_RESOLV_CONF=$E2E_DIR/resolv.conf e2e_start_vunet "$vunet" --one-off -a 10.0.2.15 -n 24 -g 10.0.2.2
+  e2e_host_bg dns.log python3 "$(dirname "$(realpath "$0")")/dns_server.py" --bind 127.0.0.53 \
+    --port 53 --name vunet-test.example.org --address 192.0.2.7
+  grep -q listening "$E2E_DIR/dns.log" || sleep 0.5
+  e2e_guest_script "$script" <<'EOF'
+echo "GUEST: resolv $(grep '^nameserver' /etc/resolv.conf | tr '\n' ' ')"
+timeout 20 nslookup vunet-test.example.org >/tmp/ns 2>&1
+cat /tmp/ns
+echo "GUEST: lookup $(grep -A 3 'vunet-test' /tmp/ns | sed -n 's/^Address:* *\([0-9.]*\)$/\1/p' | tail -n 1)"
+EOF
+  run_guest 70
+  check_lease
+  grep -q 'queries to 10.0.2.2:53 go to 127.0.0.53:53' "$E2E_DIR/vunet.log" ||
+    e2e_fail "vunet did not map the gateway's port 53 to the loopback resolver"
+  expect '^UDHCPC: bound .* dns=10\.0\.2\.2 ' "the lease does not name the gateway as DNS server"
+  expect '^GUEST: lookup 192\.0\.2\.7$' "the guest's lookup did not get the host resolver's answer"
+  grep -q 'answered vunet-test.example.org type 1' "$E2E_DIR/dns.log" ||
+    e2e_fail "the host's resolver saw no query"
+  result="nslookup through the gateway reached 127.0.0.53: $(grep -m 1 answered "$E2E_DIR/dns.log")"
+  ;;
+
 tcp)
   iperf_port=$(e2e_free_port)
   e2e_start_vunet "$vunet" "${addressing[@]}"
@@ -353,7 +383,7 @@ EOF
   result="2 boots, each with a lease and an HTTP fetch; ping both times: $pinged; rx queue started $starts times"
   ;;
 *)
-  echo "unknown case '$case_name' (dhcp, ping, slaac, tcp, udp, forward, forward_learned_mac, reboot)"
+  echo "unknown case '$case_name' (dhcp, ping, slaac, dns, tcp, udp, forward, forward_learned_mac, reboot)"
   exit 2
   ;;
 esac
