@@ -40,7 +40,9 @@ void Write(Level level, std::string_view message);
 // Counts lines written at each level since start (for tests).
 uint64_t LinesWritten(Level level);
 
-// A per-call-site budget: kBurst lines at once, refilled one per interval.
+// A per-call-site budget: at most kBurst lines in each kIntervalNs window;
+// the lines refused in between are counted and reported (as one "N similar
+// lines suppressed" line) before the next line allowed.
 class RateLimiter {
  public:
   static constexpr int kBurst = 10;

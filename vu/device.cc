@@ -280,7 +280,7 @@ absl::Status Device::SetMemTable(Message& m) {
   memory_ = std::move(memory);
   WarnIfUnsealed();
   UpdateAll();
-  VUNET_LOG(kInfo, "vhost-user: memory table of %d regions", table.nregions);
+  VUNET_LOG_RATELIMITED(kInfo, "vhost-user: memory table of %d regions", table.nregions);
   return absl::OkStatus();
 }
 
@@ -312,8 +312,8 @@ absl::Status Device::SetVringNum(const VringState& s) {
   // The ring parts' sizes follow num: check them again.
   if (q.addr_set) {
     if (absl::Status t = TranslateRing(q); !t.ok()) {
-      VUNET_LOG(kWarning, "vhost-user: queue %d: addresses no longer fit: %s", s.index,
-                t.message());
+      VUNET_LOG_RATELIMITED(kWarning, "vhost-user: queue %d: addresses no longer fit: %s", s.index,
+                            t.message());
     }
   }
   Update(s.index);
@@ -401,7 +401,7 @@ absl::StatusOr<VringState> Device::GetVringBase(const VringState& s) {
   q.started = false;
   q.broken = false;
   q.kick.reset();
-  VUNET_LOG(kInfo, "vhost-user: queue %d stopped at %d", s.index, q.base);
+  VUNET_LOG_RATELIMITED(kInfo, "vhost-user: queue %d stopped at %d", s.index, q.base);
   return VringState{.index = s.index, .num = q.base};
 }
 
@@ -459,15 +459,15 @@ absl::Status Device::SetLogBase(Message& m) {
   StopAll();  // Before the old log is unmapped.
   log_ = std::move(*mapped);
   UpdateAll();
-  VUNET_LOG(kInfo, "vhost-user: dirty log of %d bytes", log.mmap_size);
+  VUNET_LOG_RATELIMITED(kInfo, "vhost-user: dirty log of %d bytes", log.mmap_size);
   return absl::OkStatus();
 }
 
 absl::Status Device::SendRarp(uint64_t mac) {
   std::array<uint8_t, 6> bytes;
   std::memcpy(bytes.data(), &mac, bytes.size());
-  VUNET_LOG(kInfo, "vhost-user: asked to announce %02x:%02x:%02x:%02x:%02x:%02x", bytes[0],
-            bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]);
+  VUNET_LOG_RATELIMITED(kInfo, "vhost-user: asked to announce %02x:%02x:%02x:%02x:%02x:%02x",
+                        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]);
   rarp_ = bytes;
   return absl::OkStatus();
 }
@@ -508,8 +508,9 @@ std::optional<std::array<uint8_t, 6>> Device::TakeRarpRequest() { return std::ex
 void Device::ReportBroken(uint32_t index) {
   if (index >= num_queues_) return;
   Queue& q = queues_[index];
-  VUNET_LOG(kError, "vhost-user: queue %d broken, device needs reset: %s", index,
-            q.vq.broken() ? q.vq.broken_reason() : std::string("reported by the data plane"));
+  VUNET_LOG_RATELIMITED(
+      kError, "vhost-user: queue %d broken, device needs reset: %s", index,
+      q.vq.broken() ? q.vq.broken_reason() : std::string("reported by the data plane"));
   needs_reset_ = true;
   q.broken = true;
   Stop(index);
@@ -541,12 +542,12 @@ void Device::Update(uint32_t i) {
       .used_gpa = q.addr.log_guest_addr,
   };
   if (absl::Status s = q.vq.Start(&memory_, config); !s.ok()) {
-    VUNET_LOG(kWarning, "vhost-user: queue %d cannot start: %s", i, s.message());
+    VUNET_LOG_RATELIMITED(kWarning, "vhost-user: queue %d cannot start: %s", i, s.message());
     return;
   }
   q.vq.set_call_fd(q.call.get());
-  VUNET_LOG(kInfo, "vhost-user: queue %d running (size %d, base %d%s)", i, q.num, q.base,
-            log != nullptr ? ", logging" : "");
+  VUNET_LOG_RATELIMITED(kInfo, "vhost-user: queue %d running (size %d, base %d%s)", i, q.num,
+                        q.base, log != nullptr ? ", logging" : "");
   data_plane_->OnQueueStart(i, &q.vq, q.kick.get());
 }
 
@@ -569,7 +570,8 @@ void Device::UpdateAll() {
     Queue& q = queues_[i];
     if (q.addr_set && q.num != 0) {
       if (absl::Status s = TranslateRing(q); !s.ok() && memory_.region_count() > 0) {
-        VUNET_LOG(kWarning, "vhost-user: queue %d: %s is outside guest memory", i, s.message());
+        VUNET_LOG_RATELIMITED(kWarning, "vhost-user: queue %d: %s is outside guest memory", i,
+                              s.message());
       }
     }
     Update(i);
@@ -578,11 +580,12 @@ void Device::UpdateAll() {
 
 void Device::WarnIfUnsealed() const {
   if (!memory_.sealed()) {
-    VUNET_LOG(kWarning,
-              "vhost-user: guest memory is not sealed against shrinking; a frontend that "
-              "shrinks it makes our next access fault with SIGBUS (contained where "
-              "virtio::ContainGuestMemoryFaults runs: the queues break and need a reset; use "
-              "memory-backend-memfd with seal=on)");
+    VUNET_LOG_RATELIMITED(
+        kWarning,
+        "vhost-user: guest memory is not sealed against shrinking; a frontend that "
+        "shrinks it makes our next access fault with SIGBUS (contained where "
+        "virtio::ContainGuestMemoryFaults runs: the queues break and need a reset; use "
+        "memory-backend-memfd with seal=on)");
   }
 }
 

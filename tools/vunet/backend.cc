@@ -508,7 +508,7 @@ void Backend::SyncConnection() {
 
 void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
   if (index >= kQueues) {
-    VUNET_LOG(kWarning, "queue %d started: only one queue pair is served", index);
+    VUNET_LOG_RATELIMITED(kWarning, "queue %d started: only one queue pair is served", index);
     return;
   }
   vu::Device* device = server_ != nullptr ? server_->device() : nullptr;
@@ -516,10 +516,11 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
   vq_[index] = vq;
   kick_[index] = kick_fd;
   if (absl::Status s = Add(kick_fd, Tag(kKick, index)); !s.ok()) {
-    VUNET_LOG(kError, "queue %d: %s", index, s.ToString());
+    VUNET_LOG_RATELIMITED(kError, "queue %d: %s", index, s.ToString());
   }
   if (index == kRx) rx_sender_.sender.emplace(&net_config_, vq);
-  VUNET_LOG(kInfo, "queue %d (%s) started, size %d", index, index == kRx ? "rx" : "tx", vq->size());
+  VUNET_LOG_RATELIMITED(kInfo, "queue %d (%s) started, size %d", index, index == kRx ? "rx" : "tx",
+                        vq->size());
   if (index == kTx) tx_pending_ = true;  // Whatever the guest queued before.
   if (vq_[kRx] != nullptr && vq_[kTx] != nullptr) {
     ra_pending_ = true;
@@ -538,7 +539,7 @@ void Backend::OnQueueStop(uint32_t index) {
   if (index == kRx) rx_sender_.sender.reset();
   if (index == kTx) tx_pending_ = false;
   ra_pending_ = false;
-  VUNET_LOG(kInfo, "queue %d (%s) stopped", index, index == kRx ? "rx" : "tx");
+  VUNET_LOG_RATELIMITED(kInfo, "queue %d (%s) stopped", index, index == kRx ? "rx" : "tx");
 }
 
 void Backend::HandleKick(uint32_t index) {
@@ -575,8 +576,8 @@ void Backend::CheckBroken() {
   for (uint32_t i = 0; i < kQueues; ++i) {
     if (vq_[i] != nullptr && vq_[i]->broken()) {
       ++stats_.broken;
-      VUNET_LOG(kError, "queue %d (%s) broken: %s", i, i == kRx ? "rx" : "tx",
-                vq_[i]->broken_reason());
+      VUNET_LOG_RATELIMITED(kError, "queue %d (%s) broken: %s", i, i == kRx ? "rx" : "tx",
+                            vq_[i]->broken_reason());
       device->ReportBroken(i);  // Calls OnQueueStop(i).
     }
   }
