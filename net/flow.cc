@@ -297,17 +297,22 @@ void FlowTable::FreeEntry(uint32_t index) {
 
 absl::StatusOr<FlowId> FlowTable::Insert(const FlowKey& guest_key) {
   const uint64_t hash = Hash(guest_key, FlowSide::kGuest);
+  // Statuses made once: a guest can make every frame a refused insert, and a
+  // status copy shares its message rather than allocate one.
+  static const absl::Status* const kExists =
+      new absl::Status(absl::AlreadyExistsError("a flow has this key"));
+  static const absl::Status* const kFull =
+      new absl::Status(absl::ResourceExhaustedError("the flow table is full"));
   if (FindEntry(guest_key, FlowSide::kGuest, hash) != kNil) {
     ++stats_.duplicate_refusals;
-    return absl::AlreadyExistsError(absl::StrFormat("flow %s exists", guest_key.ToString()));
+    return *kExists;
   }
   const uint32_t index = AllocateEntry();
   if (index == kNil) {
     ++stats_.full_refusals;
     VUNET_LOG_RATELIMITED(kWarning, "%s table full (%d flows): refusing %s", name_, capacity_,
                           guest_key.ToString());
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("%s table full (%d flows)", name_, capacity_));
+    return *kFull;
   }
   Entry& e = entries_[index];
   e.keys[0] = guest_key;

@@ -17,10 +17,21 @@ namespace {
 
 // The one place frames are dropped: one rate limiter for all reasons, so a
 // guest cycling through faults is limited as one source.
-absl::Status Drop(const char* reason, size_t frame_len) {
-  VUNET_LOG_RATELIMITED(kInfo, "dropped frame of %d bytes: %s", frame_len, reason);
-  return absl::InvalidArgumentError(reason);
+absl::Status Drop(const absl::Status& reason, size_t frame_len) {
+  VUNET_LOG_RATELIMITED(kInfo, "dropped frame of %d bytes: %s", frame_len, reason.message());
+  return reason;  // A copy shares the status's message: nothing allocated per frame.
 }
+
+// Drop() with a status made once per call site (a guest can send malformed
+// frames as fast as good ones).
+#define DROP(reason, frame_len)                                   \
+  Drop(                                                           \
+      *[] {                                                       \
+        static const absl::Status* const kReason =                \
+            new absl::Status(absl::InvalidArgumentError(reason)); \
+        return kReason;                                           \
+      }(),                                                        \
+      frame_len)
 
 MacAddr ToMac(const uint8_t (&b)[6]) {
   MacAddr m;
@@ -42,13 +53,13 @@ absl::Status ParseL4(const FrameReader& r, ParsedFrame* out) {
   switch (out->ip.protocol) {
     case IPPROTO_TCP: {
       TcpHeader h;
-      if (len < sizeof(h) || !r.Read(off, &h)) return Drop("truncated TCP header", n);
+      if (len < sizeof(h) || !r.Read(off, &h)) return DROP("truncated TCP header", n);
       const size_t hlen = static_cast<size_t>(h.data_off >> 4) * 4;
-      if (hlen < kTcpMinHeaderLen) return Drop("TCP data offset below 5", n);
-      if (hlen > len) return Drop("TCP header past the segment", n);
+      if (hlen < kTcpMinHeaderLen) return DROP("TCP data offset below 5", n);
+      if (hlen > len) return DROP("TCP header past the segment", n);
       uint8_t options[kTcpMaxHeaderLen - kTcpMinHeaderLen];
       const size_t olen = hlen - kTcpMinHeaderLen;
-      if (!r.Read(off + kTcpMinHeaderLen, options, olen)) return Drop("truncated TCP options", n);
+      if (!r.Read(off + kTcpMinHeaderLen, options, olen)) return DROP("truncated TCP options", n);
       out->l4 = L4Kind::kTcp;
       out->src_port = ntohs(h.src_port);
       out->dst_port = ntohs(h.dst_port);
@@ -58,7 +69,7 @@ absl::Status ParseL4(const FrameReader& r, ParsedFrame* out) {
       out->tcp.window = ntohs(h.window);
       out->tcp.header_len = hlen;
       if (!ParseTcpOptions(options, olen, &out->tcp.options)) {
-        return Drop("TCP option length past the options", n);
+        return DROP("TCP option length past the options", n);
       }
       out->payload_offset = off + hlen;
       out->payload_len = len - hlen;
@@ -66,10 +77,10 @@ absl::Status ParseL4(const FrameReader& r, ParsedFrame* out) {
     }
     case IPPROTO_UDP: {
       UdpHeader h;
-      if (len < sizeof(h) || !r.Read(off, &h)) return Drop("truncated UDP header", n);
+      if (len < sizeof(h) || !r.Read(off, &h)) return DROP("truncated UDP header", n);
       const size_t ulen = ntohs(h.len);
-      if (ulen < kUdpHeaderLen) return Drop("UDP length below 8", n);
-      if (ulen > len) return Drop("UDP length past the IP payload", n);
+      if (ulen < kUdpHeaderLen) return DROP("UDP length below 8", n);
+      if (ulen > len) return DROP("UDP length past the IP payload", n);
       out->l4 = L4Kind::kUdp;
       out->src_port = ntohs(h.src_port);
       out->dst_port = ntohs(h.dst_port);
@@ -84,7 +95,7 @@ absl::Status ParseL4(const FrameReader& r, ParsedFrame* out) {
       uint8_t h[8] = {};
       const size_t min = v6 ? 4 : 8;
       if (len < min || !r.Read(off, h, std::min(len, sizeof(h)))) {
-        return Drop(v6 ? "truncated ICMPv6 header" : "truncated ICMP header", n);
+        return (v6 ? DROP("truncated ICMPv6 header", n) : DROP("truncated ICMP header", n));
       }
       out->l4 = v6 ? L4Kind::kIcmpv6 : L4Kind::kIcmp;
       out->icmp.type = h[0];
@@ -109,22 +120,22 @@ absl::Status ParseIpv4(const FrameReader& r, ParsedFrame* out) {
   // once: every field used comes from this one copy, so the checksum covers
   // what is used even if the guest rewrites the header meanwhile.
   uint8_t header[kIpv4MaxHeaderLen];
-  if (!r.Read(off, header, kIpv4MinHeaderLen)) return Drop("truncated IPv4 header", n);
+  if (!r.Read(off, header, kIpv4MinHeaderLen)) return DROP("truncated IPv4 header", n);
   Ipv4Header h;
   std::memcpy(&h, header, sizeof(h));
-  if (h.version_ihl >> 4 != 4) return Drop("IPv4 version not 4", n);
+  if (h.version_ihl >> 4 != 4) return DROP("IPv4 version not 4", n);
   const size_t hlen = static_cast<size_t>(h.version_ihl & 0xf) * 4;
-  if (hlen < kIpv4MinHeaderLen) return Drop("IPv4 header length below 20", n);
+  if (hlen < kIpv4MinHeaderLen) return DROP("IPv4 header length below 20", n);
   const size_t total = ntohs(h.total_len);
-  if (total < hlen) return Drop("IPv4 total length below the header length", n);
-  if (total > n - off) return Drop("IPv4 total length past the frame", n);
+  if (total < hlen) return DROP("IPv4 total length below the header length", n);
+  if (total > n - off) return DROP("IPv4 total length past the frame", n);
   if (hlen > kIpv4MinHeaderLen &&
       !r.Read(off + kIpv4MinHeaderLen, header + kIpv4MinHeaderLen, hlen - kIpv4MinHeaderLen)) {
-    return Drop("truncated IPv4 options", n);
+    return DROP("truncated IPv4 options", n);
   }
-  if (InternetChecksum(header, hlen) != 0) return Drop("bad IPv4 header checksum", n);
+  if (InternetChecksum(header, hlen) != 0) return DROP("bad IPv4 header checksum", n);
   // MF, or a fragment offset: a fragment. (DF and the reserved bit are not.)
-  if (ntohs(h.frag_off) & 0x3fff) return Drop("IPv4 fragment", n);
+  if (ntohs(h.frag_off) & 0x3fff) return DROP("IPv4 fragment", n);
   out->l3 = L3Kind::kIpv4;
   out->l3_len = total;
   out->ip.src4 = h.src;
@@ -140,10 +151,10 @@ absl::Status ParseIpv6(const FrameReader& r, ParsedFrame* out) {
   const size_t off = out->l3_offset;
   const size_t n = r.size();
   Ipv6Header h;
-  if (!r.Read(off, &h)) return Drop("truncated IPv6 header", n);
-  if (ntohl(h.version_class_flow) >> 28 != 6) return Drop("IPv6 version not 6", n);
+  if (!r.Read(off, &h)) return DROP("truncated IPv6 header", n);
+  if (ntohl(h.version_class_flow) >> 28 != 6) return DROP("IPv6 version not 6", n);
   const size_t plen = ntohs(h.payload_len);
-  if (plen > n - off - kIpv6HeaderLen) return Drop("IPv6 payload length past the frame", n);
+  if (plen > n - off - kIpv6HeaderLen) return DROP("IPv6 payload length past the frame", n);
   const size_t end = off + kIpv6HeaderLen + plen;
   out->l3 = L3Kind::kIpv6;
   out->l3_len = kIpv6HeaderLen + plen;
@@ -155,16 +166,16 @@ absl::Status ParseIpv6(const FrameReader& r, ParsedFrame* out) {
   size_t cur = off + kIpv6HeaderLen;
   uint8_t nh = h.next_header;
   for (int count = 0; IsIpv6ExtHeader(nh); ++count) {
-    if (nh == IPPROTO_FRAGMENT) return Drop("IPv6 fragment", n);
-    if (count == kMaxIpv6ExtHeaders) return Drop("too many IPv6 extension headers", n);
+    if (nh == IPPROTO_FRAGMENT) return DROP("IPv6 fragment", n);
+    if (count == kMaxIpv6ExtHeaders) return DROP("too many IPv6 extension headers", n);
     uint8_t ext[2];
     if (end - cur < sizeof(ext) || !r.Read(cur, ext, sizeof(ext))) {
-      return Drop("truncated IPv6 extension header", n);
+      return DROP("truncated IPv6 extension header", n);
     }
     // AH counts 4-byte units less two (RFC 4302); the others 8-byte units
     // less one (RFC 8200).
     const size_t ext_len = nh == IPPROTO_AH ? (ext[1] + 2u) * 4 : (ext[1] + 1u) * 8;
-    if (ext_len > end - cur) return Drop("IPv6 extension header past the payload", n);
+    if (ext_len > end - cur) return DROP("IPv6 extension header past the payload", n);
     nh = ext[0];
     cur += ext_len;
   }
@@ -182,9 +193,9 @@ absl::Status ParseIpv6(const FrameReader& r, ParsedFrame* out) {
 absl::Status ParseArp(const FrameReader& r, ParsedFrame* out) {
   const size_t n = r.size();
   ArpPacket a;
-  if (!r.Read(out->l3_offset, &a)) return Drop("truncated ARP packet", n);
+  if (!r.Read(out->l3_offset, &a)) return DROP("truncated ARP packet", n);
   if (ntohs(a.htype) != 1 || ntohs(a.ptype) != kEtherTypeIpv4 || a.hlen != 6 || a.plen != 4) {
-    return Drop("ARP not for Ethernet and IPv4", n);
+    return DROP("ARP not for Ethernet and IPv4", n);
   }
   out->l3 = L3Kind::kArp;
   out->l3_len = kArpLen;
@@ -272,10 +283,10 @@ absl::Status ParseFrame(absl::Span<const iovec> frame, ParsedFrame* out) {
   const FrameReader r(frame);
   const size_t n = r.size();
   out->frame_len = n;
-  if (n == 0) return Drop("empty frame", n);
-  if (n > kMaxFrameLen) return Drop("frame longer than the largest IP packet", n);
+  if (n == 0) return DROP("empty frame", n);
+  if (n > kMaxFrameLen) return DROP("frame longer than the largest IP packet", n);
   EthHeader eth;
-  if (!r.Read(0, &eth)) return Drop("truncated Ethernet header", n);
+  if (!r.Read(0, &eth)) return DROP("truncated Ethernet header", n);
   out->dst_mac = ToMac(eth.dst);
   out->src_mac = ToMac(eth.src);
   out->ether_type = ntohs(eth.ether_type);
@@ -285,7 +296,7 @@ absl::Status ParseFrame(absl::Span<const iovec> frame, ParsedFrame* out) {
   switch (out->ether_type) {
     case kEtherTypeVlan:
     case kEtherTypeQinQ:
-      return Drop("VLAN-tagged frame", n);
+      return DROP("VLAN-tagged frame", n);
     case kEtherTypeArp:
       return ParseArp(r, out);
     case kEtherTypeIpv4:
@@ -422,5 +433,7 @@ absl::StatusOr<size_t> BuildFrame(const FrameSpec& spec, absl::Span<uint8_t> out
   const iovec iov = {out.data(), out.size()};
   return BuildFrame(spec, absl::MakeConstSpan(&iov, 1), 0, payload_len);
 }
+
+#undef DROP
 
 }  // namespace vunet::net

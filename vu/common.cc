@@ -145,7 +145,10 @@ absl::Status SendSingle(const NetConfig& config, Virtqueue* vq, absl::Span<const
       Collect(config, vq, elems, kMaxElems, iov, kMaxIov, &iov_used, frame_len, &collected);
   if (collected < std::max(frame_len, config.vnet_hdr_len + kEthMinFrame)) {
     vq->Rewind(static_cast<uint32_t>(n));
-    return absl::UnavailableError("no room in the guest's receive queue");
+    // Made once: a full ring may meet every frame a guest sends.
+    static const absl::Status* const kNoRoom =
+        new absl::Status(absl::UnavailableError("no room in the guest's receive queue"));
+    return *kNoRoom;
   }
   // Elements are consecutive in iov, so the frame is written as one list.
   IovFromBuf(iov, iov_used, 0, &hdr, config.vnet_hdr_len);

@@ -91,7 +91,9 @@ void Backend::MacLearner::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const 
 }
 
 absl::Status Backend::RxSender::Send(absl::Span<const uint8_t> frame) {
-  if (!sender.has_value()) return absl::UnavailableError("the receive queue is not running");
+  static const absl::Status* const kNotRunning =
+      new absl::Status(absl::UnavailableError("the receive queue is not running"));
+  if (!sender.has_value()) return *kNotRunning;  // Made once: no allocation per frame.
   return sender->Send(frame);
 }
 
@@ -100,15 +102,14 @@ void Backend::Next::OnFrame(const vu::VirtioNetHdr& /*hdr*/, absl::Span<const io
   Stats& s = backend_->stats_;
   switch (parsed.l4) {
     case net::L4Kind::kTcp:
-      // TODO(tcp): hand to the TCP translator once //net:tcp exists.
+      // No TCP translator (--no-tcp), or one that declined the frame.
       ++s.tcp_dropped;
-      VUNET_LOG_RATELIMITED(kDebug, "guest TCP frame dropped (no TCP translation yet): port %d",
+      VUNET_LOG_RATELIMITED(kDebug, "guest TCP frame dropped (not translated): port %d",
                             parsed.dst_port);
       return;
     case net::L4Kind::kUdp:
-      // TODO(udp): hand to the UDP translator once //net:udp exists.
       ++s.udp_dropped;
-      VUNET_LOG_RATELIMITED(kDebug, "guest UDP frame dropped (no UDP translation yet): port %d",
+      VUNET_LOG_RATELIMITED(kDebug, "guest UDP frame dropped (not translated): port %d",
                             parsed.dst_port);
       return;
     case net::L4Kind::kIcmp:

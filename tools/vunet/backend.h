@@ -4,9 +4,9 @@
 // housekeeping), a signalfd for SIGTERM/SIGINT and a stop eventfd.
 //
 // A transmit kick runs vu::TxHandler over the tx queue into a net::Dispatcher
-// that answers ARP, DHCP and NDP itself; the frames it hands on are counted
-// (TCP, UDP: dropped until the translators exist) or go to the ICMP echo
-// translator. Replies go into the rx queue through net::VirtqueueReplySender.
+// that answers ARP, DHCP and NDP itself; the frames it hands on go to ICMP
+// echo and the flow translators (TCP, UDP), and what none of them takes is
+// counted and dropped. Replies go into the rx queue through net::VirtqueueReplySender.
 // With a capture file (pcap_path), the frames both ways are written to it on
 // the way: the dispatcher's sink and the reply sender are wrapped in
 // PcapFrameSink and PcapReplySender (tools/vunet/capture.h).
@@ -100,8 +100,8 @@ class Backend : public vu::DataPlane,
  public:
   struct Stats {
     uint64_t kicks = 0;
-    uint64_t tcp_dropped = 0;   // Until the TCP translator exists.
-    uint64_t udp_dropped = 0;   // Until the UDP translator exists.
+    uint64_t tcp_dropped = 0;   // No TCP translator (--no-tcp), or it declined them.
+    uint64_t udp_dropped = 0;   // Likewise for UDP.
     uint64_t icmp_dropped = 0;  // ICMP echo off.
     uint64_t other_dropped = 0;
     uint64_t ra_sent = 0;
