@@ -16,8 +16,8 @@
 # (unshare -n), where the range is opened, and nothing changes on the host; otherwise ping is skipped,
 # saying so. VUNET_DEMO_NETNS=no keeps a root run in the host's namespace.
 #
-# Exit status: 0 if every step that should work here worked (the fetch may not work yet: vunet does not
-# translate guest TCP before the TCP translator lands, and the summary says so), 1 otherwise.
+# Exit status: 0 if every step that should work here worked (the lease, the fetch, and the ping where
+# ping sockets are allowed), 1 otherwise.
 set -euo pipefail
 
 vunet=$1

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # tools/demo.sh (what `tools/run --demo` runs once vunet is built) against the vunet built here: the
-# guest gets its lease, pings its gateway (or the summary says why not), fetches the host's page (or,
-# while vunet does not translate guest TCP, the summary says so); the demo exits 0 and leaves no process
-# or file behind.
+# guest gets its lease, pings its gateway (or the summary says why not), fetches the host's page; the
+# demo exits 0 and leaves no process or file behind.
 #
 # Usage: demo_test.sh VUNET DEMO_SH. Skips (exit 0, SKIPPED) only when QEMU or busybox is missing.
 set -euo pipefail
