@@ -26,7 +26,10 @@
 #            send the first frame of a connection to the MAC the guest uses, not to its default;
 #   reboot   the guest reboots (reboot -f; QEMU resets the machine and goes on), the frontend resets
 #            the device, the guest's driver starts it again: DHCP, ping and an HTTP fetch work again,
-#            twice in all, and the receive queue started once per boot.
+#            twice in all, and the receive queue started once per boot;
+#   reconnect  the VM is shut down (QEMU exits, the frontend disconnects) and a new one is started
+#            against the same vunet (no --one-off): the frontend connects again and the new guest
+#            gets its lease, pings and fetches a page; SIGTERM then ends vunet (exit 0, socket gone).
 #
 # Checks are stated in each case; all cases check that the guest got its lease and that vunet exited 0
 # with its socket gone once QEMU had left (--one-off). Prints the guest's results and timing, then PASS.
@@ -382,8 +385,57 @@ EOF
   grep -q 'broken' "$E2E_DIR/vunet.log" && e2e_fail "a queue broke"
   result="2 boots, each with a lease and an HTTP fetch; ping both times: $pinged; rx queue started $starts times"
   ;;
+reconnect)
+  e2e_start_vunet "$vunet" -a 10.0.2.15 -n 24 -g 10.0.2.2 -D 10.0.2.3
+  http_port=$(e2e_free_port)
+  mkdir -p "$E2E_DIR/www"
+  echo "hello from the host" >"$E2E_DIR/www/index.html"
+  e2e_host_bg httpd.log busybox httpd -f -p "127.0.0.1:$http_port" -h "$E2E_DIR/www"
+  e2e_guest_script "$script" HTTP="$http_port" <<'EOF'
+if ping -c 2 -W 5 "$gw"; then echo "GUEST: ping ok"; else echo "GUEST: ping FAILED"; fi
+if timeout 20 wget -q -O /tmp/page "http://$gw:@HTTP@/"; then
+  echo "GUEST: http $(cat /tmp/page)"
+else
+  echo "GUEST: http FAILED"
+fi
+EOF
+  t_boot=$(guest_now)
+  for vm in 1 2; do
+    e2e_boot "$script" 50
+    rc=0
+    guest_wait 70 || rc=$?
+    ((rc == 0)) || e2e_fail "VM $vm: qemu exited with status $rc (124: did not power off)"
+    cp "$(e2e_console)" "$E2E_DIR/console$vm.txt"
+    # vunet notices the frontend leaving and waits for the next.
+    waited=0
+    until grep -c 'frontend disconnected' "$E2E_DIR/vunet.log" | grep -qx "$vm"; do
+      ((waited++ < 50)) || e2e_fail "vunet did not see VM $vm's frontend leave"
+      sleep 0.1
+    done
+    kill -0 "$E2E_VUNET_PID" || e2e_fail "vunet exited after VM $vm left"
+  done
+  t_off=$(guest_now)
+  for vm in 1 2; do
+    console=$E2E_DIR/console$vm.txt
+    check_lease
+    expect '^GUEST: http hello from the host$' "VM $vm did not fetch the page"
+    if e2e_icmp_on; then expect '^GUEST: ping ok$' "VM $vm's ping failed"; fi
+  done
+  (($(grep -c 'frontend connected' "$E2E_DIR/vunet.log") == 2)) ||
+    e2e_fail "vunet did not serve two frontends one after the other"
+  kill -TERM "$E2E_VUNET_PID"
+  rc=0
+  wait "$E2E_VUNET_PID" || rc=$?
+  E2E_VUNET_PID=
+  ((rc == 0)) || e2e_fail "vunet exited with status $rc on SIGTERM"
+  [[ ! -e $E2E_DIR/vunet.sock ]] || e2e_fail "vunet left its socket behind"
+  console=$E2E_DIR/console2.txt
+  result="two VMs one after the other on one vunet, each with a lease, ping and an HTTP fetch"
+  ;;
+
 *)
-  echo "unknown case '$case_name' (dhcp, ping, slaac, dns, tcp, udp, forward, forward_learned_mac, reboot)"
+  echo "unknown case '$case_name' (dhcp, ping, slaac, dns, tcp, udp, forward, forward_learned_mac, reboot," \
+    "reconnect)"
   exit 2
   ;;
 esac
