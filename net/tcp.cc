@@ -206,8 +206,10 @@ struct TcpTranslator::Conn {
   uint32_t snd_una = 0;
   uint32_t snd_nxt = 0;
   uint32_t snd_high = 0;
-  // Guest to host: the next byte we expect.
+  // Guest to host: the next byte we expect, and the acknowledgement our
+  // latest ACK or data segment carried.
   uint32_t rcv_nxt = 0;
+  uint32_t rcv_acked = 0;
   uint32_t guest_wnd = 0;  // Bytes, scaled.
   uint32_t wnd_sent = 0;   // The window we advertised last, bytes.
   int64_t last_activity = 0;
@@ -445,7 +447,9 @@ void TcpTranslator::RetryDeferred() {
   for (size_t i = 0; i < deferred_count_; ++i) {
     if (!deferred_[i].id.valid()) continue;
     Conn* c = env_.flows->Data<Conn>(deferred_[i].id);
-    if (c != nullptr && c->holes_dropped < 3) ++c->holes_dropped;
+    if (c == nullptr) continue;
+    if (c->holes_dropped < 3) ++c->holes_dropped;
+    MarkPending(deferred_[i].id, c);  // Its ACKs go out in this flush.
   }
   deferred_count_ = 0;
   retrying_ = false;
@@ -1030,6 +1034,7 @@ bool TcpTranslator::SendData(FlowId id, Conn* c, int64_t now) {
       c->snd_nxt += static_cast<uint32_t>(r.bytes);
       c->snd_high = SeqMax(c->snd_high, c->snd_nxt);
       c->ack_due = false;  // The segments carried it.
+      c->rcv_acked = c->rcv_nxt;
       stats_.bytes_to_guest += r.bytes;
       stats_.frames_to_guest += r.frames;
       if (c->rto_at == 0) {
@@ -1042,6 +1047,7 @@ bool TcpTranslator::SendData(FlowId id, Conn* c, int64_t now) {
         // The socket ended before the bytes it sent once: cannot happen
         // while our accounting holds.
         VUNET_LOG_RATELIMITED(kError, "tcp: %s: data to resend is gone", key.ToString());
+        ++stats_.host_resets;
         ResetGuest(id, c);
         Close(id, c, true);
         return false;
@@ -1124,8 +1130,10 @@ bool TcpTranslator::OnRto(FlowId id, Conn* c, int64_t now) {
     if (peek_off_) SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, 0);
     if (!SendData(id, c, now)) return false;
     // A guest with no receive buffers (stopped, or busy) lost nothing: its
-    // wait does not count towards giving up.
-    if (c->in_rx_wait) --c->retries;
+    // wait counts towards giving up only once the timeout has backed off to
+    // its maximum (a guest gone for good still ends its flows, in some 15
+    // minutes rather than 10).
+    if (c->in_rx_wait && c->rto < options_.rto_max_ns) --c->retries;
     return true;
   }
   return SendData(id, c, now);  // The window opened meanwhile.
@@ -1178,6 +1186,7 @@ void TcpTranslator::SendAck(FlowId id, Conn* c, int64_t now, int copies) {
   for (int i = 0; i < copies; ++i) {
     if (!SendControl(*env_.flows->Key(id), *c, seq, kTcpAck, window)) break;
   }
+  c->rcv_acked = c->rcv_nxt;
   c->ack_due = false;
 }
 
@@ -1194,6 +1203,7 @@ void TcpTranslator::SendSynAck(FlowId id, Conn* c) {
   SendControl(*env_.flows->Key(id), *c, c->isn, kTcpSyn | kTcpAck,
               static_cast<uint16_t>(c->wnd_sent),
               absl::MakeConstSpan(opts, ws ? kSynOptionsLen : 4));
+  c->rcv_acked = c->rcv_nxt;
 }
 
 void TcpTranslator::SendSyn(FlowId id, Conn* c) {
@@ -1214,6 +1224,7 @@ void TcpTranslator::SendFin(FlowId id, Conn* c, int64_t now) {
   c->fin_sent = true;
   c->ack_due = false;
   SendControl(*env_.flows->Key(id), *c, c->snd_nxt, kTcpFin | kTcpAck, window);
+  c->rcv_acked = c->rcv_nxt;
   c->rto_at = now + c->rto;
   UpdateTimer(id, c);
 }
@@ -1319,7 +1330,16 @@ void TcpTranslator::FlushPending() {
     if (c == nullptr) continue;
     c->in_pending = false;
     c->tx_due = false;
-    if (c->ack_due) SendAck(pending_[i], c, now, std::max(1, int{c->holes_dropped}));
+    // Duplicates for the segments dropped past a hole must be pure ACKs of
+    // an acknowledgement the guest already had: after our data segments (a
+    // guest does not count those), and after one more ACK if the
+    // acknowledgement moved in this batch.
+    if (c->holes_dropped > 0) {
+      const bool moved = c->ack_due && c->rcv_acked != c->rcv_nxt;
+      SendAck(pending_[i], c, now, (moved ? 1 : 0) + c->holes_dropped);
+    } else if (c->ack_due) {
+      SendAck(pending_[i], c, now);
+    }
     c->holes_dropped = 0;
     UpdateTimer(pending_[i], c);
   }
@@ -1374,7 +1394,7 @@ int64_t TcpTranslator::IdleTimeout(const Conn& c) const {
   if (c.state != Conn::State::kEstablished) return options_.handshake_timeout_ns;
   // Only once the host's side ended: while the guest alone has closed, the
   // host peer may take its time to answer (as a host socket would let it).
-  if (c.host_eof && c.fin_sent) return options_.half_closed_timeout_ns;
+  if (c.fin_sent) return options_.half_closed_timeout_ns;  // Sent after the host's end of file.
   return options_.idle_timeout_ns;
 }
 

@@ -102,7 +102,8 @@ struct TcpTranslatorOptions {
   // Retransmission to the guest: the first timeout, doubled on each expiry
   // up to the maximum; after max_retransmits in a row the flow is reset
   // (about 10 minutes, as Linux's tcp_retries2 gives). Expiries that found
-  // no receive buffers to resend into do not count.
+  // no receive buffers to resend into count only once the timeout is at its
+  // maximum.
   int64_t rto_initial_ns = 1'000'000'000;
   int64_t rto_max_ns = 60'000'000'000;
   int max_retransmits = 15;

@@ -179,8 +179,9 @@ TcpPeekResult TcpRxWriter::PeekToGuest(GuestRx* rx, int fd, const TcpSegments& s
     spec.tcp_flags = seg.frame.tcp_flags | (off + len == data ? kTcpPsh : 0);
     const absl::StatusOr<size_t> frame_len = BuildFrame(spec, iov, config.vnet_hdr_len, len);
     if (!frame_len.ok()) {
-      // The peek moved the socket's peek offset past bytes no segment will
-      // carry: the stream's accounting is lost, so the flow must end.
+      // The peek took bytes no segment will carry (with SO_PEEK_OFF, the
+      // offset moved past them): rather than tell the two ways apart, the
+      // flow ends. It cannot happen while the room came from the same spec.
       VUNET_LOG_RATELIMITED(kError, "tcp rx: segment not built: %s", frame_len.status().message());
       r.error = EPROTO;
       break;
