@@ -8,32 +8,20 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
+#include "base/private_file.h"
 
 namespace vunet {
 
 absl::StatusOr<std::unique_ptr<PcapWriter>> PcapWriter::Open(const std::string& path,
                                                              uint64_t max_bytes) {
-  // O_NONBLOCK: opening a FIFO must not wait for a reader (it is refused
-  // below); a regular file ignores the flag.
-  UniqueFd fd(
-      open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600));
-  if (!fd.valid()) {
-    if (errno == ELOOP) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": is a symbolic link"));
-    }
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", strerror(errno)));
-  }
-  struct stat st;
-  if (fstat(fd.get(), &st) != 0) {
-    return absl::InternalError(absl::StrCat(path, ": ", strerror(errno)));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
+  absl::StatusOr<UniqueFd> opened = OpenPrivateFile(path, PrivateFileMode::kTruncate);
+  if (!opened.ok()) return opened.status();
+  UniqueFd fd = std::move(*opened);
   const PcapFileHeader header{.magic = kPcapMagicNanos,
                               .version_major = 2,
                               .version_minor = 4,

@@ -91,7 +91,9 @@ bad "-i/--interface: not an interface name" -i 0123456789abcdef
 bad "needs a value" -l
 bad "log file $dir/no/such/dir/vunet.log: No such file" -l "$dir/no/such/dir/vunet.log"
 ln -s "$dir/elsewhere.log" "$dir/link.log"
-bad "log file $dir/link.log: Too many levels of symbolic links" -l "$dir/link.log"
+bad "log file $dir/link.log: is a symbolic link" -l "$dir/link.log"
+mkfifo "$dir/fifo.log"
+bad "log file $dir/fifo.log: not a regular file" -l "$dir/fifo.log"
 [[ ! -e $dir/elsewhere.log ]] || fail "-l followed a symlink"
 bad "-t 8080: TCP is off (--no-tcp)" --no-tcp -t 8080
 bad "-u 53: UDP is off (--no-udp)" --no-udp -u none -u 53

@@ -26,6 +26,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "base/log.h"
+#include "base/private_file.h"
+#include "base/unique_fd.h"
 #include "gflags/gflags.h"
 #include "net/config.h"
 #include "net/dhcpv6.h"
@@ -143,13 +145,17 @@ absl::Status DetachStdio(int log_fd) {
 // open; kept for the life of the process, above the stdio fds (DetachStdio
 // replaces those).
 absl::StatusOr<int> OpenLogFile(const std::string& path) {
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd >= 0 && fd <= STDERR_FILENO) {
+  // A regular file only: writing to a FIFO or a terminal could block the loop.
+  absl::StatusOr<UniqueFd> file = OpenPrivateFile(path, PrivateFileMode::kAppend);
+  if (!file.ok())
+    return absl::InvalidArgumentError(absl::StrCat("log file ", file.status().message()));
+  int fd = file->release();
+  if (fd <= STDERR_FILENO) {
     const int high = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
     close(fd);
     fd = high;
+    if (fd < 0) return absl::InternalError(absl::StrCat("log file ", path, ": ", strerror(errno)));
   }
-  if (fd < 0) return absl::InternalError(absl::StrCat("log file ", path, ": ", strerror(errno)));
   return fd;
 }
 
