@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_format.h"
 #include "base/log.h"
+#include "base/static_status.h"
 
 namespace vunet::net {
 namespace {
@@ -297,22 +298,17 @@ void FlowTable::FreeEntry(uint32_t index) {
 
 absl::StatusOr<FlowId> FlowTable::Insert(const FlowKey& guest_key) {
   const uint64_t hash = Hash(guest_key, FlowSide::kGuest);
-  // Statuses made once: a guest can make every frame a refused insert, and a
-  // status copy shares its message rather than allocate one.
-  static const absl::Status* const kExists =
-      new absl::Status(absl::AlreadyExistsError("a flow has this key"));
-  static const absl::Status* const kFull =
-      new absl::Status(absl::ResourceExhaustedError("the flow table is full"));
+  // Statuses made once: a guest can make every frame a refused insert.
   if (FindEntry(guest_key, FlowSide::kGuest, hash) != kNil) {
     ++stats_.duplicate_refusals;
-    return *kExists;
+    return VUNET_STATIC_STATUS(absl::AlreadyExistsError("a flow has this key"));
   }
   const uint32_t index = AllocateEntry();
   if (index == kNil) {
     ++stats_.full_refusals;
     VUNET_LOG_RATELIMITED(kWarning, "%s table full (%d flows): refusing %s", name_, capacity_,
                           guest_key.ToString());
-    return *kFull;
+    return VUNET_STATIC_STATUS(absl::ResourceExhaustedError("the flow table is full"));
   }
   Entry& e = entries_[index];
   e.keys[0] = guest_key;

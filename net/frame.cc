@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "base/iov.h"
 #include "base/log.h"
+#include "base/static_status.h"
 #include "net/checksum.h"
 
 namespace vunet::net {
@@ -24,14 +25,8 @@ absl::Status Drop(const absl::Status& reason, size_t frame_len) {
 
 // Drop() with a status made once per call site (a guest can send malformed
 // frames as fast as good ones).
-#define DROP(reason, frame_len)                                   \
-  Drop(                                                           \
-      *[] {                                                       \
-        static const absl::Status* const kReason =                \
-            new absl::Status(absl::InvalidArgumentError(reason)); \
-        return kReason;                                           \
-      }(),                                                        \
-      frame_len)
+#define DROP(reason, frame_len) \
+  Drop(VUNET_STATIC_STATUS(absl::InvalidArgumentError(reason)), frame_len)
 
 MacAddr ToMac(const uint8_t (&b)[6]) {
   MacAddr m;

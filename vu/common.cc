@@ -5,6 +5,7 @@
 
 #include "base/iov.h"
 #include "base/log.h"
+#include "base/static_status.h"
 #include "vu/device.h"
 
 namespace vunet::vu {
@@ -146,9 +147,7 @@ absl::Status SendSingle(const NetConfig& config, Virtqueue* vq, absl::Span<const
   if (collected < std::max(frame_len, config.vnet_hdr_len + kEthMinFrame)) {
     vq->Rewind(static_cast<uint32_t>(n));
     // Made once: a full ring may meet every frame a guest sends.
-    static const absl::Status* const kNoRoom =
-        new absl::Status(absl::UnavailableError("no room in the guest's receive queue"));
-    return *kNoRoom;
+    return VUNET_STATIC_STATUS(absl::UnavailableError("no room in the guest's receive queue"));
   }
   // Elements are consecutive in iov, so the frame is written as one list.
   IovFromBuf(iov, iov_used, 0, &hdr, config.vnet_hdr_len);

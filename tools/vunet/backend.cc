@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/eventfd.h"
 #include "base/log.h"
+#include "base/static_status.h"
 #include "virtio/virtio_net.h"
 
 namespace vunet::tools {
@@ -91,9 +92,9 @@ void Backend::MacLearner::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const 
 }
 
 absl::Status Backend::RxSender::Send(absl::Span<const uint8_t> frame) {
-  static const absl::Status* const kNotRunning =
-      new absl::Status(absl::UnavailableError("the receive queue is not running"));
-  if (!sender.has_value()) return *kNotRunning;  // Made once: no allocation per frame.
+  if (!sender.has_value()) {  // Made once: no allocation per frame.
+    return VUNET_STATIC_STATUS(absl::UnavailableError("the receive queue is not running"));
+  }
   return sender->Send(frame);
 }
 
