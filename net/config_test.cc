@@ -184,6 +184,16 @@ TEST(MirrorHost, LoopbackResolverBecomesTheGateway) {
   EXPECT_TRUE(c->search_domains.empty());
 }
 
+TEST(MirrorHost, LinkLocalResolversAreNotGiven) {
+  HostSources s = Sources();
+  s.resolv_conf = "nameserver fe80::53%eth0\nnameserver 198.51.100.9\n";
+  absl::StatusOr<GuestConfig> c = MirrorHost(s);
+  ASSERT_TRUE(c.ok());
+  // On the host's link only, and not mapped by DNS forwarding: of no use.
+  EXPECT_TRUE(c->dns6.empty());
+  ASSERT_EQ(c->dns4.size(), 1u);
+}
+
 TEST(MirrorHost, LoopbackOnlyHostFallsBack) {
   HostSources s;
   std::vector<HostAddress> lo = Interfaces();

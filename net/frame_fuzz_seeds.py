@@ -89,10 +89,19 @@ FRAMES["ndp_ns"] = ipv6(58, bytes([135, 0, 0, 0, 0, 0, 0, 0]) + GW_LL + bytes([1
                         src=GUEST_LL, dst=bytes.fromhex("ff0200000000000000000001ff000001"),
                         hop_limit=255)
 
-for corpus in ("frame_fuzz_corpus", "dispatch_fuzz_corpus"):
-    out = os.path.join(HERE, corpus)
-    os.makedirs(out, exist_ok=True)
-    for name, frame in FRAMES.items():
-        for piece in (0, 3):
-            with open(os.path.join(out, "%s_%d" % (name, piece)), "wb") as f:
-                f.write(bytes([piece]) + frame)
+
+
+def main():
+    for corpus in ("frame_fuzz_corpus", "dispatch_fuzz_corpus"):
+        out = os.path.join(HERE, corpus)
+        os.makedirs(out, exist_ok=True)
+        for name, frame in FRAMES.items():
+            for piece in (0, 3):
+                with open(os.path.join(out, "%s_%d" % (name, piece)), "wb") as f:
+                    f.write(bytes([piece]) + frame)
+
+
+# Imported by translators_fuzz_seeds.py and tools/fuzz/pcap_seeds.py for its builders: writes only
+# when run.
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,8 @@ import struct
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "net"))
+from frame_fuzz_seeds import csum  # noqa: E402  The Internet checksum.
 GATEWAY_MAC = bytes.fromhex("9a559a559a55")
 HARNESS_GUEST4 = bytes([10, 0, 2, 15])
 HARNESS_GW4 = bytes([10, 0, 2, 2])
@@ -38,15 +40,6 @@ def frames(path):
         _, _, incl, _ = struct.unpack("<IIII", data[at:at + 16])
         yield data[at + 16:at + 16 + incl]
         at += 16 + incl
-
-
-def csum(b):
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def kind(frame):

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -292,11 +293,19 @@ std::string Link(const std::string& path) {
   return n > 0 ? std::string(buf, n) : std::string();
 }
 
-// Whether a process here may make user and mount namespaces (what the
-// sandbox tries; some kernels or containers forbid it).
-bool CanUnshareUserAndMount() {
+// Whether a process with the identity the sandbox takes (`runas`, or this
+// one's) may make user and mount namespaces: some kernels or containers
+// forbid it, to unprivileged users only or to all.
+bool CanUnshareUserAndMount(const std::optional<Identity>& runas) {
   const pid_t pid = fork();
-  if (pid == 0) _exit(unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0 ? 0 : 1);
+  if (pid == 0) {
+    if (runas.has_value() &&
+        (setgroups(0, nullptr) != 0 || setresgid(runas->gid, runas->gid, runas->gid) != 0 ||
+         setresuid(runas->uid, runas->uid, runas->uid) != 0)) {
+      _exit(2);
+    }
+    _exit(unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0 ? 0 : 1);
+  }
   int status = 0;
   waitpid(pid, &status, 0);
   return WIFEXITED(status) && WEXITSTATUS(status) == 0;
@@ -449,7 +458,7 @@ TEST(Sandbox, EntersDropsRootAndRemovesFilesWhenDone) {
     EXPECT_EQ(run.state.uid, getuid());
   }
   std::printf("namespaces: %d, empty root: %d\n", run.state.namespaces, run.state.empty_root);
-  if (CanUnshareUserAndMount()) {
+  if (CanUnshareUserAndMount(options.runas)) {
     EXPECT_TRUE(run.state.namespaces) << "the kernel allows them, yet the sandbox has none";
   }
   if (run.state.namespaces) {
