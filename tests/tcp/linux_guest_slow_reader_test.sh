@@ -8,7 +8,8 @@
 # Checks: every byte arrives in order (the reader checks the pattern); the guest's TCPTimeouts
 # (/proc/net/netstat in its namespace) did not move; the guest's send rate over the last 3 s of the
 # slow phase is within a factor of two of the drain rate; the fast phase moves the rest at more
-# than 20 MiB/s. Prints the rates and the guest's retransmission counters.
+# than 5 MiB/s (some 80 MiB/s on an idle machine; the bound only shows that the guest sped up when
+# the reader did, on a loaded one). Prints the rates and the guest's retransmission counters.
 #
 # Usage: linux_guest_slow_reader_test.sh VUNET TAP_BRIDGE FAULT_LIB_SH SLOW_READER_PY. Needs root;
 # skips (exit 0, SKIPPED line) without it.
@@ -61,5 +62,5 @@ grep -E 'tcp: ' "$FL_DIR/vunet.log" | tail -n 1
 ((timeouts == 0)) || fl_fail "the guest's stack had $timeouts retransmission timeouts"
 ((rate >= slow_rate / 2 && rate <= slow_rate * 2)) ||
   fl_fail "the guest sent at $rate B/s while the host drained $slow_rate B/s"
-((fast > 20 << 20)) || fl_fail "the fast phase ran at $fast B/s only"
+((fast > 5 << 20)) || fl_fail "the fast phase ran at $fast B/s only"
 echo "PASS"

@@ -445,23 +445,25 @@ TEST_F(UdpIntegrationTest, TenThousandDatagramsWithoutLoss) {
   EXPECT_EQ(udp.rx_stats().frames, static_cast<uint64_t>(kCount));
 }
 
-// 10,000 datagrams each way at a steady 10,000 a second, the sender never
+// 10,000 datagrams each way at a steady 5,000 a second, the sender never
 // waiting for the receiver (which reads concurrently): none lost, each in
-// order and byte-exact.
+// order and byte-exact. The rate leaves the readers tens of milliseconds of
+// slack on a loaded machine: the host socket holds some 200 of them
+// (net.core.rmem_max caps its buffer), the guest's ring 256.
 TEST_F(UdpIntegrationTest, TenThousandDatagramsAtAPacedRate) {
   StartBackend();
   Connect();
   HostSocket host;
   constexpr int kCount = 10000;
-  constexpr int kPerTick = 10;  // Every millisecond.
+  constexpr int kPerTick = 5;  // Every millisecond.
   constexpr size_t kSize = 1200;
   // Guest to host: the test thread sends, a host thread receives.
   sockaddr_storage from{};
   int received = 0;
   bool in_order = true;
   std::thread reader([&] {
-    // Cheap per datagram (no allocation), so that the reader keeps up under
-    // the sanitizers too.
+    // Cheap per datagram (one receive buffer, reused), so that the reader
+    // keeps up under the sanitizers too.
     std::vector<uint8_t> buf(kSize + 1);
     std::vector<uint8_t> want;
     for (; received < kCount; ++received) {

@@ -112,6 +112,17 @@ void ReceiveLoop(int fd, size_t size, const std::atomic<bool>* stop, uint64_t* c
     const int r = recvmmsg(fd, msgs, kBatch, MSG_DONTWAIT, nullptr);
     if (r > 0) n += static_cast<uint64_t>(r);
   }
+  // What arrived before the stop and is still queued counts as received.
+  for (;;) {
+    for (int i = 0; i < kBatch; ++i) {
+      msgs[i] = {};
+      msgs[i].msg_hdr.msg_iov = &iov[i];
+      msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    const int r = recvmmsg(fd, msgs, kBatch, MSG_DONTWAIT, nullptr);
+    if (r <= 0) break;
+    n += static_cast<uint64_t>(r);
+  }
   *count = n;
 }
 
