@@ -147,33 +147,44 @@ bool FillAddress(const std::string& path, sockaddr_un* a) {
   return true;
 }
 
+// One recvmsg of up to `len` bytes into `buf`, appending the fds that come
+// with them to fds[*nfds..kMaxFds) (any beyond are closed). Returns recvmsg's
+// result.
+ssize_t RecvWithFds(int fd, uint8_t* buf, size_t len, int* fds, size_t* nfds) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  iovec iov = {buf, len};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return n;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int f;
+      std::memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (*nfds < kMaxFds) {
+        fds[(*nfds)++] = f;
+      } else {
+        close(f);
+      }
+    }
+  }
+  return n;
+}
+
 // Reads exactly `len` bytes of `fd` into `buf`, gathering the fds that come
 // with them. False at end of stream or on an error.
 bool ReadFull(int fd, uint8_t* buf, size_t len, int* fds, size_t* nfds) {
   while (len > 0) {
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-    iovec iov = {buf, len};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    const ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EINTR) continue;
+    const ssize_t n = RecvWithFds(fd, buf, len, fds, nfds);
     if (n <= 0) return false;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int f;
-        std::memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        if (*nfds < kMaxFds) {
-          fds[(*nfds)++] = f;
-        } else {
-          close(f);
-        }
-      }
-    }
     buf += n;
     len -= static_cast<size_t>(n);
   }
@@ -223,22 +234,8 @@ bool RelayBytes(int from, int to) {
   uint8_t buf[65536];
   int fds[kMaxFds];
   size_t nfds = 0;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  iovec iov = {buf, sizeof(buf)};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  const ssize_t n = recvmsg(from, &msg, MSG_CMSG_CLOEXEC);
+  const ssize_t n = RecvWithFds(from, buf, sizeof(buf), fds, &nfds);
   if (n <= 0) return false;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count && nfds < kMaxFds; ++i) {
-      std::memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-    }
-  }
   return SendWithFds(to, buf, static_cast<size_t>(n), fds, nfds);
 }
 
