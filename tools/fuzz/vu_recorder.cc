@@ -33,6 +33,7 @@
 
 #include "base/unique_fd.h"
 #include "gflags/gflags.h"
+#include "vu/message.h"
 
 DEFINE_string(listen, "", "the socket the frontend connects to");
 DEFINE_string(backend, "", "the backend's socket");
@@ -41,14 +42,15 @@ DEFINE_string(out, "", "the seed file to write");
 namespace {
 
 using vunet::UniqueFd;
+namespace vu = vunet::vu;
 
 constexpr size_t kHeaderLen = 12;
+static_assert(sizeof(vu::Header) == kHeaderLen);
 constexpr uint32_t kSetMemTable = 5;
 constexpr uint32_t kSetVringAddr = 9;
 constexpr uint32_t kAddMemReg = 37;
 constexpr uint64_t kMemfdSize = 1 << 20;  // vu/fuzz_stream.h's.
 constexpr size_t kRegionLen = 32;         // gpa, size, user address, mmap offset.
-constexpr size_t kMaxFds = 32;
 
 // One region as recorded: [user, user + size) after shrinking.
 struct Region {
@@ -147,96 +149,21 @@ bool FillAddress(const std::string& path, sockaddr_un* a) {
   return true;
 }
 
-// One recvmsg of up to `len` bytes into `buf`, appending the fds that come
-// with them to fds[*nfds..kMaxFds) (any beyond are closed). Returns recvmsg's
-// result.
-ssize_t RecvWithFds(int fd, uint8_t* buf, size_t len, int* fds, size_t* nfds) {
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  iovec iov = {buf, len};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  do {
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return n;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int f;
-      std::memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (*nfds < kMaxFds) {
-        fds[(*nfds)++] = f;
-      } else {
-        close(f);
-      }
-    }
+// One message from `from` (read as the backend reads it: vu::ReadMessage),
+// written whole with its fds to `to`, and recorded if `rec`. False when
+// either side closes or breaks the framing.
+bool Relay(int from, int to, Recorder* rec) {
+  absl::StatusOr<vu::Message> m = vu::ReadMessage(from);
+  if (!m.ok()) return false;
+  if (rec != nullptr) {
+    std::vector<uint8_t> bytes(kHeaderLen + m->header.size);
+    std::memcpy(bytes.data(), &m->header, kHeaderLen);
+    std::memcpy(bytes.data() + kHeaderLen, m->payload, m->header.size);
+    std::vector<int> fds;
+    for (const UniqueFd& fd : m->fds) fds.push_back(fd.get());
+    rec->Add(bytes.data(), bytes.size(), fds.data(), fds.size());
   }
-  return n;
-}
-
-// Reads exactly `len` bytes of `fd` into `buf`, gathering the fds that come
-// with them. False at end of stream or on an error.
-bool ReadFull(int fd, uint8_t* buf, size_t len, int* fds, size_t* nfds) {
-  while (len > 0) {
-    const ssize_t n = RecvWithFds(fd, buf, len, fds, nfds);
-    if (n <= 0) return false;
-    buf += n;
-    len -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
-// Sends `len` bytes with `fds` (one sendmsg) and closes our copies of the fds.
-bool SendWithFds(int fd, const uint8_t* buf, size_t len, const int* fds, size_t nfds) {
-  iovec iov = {const_cast<uint8_t*>(buf), len};
-  msghdr out{};
-  out.msg_iov = &iov;
-  out.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  if (nfds > 0) {
-    out.msg_control = control;
-    out.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    cmsghdr* c = CMSG_FIRSTHDR(&out);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    std::memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-  }
-  const ssize_t sent = sendmsg(fd, &out, MSG_NOSIGNAL);
-  for (size_t i = 0; i < nfds; ++i) close(fds[i]);
-  return sent == static_cast<ssize_t>(len);
-}
-
-// One message from the frontend, read as the backend reads it (header, then
-// payload, fds with either), relayed whole with its fds, and recorded.
-bool RelayMessage(int from, int to, Recorder* rec) {
-  static uint8_t buf[kHeaderLen + 0x10000];
-  int fds[kMaxFds];
-  size_t nfds = 0;
-  if (!ReadFull(from, buf, kHeaderLen, fds, &nfds)) return false;
-  uint32_t size;
-  std::memcpy(&size, buf + 8, 4);
-  if (size > 0x10000 || !ReadFull(from, buf + kHeaderLen, size, fds, &nfds)) {
-    for (size_t i = 0; i < nfds; ++i) close(fds[i]);
-    return false;
-  }
-  rec->Add(buf, kHeaderLen + size, fds, nfds);
-  return SendWithFds(to, buf, kHeaderLen + size, fds, nfds);
-}
-
-// Relays what the backend sends (replies: no fds from vunet) as it comes.
-bool RelayBytes(int from, int to) {
-  uint8_t buf[65536];
-  int fds[kMaxFds];
-  size_t nfds = 0;
-  const ssize_t n = RecvWithFds(from, buf, sizeof(buf), fds, &nfds);
-  if (n <= 0) return false;
-  return SendWithFds(to, buf, static_cast<size_t>(n), fds, nfds);
+  return vu::WriteMessage(to, *m).ok();
 }
 
 int Fail(const char* what) {
@@ -280,10 +207,9 @@ int main(int argc, char** argv) {
       if (errno == EINTR) continue;
       break;
     }
-    if ((p[0].revents & (POLLIN | POLLHUP)) && !RelayMessage(frontend.get(), backend.get(), &rec)) {
+    if ((p[0].revents & (POLLIN | POLLHUP)) && !Relay(frontend.get(), backend.get(), &rec)) break;
+    if ((p[1].revents & (POLLIN | POLLHUP)) && !Relay(backend.get(), frontend.get(), nullptr))
       break;
-    }
-    if ((p[1].revents & (POLLIN | POLLHUP)) && !RelayBytes(backend.get(), frontend.get())) break;
   }
   std::fclose(out);
   unlink(FLAGS_listen.c_str());
