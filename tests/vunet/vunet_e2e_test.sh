@@ -79,6 +79,29 @@ run_guest() {
   console=$(e2e_console)
 }
 
+# busybox httpd on the host's 127.0.0.1 serving "hello from the host", on a free port other than
+# AVOID (if given); sets http_port.
+start_httpd() {
+  http_port=$(e2e_free_port)
+  [[ $http_port != "${1:-}" ]] || http_port=$((http_port + 1))
+  mkdir -p "$E2E_DIR/www"
+  echo "hello from the host" >"$E2E_DIR/www/index.html"
+  e2e_host_bg httpd.log busybox httpd -f -p "127.0.0.1:$http_port" -h "$E2E_DIR/www"
+}
+
+# Guest lines that ping the gateway and fetch start_httpd's page (@HTTP@ its port), each saying how
+# it went: "GUEST: ping ok|FAILED", "GUEST: http PAGE|FAILED".
+ping_and_fetch() {
+  cat <<'EOF'
+if ping -c 2 -W 5 "$gw"; then echo "GUEST: ping ok"; else echo "GUEST: ping FAILED"; fi
+if timeout 20 wget -q -O /tmp/page "http://$gw:@HTTP@/"; then
+  echo "GUEST: http $(cat /tmp/page)"
+else
+  echo "GUEST: http FAILED"
+fi
+EOF
+}
+
 # Fails unless the guest's console has a line matching the extended regex.
 expect() {
   local why="no line matching '$1' on the guest's console"
@@ -232,12 +255,8 @@ EOF
 tcp)
   iperf_port=$(e2e_free_port)
   e2e_start_vunet "$vunet" "${addressing[@]}"
-  http_port=$(e2e_free_port)
-  [[ $http_port != "$iperf_port" ]] || http_port=$((iperf_port + 1))
+  start_httpd "$iperf_port"
   e2e_host_bg iperf3.log iperf3 -s -B 127.0.0.1 -p "$iperf_port"
-  mkdir -p "$E2E_DIR/www"
-  echo "hello from the host" >"$E2E_DIR/www/index.html"
-  e2e_host_bg httpd.log busybox httpd -f -p "127.0.0.1:$http_port" -h "$E2E_DIR/www"
   e2e_guest_script "$script" IPERF="$iperf_port" HTTP="$http_port" <<'EOF'
 rc=0
 if timeout 20 wget -q -O /tmp/page "http://$gw:@HTTP@/"; then
@@ -343,20 +362,11 @@ EOF
 
 reboot)
   e2e_start_vunet "$vunet" "${addressing[@]}"
-  http_port=$(e2e_free_port)
-  mkdir -p "$E2E_DIR/www"
-  echo "hello from the host" >"$E2E_DIR/www/index.html"
-  e2e_host_bg httpd.log busybox httpd -f -p "127.0.0.1:$http_port" -h "$E2E_DIR/www"
-  e2e_guest_script "$script" HTTP="$http_port" <<'EOF'
-if ping -c 2 -W 5 "$gw"; then echo "GUEST: ping ok"; else echo "GUEST: ping FAILED"; fi
-if timeout 20 wget -q -O /tmp/page "http://$gw:@HTTP@/"; then
-  echo "GUEST: http $(cat /tmp/page)"
-else
-  echo "GUEST: http FAILED"
-fi
-echo "GUEST: pass done"
-reboot -f
-EOF
+  start_httpd
+  {
+    ping_and_fetch
+    printf 'echo "GUEST: pass done"\nreboot -f\n'
+  } | e2e_guest_script "$script" HTTP="$http_port"
   # Two passes (the second after the reboot), then QEMU is stopped here: the guest would reboot forever.
   passes() { grep -c 'GUEST: pass done' "$E2E_DIR/console.log" || true; }
   stop_after_two_passes() {
@@ -387,18 +397,8 @@ EOF
   ;;
 reconnect)
   e2e_start_vunet "$vunet" -a 10.0.2.15 -n 24 -g 10.0.2.2 -D 10.0.2.3
-  http_port=$(e2e_free_port)
-  mkdir -p "$E2E_DIR/www"
-  echo "hello from the host" >"$E2E_DIR/www/index.html"
-  e2e_host_bg httpd.log busybox httpd -f -p "127.0.0.1:$http_port" -h "$E2E_DIR/www"
-  e2e_guest_script "$script" HTTP="$http_port" <<'EOF'
-if ping -c 2 -W 5 "$gw"; then echo "GUEST: ping ok"; else echo "GUEST: ping FAILED"; fi
-if timeout 20 wget -q -O /tmp/page "http://$gw:@HTTP@/"; then
-  echo "GUEST: http $(cat /tmp/page)"
-else
-  echo "GUEST: http FAILED"
-fi
-EOF
+  start_httpd
+  ping_and_fetch | e2e_guest_script "$script" HTTP="$http_port"
   t_boot=$(guest_now)
   for vm in 1 2; do
     e2e_boot "$script" 50
