@@ -31,6 +31,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -262,7 +263,8 @@ TEST(SeccompFilter, KillsOnExecPtraceAndNamespaces) {
       },
       [] { ptrace(PTRACE_TRACEME, 0, nullptr, nullptr); },
       [] { unshare(CLONE_NEWUSER); },
-      [] { setuid(0); },
+      // Its result is never seen: the filter kills the caller first.
+      [] { [[maybe_unused]] const int result = setuid(0); },
   };
   int i = 0;
   for (const auto& call : forbidden) {
@@ -279,6 +281,18 @@ TEST(SeccompFilter, KillsOnExecPtraceAndNamespaces) {
 
 // ---------------------------------------------------------------------------
 // The whole sandbox.
+
+// Reads exactly one `T` (trivially copyable) from `fd`: false on a short read
+// or an error. The bytes land in a buffer first, so what is filled is plainly
+// the whole object.
+template <typename T>
+bool ReadWhole(int fd, T* value) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  unsigned char bytes[sizeof(T)];
+  if (read(fd, bytes, sizeof(bytes)) != static_cast<ssize_t>(sizeof(bytes))) return false;
+  std::memcpy(value, bytes, sizeof(bytes));
+  return true;
+}
 
 std::string ProcStatus(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -397,7 +411,7 @@ ChildRun EnterInChild(const SandboxOptions& options, Ending ending,
   }
   close(ready[1]);
   close(go[0]);
-  if (read(ready[0], &run.state, sizeof(run.state)) == sizeof(run.state)) {
+  if (ReadWhole(ready[0], &run.state)) {
     run.ok = true;
     run.status_file = ProcStatus(pid);
     const std::string proc = "/proc/" + std::to_string(pid);
