@@ -24,7 +24,7 @@
 #include <string>
 
 #include "absl/types/span.h"
-#include "net/checksum.h"
+#include "net/packet/checksum.h"
 
 namespace vunet::guest_test {
 

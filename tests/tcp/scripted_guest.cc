@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "net/checksum.h"
+#include "net/packet/checksum.h"
 
 namespace vunet::tcp_testing {
 namespace {

@@ -41,8 +41,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "net/config.h"
-#include "net/frame.h"
+#include "net/config/config.h"
+#include "net/packet/frame.h"
 #include "tools/vu_frontend/frontend.h"
 
 namespace vunet::tcp_testing {

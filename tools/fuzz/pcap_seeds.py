@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Turns a vunet --pcap capture of a real guest into fuzz seeds:
 
-  net/frame_fuzz_corpus/real_NAME_N       every distinct frame, both ways (frame_fuzz's format:
+  net/packet/frame_fuzz_corpus/real_NAME_N       every distinct frame, both ways (frame_fuzz's format:
                                           a piece-size byte, then the frame)
-  net/dispatch_fuzz_corpus/real_NAME_N    every distinct frame from the guest
-  net/translators_fuzz_corpus/real_NAME   the guest's frames in order, as translators_fuzz
+  net/gateway/dispatch_fuzz_corpus/real_NAME_N    every distinct frame from the guest
+  net/translate/translators_fuzz_corpus/real_NAME   the guest's frames in order, as translators_fuzz
                                           operations, its addresses and ports moved to the
                                           harness's (10.0.2.15 -> 10.0.2.2, TCP to the gateway's
                                           port 80, UDP to 53 or the echo port 7), checksums
@@ -20,7 +20,7 @@ import struct
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "net"))
+sys.path.insert(0, os.path.join(ROOT, "net", "packet"))
 from frame_fuzz_seeds import csum  # noqa: E402  The Internet checksum.
 GATEWAY_MAC = bytes.fromhex("9a559a559a55")
 HARNESS_GUEST4 = bytes([10, 0, 2, 15])
@@ -161,9 +161,9 @@ def main():
     for (to_guest, _, _), group in sorted(kept.items()):
         for f in group:
             piece = bytes([0 if n % 3 else 7])
-            write(os.path.join(ROOT, "net/frame_fuzz_corpus", "real_%s_%d" % (name, n)), piece + f)
+            write(os.path.join(ROOT, "net/packet/frame_fuzz_corpus", "real_%s_%d" % (name, n)), piece + f)
             if not to_guest:
-                write(os.path.join(ROOT, "net/dispatch_fuzz_corpus", "real_%s_%d" % (name, n)),
+                write(os.path.join(ROOT, "net/gateway/dispatch_fuzz_corpus", "real_%s_%d" % (name, n)),
                       piece + f)
             n += 1
 
@@ -193,7 +193,7 @@ def main():
             if g[tcp_at + 13] & 0x01:
                 ops += bytes([PEER, 0, 2, LOOP, CONSUME])  # And closes after the guest.
         count += 1
-    write(os.path.join(ROOT, "net/translators_fuzz_corpus", "real_%s" % name), bytes(ops))
+    write(os.path.join(ROOT, "net/translate/translators_fuzz_corpus", "real_%s" % name), bytes(ops))
     print("pcap_seeds: %d frames read; %d distinct seeds; %d guest frames in the conversation" %
           (len(captured), n, count))
 

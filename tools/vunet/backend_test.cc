@@ -29,9 +29,9 @@
 #include "base/pcap.h"
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
-#include "net/flow.h"
-#include "net/frame.h"
-#include "net/translator.h"
+#include "net/flow/flow.h"
+#include "net/packet/frame.h"
+#include "net/translate/translator.h"
 #include "tools/vu_frontend/frontend.h"
 
 namespace vunet::tools {

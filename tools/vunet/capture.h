@@ -21,7 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "base/pcap.h"
-#include "net/dispatch.h"
+#include "net/gateway/dispatch.h"
 #include "vu/common.h"
 
 namespace vunet::tools {

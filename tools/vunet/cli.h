@@ -30,7 +30,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "net/config.h"
+#include "net/config/config.h"
 
 namespace vunet::tools {
 

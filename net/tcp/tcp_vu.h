@@ -1,0 +1,121 @@
+// The TCP translator's receive path over vhost-user: data a host socket
+// holds, peeked (MSG_PEEK) by the kernel straight into the guest's receive
+// buffers, with Ethernet/IP/TCP headers written in front of each segment.
+//
+// One PeekToGuest call serves one flow: it collects receive buffers for up
+// to `max_frames` segments of at most `mss` payload bytes (vu::Collect, room
+// for the virtio-net header and the frame's headers left in front of each),
+// builds one iovec array over the payload areas of all of them (skipping
+// each header area), peeks once, and writes headers (BuildFrame) and used
+// entries (vu::FillFrame) for the segments the data filled. Elements the data
+// did not reach are rewound. Nothing is flushed: the caller gathers the
+// segments of several flows and publishes them with one Flush (one notify).
+// The data stays in the socket; the caller discards it once the guest
+// acknowledges it.
+//
+// Where the kernel has SO_PEEK_OFF for TCP (Linux 6.9 on), the socket's peek
+// offset is where the peek starts and the caller keeps it at the first byte
+// not yet sent; otherwise the caller passes `skip`, the bytes already sent,
+// and the peek reads them again into a discard buffer first.
+//
+// Every pool (elements, iovecs, frames) is sized at Create; a call allocates
+// nothing.
+//
+//   absl::StatusOr<std::unique_ptr<TcpRxWriter>> w = TcpRxWriter::Create({});
+//   TcpSegments seg{.frame = spec, .seq = snd_nxt, .mss = 1460, .max_bytes = room};
+//   TcpPeekResult r = (*w)->PeekToGuest(rx, fd, seg);   // for each flow
+//   (*w)->Flush(rx);                                     // once
+
+#ifndef VUNET_NET_TCP_VU_H_
+#define VUNET_NET_TCP_VU_H_
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "net/packet/frame.h"
+#include "net/translate/translator.h"
+#include "virtio/virtqueue.h"
+
+namespace vunet::net {
+
+struct TcpRxPools {
+  size_t max_frames = 64;   // Segments per peek.
+  size_t max_elems = 1024;  // Receive elements per peek (mergeable buffers).
+  size_t max_iov = 2048;    // iovec entries those elements map into.
+  size_t discard_size = 0;  // Bytes of the discard buffer (0: SO_PEEK_OFF in use).
+};
+
+// The segments of one peek.
+struct TcpSegments {
+  // Addresses, ports, ack, window and flags (ACK; PSH is added on the last
+  // segment). protocol must be IPPROTO_TCP, tcp_options empty; tcp_seq and
+  // l4_checksum are set here.
+  FrameSpec frame;
+  uint32_t seq = 0;      // Of the first byte peeked.
+  size_t mss = 536;      // Payload bytes per segment, at most.
+  size_t max_bytes = 0;  // Bytes to peek, at most (the guest's window).
+  size_t skip = 0;       // Bytes before them in the socket (without SO_PEEK_OFF).
+};
+
+struct TcpPeekResult {
+  size_t bytes = 0;   // Data written into the guest's buffers.
+  size_t frames = 0;  // Segments written.
+  // The peek found no more data and the peer shut down its side: recvmsg
+  // returned 0 (SO_PEEK_OFF), or only the `skip` bytes with nothing after.
+  bool eof = false;
+  bool no_new_data = false;  // Only `skip` bytes came back (or EAGAIN).
+  bool no_room = false;      // Not even one segment's buffers were available.
+  bool full = false;         // Every byte asked for came back: more may wait.
+  int error = 0;             // errno of a failed recvmsg other than EAGAIN; EPROTO if a
+                             // segment could not be built after the peek (the flow
+                             // must end: the peek offset moved past it).
+};
+
+class TcpRxWriter {
+ public:
+  // The most iovec entries one recvmsg takes (UIO_MAXIOV).
+  static constexpr size_t kMaxRecvIov = 1024;
+
+  // kInvalidArgument for empty pools.
+  static absl::StatusOr<std::unique_ptr<TcpRxWriter>> Create(const TcpRxPools& pools);
+
+  // Peeks up to seg.max_bytes from `fd` into segments in rx's queue (see the
+  // file comment). A queue that breaks under us is reported to rx.
+  TcpPeekResult PeekToGuest(GuestRx* rx, int fd, const TcpSegments& seg);
+
+  // Publishes every segment written since the last Flush and notifies the
+  // guest once (as it asks). Nothing to do if none was written.
+  void Flush(GuestRx* rx);
+  bool pending() const { return fill_ > 0; }
+
+  // The most bytes `skip` may be.
+  size_t max_skip() const;
+
+ private:
+  struct Frame {
+    size_t elem_start;
+    size_t elem_count;
+    size_t iov_start;
+    size_t iov_end;
+    size_t cap;  // Payload bytes it holds.
+  };
+
+  explicit TcpRxWriter(const TcpRxPools& pools);
+
+  TcpRxPools pools_;
+  std::unique_ptr<virtio::VirtqElement[]> elems_;
+  std::unique_ptr<iovec[]> pool_;
+  std::unique_ptr<Frame[]> frames_;
+  std::unique_ptr<iovec[]> recv_iov_;
+  std::unique_ptr<uint8_t[]> discard_;
+  virtio::Virtqueue* vq_ = nullptr;  // The queue fill_ entries were written to.
+  uint32_t fill_ = 0;                // Used entries filled, not flushed.
+};
+
+}  // namespace vunet::net
+
+#endif  // VUNET_NET_TCP_VU_H_

@@ -1,0 +1,665 @@
+// Fuzzes the whole frame path of the backend: the Dispatcher (ARP, DHCP,
+// NDP, DHCPv6) with ICMP echo, the TCP translator and the UDP translator
+// behind it, as tools/vunet chains them, against real host sockets and a
+// guest receive queue in driver-laid-out memory.
+//
+// Hermetic: LLVMFuzzerInitialize moves the process into user and network
+// namespaces of its own (loopback only, brought up), so connects and sends
+// reach nothing but the harness's own peers; where the kernel allows no such
+// namespaces it runs no input at all (saying so once). Every input starts
+// from the same state: what an earlier one left in the peers' sockets is
+// drained first.
+// The peers: TCP listeners on 127.0.0.1:80 and [::1]:80 (the gateway's
+// port 80), UDP sockets on port 53 (the DNS the guest is given, forwarded)
+// and 7 (an echo); other ports are closed (RST, port unreachable).
+//
+// Input: one byte of set-up (bit 0 mergeable receive buffers, bit 1
+// GUEST_CSUM, bit 2 the receive queue starts stopped, bits 3-4 the receive
+// buffer size, bit 5 MTU 1500 rather than 65520), then operations until the
+// input ends, each one byte:
+//   low 3 bits  what
+//   0  a guest frame: u16 length (little-endian), the frame. Bit 3: make it
+//      answer the latest TCP segment we sent the guest (its ports swapped,
+//      its ack = that segment's end), so handshakes and transfers go on.
+//      Bit 4: cut it into iovecs of (length % 61 + 1) bytes. Bit 5: its
+//      virtio-net header says NEEDS_CSUM. Frames of one batch stay in place
+//      until the batch ends, as guest memory does.
+//   1  end of the transmit batch (OnBatchEnd)
+//   2  the event loop: epoll events to the translators, peers served
+//   3  the clock advances u16 milliseconds; flow timers expire
+//   4  a host peer acts: u8 peer, u8 action (write, shut down, reset, close,
+//      read all)
+//   5  a host client: connect to the -t forward, or a datagram to the -u one
+//   6  the guest takes what we wrote (each frame must parse) and reposts
+//   7  the receive queue stops or restarts
+// Checked: every reply and every frame written into the receive queue
+// parses; after the input, with everything shut down, no fd is left open.
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/log.h"
+#include "base/unique_fd.h"
+#include "net/config/config.h"
+#include "net/gateway/dispatch.h"
+#include "net/flow/flow.h"
+#include "net/packet/frame.h"
+#include "net/icmp/icmp.h"
+#include "net/tcp/tcp.h"
+#include "net/translate/translator.h"
+#include "net/udp/udp.h"
+#include "virtio/guest_memory.h"
+#include "virtio/testing/driver.h"
+#include "virtio/virtqueue.h"
+#include "vu/common.h"
+
+namespace {
+
+using namespace vunet;
+using namespace vunet::net;
+
+constexpr uint16_t kTcpPeerPort = 80;
+constexpr uint16_t kDnsPort = 53;
+constexpr uint16_t kEchoPort = 7;
+constexpr uint16_t kTcpForwardPort = 8080;
+constexpr uint16_t kUdpForwardPort = 5000;
+constexpr uint32_t kRing = 128;
+constexpr uint64_t kMemory = 16 << 20;
+constexpr size_t kMaxPeers = 16;
+constexpr size_t kMaxFrames = 512;  // Per input, so that an input ends.
+
+int64_t g_now = 1'000'000'000;
+bool g_stats = false;  // TRANSLATORS_FUZZ_STATS=1: each input's counters on stderr.
+int64_t FakeClock() { return g_now; }
+
+void Die(const char* what) {
+  std::fprintf(stderr, "translators_fuzz: %s: %s\n", what, std::strerror(errno));
+  std::exit(1);
+}
+
+bool WriteFile(const char* path, const std::string& text) {
+  UniqueFd fd(open(path, O_WRONLY | O_CLOEXEC));
+  return fd.valid() &&
+         write(fd.get(), text.data(), text.size()) == static_cast<ssize_t>(text.size());
+}
+
+void Check(bool ok) {
+  if (!ok) __builtin_trap();
+}
+
+bool Parses(const iovec* iov, size_t n) {
+  ParsedFrame p;
+  return ParseFrame(absl::MakeConstSpan(iov, n), &p).ok();
+}
+
+// The latest TCP segment we sent the guest, for frames that answer it.
+struct LastSegment {
+  bool valid = false;
+  uint16_t src_port = 0;  // Ours.
+  uint16_t dst_port = 0;  // The guest's.
+  uint32_t end = 0;       // seq + payload (+1 for SYN or FIN).
+} g_last;
+
+void Remember(absl::Span<const iovec> frame) {
+  ParsedFrame p;
+  if (!ParseFrame(frame, &p).ok() || p.l4 != L4Kind::kTcp) return;
+  g_last.valid = true;
+  g_last.src_port = p.src_port;
+  g_last.dst_port = p.dst_port;
+  g_last.end = p.tcp.seq + static_cast<uint32_t>(p.payload_len) +
+               ((p.tcp.flags & (kTcpSyn | kTcpFin)) != 0 ? 1 : 0);
+}
+
+class CheckingSender : public ReplySender {
+ public:
+  absl::Status Send(absl::Span<const uint8_t> frame) override {
+    const iovec iov = {const_cast<uint8_t*>(frame.data()), frame.size()};
+    Check(Parses(&iov, 1));
+    Remember(absl::MakeConstSpan(&iov, 1));
+    return absl::OkStatus();
+  }
+};
+
+// The guest's receive queue in memory laid out as a driver would.
+class FuzzRx : public GuestRx {
+ public:
+  FuzzRx(bool mergeable, bool guest_csum, uint32_t buffer_size, bool running)
+      : buffer_size_(buffer_size), running_(running) {
+    memory_ = virtio::testing::DriverMemory::Create(kMemory).value();
+    Check(memory_->MapInto(&guest_memory_).ok());
+    driver_ = std::make_unique<virtio::testing::DriverQueue>(memory_.get(), kRing);
+    Check(vq_.Start(&guest_memory_, driver_->DeviceConfig(guest_memory_).value()).ok());
+    config_.mergeable_rx = mergeable;
+    config_.guest_csum = guest_csum;
+    for (uint32_t i = 0; i < kRing; ++i) free_.push_back(memory_->Alloc(buffer_size).value());
+    Post();
+  }
+
+  virtio::Virtqueue* queue() override { return running_ ? &vq_ : nullptr; }
+  const vu::NetConfig& config() const override { return config_; }
+  void OnFrameWritten(absl::Span<const iovec> iov, size_t offset, size_t len) override {
+    // The frame must parse where it stands, its bytes in guest memory.
+    iovec view[64];
+    size_t n = 0;
+    for (const iovec& v : iov) {
+      if (offset >= v.iov_len) {
+        offset -= v.iov_len;
+        continue;
+      }
+      if (n == 64 || len == 0) break;
+      const size_t take = std::min(v.iov_len - offset, len);
+      view[n++] = {static_cast<uint8_t*>(v.iov_base) + offset, take};
+      len -= take;
+      offset = 0;
+    }
+    Check(len == 0 && Parses(view, n));
+    Remember(absl::MakeConstSpan(view, n));
+  }
+
+  void Toggle() { running_ = !running_; }
+  bool running() const { return running_; }
+
+  // The guest reads what was used and posts the buffers again.
+  void Consume() {
+    while (std::optional<virtio::VirtqUsedElem> used = driver_->PopUsed()) {
+      auto it = std::find_if(posted_.begin(), posted_.end(),
+                             [&](const auto& p) { return p.first == used->id; });
+      Check(it != posted_.end());
+      Check(used->len <= buffer_size_);
+      free_.push_back(it->second);
+      posted_.erase(it);
+    }
+    Post();
+  }
+
+ private:
+  void Post() {
+    while (!free_.empty()) {
+      const virtio::testing::DriverQueue::Buffer b = {free_.back(), buffer_size_, true};
+      const std::optional<uint16_t> head = driver_->AddChain(absl::MakeConstSpan(&b, 1));
+      if (!head.has_value()) break;
+      posted_.push_back({*head, free_.back()});
+      free_.pop_back();
+    }
+    driver_->Publish();
+  }
+
+  const uint32_t buffer_size_;
+  bool running_;
+  std::unique_ptr<virtio::testing::DriverMemory> memory_;
+  virtio::GuestMemory guest_memory_;
+  std::unique_ptr<virtio::testing::DriverQueue> driver_;
+  virtio::Virtqueue vq_;
+  vu::NetConfig config_;
+  std::vector<uint64_t> free_;
+  std::vector<std::pair<uint16_t, uint64_t>> posted_;
+};
+
+// The event loop's epoll set: translators' tags carry their kind in the top
+// byte (64.. TCP, 96.. UDP); ICMP sockets are tagged 1 << 56 | fd.
+class Loop : public SocketWatcher, public IcmpEcho::SocketObserver {
+ public:
+  Loop() : epoll_(epoll_create1(EPOLL_CLOEXEC)) { Check(epoll_.valid()); }
+
+  absl::Status Watch(int fd, uint32_t events, uint64_t tag) override {
+    return Ctl(EPOLL_CTL_ADD, fd, events, tag);
+  }
+  absl::Status Modify(int fd, uint32_t events, uint64_t tag) override {
+    return Ctl(EPOLL_CTL_MOD, fd, events, tag);
+  }
+  void Unwatch(int fd) override { epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr); }
+  bool OnSocketOpened(int fd) override {
+    return Ctl(EPOLL_CTL_ADD, fd, EPOLLIN, uint64_t{1} << 56 | static_cast<uint32_t>(fd)).ok();
+  }
+  void OnSocketClosing(int fd) override { Unwatch(fd); }
+
+  void Run(IcmpEcho* icmp, Translator* tcp, Translator* udp) {
+    epoll_event ev[64];
+    const int n = epoll_wait(epoll_.get(), ev, 64, 0);
+    for (int i = 0; i < n; ++i) {
+      const uint64_t tag = ev[i].data.u64;
+      const uint8_t kind = static_cast<uint8_t>(tag >> 56);
+      if (kind == 1) {
+        if (icmp != nullptr) icmp->OnReadable(static_cast<int>(tag & 0xffffffff));
+      } else if (kind >= 64 && kind < 96) {
+        tcp->OnSocketEvent(tag, ev[i].events);
+      } else if (kind >= 96 && kind < 128) {
+        udp->OnSocketEvent(tag, ev[i].events);
+      }
+    }
+  }
+
+ private:
+  absl::Status Ctl(int op, int fd, uint32_t events, uint64_t tag) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = tag;
+    if (epoll_ctl(epoll_.get(), op, fd, &ev) != 0) return absl::InternalError("epoll_ctl");
+    return absl::OkStatus();
+  }
+  UniqueFd epoll_;
+};
+
+// The host's side, made once in the namespace.
+struct Host {
+  UniqueFd tcp4, tcp6;    // Listeners on port 80.
+  UniqueFd dns4, dns6;    // UDP on port 53.
+  UniqueFd echo4, echo6;  // UDP on port 7.
+};
+Host* g_host = nullptr;
+bool g_no_namespaces = false;
+
+UniqueFd Bound(int family, int type, uint16_t port) {
+  UniqueFd fd(socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) Die("socket");
+  const int one = 1;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_storage a{};
+  socklen_t len;
+  if (family == AF_INET) {
+    auto* s = reinterpret_cast<sockaddr_in*>(&a);
+    s->sin_family = AF_INET;
+    s->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    s->sin_port = htons(port);
+    len = sizeof(*s);
+  } else {
+    setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    auto* s = reinterpret_cast<sockaddr_in6*>(&a);
+    s->sin6_family = AF_INET6;
+    s->sin6_addr = in6addr_loopback;
+    s->sin6_port = htons(port);
+    len = sizeof(*s);
+  }
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&a), len) != 0) Die("bind");
+  if (type == SOCK_STREAM && listen(fd.get(), 64) != 0) Die("listen");
+  return fd;
+}
+
+// Reads every datagram waiting on `fd`; answers each with its own bytes.
+void Echo(int fd) {
+  uint8_t buf[65536];
+  for (int i = 0; i < 64; ++i) {
+    sockaddr_storage from{};
+    socklen_t len = sizeof(from);
+    const ssize_t n =
+        recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &len);
+    if (n < 0) return;
+    (void)sendto(fd, buf, static_cast<size_t>(n), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from),
+                 len);
+  }
+}
+
+// Everything one input uses; destroyed before the fd check.
+struct World {
+  World(uint8_t setup) {
+    guest.guest_mac = kDefaultGuestMac;
+    SetFallback4(&guest);
+    SetFallback6(&guest);
+    guest.dns4 = {guest.gateway4};
+    guest.dns6 = {guest.gateway6};
+    guest.search_domains = {"example.org"};
+    guest.mtu = (setup & 0x20) ? 1500 : kDefaultMtu;
+    static constexpr uint32_t kSizes[] = {1526, 2048, 4096, 65562};
+    rx = std::make_unique<FuzzRx>(setup & 1, setup & 2, kSizes[(setup >> 3) & 3], !(setup & 4));
+    flows = FlowTable::Create({.capacity = 32, .seed = 1}).value();
+
+    TranslatorEnv env;
+    env.flows = flows.get();
+    env.rx = rx.get();
+    env.watcher = &loop;
+    env.replies = &sender;
+    env.guest = &guest;
+    env.clock = FakeClock;
+    UdpTranslatorOptions uo;
+    uo.forwards = ParsePortForwards("127.0.0.1/5000").value();
+    uo.dns = {
+        {UdpEndpoint::V4(guest.gateway4, kDnsPort), UdpEndpoint::V4(Loopback4(), kDnsPort)},
+        {UdpEndpoint::V6(guest.gateway6, kDnsPort), UdpEndpoint::V6(in6addr_loopback, kDnsPort)}};
+    uo.socket_buffer = 1 << 20;
+    env.first_kind = 96;
+    udp = UdpTranslator::Create(env, uo).value();
+    TcpTranslatorOptions to;
+    to.forwards = ParsePortForwards("127.0.0.1/8080:80").value();
+    to.max_pending = 64;
+    env.first_kind = 64;
+    env.next = udp.get();
+    tcp = TcpTranslator::Create(env, to).value();
+
+    IcmpEchoConfig ic = ToIcmpEchoConfig(guest);
+    ic.clock = FakeClock;
+    ic.max_sockets = 4;
+    absl::StatusOr<std::unique_ptr<IcmpEcho>> echo =
+        IcmpEcho::Create(ic, &sender, tcp.get(), &loop);
+    if (echo.ok()) icmp = std::move(*echo);
+    ParsedFrameSink* after =
+        icmp != nullptr ? static_cast<ParsedFrameSink*>(icmp.get()) : tcp.get();
+
+    arp = ToArpConfig(guest);
+    dhcp.emplace(DhcpServer::Create(ToDhcpConfig(guest)).value());
+    ndp.emplace(NdpResponder::Create(ToNdpConfig(guest)).value());
+    dhcpv6.emplace(Dhcpv6Server::Create(ToDhcpv6Config(guest)).value());
+    dispatcher.emplace(
+        Dispatcher::Handlers{.arp = &arp, .dhcp = &*dhcp, .ndp = &*ndp, .dhcpv6 = &*dhcpv6},
+        &sender, after);
+  }
+  ~World() {
+    if (g_stats) {
+      std::fprintf(stderr, "%s\n%s\n", tcp->StatsLine().c_str(), udp->StatsLine().c_str());
+    }
+    dispatcher.reset();
+    icmp.reset();
+    tcp->Shutdown();
+    udp->Shutdown();
+    tcp.reset();
+    udp.reset();
+    flows.reset();
+  }
+
+  static in_addr Loopback4() {
+    in_addr a;
+    a.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+  }
+
+  void Pump() {
+    loop.Run(icmp.get(), tcp.get(), udp.get());
+    tcp->OnRxAvailable();
+    udp->OnRxAvailable();
+  }
+
+  void Expire() {
+    flows->Expire(g_now, [&](FlowId id) {
+      const FlowKey* key = flows->Key(id);
+      if (key == nullptr) return;
+      if (key->proto == FlowProto::kTcp) tcp->OnTimer(id, g_now);
+      if (key->proto == FlowProto::kUdp) udp->OnTimer(id, g_now);
+    });
+    if (icmp != nullptr) icmp->Sweep(g_now);
+  }
+
+  GuestConfig guest;
+  CheckingSender sender;
+  Loop loop;
+  std::unique_ptr<FuzzRx> rx;
+  std::unique_ptr<FlowTable> flows;
+  std::unique_ptr<UdpTranslator> udp;
+  std::unique_ptr<TcpTranslator> tcp;
+  std::unique_ptr<IcmpEcho> icmp;
+  ArpConfig arp;
+  std::optional<DhcpServer> dhcp;
+  std::optional<NdpResponder> ndp;
+  std::optional<Dhcpv6Server> dhcpv6;
+  std::optional<Dispatcher> dispatcher;
+};
+
+// Host connections: accepted from the listeners, or ours to the forwards.
+struct Peers {
+  std::vector<UniqueFd> tcp;
+  UniqueFd udp_client;
+
+  void Accept() {
+    for (int listener : {g_host->tcp4.get(), g_host->tcp6.get()}) {
+      while (tcp.size() < kMaxPeers) {
+        const int fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;
+        tcp.emplace_back(fd);
+      }
+    }
+  }
+
+  void Act(uint8_t which, uint8_t action) {
+    if (tcp.empty()) return;
+    UniqueFd& p = tcp[which % tcp.size()];
+    if (!p.valid()) return;
+    static uint8_t data[65536];
+    switch (action % 6) {
+      case 0:
+      case 1: {
+        const size_t n = (action % 2 == 0 ? 100 : 60000) + which;
+        for (size_t i = 0; i < n; ++i) data[i] = static_cast<uint8_t>(i * 7 + which);
+        (void)send(p.get(), data, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        break;
+      }
+      case 2:
+        shutdown(p.get(), SHUT_WR);
+        break;
+      case 3: {
+        const linger l = {1, 0};
+        setsockopt(p.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        p.reset();
+        break;
+      }
+      case 4:
+        p.reset();
+        break;
+      case 5:
+        while (recv(p.get(), data, sizeof(data), MSG_DONTWAIT) > 0) {
+        }
+        break;
+    }
+  }
+
+  void Client(uint8_t what) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (what % 2 == 0) {
+      if (tcp.size() >= kMaxPeers) return;
+      UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      a.sin_port = htons(kTcpForwardPort);
+      (void)connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+      tcp.push_back(std::move(fd));
+    } else {
+      if (!udp_client.valid())
+        udp_client.reset(socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      a.sin_port = htons(kUdpForwardPort);
+      uint8_t payload[1500] = {};
+      (void)sendto(udp_client.get(), payload, (what * 13u) % sizeof(payload), MSG_DONTWAIT,
+                   reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    }
+  }
+
+  void Serve() {
+    Accept();
+    Echo(g_host->dns4.get());
+    Echo(g_host->dns6.get());
+    Echo(g_host->echo4.get());
+    Echo(g_host->echo6.get());
+  }
+};
+
+// Leaves the host's sockets as an input found them: connections nobody
+// accepted closed, datagrams nobody read discarded.
+void DrainPeers() {
+  for (int listener : {g_host->tcp4.get(), g_host->tcp6.get()}) {
+    for (;;) {
+      const int fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) break;
+      close(fd);
+    }
+  }
+  uint8_t buf[2048];
+  for (int fd :
+       {g_host->dns4.get(), g_host->dns6.get(), g_host->echo4.get(), g_host->echo6.get()}) {
+    while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC) >= 0) {
+    }
+  }
+}
+
+// Answering the latest segment: its ports swapped, the ack its end.
+void Answer(std::vector<uint8_t>* frame) {
+  if (!g_last.valid) return;
+  const iovec iov = {frame->data(), frame->size()};
+  ParsedFrame p;
+  if (!ParseFrame(absl::MakeConstSpan(&iov, 1), &p).ok() || p.l4 != L4Kind::kTcp) return;
+  uint8_t* tcp = frame->data() + p.l4_offset;
+  const uint16_t sport = htons(g_last.dst_port), dport = htons(g_last.src_port);
+  const uint32_t ack = htonl(g_last.end);
+  std::memcpy(tcp, &sport, 2);
+  std::memcpy(tcp + 2, &dport, 2);
+  std::memcpy(tcp + 8, &ack, 4);
+}
+
+size_t OpenFds() {
+  size_t n = 0;
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return 0;
+  while (const dirent* e = readdir(d)) n += e->d_name[0] != '.';
+  closedir(d);
+  return n - 1;  // The directory's own.
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  // Our own namespaces, or nothing: the translators connect to whatever the
+  // input names. The uid and gid map to ours, so files libFuzzer writes
+  // (corpus, crashes) are ours.
+  const uid_t uid = geteuid();
+  const gid_t gid = getegid();
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0) {
+    std::fprintf(stderr,
+                 "translators_fuzz: no user and network namespaces here (unshare: %s): no input "
+                 "is run\n",
+                 std::strerror(errno));
+    g_no_namespaces = true;
+    return 0;
+  }
+  if (!WriteFile("/proc/self/setgroups", "deny") ||
+      !WriteFile("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1") ||
+      !WriteFile("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1")) {
+    Die("uid_map");
+  }
+  UniqueFd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq ifr{};
+  std::strcpy(ifr.ifr_name, "lo");
+  if (ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0) Die("SIOCGIFFLAGS lo");
+  ifr.ifr_flags |= IFF_UP;
+  if (ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) Die("bringing lo up");
+  // Ping sockets for every group, in this namespace only (best effort).
+  (void)WriteFile("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
+  g_stats = std::getenv("TRANSLATORS_FUZZ_STATS") != nullptr;
+  if (!g_stats) log::SetLevel(log::Level::kError);
+  g_host = new Host;
+  g_host->tcp4 = Bound(AF_INET, SOCK_STREAM, kTcpPeerPort);
+  g_host->tcp6 = Bound(AF_INET6, SOCK_STREAM, kTcpPeerPort);
+  g_host->dns4 = Bound(AF_INET, SOCK_DGRAM, kDnsPort);
+  g_host->dns6 = Bound(AF_INET6, SOCK_DGRAM, kDnsPort);
+  g_host->echo4 = Bound(AF_INET, SOCK_DGRAM, kEchoPort);
+  g_host->echo6 = Bound(AF_INET6, SOCK_DGRAM, kEchoPort);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0 || g_no_namespaces) return 0;
+  DrainPeers();
+  const size_t fds_before = OpenFds();
+  g_now = 1'000'000'000;
+  g_last = {};
+  {
+    World world(data[0]);
+    Peers peers;
+    std::vector<std::vector<uint8_t>> batch;  // Frames in place until the batch ends.
+    std::vector<std::vector<iovec>> batch_iov;
+    size_t frames = 0;
+    auto end_batch = [&] {
+      world.dispatcher->OnBatchEnd();
+      batch.clear();
+      batch_iov.clear();
+    };
+    size_t pos = 1;
+    while (pos < size) {
+      const uint8_t op = data[pos++];
+      switch (op & 7) {
+        case 0: {
+          if (size - pos < 2) {
+            pos = size;
+            break;
+          }
+          size_t len = data[pos] | size_t{data[pos + 1]} << 8;
+          pos += 2;
+          if (len > size - pos) len = size - pos;
+          if (++frames > kMaxFrames) {
+            pos = size;
+            break;
+          }
+          batch.emplace_back(data + pos, data + pos + len);
+          pos += len;
+          std::vector<uint8_t>& f = batch.back();
+          if (op & 8) Answer(&f);
+          std::vector<iovec> iov;
+          const size_t piece = (op & 0x10) ? len % 61 + 1 : f.size();
+          for (size_t at = 0; at < f.size(); at += piece) {
+            iov.push_back({f.data() + at, std::min(piece, f.size() - at)});
+          }
+          batch_iov.push_back(std::move(iov));
+          vu::VirtioNetHdr hdr;
+          if (op & 0x20) hdr.flags = vu::kVirtioNetHdrFNeedsCsum;
+          world.dispatcher->OnFrame(hdr, batch_iov.back());
+          break;
+        }
+        case 1:
+          end_batch();
+          break;
+        case 2:
+          peers.Serve();
+          world.Pump();
+          break;
+        case 3:
+          if (size - pos < 2) {
+            pos = size;
+            break;
+          }
+          g_now += int64_t{data[pos] | data[pos + 1] << 8} * 1'000'000;
+          pos += 2;
+          world.Expire();
+          break;
+        case 4:
+          if (size - pos < 2) {
+            pos = size;
+            break;
+          }
+          peers.Accept();
+          peers.Act(data[pos], data[pos + 1]);
+          pos += 2;
+          break;
+        case 5:
+          peers.Client(op >> 3);
+          break;
+        case 6:
+          world.rx->Consume();
+          world.Pump();
+          break;
+        case 7:
+          world.rx->Toggle();
+          if (world.rx->running()) world.Pump();
+          break;
+      }
+    }
+    if (!batch.empty()) end_batch();
+  }
+  // Every socket, epoll set and memfd of the input is closed again.
+  Check(OpenFds() == fds_before);
+  return 0;
+}

@@ -1,0 +1,374 @@
+#include "net/udp/udp_vu.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/status/statusor.h"
+#include "base/iov.h"
+#include "base/log.h"
+#include "base/unique_fd.h"
+#include "vu/common.h"
+
+namespace vunet::net {
+namespace {
+
+socklen_t LoopbackAddress(int family, sockaddr_storage* out) {
+  std::memset(out, 0, sizeof(*out));
+  if (family == AF_INET) {
+    sockaddr_in* sin = reinterpret_cast<sockaddr_in*>(out);
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return sizeof(*sin);
+  }
+  sockaddr_in6* sin6 = reinterpret_cast<sockaddr_in6*>(out);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_addr = in6addr_loopback;
+  return sizeof(*sin6);
+}
+
+size_t MaxPayload(const FrameSpec& spec) { return spec.ipv6 ? kUdpMaxPayload6 : kUdpMaxPayload4; }
+
+}  // namespace
+
+bool EnablePeekOffset(int fd) {
+  const int zero = 0;
+  return setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)) == 0;
+}
+
+bool UdpVuReceiver::SetPeekOffset(int fd, int value) {
+  return setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &value, sizeof(value)) == 0;
+}
+
+bool ProbeUdpPeekOffset(int family) {
+  UniqueFd r(socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  UniqueFd s(socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!r.valid() || !s.valid()) return false;
+  sockaddr_storage addr;
+  socklen_t len = LoopbackAddress(family, &addr);
+  if (bind(r.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      getsockname(r.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+      connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      !EnablePeekOffset(r.get())) {
+    return false;
+  }
+  // Three datagrams, one of them empty: each peek must report the next one's
+  // full length, and reading them must bring the offset back to zero.
+  constexpr size_t kSizes[] = {3, 0, 5};
+  const char data[8] = {};
+  for (size_t size : kSizes) {
+    if (send(s.get(), data, size, 0) != static_cast<ssize_t>(size)) return false;
+  }
+  mmsghdr msgs[4] = {};
+  if (recvmmsg(r.get(), msgs, 4, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT, nullptr) != 3) return false;
+  for (size_t i = 0; i < 3; ++i) {
+    if (msgs[i].msg_len != kSizes[i]) return false;
+  }
+  std::memset(msgs, 0, sizeof(msgs));
+  if (recvmmsg(r.get(), msgs, 1, MSG_TRUNC | MSG_DONTWAIT, nullptr) != 1 || msgs[0].msg_len != 3) {
+    return false;
+  }
+  int offset = -1;
+  socklen_t olen = sizeof(offset);
+  if (getsockopt(r.get(), SOL_SOCKET, SO_PEEK_OFF, &offset, &olen) != 0 || offset != 5)
+    return false;
+  std::memset(msgs, 0, sizeof(msgs));
+  if (recvmmsg(r.get(), msgs, 4, MSG_TRUNC | MSG_DONTWAIT, nullptr) != 2) return false;
+  return getsockopt(r.get(), SOL_SOCKET, SO_PEEK_OFF, &offset, &olen) == 0 && offset == 0;
+}
+
+UdpVuReceiver::UdpVuReceiver(const Options& options) : options_(options) {
+  options_.batch = std::clamp<size_t>(options_.batch, 1, kMaxBatch);
+  options_.max_elems = std::max<size_t>(options_.max_elems, 1);
+  options_.max_iov = std::max<size_t>(options_.max_iov, 1);
+  elems_.reset(new virtio::VirtqElement[options_.max_elems]);
+  pool_.reset(new iovec[options_.max_iov]);
+  scratch_.reset(new iovec[options_.max_iov]);
+}
+
+UdpVuReceiver::Room UdpVuReceiver::CollectFor(const vu::NetConfig& config, virtio::Virtqueue* vq,
+                                              size_t need, Slot* s, size_t first,
+                                              size_t* iov_used) {
+  s->first = first;
+  s->iov_first = *iov_used;
+  s->count = 0;
+  size_t got = 0;
+  auto give_back = [&] {
+    vq->Rewind(static_cast<uint32_t>(s->count));
+    *iov_used = s->iov_first;
+    s->count = 0;
+  };
+  while (got < need) {
+    size_t more = 0;
+    const size_t m = vu::Collect(config, vq, elems_.get() + first + s->count,
+                                 options_.max_elems - first - s->count, pool_.get(),
+                                 options_.max_iov, iov_used, need - got, &more);
+    s->count += m;
+    got += more;
+    if (got >= need) break;
+    if (vq->broken() || vq->IsEmpty()) {
+      // Every buffer the ring can hold is out, and still too few: nothing
+      // the guest posts can change that while they are all for this one.
+      const bool whole_ring = vq->in_use() >= vq->size();
+      const bool only_this = vq->in_use() == s->count;
+      give_back();
+      if (!vq->broken() && whole_ring) return only_this ? Room::kNeverFits : Room::kLater;
+      return Room::kRingEmpty;
+    }
+    if (!config.mergeable_rx && m == 1) {
+      // Its one buffer is too small, and the guest's buffers are alike.
+      give_back();
+      return Room::kNeverFits;
+    }
+    if (m == 0 || first + s->count == options_.max_elems || *iov_used == options_.max_iov) {
+      // Chains are there but the pools cannot take the next (or it is
+      // unusable): with nothing else of ours outstanding, it never fits.
+      give_back();
+      return vq->in_use() == 0 ? Room::kNeverFits : Room::kLater;
+    }
+    // The guest posted more while we collected: go on.
+  }
+  // A collect that went on may have taken an element more than the frame
+  // reaches (Collect gathers at least a minimum frame): hand it back.
+  while (s->count > 1 && got - elems_[first + s->count - 1].in_len >= need) {
+    const virtio::VirtqElement& last = elems_[first + s->count - 1];
+    got -= last.in_len;
+    *iov_used -= last.in_num;
+    vq->Rewind(1);
+    --s->count;
+  }
+  s->iov_count = *iov_used - s->iov_first;
+  return Room::kOk;
+}
+
+UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketState* state,
+                                             bool want_peer, PrepareFn prepare) {
+  ++stats_.wakeups;
+  Result result;
+  virtio::Virtqueue* vq = rx->queue();
+  if (vq == nullptr || vq->broken()) {
+    ++stats_.no_room;
+    result.outcome = Outcome::kNoRoom;
+    return result;
+  }
+  const vu::NetConfig& config = rx->config();
+  const size_t vnet = config.vnet_hdr_len;
+  const size_t min_frame = vnet + vu::kEthMinFrame;
+  static const sockaddr_storage kNoPeer = {};
+
+  uint32_t fill = 0;
+  size_t budget = options_.batch;
+  result.outcome = Outcome::kBudget;
+  while (budget > 0) {
+    // 1. The sizes (and senders) of what is queued.
+    const bool batch_peek = state->batched && state->single_left == 0;
+    const size_t want = batch_peek ? budget : 1;
+    for (size_t k = 0; k < want; ++k) {
+      peek_[k] = {};
+      if (want_peer) {
+        peek_[k].msg_hdr.msg_name = &peek_peer_[k];
+        peek_[k].msg_hdr.msg_namelen = sizeof(peek_peer_[k]);
+      }
+    }
+    const int n = recvmmsg(fd, peek_, static_cast<unsigned>(want),
+                           MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT, nullptr);
+    if (n <= 0) {
+      if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
+        result.outcome = Outcome::kDrained;
+      } else {
+        ++stats_.recv_errors;
+        result.outcome = Outcome::kError;
+        result.error = errno;
+      }
+      break;
+    }
+
+    // 2. Room for each, exactly as much as it needs.
+    size_t popped = 0;
+    size_t iov_used = 0;
+    size_t slots = 0;
+    bool stopped = false;  // Room ran out before every peeked datagram had some.
+    bool no_room = false;  // ...because the ring is empty.
+    for (size_t k = 0; k < static_cast<size_t>(n); ++k) {
+      Slot& s = slots_[k];
+      s.len = peek_[k].msg_len;
+      s.first = popped;
+      s.count = 0;
+      s.iov_first = iov_used;
+      s.iov_count = 0;
+      s.spec = FrameSpec();
+      const socklen_t peer_len = want_peer ? peek_[k].msg_hdr.msg_namelen : 0;
+      bool keep = prepare(want_peer ? peek_peer_[k] : kNoPeer, peer_len, s.len, &s.spec);
+      if (!keep) {
+        ++stats_.refused;
+      } else if (s.len > MaxPayload(s.spec)) {
+        keep = false;
+        ++stats_.too_big;
+      }
+      if (keep) {
+        s.spec.protocol = IPPROTO_UDP;
+        s.spec.l4_checksum = !config.guest_csum;
+        s.hdr_len = vnet + FrameHeadersLen(s.spec);
+        const Room room =
+            CollectFor(config, vq, std::max(s.hdr_len + s.len, min_frame), &s, popped, &iov_used);
+        if (room == Room::kOk) {
+          popped += s.count;
+        } else if (room == Room::kNeverFits) {
+          keep = false;
+          ++stats_.too_big;
+          if (config.mergeable_rx) {
+            VUNET_LOG_RATELIMITED(kWarning,
+                                  "udp: %d-byte datagram needs more receive buffers than the "
+                                  "ring (%d) or our pools (%d elements, %d iovecs) hold: dropped",
+                                  s.len, vq->size(), options_.max_elems, options_.max_iov);
+          }
+        } else {
+          stopped = true;
+          no_room = room == Room::kRingEmpty;
+          break;
+        }
+      }
+      mmsghdr& msg = msgs_[k];
+      msg = {};
+      if (want_peer) {
+        msg.msg_hdr.msg_name = &peer_[k];
+        msg.msg_hdr.msg_namelen = sizeof(peer_[k]);
+      }
+      if (s.count > 0) {
+        // The payload goes behind the header room; a dropped datagram is
+        // read into nothing and so discarded.
+        iovec* payload = scratch_.get() + s.iov_first;
+        std::memcpy(payload, pool_.get() + s.iov_first, s.iov_count * sizeof(iovec));
+        size_t count = s.iov_count;
+        payload = IovConsume(payload, &count, s.hdr_len);
+        msg.msg_hdr.msg_iov = payload;
+        msg.msg_hdr.msg_iovlen = count;
+      }
+      slots = k + 1;
+    }
+
+    // 3. One read for all of them (none if the first found no room).
+    int r = 0;
+    int read_error = 0;
+    if (slots > 0) {
+      r = recvmmsg(fd, msgs_, static_cast<unsigned>(slots), MSG_TRUNC | MSG_DONTWAIT, nullptr);
+      if (r < 0) {
+        read_error = errno;
+        r = 0;
+      }
+    }
+
+    // 4. Headers in front, and into the used ring.
+    bool mismatch = false;
+    for (size_t j = 0; j < static_cast<size_t>(r); ++j) {
+      Slot& s = slots_[j];
+      if (s.count == 0) continue;
+      const absl::Span<const iovec> iov(pool_.get() + s.iov_first, s.iov_count);
+      size_t len = msgs_[j].msg_len;
+      bool ok = true;
+      if (len != s.len ||
+          (want_peer && (msgs_[j].msg_hdr.msg_namelen != peek_[j].msg_hdr.msg_namelen ||
+                         std::memcmp(&peer_[j], &peek_peer_[j], msgs_[j].msg_hdr.msg_namelen)))) {
+        mismatch = true;
+        ++stats_.mismatches;
+        VUNET_LOG_RATELIMITED(kWarning, "udp: datagram of %d bytes read where %d were peeked", len,
+                              s.len);
+        FrameSpec spec;
+        const size_t room = IovSize(iov.data(), iov.size()) - s.hdr_len;
+        ok = len <= room &&
+             prepare(want_peer ? peer_[j] : kNoPeer, want_peer ? msgs_[j].msg_hdr.msg_namelen : 0,
+                     len, &spec) &&
+             len <= MaxPayload(spec);
+        if (ok) {
+          spec.protocol = IPPROTO_UDP;
+          spec.l4_checksum = !config.guest_csum;
+          ok = vnet + FrameHeadersLen(spec) == s.hdr_len;
+          s.spec = spec;
+        }
+      }
+      size_t used = 0;
+      if (ok) {
+        const absl::StatusOr<size_t> frame_len = BuildFrame(s.spec, iov, vnet, len);
+        if (frame_len.ok()) {
+          vu::VirtioNetHdr hdr{};
+          hdr.flags = config.guest_csum ? vu::kVirtioNetHdrFDataValid : 0;
+          hdr.gso_type = vu::kVirtioNetHdrGsoNone;
+          IovFromBuf(iov.data(), iov.size(), 0, &hdr, vnet);
+          rx->OnFrameWritten(iov, vnet, *frame_len);
+          used =
+              vu::FillFrame(config, vq, elems_.get() + s.first, s.count, vnet + *frame_len, &fill);
+          ++result.frames;
+          ++stats_.frames;
+          stats_.bytes += len;
+        } else {
+          VUNET_LOG_RATELIMITED(kError, "udp: frame not built: %s", frame_len.status().ToString());
+        }
+      }
+      // Elements the frame did not use (only after a mismatch): back to the
+      // guest empty, which drivers count as a short frame and recycle.
+      for (size_t e = used; e < s.count; ++e) vq->Fill(elems_[s.first + e], 0, fill++);
+    }
+    // Slots the read did not reach hold the last elements popped.
+    if (static_cast<size_t>(r) < slots) {
+      vq->Rewind(static_cast<uint32_t>(popped - slots_[r].first));
+    }
+
+    // The peek offset: back to zero unless every peeked datagram was read.
+    const size_t consumed = static_cast<size_t>(r);
+    if (batch_peek && (consumed < static_cast<size_t>(n) || mismatch)) {
+      bool empty_left = false;
+      for (size_t k = consumed; k < static_cast<size_t>(n); ++k) {
+        empty_left |= peek_[k].msg_len == 0;
+      }
+      ++stats_.peek_resets;
+      if (empty_left && SetPeekOffset(fd, -1)) {
+        state->single_left = static_cast<uint8_t>(static_cast<size_t>(n) - consumed);
+      } else if (!SetPeekOffset(fd, 0)) {
+        VUNET_LOG_RATELIMITED(kWarning, "udp: SO_PEEK_OFF reset: %s", strerror(errno));
+        state->batched = false;
+      }
+    } else if (state->batched && state->single_left > 0) {
+      state->single_left =
+          consumed >= state->single_left ? 0 : static_cast<uint8_t>(state->single_left - consumed);
+      if (state->single_left == 0 && !SetPeekOffset(fd, 0)) state->batched = false;
+    }
+
+    budget -= std::min(budget, std::max<size_t>(consumed, 1));
+    if (slots == 0) {
+      result.outcome = no_room ? Outcome::kNoRoom : Outcome::kBudget;
+      break;
+    }
+    if (read_error != 0 || static_cast<size_t>(r) < slots) {
+      if (read_error == 0 || read_error == EAGAIN || read_error == EWOULDBLOCK) {
+        result.outcome = Outcome::kBudget;
+      } else {
+        ++stats_.recv_errors;
+        result.outcome = Outcome::kError;
+        result.error = read_error;
+      }
+      break;
+    }
+    if (stopped) {
+      result.outcome = no_room ? Outcome::kNoRoom : Outcome::kBudget;
+      break;
+    }
+    if (static_cast<size_t>(n) < want) {
+      result.outcome = Outcome::kDrained;
+      break;
+    }
+    result.outcome = Outcome::kBudget;
+  }
+  if (result.outcome == Outcome::kNoRoom) ++stats_.no_room;
+  if (fill > 0) {
+    vq->Flush(fill);
+    vq->Notify();
+  }
+  if (vq->broken()) rx->OnBroken();
+  return result;
+}
+
+}  // namespace vunet::net

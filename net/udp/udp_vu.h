@@ -1,0 +1,191 @@
+// The vhost-user receive path of the UDP translator: datagrams read from a
+// host socket straight into the guest's receive buffers, headers written in
+// front, one Flush and Notify per wake-up.
+//
+// A datagram must land in receive buffers (elements) collected for it, each
+// frame starting at an element of its own, and every element popped must be
+// either filled or handed back from the tail (Virtqueue::Rewind). With
+// mergeable buffers a datagram takes as many elements as its size needs, so
+// the size must be known before collecting, or one recvmmsg would leave
+// unused elements between frames. The receiver learns the sizes first:
+//
+//   1. recvmmsg(MSG_PEEK | MSG_TRUNC) with empty buffers on a socket with
+//      SO_PEEK_OFF set: each peek returns the full length of the next
+//      datagram and moves the peek offset past it, so one call reports the
+//      sizes (and senders) of up to `batch` queued datagrams;
+//   2. per datagram, the owner's Prepare says which headers go in front
+//      (or drops it), and vu::Collect gathers exactly the room it needs;
+//   3. one recvmmsg(MSG_TRUNC) reads them into the collected iovecs, behind
+//      header room (virtio-net header, Ethernet, IP, UDP); a datagram that is
+//      dropped is read into no buffer at all (discarded by truncation);
+//   4. BuildFrame writes the headers (the UDP checksum computed over the
+//      iovecs, or left to the guest with DATA_VALID when it negotiated
+//      GUEST_CSUM), vu::FillFrame, GuestRx::OnFrameWritten.
+// Real reads move the peek offset back by what they consume, so it returns
+// to zero when every peeked datagram was read; when some were not (the
+// guest ran out of buffers) it is reset. A zero-length datagram that was
+// peeked but not read is skipped by later peeks at offset zero (the kernel
+// marks it peeked), so in that case the socket is read one datagram at a
+// time, without the offset, until those are consumed.
+//
+// Where SO_PEEK_OFF does not behave so (ProbeUdpPeekOffset), each round
+// peeks and reads one datagram. Reads are checked against the peeks; a
+// mismatch (which the above should make impossible) delivers what fits,
+// hands unused elements back with a zero length, and is counted.
+//
+// No allocation per datagram: every array is sized at construction.
+// Datagrams too large for the guest's IP version (or for its receive
+// buffers without mergeable buffers, or for the receiver's pools) are
+// dropped and counted.
+//
+//   UdpVuReceiver rx(UdpVuReceiver::Options{});
+//   UdpRxSocketState state = {.peek_offset = EnablePeekOffset(fd)};
+//   UdpVuReceiver::Result r = rx.Receive(guest_rx, fd, &state, /*want_peer=*/false,
+//       [&](const sockaddr_storage&, socklen_t, size_t len, FrameSpec* spec) {
+//         *spec = flow_spec;
+//         return true;
+//       });
+//   if (r.outcome == UdpVuReceiver::Outcome::kNoRoom) { /* wait for buffers */ }
+
+#ifndef VUNET_NET_UDP_VU_H_
+#define VUNET_NET_UDP_VU_H_
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/functional/function_ref.h"
+#include "net/packet/frame.h"
+#include "net/translate/translator.h"
+#include "virtio/virtqueue.h"
+#include "vu/common.h"
+
+namespace vunet::net {
+
+// The largest UDP payload of one IP packet (no jumbograms).
+inline constexpr size_t kUdpMaxPayload4 = 65535 - kIpv4MinHeaderLen - kUdpHeaderLen;  // 65507
+inline constexpr size_t kUdpMaxPayload6 = 65535 - kUdpHeaderLen;                      // 65527
+
+// True if SO_PEEK_OFF on UDP sockets of `family` reports consecutive
+// datagrams' full lengths to MSG_PEEK | MSG_TRUNC reads and returns to zero
+// as they are read, as the batched peek relies on (checked on a loopback
+// socket pair). False where the family is unsupported.
+bool ProbeUdpPeekOffset(int family);
+
+// Sets SO_PEEK_OFF to 0 on `fd`; false if the kernel refuses.
+bool EnablePeekOffset(int fd);
+
+// What the receiver keeps per socket between wake-ups (the owner stores it).
+struct UdpRxSocketState {
+  // SO_PEEK_OFF is set and usable: sizes are peeked in batches.
+  bool batched = false;
+  // Datagrams still to be read one at a time with the peek offset off
+  // (see the file comment); batched again once they are consumed.
+  uint8_t single_left = 0;
+};
+
+class UdpVuReceiver {
+ public:
+  static constexpr size_t kMaxBatch = 32;
+
+  struct Options {
+    size_t batch = kMaxBatch;  // Datagrams per wake-up, 1..kMaxBatch.
+    // Receive elements and iovec entries one round may collect: enough for
+    // kMaxBatch datagrams of 64 KiB in 1526-byte buffers.
+    size_t max_elems = 2048;
+    size_t max_iov = 4096;
+  };
+
+  struct Stats {
+    uint64_t wakeups = 0;
+    uint64_t frames = 0;   // Datagrams delivered to the guest.
+    uint64_t bytes = 0;    // Their payload bytes.
+    uint64_t refused = 0;  // Dropped because Prepare said so.
+    // Dropped: larger than the guest's IP version carries, than one
+    // receive buffer without mergeable buffers, or than the pools hold.
+    uint64_t too_big = 0;
+    uint64_t no_room = 0;      // Wake-ups that found the receive ring empty.
+    uint64_t recv_errors = 0;  // Socket errors reported by reads.
+    uint64_t mismatches = 0;   // Reads that differed from their peeks.
+    uint64_t peek_resets = 0;  // Peek offsets reset after a partial round.
+  };
+
+  enum class Outcome {
+    kDrained,  // The socket had no more datagrams.
+    kBudget,   // `batch` read (or a pool filled): more may wait; come back.
+    kNoRoom,   // The guest has no receive buffers (or no running queue):
+               // the rest waits in the socket until it posts some.
+    kError,    // The socket reported an error (`error`): read its error
+               // queue, then come back.
+  };
+
+  struct Result {
+    size_t frames = 0;
+    Outcome outcome = Outcome::kDrained;
+    int error = 0;  // errno, with kError.
+  };
+
+  // Says what a datagram becomes: `peer` is its sender as recvmsg reports it
+  // (empty unless want_peer), `len` its payload length. Fills `spec` (the
+  // frame's MACs, addresses, ports, IP version; protocol UDP) and returns
+  // true, or returns false to drop the datagram. May be called again for the
+  // same datagram if its read disagrees with its peek.
+  using PrepareFn = absl::FunctionRef<bool(const sockaddr_storage& peer, socklen_t peer_len,
+                                           size_t len, FrameSpec* spec)>;
+
+  explicit UdpVuReceiver(const Options& options);
+  UdpVuReceiver(const UdpVuReceiver&) = delete;
+  UdpVuReceiver& operator=(const UdpVuReceiver&) = delete;
+
+  // Reads up to options.batch datagrams from `fd` (non-blocking) into the
+  // guest's receive queue; flushes and notifies once if any were written.
+  // `state` is the socket's (see UdpRxSocketState).
+  Result Receive(GuestRx* rx, int fd, UdpRxSocketState* state, bool want_peer, PrepareFn prepare);
+
+  const Stats& stats() const { return stats_; }
+  const Options& options() const { return options_; }
+
+ private:
+  struct Slot {
+    FrameSpec spec;
+    size_t len = 0;        // Peeked payload length.
+    size_t hdr_len = 0;    // vnet header + FrameHeadersLen(spec).
+    size_t first = 0;      // elems_ index of its first element.
+    size_t count = 0;      // Elements collected (0: read to be discarded).
+    size_t iov_first = 0;  // pool_ index of its first entry.
+    size_t iov_count = 0;  // pool_ entries of its elements.
+  };
+
+  enum class Room {
+    kOk,         // Collected: s->count elements from elems_[first].
+    kRingEmpty,  // The guest has not posted enough (or the queue broke).
+    kNeverFits,  // Larger than the guest's buffers or our pools can hold.
+    kLater,      // The pools are taken by earlier datagrams: next round.
+  };
+  // Collects the receive buffers of one frame of `need` bytes into
+  // elems_[first...] and pool_[*iov_used...]; on anything but kOk, nothing
+  // stays popped.
+  Room CollectFor(const vu::NetConfig& config, virtio::Virtqueue* vq, size_t need, Slot* s,
+                  size_t first, size_t* iov_used);
+
+  // Sets the peek offset of `fd` (-1 turns it off). False on failure.
+  static bool SetPeekOffset(int fd, int value);
+
+  Options options_;
+  Stats stats_;
+  std::unique_ptr<virtio::VirtqElement[]> elems_;
+  std::unique_ptr<iovec[]> pool_;     // The elements' writable buffers.
+  std::unique_ptr<iovec[]> scratch_;  // Per slot: its payload part, for recvmmsg.
+  Slot slots_[kMaxBatch];
+  mmsghdr peek_[kMaxBatch];
+  mmsghdr msgs_[kMaxBatch];
+  sockaddr_storage peek_peer_[kMaxBatch];
+  sockaddr_storage peer_[kMaxBatch];
+};
+
+}  // namespace vunet::net
+
+#endif  // VUNET_NET_UDP_VU_H_
