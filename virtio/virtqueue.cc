@@ -250,7 +250,7 @@ absl::StatusOr<bool> Virtqueue::Pop(VirtqElement* elem, iovec* in_sg, size_t max
   return true;
 }
 
-absl::StatusOr<bool> Virtqueue::DiscardNext() {
+absl::StatusOr<bool> Virtqueue::DiscardNext(uint32_t* fill_index) {
   if (!started_ || broken_) return NotUsable();
   if (memory_->faulted()) [[unlikely]]
     return BreakWith("guest memory faulted: a region's file shrank under its mapping");
@@ -265,7 +265,11 @@ absl::StatusOr<bool> Virtqueue::DiscardNext() {
   if (head >= size_) return Break("head index %d out of range", head);
   VirtqElement unused;
   Commit(&unused, head, nullptr, 0, 0, nullptr, 0, 0);
-  Push(unused, 0);
+  if (fill_index != nullptr) {
+    Fill(unused, 0, (*fill_index)++);
+  } else {
+    Push(unused, 0);
+  }
   return true;
 }
 

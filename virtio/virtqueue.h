@@ -175,8 +175,10 @@ class Virtqueue {
 
   // Returns the next available chain to the driver unused (used length 0),
   // without mapping it: for a chain the caller can never serve. Returns false
-  // if the ring is empty.
-  absl::StatusOr<bool> DiscardNext();
+  // if the ring is empty. Without `fill_index` the entry is published at
+  // once (nothing else may be outstanding); with it, the entry is filled at
+  // that offset, which advances, and is published by the caller's Flush.
+  absl::StatusOr<bool> DiscardNext(uint32_t* fill_index = nullptr);
 
   // Writes `elem` with `len` bytes written into the used ring, `offset`
   // entries past those already flushed. Not visible to the driver until Flush.

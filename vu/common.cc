@@ -6,7 +6,7 @@
 #include "base/iov.h"
 #include "base/log.h"
 #include "base/static_status.h"
-#include "vu/device.h"
+#include "virtio/virtio_net.h"
 
 namespace vunet::vu {
 namespace {
@@ -27,14 +27,18 @@ bool NothingElseOutstanding(const Virtqueue& vq, uint32_t own) { return vq.in_us
 
 NetConfig NetConfig::FromFeatures(uint64_t acked) {
   NetConfig config;
-  config.mergeable_rx = acked & (1ull << kVirtioNetFMrgRxbuf);
-  config.guest_csum = acked & (1ull << kVirtioNetFGuestCsum);
+  config.mergeable_rx = acked & (1ull << virtio::kVirtioNetFMrgRxbuf);
+  config.guest_csum = acked & (1ull << virtio::kVirtioNetFGuestCsum);
   config.vnet_hdr_len = virtio::VirtioNetHdrSize(acked);
   return config;
 }
 
 size_t Collect(const NetConfig& config, Virtqueue* vq, VirtqElement* elems, size_t max_elem,
-               iovec* in_sg, size_t max_in_sg, size_t* in_total, size_t size, size_t* collected) {
+               iovec* in_sg, size_t max_in_sg, size_t* in_total, size_t size, size_t* collected,
+               uint32_t* fill_index) {
+  // Entries the caller filled and has not flushed count as outstanding, but
+  // a chain returned behind them disturbs nothing.
+  auto filled = [fill_index] { return fill_index != nullptr ? *fill_index : 0; };
   size = std::max(size, config.vnet_hdr_len + kEthMinFrame);
   *collected = 0;
   size_t n = 0;
@@ -52,9 +56,9 @@ size_t Collect(const NetConfig& config, Virtqueue* vq, VirtqElement* elems, size
         break;  // Broken: the caller sees vq->broken().
       }
       // A chain that does not fit an empty pool never will.
-      if (*in_total == 0 && NothingElseOutstanding(*vq, 0) && returns_left-- > 0) {
+      if (*in_total == 0 && NothingElseOutstanding(*vq, filled()) && returns_left-- > 0) {
         VUNET_LOG_RATELIMITED(kWarning, "rx: receive chain too fragmented, returned unused");
-        (void)vq->DiscardNext();
+        (void)vq->DiscardNext(fill_index);
         continue;
       }
       break;
@@ -65,10 +69,14 @@ size_t Collect(const NetConfig& config, Virtqueue* vq, VirtqElement* elems, size
     if (elem.out_num > 0 || bytes < config.vnet_hdr_len) [[unlikely]] {
       // Not a usable receive buffer. Return it now if that cannot disturb a
       // later rewind; otherwise leave it first in line for the next collect.
-      if (NothingElseOutstanding(*vq, 1) && returns_left-- > 0) {
+      if (NothingElseOutstanding(*vq, filled() + 1) && returns_left-- > 0) {
         VUNET_LOG_RATELIMITED(kWarning, "rx: unusable receive chain (%d readable, %d bytes)",
                               elem.out_num, bytes);
-        vq->Push(elem, 0);
+        if (fill_index != nullptr) {
+          vq->Fill(elem, 0, (*fill_index)++);
+        } else {
+          vq->Push(elem, 0);
+        }
         continue;
       }
       vq->Unpop();

@@ -71,11 +71,17 @@ struct NetConfig {
 // Returns the elements popped into elems[0..n).
 //
 // A chain that can never fit (it does not fit an empty pool) or that carries
-// driver-readable buffers is handed back unused and logged; a chain that does
-// not fit what remains of the pool stays in the ring for the next collect.
+// driver-readable buffers is handed back unused and logged, when nothing the
+// caller holds could be disturbed by that; a chain that does not fit what
+// remains of the pool stays in the ring for the next collect. Without
+// `fill_index` such a chain is published at once, which requires that
+// nothing else is outstanding. With it, the caller has *fill_index used
+// entries filled and not yet flushed (and nothing else outstanding): the
+// chain is filled after them, *fill_index advances, and the caller's flush
+// publishes it.
 size_t Collect(const NetConfig& config, virtio::Virtqueue* vq, virtio::VirtqElement* elems,
                size_t max_elem, iovec* in_sg, size_t max_in_sg, size_t* in_total, size_t size,
-               size_t* collected);
+               size_t* collected, uint32_t* fill_index = nullptr);
 
 // Fills the used entries of one frame of `frame_len` bytes (virtio-net header
 // included, padding to the Ethernet minimum applied here) written across

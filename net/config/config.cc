@@ -283,15 +283,6 @@ std::optional<MacAddr> ParseMac(std::string_view text) {
   return mac;
 }
 
-in6_addr Masked6(const in6_addr& a, int len) {
-  in6_addr out{};
-  for (int i = 0; i < 16; ++i) {
-    const int bits = std::clamp(len - 8 * i, 0, 8);
-    out.s6_addr[i] = static_cast<uint8_t>(a.s6_addr[i] & (0xff00 >> bits));
-  }
-  return out;
-}
-
 }  // namespace
 
 namespace config_internal {
@@ -611,59 +602,6 @@ absl::Status ApplyOverrides(GuestConfig* config, const ConfigOverrides& o) {
   c.no_dhcp_search = c.no_dhcp_search || o.no_dhcp_search;
   *config = std::move(c);
   return absl::OkStatus();
-}
-
-ArpConfig ToArpConfig(const GuestConfig& c) {
-  ArpConfig a;
-  a.gateway_mac = c.gateway_mac;
-  a.guest_addr = c.addr4;
-  return a;
-}
-
-DhcpConfig ToDhcpConfig(const GuestConfig& c) {
-  DhcpConfig d;
-  d.gateway_mac = c.gateway_mac;
-  d.gateway_addr = c.gateway4;
-  d.guest_addr = c.addr4;
-  d.prefix_len = c.prefix_len4;
-  if (!c.no_dhcp_dns) d.dns = c.dns4;
-  if (!c.no_dhcp_search) d.search_domains = c.search_domains;
-  d.mtu = static_cast<uint16_t>(c.mtu);  // kMaxMtu fits.
-  return d;
-}
-
-NdpConfig ToNdpConfig(const GuestConfig& c) {
-  NdpConfig n;
-  n.gateway_mac = c.gateway_mac;
-  n.gateway_ll = c.our_link_local6;
-  n.gateway = IsLinkLocal6(c.gateway6) ? in6_addr{} : c.gateway6;
-  n.prefix = Masked6(c.addr6, c.prefix_len6);
-  n.prefix_len = c.prefix_len6;
-  n.mtu = c.mtu >= 1280 ? c.mtu : 0;
-  if (!c.no_dhcp_dns) n.dns = c.dns6;
-  if (!c.no_dhcp_search) n.search_domains = c.search_domains;
-  return n;
-}
-
-Dhcpv6Config ToDhcpv6Config(const GuestConfig& c) {
-  Dhcpv6Config d;
-  d.gateway_mac = c.gateway_mac;
-  d.gateway_ll = c.our_link_local6;
-  d.guest_addr = c.addr6;
-  if (!c.no_dhcp_dns) d.dns = c.dns6;
-  if (!c.no_dhcp_search) d.search_domains = c.search_domains;
-  return d;
-}
-
-IcmpEchoConfig ToIcmpEchoConfig(const GuestConfig& c) {
-  IcmpEchoConfig i;
-  i.gateway_mac = c.gateway_mac;
-  i.gateway4 = c.gateway4;
-  if (!IN6_IS_ADDR_LINKLOCAL(&c.gateway6)) i.gateway6 = c.gateway6;
-  i.gateway_ll6 = c.our_link_local6;
-  i.ipv4 = !c.ipv6_only;
-  i.ipv6 = !c.ipv4_only;
-  return i;
 }
 
 }  // namespace vunet::net

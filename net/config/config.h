@@ -8,7 +8,7 @@
 //   o.mtu = "1500";
 //   o.dns = {"192.0.2.53"};
 //   absl::Status s = ApplyOverrides(&*config, o);
-//   DhcpServer dhcp = DhcpServer::Create(ToDhcpConfig(*config)).value();
+//   DhcpServer dhcp = DhcpServer::Create(ToDhcpConfig(*config)).value();  // net/gateway/from_config.h
 //
 // Mirroring, for each IP version separately (MirrorHost):
 //   - the default gateway is the default route of lowest metric from
@@ -53,12 +53,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "net/gateway/arp.h"
-#include "net/gateway/dhcp.h"
-#include "net/gateway/dhcpv6.h"
 #include "net/packet/frame.h"
-#include "net/icmp/icmp.h"
-#include "net/gateway/ndp.h"
 
 namespace vunet::net {
 
@@ -185,17 +180,6 @@ struct ConfigOverrides {
 // an address of a family the other flag excludes. On error `config` is
 // unchanged.
 absl::Status ApplyOverrides(GuestConfig* config, const ConfigOverrides& overrides);
-
-// The handlers' configurations. The NDP MTU option is left out when the MTU
-// is below IPv6's minimum (1280). DHCP, NDP and DHCPv6 get no DNS servers
-// with no_dhcp_dns and no search list with no_dhcp_search.
-ArpConfig ToArpConfig(const GuestConfig& config);
-DhcpConfig ToDhcpConfig(const GuestConfig& config);
-NdpConfig ToNdpConfig(const GuestConfig& config);
-Dhcpv6Config ToDhcpv6Config(const GuestConfig& config);
-// Echo to the gateway's addresses (its global IPv6 one if the guest has one;
-// the link-local one is ours) goes to the host's loopback.
-IcmpEchoConfig ToIcmpEchoConfig(const GuestConfig& config);
 
 // Parsers MirrorHost uses, exposed for tests.
 namespace config_internal {
