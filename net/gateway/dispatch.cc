@@ -4,12 +4,21 @@
 
 namespace vunet::net {
 
-absl::Status VirtqueueReplySender::Send(absl::Span<const uint8_t> frame) {
-  // Our replies carry correct checksums; with GUEST_CSUM the guest is told so
-  // and skips verifying them.
-  vu::VirtioNetHdr hdr;
-  if (config_->guest_csum) hdr.flags = vu::kVirtioNetHdrFDataValid;
-  return vu::SendSingle(*config_, rx_, frame, hdr);
+void Dispatcher::Route(L4Kind l4, ParsedFrameSink* sink) {
+  switch (l4) {
+    case L4Kind::kTcp:
+      routes_[kRouteTcp] = sink;
+      return;
+    case L4Kind::kUdp:
+      routes_[kRouteUdp] = sink;
+      return;
+    case L4Kind::kIcmp:
+    case L4Kind::kIcmpv6:
+      routes_[kRouteIcmp] = sink;
+      return;
+    default:
+      VUNET_LOG(kError, "dispatch: no route for L4 kind %d", static_cast<int>(l4));
+  }
 }
 
 void Dispatcher::SendReply(const absl::StatusOr<size_t>& n) {
@@ -19,7 +28,9 @@ void Dispatcher::SendReply(const absl::StatusOr<size_t>& n) {
     return;
   }
   if (*n == 0) return;
-  const absl::Status sent = replies_->Send(absl::MakeConstSpan(reply_, *n));
+  // Our replies carry complete checksums: Send says so to a guest with
+  // GUEST_CSUM.
+  const absl::Status sent = rx_->Send(absl::MakeConstSpan(reply_, *n));
   if (sent.ok()) {
     ++stats_.replies;
   } else {
@@ -35,13 +46,14 @@ void Dispatcher::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fr
     ++stats_.malformed;
     return;
   }
+  if (guest_ != nullptr) guest_->Learn(parsed);
   const absl::Span<uint8_t> out(reply_, sizeof(reply_));
   const bool partial = hdr.flags & vu::kVirtioNetHdrFNeedsCsum;
   if (parsed.l3 == L3Kind::kArp) {
     if (handlers_.arp != nullptr) {
       SendReply(ArpReply(*handlers_.arp, parsed, out));
     } else {
-      ++stats_.ignored;
+      ++stats_.other_dropped;
     }
     return;
   }
@@ -60,16 +72,62 @@ void Dispatcher::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fr
     SendReply(handlers_.dhcpv6->Reply(frame, parsed, out, partial));
     return;
   }
-  if (next_ != nullptr) {
-    ++stats_.passed_on;
-    next_->OnFrame(hdr, frame, parsed);
-  } else {
-    ++stats_.ignored;
+  RouteIndex route;
+  switch (parsed.l4) {
+    case L4Kind::kTcp:
+      route = kRouteTcp;
+      break;
+    case L4Kind::kUdp:
+      route = kRouteUdp;
+      break;
+    case L4Kind::kIcmp:
+    case L4Kind::kIcmpv6:
+      route = kRouteIcmp;
+      break;
+    default:
+      Drop(parsed);
+      return;
+  }
+  ParsedFrameSink* sink = routes_[route];
+  if (sink == nullptr) {
+    Drop(parsed);
+    return;
+  }
+  ++stats_.routed;
+  in_batch_[route] = true;
+  sink->OnFrame(hdr, frame, parsed);
+}
+
+void Dispatcher::Drop(const ParsedFrame& parsed) {
+  switch (parsed.l4) {
+    case L4Kind::kTcp:
+      ++stats_.tcp_dropped;
+      VUNET_LOG_RATELIMITED(kDebug, "guest TCP frame dropped (not translated): port %d",
+                            parsed.dst_port);
+      return;
+    case L4Kind::kUdp:
+      ++stats_.udp_dropped;
+      VUNET_LOG_RATELIMITED(kDebug, "guest UDP frame dropped (not translated): port %d",
+                            parsed.dst_port);
+      return;
+    case L4Kind::kIcmp:
+    case L4Kind::kIcmpv6:
+      // Without ICMP echo, or NDP messages the responder does not answer.
+      ++stats_.icmp_dropped;
+      return;
+    default:
+      ++stats_.other_dropped;
+      VUNET_LOG_RATELIMITED(kDebug, "guest frame dropped: ethertype 0x%04x", parsed.ether_type);
+      return;
   }
 }
 
 void Dispatcher::OnBatchEnd() {
-  if (next_ != nullptr) next_->OnBatchEnd();
+  for (int r = 0; r < kRoutes; ++r) {
+    if (!in_batch_[r]) continue;
+    in_batch_[r] = false;
+    routes_[r]->OnBatchEnd();
+  }
 }
 
 }  // namespace vunet::net

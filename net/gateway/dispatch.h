@@ -1,20 +1,18 @@
-// The first stop of a guest's frames: parses each one and answers what the
-// net layer answers itself (ARP, DHCP, NDP, DHCPv6), handing everything else on,
-// parsed, to the translators.
+// The first stop of a guest's frames: parses each one, answers what the
+// gateway answers itself (ARP, DHCP, NDP, DHCPv6), and routes everything else,
+// parsed, to the translator of its L4 protocol (a table, not a chain).
 //
-// A Dispatcher is the data path's vu::FrameSink. Replies go out through a
-// ReplySender, which in the backend is a VirtqueueReplySender on the
-// receive queue (vu::SendSingle); tests substitute their own. Each reply is
-// written into one fixed buffer the dispatcher owns, so a frame costs no
-// allocation.
+// A Dispatcher is the data path's vu::FrameSink. Replies are written into one
+// fixed buffer the dispatcher owns and sent through the guest's RxQueue, so a
+// frame costs no allocation. Every frame that parses is shown to the guest's
+// identity first (GuestIdentity::Learn: its MAC and addresses, learned here
+// and nowhere else).
 //
-//   ArpConfig arp = ...;
-//   DhcpServer dhcp = DhcpServer::Create(dhcp_config).value();
-//   NdpResponder ndp = NdpResponder::Create(ndp_config).value();
-//   Dhcpv6Server dhcpv6 = Dhcpv6Server::Create(dhcpv6_config).value();
-//   VirtqueueReplySender replies(&net_config, rx_vq);
 //   Dispatcher dispatch({.arp = &arp, .dhcp = &dhcp, .ndp = &ndp, .dhcpv6 = &dhcpv6},
-//                       &replies, &flows);
+//                       &rx_queue, &forwarding.guest());
+//   dispatch.Route(L4Kind::kTcp, tcp);
+//   dispatch.Route(L4Kind::kUdp, udp);
+//   dispatch.Route(L4Kind::kIcmp, icmp);    // ICMP and ICMPv6 echo alike
 //   tx_handler.Process(net_config, tx_vq, &dispatch);
 //
 // What goes where:
@@ -22,10 +20,12 @@
 //   - ARP to the ARP handler; DHCP (IPv4 UDP to port 67) to the DHCP server;
 //     router and neighbour solicitations to the NDP responder; DHCPv6 (IPv6
 //     UDP to port 547) to the DHCPv6 server; a frame one of them takes is not
-//     passed on, answered or not;
-//   - every other frame that parsed goes to `next`, or is counted as ignored
-//     if there is none. A handler left null lets its frames fall through to
-//     `next` too (ARP excepted: nothing else wants it).
+//     routed further, answered or not;
+//   - TCP, UDP, and ICMP or ICMPv6 to the sink routed for them, which gets
+//     OnBatchEnd once at the end of a transmit batch in which it had frames;
+//   - the rest, and frames of a protocol with no sink (--no-tcp...), are
+//     dropped and counted by protocol. A service left null lets its frames
+//     fall through to routing (ARP excepted: nothing else wants it).
 
 #ifndef VUNET_NET_DISPATCH_H_
 #define VUNET_NET_DISPATCH_H_
@@ -43,46 +43,33 @@
 #include "net/gateway/dhcpv6.h"
 #include "net/packet/frame.h"
 #include "net/gateway/ndp.h"
+#include "net/forward/forward.h"
 #include "virtio/virtqueue.h"
 #include "vu/common.h"
+#include "vu/rx_queue.h"
 
 namespace vunet::net {
 
-// Where the dispatcher's replies go.
-class ReplySender {
- public:
-  virtual ~ReplySender() = default;
-  // Sends one Ethernet frame to the guest; `frame` is valid only during the
-  // call. An error means the frame was dropped.
-  virtual absl::Status Send(absl::Span<const uint8_t> frame) = 0;
-};
-
-// Sends replies into the guest's receive queue with vu::SendSingle. The
-// config and queue must outlive it.
-class VirtqueueReplySender : public ReplySender {
- public:
-  VirtqueueReplySender(const vu::NetConfig* config, virtio::Virtqueue* rx)
-      : config_(config), rx_(rx) {}
-  absl::Status Send(absl::Span<const uint8_t> frame) override;
-
- private:
-  const vu::NetConfig* config_;
-  virtio::Virtqueue* rx_;
-};
-
-// Where frames the dispatcher does not answer go, with their parse, so the
-// next layer need not parse again. Same lifetime rules as vu::FrameSink.
+// Where the dispatcher routes the frames of one protocol, parsed, so that
+// the next layer need not parse again.
+//
+// `frame` is the frame's bytes in guest memory: they stay valid and in place
+// until OnBatchEnd returns (the transmit handler hands the buffers back to the
+// guest after it), so a sink may keep the iovecs until then (to batch its
+// syscalls, or to take segments in order). Values must be copied out before
+// they are checked: the guest can rewrite its buffers while we read them.
 class ParsedFrameSink {
  public:
   virtual ~ParsedFrameSink() = default;
   virtual void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
                        const ParsedFrame& parsed) = 0;
+  // The transmit batch ended; every frame of it is still in place.
   virtual void OnBatchEnd() {}
 };
 
 class Dispatcher : public vu::FrameSink {
  public:
-  // The handlers in use; null ones are skipped. They must outlive the
+  // The services in use; null ones are skipped. They must outlive the
   // dispatcher.
   struct Handlers {
     const ArpConfig* arp = nullptr;
@@ -95,12 +82,23 @@ class Dispatcher : public vu::FrameSink {
     uint64_t malformed = 0;      // Refused by ParseFrame.
     uint64_t replies = 0;        // Sent.
     uint64_t send_failures = 0;  // Replies the guest had no room for.
-    uint64_t passed_on = 0;      // Given to `next`.
-    uint64_t ignored = 0;        // Nobody wanted them.
+    uint64_t routed = 0;         // Given to a translator.
+    // Dropped: no translator routed for their protocol, or another protocol.
+    uint64_t tcp_dropped = 0;
+    uint64_t udp_dropped = 0;
+    uint64_t icmp_dropped = 0;
+    uint64_t other_dropped = 0;
   };
 
-  Dispatcher(const Handlers& handlers, ReplySender* replies, ParsedFrameSink* next = nullptr)
-      : handlers_(handlers), replies_(replies), next_(next) {}
+  // `rx` (the replies' way to the guest) and `guest` (shown every frame; may
+  // be null) must outlive the dispatcher.
+  Dispatcher(const Handlers& handlers, vu::RxQueue* rx, GuestIdentity* guest = nullptr)
+      : handlers_(handlers), rx_(rx), guest_(guest) {}
+
+  // Frames of `l4` (kTcp, kUdp, or kIcmp for ICMP and ICMPv6 alike) go to
+  // `sink`; nullptr drops them (counted). The sink must outlive the
+  // dispatcher.
+  void Route(L4Kind l4, ParsedFrameSink* sink);
 
   void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame) override;
   void OnBatchEnd() override;
@@ -108,12 +106,16 @@ class Dispatcher : public vu::FrameSink {
   const Stats& stats() const { return stats_; }
 
  private:
+  enum RouteIndex : uint8_t { kRouteTcp, kRouteUdp, kRouteIcmp, kRoutes };
   // Sends reply_[0..n) if the handler produced one.
   void SendReply(const absl::StatusOr<size_t>& n);
+  void Drop(const ParsedFrame& parsed);
 
   Handlers handlers_;
-  ReplySender* replies_;
-  ParsedFrameSink* next_;
+  vu::RxQueue* rx_;
+  GuestIdentity* guest_;
+  ParsedFrameSink* routes_[kRoutes] = {};
+  bool in_batch_[kRoutes] = {};
   Stats stats_;
   uint8_t reply_[std::max({kArpReplyLen, kDhcpMaxReplyLen, kNdpMaxReplyLen, kDhcpv6MaxReplyLen})];
 };

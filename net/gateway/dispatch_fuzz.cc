@@ -1,17 +1,21 @@
 // Fuzzes the Dispatcher with every handler (ARP, DHCP, NDP) on arbitrary
 // frames. Input as frame_fuzz: one byte choosing how the frame is cut into
 // iovecs (bit 7 also sets NEEDS_CSUM, so NDP skips its checksum check and
-// the fuzzer reaches option parsing), then the frame. Every reply must be a
-// frame ParseFrame accepts, within the reply buffer.
+// the fuzzer reaches option parsing), then the frame. Every reply goes into a
+// real receive ring (vu/testing/guest_rx.h) and must be a frame ParseFrame
+// accepts, within the reply buffer.
 
 #include <arpa/inet.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <cstdint>
 #include <vector>
 
 #include "net/gateway/dispatch.h"
+#include "vu/testing/guest_rx.h"
 
 namespace {
 
@@ -31,18 +35,31 @@ in6_addr V6(const char* s) {
   return a;
 }
 
-class CheckingSender : public ReplySender {
+// Sees every reply as the receive queue commits it.
+class CheckingObserver : public vunet::vu::RxQueue::Observer {
  public:
-  absl::Status Send(absl::Span<const uint8_t> frame) override {
-    if (frame.size() > kDhcpMaxReplyLen && frame.size() > kNdpMaxReplyLen &&
-        frame.size() > kDhcpv6MaxReplyLen) {
+  void OnFrameToGuest(absl::Span<const iovec> iov, size_t offset, size_t len) override {
+    if (len > kDhcpMaxReplyLen && len > kNdpMaxReplyLen && len > kDhcpv6MaxReplyLen) {
       __builtin_trap();
     }
-    const iovec iov = {const_cast<uint8_t*>(frame.data()), frame.size()};
+    std::vector<uint8_t> bytes(len);
+    size_t done = 0;
+    for (const iovec& v : iov) {
+      if (offset >= v.iov_len) {
+        offset -= v.iov_len;
+        continue;
+      }
+      const size_t n = std::min(v.iov_len - offset, len - done);
+      std::memcpy(bytes.data() + done, static_cast<uint8_t*>(v.iov_base) + offset, n);
+      done += n;
+      offset = 0;
+      if (done == len) break;
+    }
+    const iovec whole = {bytes.data(), bytes.size()};
     ParsedFrame p;
-    if (!ParseFrame(absl::MakeConstSpan(&iov, 1), &p).ok()) __builtin_trap();
-    return absl::OkStatus();
+    if (done != len || !ParseFrame(absl::MakeConstSpan(&whole, 1), &p).ok()) __builtin_trap();
   }
+  void OnBroken() override { __builtin_trap(); }
 };
 
 struct World {
@@ -72,13 +89,16 @@ struct World {
     d6.dns = {V6("fd00::3")};
     d6.search_domains = {"example.org"};
     dhcpv6 = new Dhcpv6Server(Dhcpv6Server::Create(d6).value());
-    dispatcher = new Dispatcher({.arp = &arp, .dhcp = dhcp, .ndp = ndp, .dhcpv6 = dhcpv6}, &sender);
+    guest.rx().set_observer(&observer);
+    dispatcher =
+        new Dispatcher({.arp = &arp, .dhcp = dhcp, .ndp = ndp, .dhcpv6 = dhcpv6}, &guest.rx());
   }
   ArpConfig arp;
   DhcpServer* dhcp;
   NdpResponder* ndp;
   Dhcpv6Server* dhcpv6;
-  CheckingSender sender;
+  vunet::vu::testing::GuestRxRing guest{{.queue_size = 64, .memory = 8 << 20}};
+  CheckingObserver observer;
   Dispatcher* dispatcher;
 };
 
@@ -100,6 +120,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       iov.push_back({const_cast<uint8_t*>(frame) + at, len - at < piece ? len - at : piece});
     }
   }
+  world->guest.Post(4, 2048);
   world->dispatcher->OnFrame(hdr, iov);
+  world->dispatcher->OnBatchEnd();
+  world->guest.Take();  // Flushes, and frees the buffers for the next input.
   return 0;
 }

@@ -13,6 +13,7 @@
 #include "virtio/testing/driver.h"
 #include "virtio/virtqueue.h"
 #include "vu/common.h"
+#include "vu/testing/guest_rx.h"
 
 namespace vunet::net {
 namespace {
@@ -102,18 +103,7 @@ std::vector<uint8_t> TcpSyn() {
   return Build(s, {});
 }
 
-class RecordingSender : public ReplySender {
- public:
-  absl::Status Send(absl::Span<const uint8_t> frame) override {
-    if (fail) return absl::UnavailableError("no room");
-    frames.emplace_back(frame.begin(), frame.end());
-    return absl::OkStatus();
-  }
-  bool fail = false;
-  std::vector<std::vector<uint8_t>> frames;
-};
-
-class RecordingNext : public ParsedFrameSink {
+class RecordingSink : public ParsedFrameSink {
  public:
   void OnFrame(const vu::VirtioNetHdr&, absl::Span<const iovec> frame,
                const ParsedFrame& parsed) override {
@@ -170,51 +160,86 @@ void Feed(Dispatcher& d, std::vector<uint8_t> frame, uint8_t flags = 0) {
 
 uint16_t EtherType(const std::vector<uint8_t>& f) { return testing::GetBe16(f, 12); }
 
+// The guest's receive ring, with room for replies.
+struct Guest {
+  Guest() { ring.Post(32); }
+  std::vector<std::vector<uint8_t>> Replies() { return ring.TakeBytes(); }
+  vu::testing::GuestRxRing ring;
+};
+
 TEST(DispatchTest, AnswersArpDhcpAndNdp) {
   Handlers h;
-  RecordingSender sender;
-  RecordingNext next;
-  Dispatcher d(h.All(), &sender, &next);
+  Guest guest;
+  RecordingSink tcp;
+  Dispatcher d(h.All(), &guest.ring.rx());
+  d.Route(L4Kind::kTcp, &tcp);
   Feed(d, ArpRequest());
   Feed(d, DhcpDiscover());
   Feed(d, Icmp6(133, {}));
   Feed(d, NeighborSolicitation());
-  ASSERT_EQ(sender.frames.size(), 4u);
-  EXPECT_EQ(EtherType(sender.frames[0]), kEtherTypeArp);
+  std::vector<std::vector<uint8_t>> replies = guest.Replies();
+  ASSERT_EQ(replies.size(), 4u);
+  EXPECT_EQ(EtherType(replies[0]), kEtherTypeArp);
   ParsedFrame p;
-  ASSERT_TRUE(testing::Parse(sender.frames[1], &p).ok());
+  ASSERT_TRUE(testing::Parse(replies[1], &p).ok());
   EXPECT_EQ(p.dst_port, kDhcpClientPort);
-  ASSERT_TRUE(testing::Parse(sender.frames[2], &p).ok());
+  ASSERT_TRUE(testing::Parse(replies[2], &p).ok());
   EXPECT_EQ(p.icmp.type, 134);
-  ASSERT_TRUE(testing::Parse(sender.frames[3], &p).ok());
+  ASSERT_TRUE(testing::Parse(replies[3], &p).ok());
   EXPECT_EQ(p.icmp.type, 136);
   EXPECT_EQ(d.stats().frames, 4u);
   EXPECT_EQ(d.stats().replies, 4u);
-  EXPECT_TRUE(next.frames.empty());
+  EXPECT_TRUE(tcp.frames.empty());
 }
 
-TEST(DispatchTest, PassesTheRestOnParsed) {
+std::vector<uint8_t> Udp(uint16_t port) {
+  FrameSpec s;
+  s.src_mac = kGuestMac;
+  s.dst_mac = kGatewayMac;
+  s.src4 = Ip4("10.0.2.15");
+  s.dst4 = Ip4("10.0.2.2");
+  s.protocol = IPPROTO_UDP;
+  s.src_port = 40000;
+  s.dst_port = port;
+  return Build(s, {1, 2, 3});
+}
+
+TEST(DispatchTest, RoutesByProtocolAndEndsEachBatchOnce) {
   Handlers h;
-  RecordingSender sender;
-  RecordingNext next;
-  Dispatcher d(h.All(), &sender, &next);
+  Guest guest;
+  RecordingSink tcp, udp, icmp;
+  Dispatcher d(h.All(), &guest.ring.rx());
+  d.Route(L4Kind::kTcp, &tcp);
+  d.Route(L4Kind::kUdp, &udp);
+  d.Route(L4Kind::kIcmpv6, &icmp);  // The same route as kIcmp.
   const std::vector<uint8_t> syn = TcpSyn();
   Feed(d, syn);
   Feed(d, Icmp6(128, {0, 1, 0, 1}));  // Echo request: not NDP.
-  ASSERT_EQ(next.frames.size(), 2u);
-  EXPECT_EQ(next.frames[0], syn.size());
-  EXPECT_EQ(next.parsed_[0].l4, L4Kind::kTcp);
-  EXPECT_EQ(next.parsed_[0].dst_port, 443);
-  EXPECT_EQ(d.stats().passed_on, 2u);
+  Feed(d, syn);
   d.OnBatchEnd();
-  EXPECT_EQ(next.batches, 1);
-  EXPECT_TRUE(sender.frames.empty());
+  ASSERT_EQ(tcp.frames.size(), 2u);
+  EXPECT_EQ(tcp.frames[0], syn.size());
+  EXPECT_EQ(tcp.parsed_[0].l4, L4Kind::kTcp);
+  EXPECT_EQ(tcp.parsed_[0].dst_port, 443);
+  ASSERT_EQ(icmp.frames.size(), 1u);
+  EXPECT_EQ(icmp.parsed_[0].l4, L4Kind::kIcmpv6);
+  EXPECT_EQ(d.stats().routed, 3u);
+  // Each sink that had frames hears of the batch's end once; the others not.
+  EXPECT_EQ(tcp.batches, 1);
+  EXPECT_EQ(icmp.batches, 1);
+  EXPECT_EQ(udp.batches, 0);
+  Feed(d, Udp(5353));
+  d.OnBatchEnd();
+  d.OnBatchEnd();
+  EXPECT_EQ(udp.frames.size(), 1u);
+  EXPECT_EQ(udp.batches, 1);
+  EXPECT_EQ(tcp.batches, 1);
+  EXPECT_TRUE(guest.Replies().empty());
 }
 
-TEST(DispatchTest, DropsMalformedAndCountsTheUnwanted) {
-  Handlers h;
-  RecordingSender sender;
-  Dispatcher d({}, &sender);  // No handlers, no next.
+TEST(DispatchTest, DropsMalformedAndCountsTheUnroutedByProtocol) {
+  Guest guest;
+  Dispatcher d({}, &guest.ring.rx());  // No services, no routes.
   Feed(d, {});
   std::vector<uint8_t> truncated = TcpSyn();
   truncated.resize(40);
@@ -222,18 +247,21 @@ TEST(DispatchTest, DropsMalformedAndCountsTheUnwanted) {
   Feed(d, ArpRequest());
   Feed(d, TcpSyn());
   Feed(d, DhcpDiscover());
+  Feed(d, Icmp6(128, {0, 1, 0, 1}));
   d.OnBatchEnd();
-  EXPECT_EQ(d.stats().frames, 5u);
+  EXPECT_EQ(d.stats().frames, 6u);
   EXPECT_EQ(d.stats().malformed, 2u);
-  EXPECT_EQ(d.stats().ignored, 3u);
-  EXPECT_TRUE(sender.frames.empty());
+  EXPECT_EQ(d.stats().other_dropped, 1u);  // ARP.
+  EXPECT_EQ(d.stats().tcp_dropped, 1u);
+  EXPECT_EQ(d.stats().udp_dropped, 1u);
+  EXPECT_EQ(d.stats().icmp_dropped, 1u);
+  EXPECT_TRUE(guest.Replies().empty());
 }
 
 TEST(DispatchTest, ReplyDroppedWhenTheGuestHasNoRoom) {
   Handlers h;
-  RecordingSender sender;
-  sender.fail = true;
-  Dispatcher d(h.All(), &sender);
+  vu::testing::GuestRxRing ring;  // Nothing posted.
+  Dispatcher d(h.All(), &ring.rx());
   Feed(d, ArpRequest());
   EXPECT_EQ(d.stats().send_failures, 1u);
   EXPECT_EQ(d.stats().replies, 0u);
@@ -241,66 +269,81 @@ TEST(DispatchTest, ReplyDroppedWhenTheGuestHasNoRoom) {
 
 TEST(DispatchTest, PartialChecksumFlagReachesNdp) {
   Handlers h;
-  RecordingSender sender;
-  Dispatcher d(h.All(), &sender);
+  Guest guest;
+  Dispatcher d(h.All(), &guest.ring.rx());
   std::vector<uint8_t> ns = NeighborSolicitation();
   ns[14 + 40 + 2] ^= 0x55;  // Checksum field, as a guest with CSUM offload might leave it.
   Feed(d, ns);
-  EXPECT_EQ(sender.frames.size(), 0u);
+  EXPECT_EQ(guest.Replies().size(), 0u);
   Feed(d, ns, vu::kVirtioNetHdrFNeedsCsum);
-  EXPECT_EQ(sender.frames.size(), 1u);
+  EXPECT_EQ(guest.Replies().size(), 1u);
 }
 
 TEST(DispatchTest, Dhcpv6GoesToTheDhcpv6Server) {
   Handlers h;
-  RecordingSender sender;
-  RecordingNext next;
-  Dispatcher d(h.All(), &sender, &next);
+  Guest guest;
+  RecordingSink udp;
+  Dispatcher d(h.All(), &guest.ring.rx());
+  d.Route(L4Kind::kUdp, &udp);
   Feed(d, Dhcpv6Solicit());
-  ASSERT_EQ(sender.frames.size(), 1u);
+  std::vector<std::vector<uint8_t>> replies = guest.Replies();
+  ASSERT_EQ(replies.size(), 1u);
   ParsedFrame p;
-  ASSERT_TRUE(testing::Parse(sender.frames[0], &p).ok());
+  ASSERT_TRUE(testing::Parse(replies[0], &p).ok());
   EXPECT_EQ(p.l3, L3Kind::kIpv6);
   EXPECT_EQ(p.src_port, kDhcpv6ServerPort);
   EXPECT_EQ(p.dst_port, kDhcpv6ClientPort);
-  EXPECT_EQ(sender.frames[0][p.payload_offset], 7);  // Reply, with Rapid Commit.
-  EXPECT_TRUE(next.frames.empty());
+  EXPECT_EQ(replies[0][p.payload_offset], 7);  // Reply, with Rapid Commit.
+  EXPECT_TRUE(udp.frames.empty());
 
-  // A malformed one is taken too (and dropped), not passed on.
+  // A malformed one is taken too (and dropped), not routed.
   std::vector<uint8_t> bad = Dhcpv6Solicit();
   bad[14 + 40 + 8 + 6] = 0xff;  // Client ID length past the message.
   Feed(d, bad);
-  EXPECT_EQ(sender.frames.size(), 1u);
-  EXPECT_TRUE(next.frames.empty());
+  EXPECT_TRUE(guest.Replies().empty());
+  EXPECT_TRUE(udp.frames.empty());
   EXPECT_EQ(d.stats().replies, 1u);
 }
 
 TEST(DispatchTest, Dhcpv6WithoutAServerFallsThrough) {
   Handlers h;
-  RecordingSender sender;
-  RecordingNext next;
+  Guest guest;
+  RecordingSink udp;
   Dispatcher::Handlers handlers = h.All();
   handlers.dhcpv6 = nullptr;
-  Dispatcher d(handlers, &sender, &next);
+  Dispatcher d(handlers, &guest.ring.rx());
+  d.Route(L4Kind::kUdp, &udp);
   Feed(d, Dhcpv6Solicit());
-  EXPECT_TRUE(sender.frames.empty());
-  ASSERT_EQ(next.frames.size(), 1u);
-  EXPECT_EQ(next.parsed_[0].dst_port, kDhcpv6ServerPort);
-  Dispatcher alone({}, &sender);
+  EXPECT_TRUE(guest.Replies().empty());
+  ASSERT_EQ(udp.frames.size(), 1u);
+  EXPECT_EQ(udp.parsed_[0].dst_port, kDhcpv6ServerPort);
+  Dispatcher alone({}, &guest.ring.rx());
   Feed(alone, Dhcpv6Solicit());
-  EXPECT_EQ(alone.stats().ignored, 1u);
+  EXPECT_EQ(alone.stats().udp_dropped, 1u);
 }
 
 TEST(DispatchTest, PartialChecksumFlagReachesDhcpv6) {
   Handlers h;
-  RecordingSender sender;
-  Dispatcher d(h.All(), &sender);
+  Guest guest;
+  Dispatcher d(h.All(), &guest.ring.rx());
   std::vector<uint8_t> solicit = Dhcpv6Solicit();
   solicit[14 + 40 + 6] ^= 0x55;  // UDP checksum field.
   Feed(d, solicit);
-  EXPECT_EQ(sender.frames.size(), 0u);
+  EXPECT_EQ(guest.Replies().size(), 0u);
   Feed(d, solicit, vu::kVirtioNetHdrFNeedsCsum);
-  EXPECT_EQ(sender.frames.size(), 1u);
+  EXPECT_EQ(guest.Replies().size(), 1u);
+}
+
+TEST(DispatchTest, TheGuestsIdentityIsLearnedFromEveryFrame) {
+  Guest guest;
+  GuestIdentity identity(MacAddr{}, InetAddr(), InetAddr());
+  Dispatcher d({}, &guest.ring.rx(), &identity);
+  Feed(d, TcpSyn());
+  EXPECT_EQ(identity.mac(), kGuestMac);
+  EXPECT_EQ(identity.address(AF_INET), InetAddr::V4(Ip4("10.0.2.15")));
+  Feed(d, Dhcpv6Solicit());
+  EXPECT_EQ(identity.link_local6(), InetAddr::V6(Ip6("fe80::5054:ff:fe12:3456")));
+  EXPECT_TRUE(identity.address(AF_INET6).empty());
 }
 
 // The whole path: a guest queues an ARP request on its transmit ring, the
@@ -315,15 +358,11 @@ TEST_P(DispatchRingTest, ThroughRealRings) {
   auto mem = DriverMemory::Create(16 << 20).value();
   virtio::GuestMemory memory;
   ASSERT_TRUE(mem->MapInto(&memory).ok());
-  DriverQueue rx_driver(mem.get(), 64);
   DriverQueue tx_driver(mem.get(), 64);
-  virtio::Virtqueue rx, tx;
-  ASSERT_TRUE(rx.Start(&memory, rx_driver.DeviceConfig(memory).value()).ok());
+  virtio::Virtqueue tx;
   ASSERT_TRUE(tx.Start(&memory, tx_driver.DeviceConfig(memory).value()).ok());
-
-  const uint64_t rx_buf = mem->Alloc(1526).value();
-  ASSERT_TRUE(rx_driver.AddChain({{rx_buf, 1526, true}}).has_value());
-  rx_driver.Publish();
+  vu::testing::GuestRxRing guest({.mergeable = false, .guest_csum = guest_csum});
+  guest.Post(1, 1526);
 
   std::vector<uint8_t> bytes(sizeof(vu::VirtioNetHdr), 0);
   Append(bytes, ArpRequest());
@@ -338,28 +377,21 @@ TEST_P(DispatchRingTest, ThroughRealRings) {
   tx_driver.Publish();
 
   Handlers h;
-  vu::NetConfig config;
-  config.guest_csum = guest_csum;
-  VirtqueueReplySender sender(&config, &rx);
-  Dispatcher d(h.All(), &sender);
+  Dispatcher d(h.All(), &guest.rx());
   vu::TxHandler handler;
-  EXPECT_EQ(handler.Process(config, &tx, &d), 1u);
+  EXPECT_EQ(handler.Process(guest.config(), &tx, &d), 1u);
   EXPECT_EQ(d.stats().replies, 1u);
 
-  std::optional<virtio::VirtqUsedElem> used = rx_driver.PopUsed();
-  ASSERT_TRUE(used.has_value());
-  EXPECT_EQ(used->len, 12u + vu::kEthMinFrame);
-  std::vector<uint8_t> reply(kArpReplyLen);
-  mem->Read(rx_buf + 12, reply.data(), reply.size());
+  std::vector<vu::testing::GuestRxRing::Frame> frames = guest.Take();
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].bytes.size(), vu::kEthMinFrame);
   ParsedFrame p;
-  ASSERT_TRUE(testing::Parse(reply, &p).ok());
+  ASSERT_TRUE(testing::Parse(frames[0].bytes, &p).ok());
   EXPECT_EQ(p.arp.op, 2);
   EXPECT_EQ(p.arp.sha, kGatewayMac);
   EXPECT_EQ(p.dst_mac, kGuestMac);
   // With GUEST_CSUM the guest is told our checksums need no checking.
-  vu::VirtioNetHdr hdr;
-  mem->Read(rx_buf, &hdr, sizeof(hdr));
-  EXPECT_EQ(hdr.flags, guest_csum ? vu::kVirtioNetHdrFDataValid : 0);
+  EXPECT_EQ(frames[0].hdr.flags, guest_csum ? vu::kVirtioNetHdrFDataValid : 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(GuestCsum, DispatchRingTest, ::testing::Bool());

@@ -1,57 +1,51 @@
-// What the flow translators (TCP, UDP) share with the event loop that hosts
-// them: the interface a translator implements, and the services the owner
-// gives it (TranslatorEnv).
+// What a flow translator (TCP, UDP, ICMP echo) is to the event loop that
+// hosts it, and the services the loop gives it (TranslatorEnv).
 //
-// A translator is a ParsedFrameSink in the dispatcher's chain (frames of its
-// protocol it takes, the rest it hands to `next`), keeps its flows in the
-// owner's FlowTable, and watches its host sockets in the owner's epoll set
-// through a SocketWatcher. Every epoll tag it registers has a kind (the top
-// byte, as in FlowRef) in [first_kind, first_kind + kKindsPerTranslator),
-// so the owner can route events back without knowing what the tag means.
-// Its flows' timers are the table's; the owner runs FlowTable::Expire and
-// hands each expired flow to the translator of the flow's protocol.
+// A translator takes the guest's frames of its protocol from the dispatcher
+// (Dispatcher routes each parsed frame to the translator of its L4 protocol,
+// then signals the batch's end once to each), keeps its flows in the shared
+// FlowTable, and watches its host sockets in the owner's epoll set through a
+// SocketWatcher. Every epoll tag it registers has a kind (the top byte, as in
+// FlowRef) in [first_kind, first_kind + kKindsPerTranslator), so the owner
+// can route events back without knowing what the tag means. Its flows'
+// timers are the table's: the owner runs FlowTable::Expire and hands each
+// expired flow to the translator of the flow's protocol.
 //
-// Frames for the guest go two ways:
-//  - data (TCP segments with payload, UDP datagrams) straight into the guest's
-//    receive buffers: vu::Collect on GuestRx::queue(), the payload received
-//    into the collected iovecs by the kernel, headers written in front with
-//    BuildFrame, vu::FillFrame, one Flush and Notify per wake-up; every frame
-//    so written is shown to GuestRx::OnFrameWritten (packet capture);
-//  - control (SYN-ACK, bare ACKs, RST, ICMP errors) through the ReplySender,
-//    one contiguous frame each.
-// When the guest has no receive buffers, data waits in the host sockets (the
-// translator stops watching them for input, or ignores readiness) and
-// resumes on OnRxAvailable.
+// Every frame for the guest goes through the one RxQueue (vu/rx_queue.h):
+// data (TCP segments with payload, UDP datagrams) is received by the kernel
+// straight into reserved buffers with headers built in front, control
+// frames (SYN-ACK, ACKs, RSTs, ICMP messages) are copied in with Send. The
+// owner flushes the queue once per loop iteration. When the guest has no
+// receive buffers, data waits in the host sockets and resumes on
+// OnRxAvailable.
 //
-//   TranslatorEnv env{.flows = flows, .rx = &rx, .watcher = &watcher,
-//                     .replies = &replies, .guest = &guest_config,
+// Where a guest flow goes on the host, and how host peers appear to the
+// guest, is the Forwarding's decision (net/forward), the same for all.
+//
+//   TranslatorEnv env{.flows = flows, .rx = &rx_queue, .watcher = &watcher,
+//                     .forward = &forwarding, .guest = &guest_config,
 //                     .first_kind = 64};
 //   absl::StatusOr<std::unique_ptr<TcpTranslator>> tcp = TcpTranslator::Create(env, options);
-//   Dispatcher dispatch(handlers, &replies, tcp->get());
+//   dispatcher.Route(L4Kind::kTcp, tcp->get());
 //   ... epoll event with tag t, kind in [64, 96): (*tcp)->OnSocketEvent(t, events);
 //   ... FlowTable::Expire(now, [&](FlowId id) { (*tcp)->OnTimer(id, now); });
 //   ... rx kick or rx queue started: (*tcp)->OnRxAvailable();
+//   ... end of the loop iteration: rx_queue.Flush();
 
-#ifndef VUNET_NET_TRANSLATOR_H_
-#define VUNET_NET_TRANSLATOR_H_
+#ifndef VUNET_NET_TRANSLATE_TRANSLATOR_H_
+#define VUNET_NET_TRANSLATE_TRANSLATOR_H_
 
-#include <netinet/in.h>
-#include <sys/uio.h>
 #include <time.h>
 
-#include <cstddef>
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "net/config/config.h"
-#include "net/gateway/dispatch.h"
 #include "net/flow/flow.h"
-#include "virtio/virtqueue.h"
-#include "vu/common.h"
+#include "net/forward/forward.h"
+#include "net/gateway/dispatch.h"
+#include "vu/rx_queue.h"
 
 namespace vunet::net {
 
@@ -70,63 +64,16 @@ class SocketWatcher {
   virtual void Unwatch(int fd) = 0;
 };
 
-// The guest's receive queue, as the translators write data into it.
-class GuestRx {
- public:
-  virtual ~GuestRx() = default;
-  // The running receive queue, or nullptr (the guest's driver has not
-  // started it, or it stopped): data then waits in the host sockets.
-  virtual virtio::Virtqueue* queue() = 0;
-  virtual const vu::NetConfig& config() const = 0;
-  // A frame a translator wrote into collected receive buffers: its bytes are
-  // [offset, offset + len) of `iov` (virtio-net header excluded). Called
-  // before the frame is flushed. For packet capture; the default ignores it.
-  virtual void OnFrameWritten(absl::Span<const iovec> iov, size_t offset, size_t len) {
-    (void)iov, (void)offset, (void)len;
-  }
-  // Called when a queue broke under the translator (vq->broken()): the owner
-  // reports it to the device. The default does nothing.
-  virtual void OnBroken() {}
-};
-
-// A port forward from the host to the guest (-t / -u): connections or
-// datagrams to host ports [host_port, host_port + count) on `bind` go to
-// the guest's [guest_port, guest_port + count).
-struct PortForward {
-  uint16_t host_port = 0;
-  uint16_t guest_port = 0;
-  uint32_t count = 1;  // 1..65536, and the ranges stay within 1..65535.
-  // AF_UNSPEC: every host address, IPv4 and IPv6 (one dual-stack socket
-  // where the host allows, else two); AF_INET / AF_INET6: bind4 / bind6.
-  int family = AF_UNSPEC;
-  in_addr bind4{};
-  in6_addr bind6{};
-  std::string ifname;  // SO_BINDTODEVICE if not empty ("%eth0" in a spec).
-};
-
-// Parses a passt-style forwarding spec, the argument of -t or -u:
-//   "none"                    nothing (an empty result)
-//   "8080" "8000-8010"        host ports to the same guest ports
-//   "8080:80" "8000-8010:9000-9010"  host ports to other guest ports
-//   "127.0.0.1/8080" "::1/8080"      bound to one host address
-//   "%lo/8080" "127.0.0.1%lo/22"     bound to an interface
-//   "8080,8443:443"           several, comma-separated
-//   "all" / "auto"            refused for now (kUnimplemented, one line)
-// Excluded ports ("~22") are not supported (kUnimplemented). Errors are one
-// line naming the spec (kInvalidArgument).
-absl::StatusOr<std::vector<PortForward>> ParsePortForwards(const std::string& spec);
-
 // The owner's services, valid for the translator's lifetime.
 struct TranslatorEnv {
   FlowTable* flows = nullptr;
-  GuestRx* rx = nullptr;
+  // The guest's receive queue: every frame to the guest.
+  vu::RxQueue* rx = nullptr;
   SocketWatcher* watcher = nullptr;
-  ReplySender* replies = nullptr;
-  // Frames the translator does not take; may be null.
-  ParsedFrameSink* next = nullptr;
-  // The guest's addressing: its MAC and addresses (destination of frames we
-  // build), the gateway's MAC and addresses (their source, and destinations
-  // that mean the host's loopback), the MTU.
+  // Where guest flows go, how host peers appear, who the guest is.
+  Forwarding* forward = nullptr;
+  // The link: the gateway's MAC (the source of every frame we send) and the
+  // MTU.
   const GuestConfig* guest = nullptr;
   // This translator's epoll kinds: [first_kind, first_kind +
   // kKindsPerTranslator), at least 64 (lower kinds are the owner's).
@@ -151,8 +98,8 @@ class Translator : public ParsedFrameSink {
   virtual void OnSocketEvent(uint64_t tag, uint32_t events) = 0;
   // Flow `id`'s timer fired (its timer is already cleared).
   virtual void OnTimer(FlowId id, int64_t now_ns) = 0;
-  // The guest may have posted receive buffers (rx kick, or the rx queue
-  // started): resume data that waited for room.
+  // The guest may have posted receive buffers (rx kick, the rx queue
+  // started, or a flush freed what others held): resume data that waited.
   virtual void OnRxAvailable() = 0;
   // Closes every flow and socket (the owner is shutting down).
   virtual void Shutdown() = 0;
@@ -162,4 +109,4 @@ class Translator : public ParsedFrameSink {
 
 }  // namespace vunet::net
 
-#endif  // VUNET_NET_TRANSLATOR_H_
+#endif  // VUNET_NET_TRANSLATE_TRANSLATOR_H_

@@ -3,9 +3,22 @@
 #include <algorithm>
 #include <cstring>
 
-#include "gtest/gtest.h"
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
 
 namespace vunet::vu::testing {
+namespace {
+
+// The device broke the ring's contract: say how, and stop the test (or the
+// fuzzer) right there.
+[[noreturn]] void Fail(const std::string& what) {
+  std::fprintf(stderr, "GuestRxRing: %s\n", what.c_str());
+  std::abort();
+}
+
+}  // namespace
 
 using virtio::VirtqUsedElem;
 using virtio::testing::DriverMemory;
@@ -13,11 +26,11 @@ using virtio::testing::DriverQueue;
 
 GuestRxRing::GuestRxRing(const Options& options) : options_(options), rx_(options.rx) {
   memory_ = DriverMemory::Create(options.memory).value();
-  EXPECT_TRUE(memory_->MapInto(&device_memory_).ok());
+  if (!memory_->MapInto(&device_memory_).ok()) Fail("guest memory not mapped");
   driver_ = std::make_unique<DriverQueue>(memory_.get(), options.queue_size, options.event_idx);
   virtio::Virtqueue::Config vq_config = driver_->DeviceConfig(device_memory_).value();
   vq_config.event_idx = options.event_idx;
-  EXPECT_TRUE(vq_.Start(&device_memory_, vq_config).ok());
+  if (!vq_.Start(&device_memory_, vq_config).ok()) Fail("queue not started");
   config_.mergeable_rx = options.mergeable;
   config_.guest_csum = options.guest_csum;
   config_.vnet_hdr_len = options.vnet_hdr_len;
@@ -57,10 +70,7 @@ bool GuestRxRing::PostChain(const std::vector<uint32_t>& sizes) {
 std::vector<uint8_t> GuestRxRing::Read(const VirtqUsedElem& e) {
   std::vector<uint8_t> out;
   auto it = posted_.find(static_cast<uint16_t>(e.id));
-  if (it == posted_.end()) {
-    ADD_FAILURE() << "used entry for chain " << e.id << ", which is not posted";
-    return out;
-  }
+  if (it == posted_.end()) Fail(absl::StrCat("used entry for chain ", e.id, ", not posted"));
   size_t left = e.len;
   for (const DriverQueue::Buffer& b : it->second) {
     const size_t n = std::min<size_t>(left, b.len);
@@ -69,7 +79,7 @@ std::vector<uint8_t> GuestRxRing::Read(const VirtqUsedElem& e) {
     left -= n;
     if (it->second.size() == 1) free_[b.len].push_back(b.gpa);
   }
-  EXPECT_EQ(left, 0u) << "used length " << e.len << " exceeds chain " << e.id;
+  if (left != 0) Fail(absl::StrCat("used length ", e.len, " exceeds chain ", e.id));
   posted_.erase(it);
   return out;
 }
@@ -86,19 +96,15 @@ std::vector<GuestRxRing::Frame> GuestRxRing::Take() {
     }
     std::vector<uint8_t> bytes = Read(*e);
     if (bytes.size() < hdr_len) {
-      ADD_FAILURE() << "used entry of " << bytes.size() << " bytes, shorter than the header";
-      continue;
+      Fail(absl::StrCat("used entry of ", bytes.size(), " bytes, shorter than the header"));
     }
     Frame f;
     std::memcpy(&f.hdr, bytes.data(), hdr_len);
     f.buffers = config_.mergeable_rx ? f.hdr.num_buffers : 1;
-    if (f.buffers == 0) ADD_FAILURE() << "num_buffers 0";
+    if (f.buffers == 0) Fail("num_buffers 0");
     for (uint16_t i = 1; i < f.buffers; ++i) {
       std::optional<VirtqUsedElem> more = driver_->PopUsed();
-      if (!more) {
-        ADD_FAILURE() << "num_buffers " << f.buffers << " but only " << i << " used entries";
-        break;
-      }
+      if (!more) Fail(absl::StrCat("num_buffers ", f.buffers, " but only ", i, " used entries"));
       std::vector<uint8_t> m = Read(*more);
       bytes.insert(bytes.end(), m.begin(), m.end());
     }

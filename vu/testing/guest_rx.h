@@ -11,7 +11,10 @@
 //
 // Take() flushes the RxQueue first, as the backend's loop does at the end of
 // each iteration, then reads every entry the device published. Buffers read
-// back are free to post again (Post reuses them).
+// back are free to post again (Post reuses them). A device that breaks the
+// ring's contract (an entry for a chain not posted, a used length past the
+// chain, num_buffers past what was published) aborts with a message: in a
+// test that is a failure, in a fuzz target a finding. No gtest dependency.
 
 #ifndef VUNET_VU_TESTING_GUEST_RX_H_
 #define VUNET_VU_TESTING_GUEST_RX_H_

@@ -1,4 +1,4 @@
-#include "net/translate/translator.h"
+#include "net/config/port_forward.h"
 
 #include <arpa/inet.h>
 #include <net/if.h>
