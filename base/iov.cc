@@ -62,4 +62,20 @@ iovec* IovConsume(iovec* iov, size_t* count, size_t bytes) {
   return iov;
 }
 
+size_t IovSlice(const iovec* iov, size_t count, size_t offset, size_t len, iovec* out, size_t* n,
+                size_t max) {
+  size_t covered = 0;
+  for (size_t i = 0; i < count && covered < len && *n < max; ++i) {
+    if (offset >= iov[i].iov_len) {
+      offset -= iov[i].iov_len;
+      continue;
+    }
+    const size_t take = std::min(iov[i].iov_len - offset, len - covered);
+    out[(*n)++] = {static_cast<uint8_t*>(iov[i].iov_base) + offset, take};
+    covered += take;
+    offset = 0;
+  }
+  return covered;
+}
+
 }  // namespace vunet

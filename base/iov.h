@@ -34,6 +34,13 @@ size_t IovToBuf(const iovec* iov, size_t count, size_t offset, void* data, size_
 // Sets `len` bytes to zero starting `offset` bytes in. Returns bytes zeroed.
 size_t IovMemset(const iovec* iov, size_t count, size_t offset, uint8_t value, size_t len);
 
+// Appends to out[*n..max) entries covering the byte range [offset, offset +
+// len) of iov[0..count) (they point into the same buffers: nothing is
+// copied). Returns the bytes covered: fewer than `len` if the iovecs end or
+// `out` fills first. *n advances by the entries written.
+size_t IovSlice(const iovec* iov, size_t count, size_t offset, size_t len, iovec* out, size_t* n,
+                size_t max);
+
 // Drops the first `bytes` bytes of iov[0..*count) in place: entries wholly
 // consumed are skipped (the returned pointer moves past them) and the first
 // remaining one is shortened. Returns the new start; *count is updated. If

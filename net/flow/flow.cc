@@ -135,6 +135,20 @@ std::optional<FlowKey> FlowKey::FromFrame(const ParsedFrame& parsed) {
   return V6(proto, parsed.ip.src6, local_port, parsed.ip.dst6, remote_port);
 }
 
+FlowKey FlowKey::Of(FlowProto proto, const InetAddr& local, uint16_t local_port,
+                    const InetAddr& remote, uint16_t remote_port) {
+  if (local.is_v4()) return V4(proto, local.v4(), local_port, remote.v4(), remote_port);
+  return V6(proto, local.v6(), local_port, remote.v6(), remote_port);
+}
+
+InetAddr FlowKey::local() const {
+  return is_v4() ? InetAddr::V4(local4()) : InetAddr::V6(local_addr);
+}
+
+InetAddr FlowKey::remote() const {
+  return is_v4() ? InetAddr::V4(remote4()) : InetAddr::V6(remote_addr);
+}
+
 in_addr FlowKey::local4() const { return UnmapV4(local_addr); }
 in_addr FlowKey::remote4() const { return UnmapV4(remote_addr); }
 

@@ -78,6 +78,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "net/packet/frame.h"
+#include "net/packet/inet.h"
 
 namespace vunet::net {
 
@@ -108,6 +109,9 @@ struct FlowKey {
                     uint16_t remote_port);
   static FlowKey V6(FlowProto proto, const in6_addr& local, uint16_t local_port,
                     const in6_addr& remote, uint16_t remote_port);
+  // From addresses of one family (that of `local`; `remote` must match).
+  static FlowKey Of(FlowProto proto, const InetAddr& local, uint16_t local_port,
+                    const InetAddr& remote, uint16_t remote_port);
   // The guest-side key of a frame from the guest: TCP or UDP over IPv4 or
   // IPv6 (source = local), or an ICMP/ICMPv6 echo request (the identifier as
   // local_port). nullopt for anything else.
@@ -116,6 +120,8 @@ struct FlowKey {
   bool is_v4() const { return family == AF_INET; }
   in_addr local4() const;  // For IPv4 keys: the address unmapped.
   in_addr remote4() const;
+  InetAddr local() const;
+  InetAddr remote() const;
 
   // "TCP 10.0.2.15:40000 -> 93.184.216.34:80" (IPv6 addresses in brackets).
   std::string ToString() const;

@@ -195,7 +195,10 @@ InetAddr Forwarding::InboundSource(const InetAddr& peer, int family) const {
   const InetAddr& own = family == AF_INET ? rules_.guest4 : rules_.guest6;
   const bool host_itself =
       peer.IsLoopback() || (!own.empty() && peer == own) || peer == guest_.address(family);
-  if (!host_itself) return peer;
+  if (!host_itself) {
+    // Another link's address: not one the guest could answer.
+    return peer.is_v6() && peer.IsLinkLocal() ? InetAddr() : peer;
+  }
   // The first address standing for the host in the guest's family, a global
   // one before a link-local one.
   const InetAddr* link_local = nullptr;

@@ -24,7 +24,8 @@
 //
 // Inbound (a host peer reaching the guest through a -t/-u forward): a peer on
 // the host itself (loopback, or using the guest's mirrored address) appears
-// to come from the gateway's address of the guest's family; any other peer
+// to come from the gateway's address of the guest's family; an IPv6
+// link-local peer (of another link) is not translated; any other peer comes
 // from its own address.
 //
 // The guest's identity (GuestIdentity) is learned in one place: the

@@ -1,6 +1,7 @@
 #include "net/icmp/icmp.h"
 
 #include <arpa/inet.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 
 #include "absl/strings/str_format.h"
 #include "base/log.h"
+#include "base/unique_fd.h"
 #include "net/packet/checksum.h"
 
 namespace vunet::net {
@@ -40,15 +42,17 @@ std::string PingGroupRange() {
   return lo + " " + hi;
 }
 
-uint8_t Byte0(const in_addr& a) { return reinterpret_cast<const uint8_t*>(&a.s_addr)[0]; }
-
 }  // namespace
 
-int64_t IcmpEcho::NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
+// A flow's state, in its data slot.
+struct IcmpEcho::Echo {
+  UniqueFd fd;
+  uint16_t guest_id = 0;  // The identifier the guest chose (the kernel's differs).
+  MacAddr guest_mac;      // Of its latest request.
+  int64_t last_used_ns = 0;
+  FlowId lru_prev;  // Towards the oldest.
+  FlowId lru_next;  // Towards the newest.
+};
 
 absl::Status IcmpEcho::ProbePingSockets(int family) {
   UniqueFd fd(OpenPingSocket(family));
@@ -67,97 +71,60 @@ absl::Status IcmpEcho::ProbePingSockets(int family) {
   return absl::ErrnoToStatus(err, absl::StrFormat("%s ping socket", name));
 }
 
-absl::StatusOr<std::unique_ptr<IcmpEcho>> IcmpEcho::Create(const IcmpEchoConfig& config,
-                                                           ReplySender* replies,
-                                                           ParsedFrameSink* next,
-                                                           SocketObserver* observer) {
-  if (config.max_sockets < 1 || config.max_sockets > kMaxIcmpSockets) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("max_sockets %d not in 1..%d", config.max_sockets, kMaxIcmpSockets));
+absl::StatusOr<std::unique_ptr<IcmpEcho>> IcmpEcho::Create(const TranslatorEnv& env,
+                                                           const IcmpEchoOptions& options) {
+  if (env.flows == nullptr || env.rx == nullptr || env.watcher == nullptr ||
+      env.forward == nullptr || env.guest == nullptr) {
+    return absl::InvalidArgumentError("ICMP echo: flows, rx, watcher, forward, guest needed");
   }
-  if (config.new_sockets_per_second < 1) {
+  if (env.first_kind < 64 || env.first_kind > 256 - kKindsPerTranslator) {
+    return absl::InvalidArgumentError("ICMP echo: first_kind out of range");
+  }
+  if (options.max_sockets < 1 || options.max_sockets > kMaxIcmpSockets) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("max_sockets %d not in 1..%d", options.max_sockets, kMaxIcmpSockets));
+  }
+  if (options.new_sockets_per_second < 1) {
     return absl::InvalidArgumentError("new_sockets_per_second must be at least 1");
   }
-  if (config.idle_timeout_ns <= 0) {
+  if (options.idle_timeout_ns <= 0) {
     return absl::InvalidArgumentError("idle_timeout_ns must be positive");
   }
-  IcmpEchoConfig c = config;
-  if (c.clock == nullptr) c.clock = &IcmpEcho::NowNs;
-  if (c.ipv4) {
+  std::unique_ptr<IcmpEcho> e(new IcmpEcho(env, options));
+  if (e->env_.clock == nullptr) e->env_.clock = MonotonicNowNs;
+  e->ipv4_ = env.forward->rules().ipv4;
+  e->ipv6_ = env.forward->rules().ipv6;
+  if (e->ipv4_) {
     if (absl::Status s = ProbePingSockets(AF_INET); !s.ok()) return s;
   }
-  if (c.ipv6) {
+  if (e->ipv6_) {
     absl::Status s = ProbePingSockets(AF_INET6);
     if (absl::IsUnavailable(s)) {
       VUNET_LOG(kWarning, "ICMPv6 echo off: %s", s.ToString());
-      c.ipv6 = false;
+      e->ipv6_ = false;
     } else if (!s.ok()) {
       return s;
     }
   }
-  return std::unique_ptr<IcmpEcho>(new IcmpEcho(c, replies, next, observer));
+  return e;
 }
 
-IcmpEcho::IcmpEcho(const IcmpEchoConfig& config, ReplySender* replies, ParsedFrameSink* next,
-                   SocketObserver* observer)
-    : config_(config),
-      replies_(replies),
-      next_(next),
-      observer_(observer),
-      table_(config.max_sockets) {}
-
-IcmpEcho::~IcmpEcho() {
-  for (Entry& e : table_) Close(&e);
+IcmpEcho::IcmpEcho(const TranslatorEnv& env, const IcmpEchoOptions& options)
+    : env_(env),
+      options_(options),
+      request_(new uint8_t[65535]),
+      reply_(new uint8_t[kMaxFrameLen]) {
+  static_assert(kMaxFrameLen >= kEthHeaderLen + kIpv6HeaderLen + kMaxMessage6);
 }
 
-void IcmpEcho::OnBatchEnd() {
-  if (next_ != nullptr) next_->OnBatchEnd();
-}
-
-IcmpEcho::Entry* IcmpEcho::Find(bool v6, const in_addr& dst4, const in6_addr& dst6, uint16_t id) {
-  for (Entry& e : table_) {
-    if (!e.fd.valid() || e.v6 != v6 || e.guest_id != id) continue;
-    if (v6 ? IN6_ARE_ADDR_EQUAL(&e.dst6, &dst6) : e.dst4.s_addr == dst4.s_addr) return &e;
-  }
-  return nullptr;
-}
-
-IcmpEcho::Entry* IcmpEcho::Slot() {
-  Entry* oldest = nullptr;
-  for (Entry& e : table_) {
-    if (!e.fd.valid()) return &e;
-    if (oldest == nullptr || e.use_order < oldest->use_order) oldest = &e;
-  }
-  ++stats_.evicted;
-  Close(oldest);
-  return oldest;
-}
-
-void IcmpEcho::Close(Entry* e) {
-  if (!e->fd.valid()) return;
-  if (observer_ != nullptr) observer_->OnSocketClosing(e->fd.get());
-  e->fd.reset();
-}
-
-void IcmpEcho::Touch(Entry* e) {
-  e->last_used_ns = Now();
-  e->use_order = ++use_counter_;
-}
+IcmpEcho::~IcmpEcho() { Shutdown(); }
 
 void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
                        const ParsedFrame& parsed) {
-  if (parsed.l4 != L4Kind::kIcmp && parsed.l4 != L4Kind::kIcmpv6) {
-    if (next_ != nullptr) {
-      ++stats_.passed_on;
-      next_->OnFrame(hdr, frame, parsed);
-    } else {
-      ++stats_.ignored;
-    }
-    return;
-  }
+  if (parsed.l4 != L4Kind::kIcmp && parsed.l4 != L4Kind::kIcmpv6) return;
   const bool v6 = parsed.l4 == L4Kind::kIcmpv6;
   if (parsed.icmp.type != (v6 ? kIcmpv6EchoRequest : kIcmpEchoRequest) ||
-      !(v6 ? config_.ipv6 : config_.ipv4)) {
+      !(v6 ? ipv6_ : ipv4_)) {
     ++stats_.ignored;
     return;
   }
@@ -169,15 +136,15 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
     return;
   }
   // One copy, read once: what is checked is what is sent.
-  if (!FrameReader(frame).Read(parsed.l4_offset, request_, len)) {
+  if (!FrameReader(frame).Read(parsed.l4_offset, request_.get(), len)) {
     ++stats_.malformed;
     return;
   }
   if ((hdr.flags & vu::kVirtioNetHdrFNeedsCsum) == 0) {
     // ICMP over IPv4 has no pseudo-header.
     const uint16_t sum =
-        v6 ? L4ChecksumV6(parsed.ip.src6, parsed.ip.dst6, IPPROTO_ICMPV6, request_, len)
-           : InternetChecksum(request_, len);
+        v6 ? L4ChecksumV6(parsed.ip.src6, parsed.ip.dst6, IPPROTO_ICMPV6, request_.get(), len)
+           : InternetChecksum(request_.get(), len);
     if (sum != 0) {
       ++stats_.malformed;
       VUNET_LOG_RATELIMITED(kInfo, "ICMP echo request dropped: bad checksum");
@@ -185,77 +152,34 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
     }
   }
 
-  // Where it goes on the host.
-  sockaddr_storage to{};
-  socklen_t to_len;
-  if (v6) {
-    const in6_addr& d = parsed.ip.dst6;
-    sockaddr_in6* sin6 = reinterpret_cast<sockaddr_in6*>(&to);
-    sin6->sin6_family = AF_INET6;
-    to_len = sizeof(*sin6);
-    if ((!IN6_IS_ADDR_UNSPECIFIED(&config_.gateway6) &&
-         IN6_ARE_ADDR_EQUAL(&d, &config_.gateway6)) ||
-        (!IN6_IS_ADDR_UNSPECIFIED(&config_.gateway_ll6) &&
-         IN6_ARE_ADDR_EQUAL(&d, &config_.gateway_ll6))) {
-      sin6->sin6_addr = in6addr_loopback;
-    } else if (IN6_IS_ADDR_UNSPECIFIED(&d) || IN6_IS_ADDR_LOOPBACK(&d) ||
-               IN6_IS_ADDR_MULTICAST(&d) || IN6_IS_ADDR_LINKLOCAL(&d) || IN6_IS_ADDR_V4MAPPED(&d)) {
-      ++stats_.bad_destination;
-      return;
-    } else {
-      sin6->sin6_addr = d;
-    }
-  } else {
-    const in_addr& d = parsed.ip.dst4;
-    sockaddr_in* sin = reinterpret_cast<sockaddr_in*>(&to);
-    sin->sin_family = AF_INET;
-    to_len = sizeof(*sin);
-    if (config_.gateway4.s_addr != 0 && d.s_addr == config_.gateway4.s_addr) {
-      sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    } else if (d.s_addr == 0 || Byte0(d) == 127 || Byte0(d) >= 224) {
-      ++stats_.bad_destination;
-      return;
-    } else {
-      sin->sin_addr = d;
-    }
+  const std::optional<FlowKey> key = FlowKey::FromFrame(parsed);
+  if (!key.has_value()) {
+    ++stats_.malformed;
+    return;
   }
-
-  const uint16_t id = parsed.icmp.id;
-  Entry* e = Find(v6, parsed.ip.dst4, parsed.ip.dst6, id);
+  FlowId id = env_.flows->Find(*key);
+  Echo* e = id.valid() ? env_.flows->Data<Echo>(id) : nullptr;
   if (e == nullptr) {
-    if (!TakeSocketToken()) {
-      ++stats_.rate_limited;
-      VUNET_LOG_RATELIMITED(kInfo, "ICMP echo: new ping sockets over %d/s, request dropped",
-                            config_.new_sockets_per_second);
+    Refusal why;
+    const std::optional<Endpoint> to =
+        env_.forward->Outbound(FlowProto::kIcmp, Endpoint{key->remote(), 0}, &why);
+    if (!to.has_value()) {
+      ++stats_.bad_destination;
+      VUNET_LOG_RATELIMITED(kDebug, "ICMP echo: %s refused: %s", key->ToString(),
+                            RefusalName(why));
       return;
     }
-    const int fd = OpenPingSocket(v6 ? AF_INET6 : AF_INET);
-    if (fd < 0) {
-      ++stats_.socket_errors;
-      VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", strerror(errno));
-      return;
-    }
-    e = Slot();
-    e->fd.reset(fd);
-    e->v6 = v6;
-    e->guest_id = id;
-    e->dst4 = v6 ? in_addr{} : parsed.ip.dst4;
-    e->dst6 = v6 ? parsed.ip.dst6 : in6_addr{};
-    if (observer_ != nullptr && !observer_->OnSocketOpened(fd)) {
-      e->fd.reset();
-      ++stats_.socket_errors;
-      return;
-    }
+    id = Open(*key, *to);
+    if (!id.valid()) return;
+    e = env_.flows->Data<Echo>(id);
+    e->guest_id = parsed.icmp.id;
   }
-  e->guest4 = parsed.ip.src4;
-  e->guest6 = parsed.ip.src6;
   e->guest_mac = parsed.src_mac;
-  Touch(e);
+  Touch(id, e);
 
   // The kernel fills in the checksum and its own identifier.
   request_[2] = request_[3] = 0;
-  if (sendto(e->fd.get(), request_, len, MSG_DONTWAIT | MSG_NOSIGNAL,
-             reinterpret_cast<const sockaddr*>(&to), to_len) < 0) {
+  if (send(e->fd.get(), request_.get(), len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
     ++stats_.send_errors;
     VUNET_LOG_RATELIMITED(kInfo, "ICMP echo request not sent: %s", strerror(errno));
     return;
@@ -263,37 +187,89 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
   ++stats_.requests;
 }
 
-size_t IcmpEcho::OnReadable(int fd) {
-  Entry* e = nullptr;
-  for (Entry& x : table_) {
-    if (x.fd.valid() && x.fd.get() == fd) {
-      e = &x;
-      break;
-    }
+FlowId IcmpEcho::Open(const FlowKey& key, const Endpoint& to) {
+  if (!TakeSocketToken()) {
+    ++stats_.rate_limited;
+    VUNET_LOG_RATELIMITED(kInfo, "ICMP echo: new ping sockets over %d/s, request dropped",
+                          options_.new_sockets_per_second);
+    return {};
   }
-  if (e == nullptr) return 0;
+  if (count_ >= options_.max_sockets && lru_head_.valid()) {
+    ++stats_.evicted;
+    Close(lru_head_, env_.flows->Data<Echo>(lru_head_));
+  }
+  const int family = to.addr.family();
+  UniqueFd fd(OpenPingSocket(family));
+  if (!fd.valid()) {
+    ++stats_.socket_errors;
+    VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", strerror(errno));
+    return {};
+  }
+  // Connected: replies come from the destination alone, and the socket
+  // reports that destination's errors.
+  sockaddr_storage addr;
+  const socklen_t addr_len = to.ToSockaddr(&addr);
+  if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), addr_len) != 0) {
+    ++stats_.send_errors;
+    VUNET_LOG_RATELIMITED(kInfo, "ICMP echo to %s: %s", to.addr.ToString(), strerror(errno));
+    return {};
+  }
+  const absl::StatusOr<FlowId> added = env_.flows->Insert(key);
+  if (!added.ok()) {
+    ++stats_.table_full;  // The table logged it.
+    return {};
+  }
+  const FlowId id = *added;
+  Echo* e = env_.flows->Emplace<Echo>(id);
+  const uint64_t tag = FlowRef(id, static_cast<uint8_t>(env_.first_kind + kSocketKind)).u64();
+  if (!env_.watcher->Watch(fd.get(), EPOLLIN, tag).ok()) {
+    ++stats_.socket_errors;
+    env_.flows->Remove(id);
+    return {};
+  }
+  e->fd = std::move(fd);
+  ++count_;
+  e->last_used_ns = Now();
+  env_.flows->SetTimer(id, e->last_used_ns + options_.idle_timeout_ns);
+  return id;
+}
 
+void IcmpEcho::OnSocketEvent(uint64_t tag, uint32_t events) {
+  (void)events;
+  const FlowRef ref = FlowRef::FromU64(tag);
+  if (ref.kind() != env_.first_kind + kSocketKind) return;
+  const FlowId id = env_.flows->FindByRef(ref);
+  Echo* e = id.valid() ? env_.flows->Data<Echo>(id) : nullptr;
+  if (e == nullptr) return;  // Closed since.
+  ReadReplies(id, e);
+}
+
+void IcmpEcho::ReadReplies(FlowId id, Echo* e) {
+  const FlowKey& key = *env_.flows->Key(id);
+  const bool v6 = !key.is_v4();
   FrameSpec spec;
-  spec.src_mac = config_.gateway_mac;
+  spec.src_mac = env_.guest->gateway_mac;
   spec.dst_mac = e->guest_mac;
-  spec.ipv6 = e->v6;
-  spec.src4 = e->dst4;
-  spec.dst4 = e->guest4;
-  spec.src6 = e->dst6;
-  spec.dst6 = e->guest6;
-  spec.protocol = e->v6 ? uint8_t{IPPROTO_ICMPV6} : uint8_t{IPPROTO_ICMP};
+  spec.ipv6 = v6;
+  if (v6) {
+    spec.src6 = key.remote_addr;
+    spec.dst6 = key.local_addr;
+  } else {
+    spec.src4 = key.remote4();
+    spec.dst4 = key.local4();
+  }
+  spec.protocol = v6 ? uint8_t{IPPROTO_ICMPV6} : uint8_t{IPPROTO_ICMP};
   spec.dont_fragment = false;
   const size_t hlen = FrameHeadersLen(spec);
-  const size_t max = e->v6 ? kMaxMessage6 : kMaxMessage4;
-  static_assert(sizeof(reply_) >= kEthHeaderLen + kIpv6HeaderLen + kMaxMessage6);
-
-  size_t sent = 0;
+  const size_t max = v6 ? kMaxMessage6 : kMaxMessage4;
+  uint8_t* reply = reply_.get();
+  bool any = false;
   for (int i = 0; i < kReadBatch; ++i) {
-    iovec iov = {reply_ + hlen, max};
+    iovec iov = {reply + hlen, max};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    const ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_TRUNC);
+    const ssize_t n = recvmsg(e->fd.get(), &msg, MSG_DONTWAIT | MSG_TRUNC);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
@@ -304,57 +280,99 @@ size_t IcmpEcho::OnReadable(int fd) {
     }
     const size_t len = static_cast<size_t>(n);
     if (len < kEchoHeaderLen || len > max || (msg.msg_flags & MSG_TRUNC) != 0 ||
-        reply_[hlen] != (e->v6 ? kIcmpv6EchoReply : kIcmpEchoReply)) {
+        reply[hlen] != (v6 ? kIcmpv6EchoReply : kIcmpEchoReply)) {
       ++stats_.reply_dropped;
       continue;
     }
-    reply_[hlen + 4] = static_cast<uint8_t>(e->guest_id >> 8);
-    reply_[hlen + 5] = static_cast<uint8_t>(e->guest_id);
-    const absl::StatusOr<size_t> frame_len = BuildFrame(spec, absl::MakeSpan(reply_), len);
+    reply[hlen + 4] = static_cast<uint8_t>(e->guest_id >> 8);
+    reply[hlen + 5] = static_cast<uint8_t>(e->guest_id);
+    const absl::StatusOr<size_t> frame_len =
+        BuildFrame(spec, absl::MakeSpan(reply, kMaxFrameLen), len);
     if (!frame_len.ok()) {
       ++stats_.reply_dropped;
       VUNET_LOG_RATELIMITED(kError, "ICMP echo reply not built: %s", frame_len.status().ToString());
       continue;
     }
-    if (!replies_->Send(absl::MakeConstSpan(reply_, *frame_len)).ok()) {
+    any = true;
+    if (!env_.rx->Send(absl::MakeConstSpan(reply, *frame_len)).ok()) {
       ++stats_.reply_dropped;
       continue;
     }
     ++stats_.replies;
-    ++sent;
   }
-  if (e->fd.valid()) Touch(e);
-  return sent;
+  if (any) Touch(id, e);
 }
 
-size_t IcmpEcho::Sweep(int64_t now_ns) {
-  size_t closed = 0;
-  for (Entry& e : table_) {
-    if (e.fd.valid() && now_ns - e.last_used_ns >= config_.idle_timeout_ns) {
-      Close(&e);
-      ++stats_.expired;
-      ++closed;
-    }
+void IcmpEcho::Touch(FlowId id, Echo* e) {
+  e->last_used_ns = Now();
+  if (lru_tail_ == id) return;
+  Unlink(e);
+  e->lru_prev = lru_tail_;
+  e->lru_next = FlowId{};
+  if (lru_tail_.valid()) {
+    env_.flows->Data<Echo>(lru_tail_)->lru_next = id;
+  } else {
+    lru_head_ = id;
   }
-  return closed;
+  lru_tail_ = id;
 }
 
-std::vector<int> IcmpEcho::SocketFds() const {
-  std::vector<int> fds;
-  for (const Entry& e : table_) {
-    if (e.fd.valid()) fds.push_back(e.fd.get());
+void IcmpEcho::Unlink(Echo* e) {
+  if (e->lru_prev.valid()) {
+    env_.flows->Data<Echo>(e->lru_prev)->lru_next = e->lru_next;
+  } else if (lru_head_.valid() && env_.flows->Data<Echo>(lru_head_) == e) {
+    lru_head_ = e->lru_next;
   }
-  return fds;
+  if (e->lru_next.valid()) {
+    env_.flows->Data<Echo>(e->lru_next)->lru_prev = e->lru_prev;
+  } else if (lru_tail_.valid() && env_.flows->Data<Echo>(lru_tail_) == e) {
+    lru_tail_ = e->lru_prev;
+  }
+  e->lru_prev = e->lru_next = FlowId{};
 }
 
-size_t IcmpEcho::socket_count() const {
-  size_t n = 0;
-  for (const Entry& e : table_) n += e.fd.valid() ? 1 : 0;
-  return n;
+void IcmpEcho::OnTimer(FlowId id, int64_t now_ns) {
+  Echo* e = env_.flows->Data<Echo>(id);
+  if (e == nullptr) return;
+  if (now_ns - e->last_used_ns >= options_.idle_timeout_ns) {
+    ++stats_.expired;
+    Close(id, e);
+    return;
+  }
+  env_.flows->SetTimer(id, e->last_used_ns + options_.idle_timeout_ns);
+}
+
+void IcmpEcho::Close(FlowId id, Echo* e) {
+  Unlink(e);
+  if (e->fd.valid()) {
+    env_.watcher->Unwatch(e->fd.get());
+    e->fd.reset();
+  }
+  env_.flows->Remove(id);
+  --count_;
+}
+
+void IcmpEcho::Shutdown() {
+  if (env_.flows == nullptr) return;
+  env_.flows->ForEach([&](FlowId id) {
+    if (env_.flows->Key(id)->proto != FlowProto::kIcmp) return;
+    if (Echo* e = env_.flows->Data<Echo>(id)) Close(id, e);
+  });
+}
+
+std::string IcmpEcho::StatsLine() const {
+  const Stats& s = stats_;
+  return absl::StrFormat(
+      "icmp: %d requests, %d replies; dropped: %d malformed, %d destination, %d rate-limited, "
+      "%d table full, %d replies; %d ignored; %d socket, %d send, %d receive errors; flows %d "
+      "evicted, %d expired",
+      s.requests, s.replies, s.malformed, s.bad_destination, s.rate_limited, s.table_full,
+      s.reply_dropped, s.ignored, s.socket_errors, s.send_errors, s.recv_errors, s.evicted,
+      s.expired);
 }
 
 bool IcmpEcho::TakeSocketToken() {
-  const double rate = config_.new_sockets_per_second;
+  const double rate = options_.new_sockets_per_second;
   const int64_t now = Now();
   if (!tokens_started_) {
     socket_tokens_ = rate;  // Start with a full burst.

@@ -4,9 +4,10 @@
 // only map sequence numbers, acknowledgements and windows onto the socket's
 // state.
 //
-// Guest-initiated connections: a SYN to any address becomes a non-blocking
-// connect() (the gateway's addresses mean the host's loopback, 127.0.0.1 and
-// ::1). The guest gets our SYN-ACK only once connect() succeeded, an RST when
+// Guest-initiated connections: a SYN becomes a non-blocking connect() to
+// where the forwarding policy sends it (net/forward: the gateway's addresses
+// mean the host's loopback, DNS to the gateway the host's resolver; refused
+// destinations get an RST). The guest gets our SYN-ACK only once connect() succeeded, an RST when
 // it failed. The SYN-ACK carries an MSS derived from the MTU (MTU - 40 for
 // IPv4, - 60 for IPv6) and our window scale when the guest offered one; SACK
 // and timestamps are declined (the guest sends neither afterwards).
@@ -46,8 +47,9 @@
 // while the guest's is open. No TIME_WAIT.
 //
 // Inbound (-t): each PortForward listens on the host; an accepted connection
-// becomes a SYN to the guest's address (from the peer's address, or from the
-// gateway's when the peer is the host itself), established on the guest's
+// becomes a SYN to the address the guest uses (learned from its frames), from
+// the peer's address, or from the gateway's when the peer is the host itself
+// (Forwarding::InboundSource), established on the guest's
 // SYN-ACK; a guest that refuses (RST) gets the accepted socket closed with a
 // reset.
 //
@@ -79,7 +81,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
-#include "net/gateway/dispatch.h"
+#include "net/config/port_forward.h"
 #include "net/flow/flow.h"
 #include "net/packet/frame.h"
 #include "net/tcp/tcp_vu.h"
@@ -112,12 +114,10 @@ struct TcpTranslatorOptions {
   int64_t window_check_initial_ns = 1'000'000;
   int64_t window_check_max_ns = 64'000'000;
 
-  // Pools: segments, receive elements and iovecs per peek; the discard
-  // buffer used without SO_PEEK_OFF (it bounds the data in flight to
-  // 32 times its size).
+  // Segments per peek (within the RxQueue's reservations); the discard
+  // buffer used without SO_PEEK_OFF (it bounds the data in flight to 32
+  // times its size).
   size_t rx_max_frames = 64;
-  size_t rx_max_elems = 1024;
-  size_t rx_max_iov = 2048;
   size_t discard_buffer = size_t{1} << 20;
   // Flows with work left for the end of a guest batch (more are flushed
   // early).
@@ -176,7 +176,7 @@ class TcpTranslator : public Translator {
   TcpTranslator(const TcpTranslator&) = delete;
   TcpTranslator& operator=(const TcpTranslator&) = delete;
 
-  // ParsedFrameSink: TCP frames are ours, the rest go to env.next.
+  // ParsedFrameSink: the guest's TCP segments.
   void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
                const ParsedFrame& parsed) override;
   void OnBatchEnd() override;
@@ -228,7 +228,8 @@ class TcpTranslator : public Translator {
   // Host side.
   void ConnectDone(FlowId id, Conn* c, int64_t now);
   void OnListen(uint32_t index);
-  void Inbound(const Listener& l, UniqueFd fd, const sockaddr_storage& peer, int64_t now);
+  void Inbound(const Listener& l, UniqueFd fd, const sockaddr_storage& peer, socklen_t peer_len,
+               int64_t now);
   // Peeks host data into the guest's buffers within its window, and sends
   // our FIN after end of file. False if the flow ended (a host error).
   bool SendData(FlowId id, Conn* c, int64_t now);
@@ -237,8 +238,8 @@ class TcpTranslator : public Translator {
   // window. False if the flow ended.
   bool OnRto(FlowId id, Conn* c, int64_t now);
 
-  // Control segments to the guest (through env.replies, after flushing data
-  // frames written before them).
+  // Control segments to the guest (copied into the RxQueue, behind the data
+  // segments committed before them).
   FrameSpec SpecFor(const FlowKey& key, const Conn& c) const;
   bool SendControl(const FlowKey& key, const Conn& c, uint32_t seq, uint8_t flags, uint16_t window,
                    absl::Span<const uint8_t> options = {});

@@ -1,30 +1,27 @@
-// The TCP translator's receive path over vhost-user: data a host socket
-// holds, peeked (MSG_PEEK) by the kernel straight into the guest's receive
-// buffers, with Ethernet/IP/TCP headers written in front of each segment.
+// The TCP translator's receive path: data a host socket holds, peeked
+// (MSG_PEEK) by the kernel straight into the guest's receive buffers, with
+// Ethernet/IP/TCP headers written in front of each segment.
 //
-// One PeekToGuest call serves one flow: it collects receive buffers for up
-// to `max_frames` segments of at most `mss` payload bytes (vu::Collect, room
+// One PeekToGuest call serves one flow: it reserves receive buffers for up to
+// `max_frames` segments of at most `mss` payload bytes in the RxQueue (room
 // for the virtio-net header and the frame's headers left in front of each),
-// builds one iovec array over the payload areas of all of them (skipping
-// each header area), peeks once, and writes headers (BuildFrame) and used
-// entries (vu::FillFrame) for the segments the data filled. Elements the data
-// did not reach are rewound. Nothing is flushed: the caller gathers the
-// segments of several flows and publishes them with one Flush (one notify).
-// The data stays in the socket; the caller discards it once the guest
-// acknowledges it.
+// builds one iovec array over the payload areas of all of them (skipping each
+// header area), peeks once, writes the headers (BuildFrame) of the segments
+// the data filled and commits them; reservations the data did not reach go
+// back. Nothing is published here: the owner's loop flushes the RxQueue once
+// per iteration. The data stays in the socket; the caller discards it once
+// the guest acknowledges it.
 //
 // Where the kernel has SO_PEEK_OFF for TCP (Linux 6.9 on), the socket's peek
 // offset is where the peek starts and the caller keeps it at the first byte
 // not yet sent; otherwise the caller passes `skip`, the bytes already sent,
 // and the peek reads them again into a discard buffer first.
 //
-// Every pool (elements, iovecs, frames) is sized at Create; a call allocates
-// nothing.
+// Every pool is sized at Create; a call allocates nothing.
 //
 //   absl::StatusOr<std::unique_ptr<TcpRxWriter>> w = TcpRxWriter::Create({});
 //   TcpSegments seg{.frame = spec, .seq = snd_nxt, .mss = 1460, .max_bytes = room};
-//   TcpPeekResult r = (*w)->PeekToGuest(rx, fd, seg);   // for each flow
-//   (*w)->Flush(rx);                                     // once
+//   TcpPeekResult r = (*w)->PeekToGuest(&rx_queue, fd, seg);
 
 #ifndef VUNET_NET_TCP_VU_H_
 #define VUNET_NET_TCP_VU_H_
@@ -37,15 +34,13 @@
 
 #include "absl/status/statusor.h"
 #include "net/packet/frame.h"
-#include "net/translate/translator.h"
-#include "virtio/virtqueue.h"
+#include "vu/rx_queue.h"
 
 namespace vunet::net {
 
 struct TcpRxPools {
-  size_t max_frames = 64;   // Segments per peek.
-  size_t max_elems = 1024;  // Receive elements per peek (mergeable buffers).
-  size_t max_iov = 2048;    // iovec entries those elements map into.
+  // Segments per peek (at most the RxQueue's reservations).
+  size_t max_frames = 64;
   size_t discard_size = 0;  // Bytes of the discard buffer (0: SO_PEEK_OFF in use).
 };
 
@@ -83,37 +78,25 @@ class TcpRxWriter {
   // kInvalidArgument for empty pools.
   static absl::StatusOr<std::unique_ptr<TcpRxWriter>> Create(const TcpRxPools& pools);
 
-  // Peeks up to seg.max_bytes from `fd` into segments in rx's queue (see the
-  // file comment). A queue that breaks under us is reported to rx.
-  TcpPeekResult PeekToGuest(GuestRx* rx, int fd, const TcpSegments& seg);
-
-  // Publishes every segment written since the last Flush and notifies the
-  // guest once (as it asks). Nothing to do if none was written.
-  void Flush(GuestRx* rx);
-  bool pending() const { return fill_ > 0; }
+  // Peeks up to seg.max_bytes from `fd` into segments committed to `rx`
+  // (see the file comment).
+  TcpPeekResult PeekToGuest(vu::RxQueue* rx, int fd, const TcpSegments& seg);
 
   // The most bytes `skip` may be.
   size_t max_skip() const;
 
  private:
   struct Frame {
-    size_t elem_start;
-    size_t elem_count;
-    size_t iov_start;
-    size_t iov_end;
+    const vu::RxQueue::Reservation* room;
     size_t cap;  // Payload bytes it holds.
   };
 
   explicit TcpRxWriter(const TcpRxPools& pools);
 
   TcpRxPools pools_;
-  std::unique_ptr<virtio::VirtqElement[]> elems_;
-  std::unique_ptr<iovec[]> pool_;
   std::unique_ptr<Frame[]> frames_;
   std::unique_ptr<iovec[]> recv_iov_;
   std::unique_ptr<uint8_t[]> discard_;
-  virtio::Virtqueue* vq_ = nullptr;  // The queue fill_ entries were written to.
-  uint32_t fill_ = 0;                // Used entries filled, not flushed.
 };
 
 }  // namespace vunet::net

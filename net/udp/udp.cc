@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/iov.h"
 #include "base/log.h"
 #include "net/packet/checksum.h"
 
@@ -28,56 +29,6 @@ constexpr uint16_t kDnsPort = 53;
 // Payload bytes of the guest's datagram an ICMP error quotes.
 constexpr size_t kQuotedPayload = 64;
 constexpr int kErrorsPerEvent = 16;
-
-uint8_t Byte0(const in_addr& a) { return reinterpret_cast<const uint8_t*>(&a.s_addr)[0]; }
-bool IsLoopback4(const in_addr& a) { return Byte0(a) == 127; }
-bool Same6(const in6_addr& a, const in6_addr& b) { return IN6_ARE_ADDR_EQUAL(&a, &b); }
-bool Unspecified6(const in6_addr& a) { return IN6_IS_ADDR_UNSPECIFIED(&a); }
-
-socklen_t ToSockaddr(const UdpEndpoint& e, sockaddr_storage* out) {
-  std::memset(out, 0, sizeof(*out));
-  if (e.family == AF_INET) {
-    sockaddr_in* sin = reinterpret_cast<sockaddr_in*>(out);
-    sin->sin_family = AF_INET;
-    sin->sin_addr = e.addr4;
-    sin->sin_port = htons(e.port);
-    return sizeof(*sin);
-  }
-  sockaddr_in6* sin6 = reinterpret_cast<sockaddr_in6*>(out);
-  sin6->sin6_family = AF_INET6;
-  sin6->sin6_addr = e.addr6;
-  sin6->sin6_port = htons(e.port);
-  return sizeof(*sin6);
-}
-
-// The remote end of a key (the guest's destination, or a host peer) as a
-// socket address.
-socklen_t RemoteSockaddr(const FlowKey& key, sockaddr_storage* out) {
-  return ToSockaddr(key.is_v4() ? UdpEndpoint::V4(key.remote4(), key.remote_port)
-                                : UdpEndpoint::V6(key.remote_addr, key.remote_port),
-                    out);
-}
-
-// Copies the iovec entries covering [offset, offset + len) of `src` into
-// dst[0..max). Returns the entries used, or max + 1 if they do not fit or
-// `src` is shorter.
-size_t CopyIovRange(absl::Span<const iovec> src, size_t offset, size_t len, iovec* dst,
-                    size_t max) {
-  size_t n = 0;
-  for (const iovec& v : src) {
-    if (len == 0) break;
-    if (offset >= v.iov_len) {
-      offset -= v.iov_len;
-      continue;
-    }
-    if (n == max) return max + 1;
-    const size_t take = std::min(v.iov_len - offset, len);
-    dst[n++] = {static_cast<uint8_t*>(v.iov_base) + offset, take};
-    len -= take;
-    offset = 0;
-  }
-  return len == 0 ? n : max + 1;
-}
 
 // Destination unreachable for the guest's IP version, from what the host
 // got (ICMP or ICMPv6 per `origin`). False for other messages, which are
@@ -135,69 +86,10 @@ bool MapUnreachable(uint8_t origin, uint8_t type, uint8_t code, bool guest_v6, u
 
 }  // namespace
 
-UdpEndpoint UdpEndpoint::V4(in_addr addr, uint16_t port) {
-  UdpEndpoint e;
-  e.family = AF_INET;
-  e.addr4 = addr;
-  e.port = port;
-  return e;
-}
-
-UdpEndpoint UdpEndpoint::V6(const in6_addr& addr, uint16_t port) {
-  UdpEndpoint e;
-  e.family = AF_INET6;
-  e.addr6 = addr;
-  e.port = port;
-  return e;
-}
-
-std::string UdpEndpoint::ToString() const {
-  char buf[INET6_ADDRSTRLEN] = "?";
-  if (family == AF_INET) {
-    inet_ntop(AF_INET, &addr4, buf, sizeof(buf));
-    return absl::StrCat(buf, ":", port);
-  }
-  inet_ntop(AF_INET6, &addr6, buf, sizeof(buf));
-  return absl::StrCat("[", buf, "]:", port);
-}
-
-std::vector<UdpDnsForward> UdpDnsForwards(const GuestConfig& guest,
-                                          const config_internal::Resolver& host) {
-  std::vector<UdpDnsForward> out;
-  if (guest.gateway4.s_addr != 0 &&
-      std::any_of(guest.dns4.begin(), guest.dns4.end(),
-                  [&](const in_addr& d) { return d.s_addr == guest.gateway4.s_addr; })) {
-    for (const in_addr& d : host.dns4) {
-      if (IsLoopback4(d)) {
-        out.push_back({UdpEndpoint::V4(guest.gateway4, kDnsPort), UdpEndpoint::V4(d, kDnsPort)});
-        break;
-      }
-    }
-  }
-  if (!Unspecified6(guest.gateway6) &&
-      std::any_of(guest.dns6.begin(), guest.dns6.end(),
-                  [&](const in6_addr& d) { return Same6(d, guest.gateway6); })) {
-    for (const in6_addr& d : host.dns6) {
-      if (IN6_IS_ADDR_LOOPBACK(&d)) {
-        out.push_back({UdpEndpoint::V6(guest.gateway6, kDnsPort), UdpEndpoint::V6(d, kDnsPort)});
-        break;
-      }
-    }
-  }
-  return out;
-}
-
-config_internal::Resolver HostResolvers(const std::string& resolv_conf) {
-  std::ifstream in(resolv_conf);
-  std::stringstream text;
-  text << in.rdbuf();
-  return config_internal::ParseResolvConf(text.str());
-}
-
 absl::StatusOr<std::unique_ptr<UdpTranslator>> UdpTranslator::Create(
     const TranslatorEnv& env, const UdpTranslatorOptions& options) {
   if (env.flows == nullptr || env.rx == nullptr || env.watcher == nullptr ||
-      env.replies == nullptr || env.guest == nullptr) {
+      env.forward == nullptr || env.guest == nullptr) {
     return absl::InvalidArgumentError("udp: the translator environment is incomplete");
   }
   if (env.first_kind < 64 || env.first_kind > 255 - kKindsPerTranslator + 1) {
@@ -213,13 +105,6 @@ absl::StatusOr<std::unique_ptr<UdpTranslator>> UdpTranslator::Create(
   if (options.rx_batch < 1 || options.rx_batch > UdpVuReceiver::kMaxBatch) {
     return absl::InvalidArgumentError(
         absl::StrFormat("udp: rx_batch must be 1..%d", UdpVuReceiver::kMaxBatch));
-  }
-  for (const UdpDnsForward& d : options.dns) {
-    for (const UdpEndpoint* e : {&d.guest, &d.host}) {
-      if ((e->family != AF_INET && e->family != AF_INET6) || e->port == 0) {
-        return absl::InvalidArgumentError("udp: a DNS forward needs an address and a port");
-      }
-    }
   }
   std::unique_ptr<UdpTranslator> t(new UdpTranslator(env, options));
   if (options.batch_peek) {
@@ -238,9 +123,6 @@ UdpTranslator::UdpTranslator(const TranslatorEnv& env, const UdpTranslatorOption
     : env_(env),
       options_(options),
       clock_(env.clock != nullptr ? env.clock : &MonotonicNowNs),
-      guest_mac_(env.guest->guest_mac),
-      guest4_(env.guest->addr4),
-      guest6_(env.guest->addr6),
       tx_msgs_(options.tx_batch),
       tx_names_(options.tx_batch),
       tx_fds_(options.tx_batch),
@@ -262,7 +144,7 @@ uint64_t UdpTranslator::ListenerTag(size_t index) const {
 }
 
 absl::Status UdpTranslator::OpenListeners() {
-  const GuestConfig& g = *env_.guest;
+  const ForwardRules& rules = env_.forward->rules();
   for (const PortForward& f : options_.forwards) {
     if (f.count < 1 || f.count > 65536 || f.host_port + uint64_t{f.count} - 1 > 65535 ||
         f.guest_port + uint64_t{f.count} - 1 > 65535) {
@@ -272,10 +154,10 @@ absl::Status UdpTranslator::OpenListeners() {
     for (uint32_t i = 0; i < f.count; ++i) {
       const uint16_t host_port = static_cast<uint16_t>(f.host_port + i);
       const uint16_t guest_port = static_cast<uint16_t>(f.guest_port + i);
-      if ((f.family == AF_UNSPEC || f.family == AF_INET) && !g.ipv6_only) {
+      if ((f.family == AF_UNSPEC || f.family == AF_INET) && rules.ipv4) {
         if (absl::Status s = OpenListener(f, AF_INET, host_port, guest_port); !s.ok()) return s;
       }
-      if ((f.family == AF_UNSPEC || f.family == AF_INET6) && !g.ipv4_only) {
+      if ((f.family == AF_UNSPEC || f.family == AF_INET6) && rules.ipv6) {
         absl::Status s = OpenListener(f, AF_INET6, host_port, guest_port);
         if (!s.ok()) {
           // A host without IPv6 still forwards IPv4 for an unqualified spec.
@@ -314,16 +196,16 @@ absl::Status UdpTranslator::OpenListener(const PortForward& f, int family, uint1
   l.family = family;
   l.port = host_port;
   l.guest_port = guest_port;
-  UdpEndpoint bind_to;
+  Endpoint bind_to;
   if (family == AF_INET) {
     l.bind4 = f.family == AF_INET ? f.bind4 : in_addr{};
-    bind_to = UdpEndpoint::V4(l.bind4, host_port);
+    bind_to = {InetAddr::V4(l.bind4), host_port};
   } else {
     l.bind6 = f.family == AF_INET6 ? f.bind6 : in6addr_any;
-    bind_to = UdpEndpoint::V6(l.bind6, host_port);
+    bind_to = {InetAddr::V6(l.bind6), host_port};
   }
   sockaddr_storage addr;
-  const socklen_t len = ToSockaddr(bind_to, &addr);
+  const socklen_t len = bind_to.ToSockaddr(&addr);
   if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     const int err = errno;
     if (family == AF_INET6 && f.family == AF_UNSPEC && err == EADDRNOTAVAIL) {
@@ -362,19 +244,11 @@ void UdpTranslator::SetUpSocket(int fd, int family, UdpRxSocketState* rx) {
 
 void UdpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
                             const ParsedFrame& parsed) {
-  if (parsed.l4 != L4Kind::kUdp) {
-    if (env_.next != nullptr) {
-      ++stats_.passed_on;
-      env_.next->OnFrame(hdr, frame, parsed);
-    } else {
-      ++stats_.ignored;
-    }
-    return;
-  }
+  if (parsed.l4 != L4Kind::kUdp) return;  // The dispatcher routes only UDP here.
   if (shut_down_) return;
-  const GuestConfig& g = *env_.guest;
+  const ForwardRules& rules = env_.forward->rules();
   const bool v6 = parsed.l3 == L3Kind::kIpv6;
-  if (v6 ? g.ipv4_only : g.ipv6_only) {
+  if (v6 ? !rules.ipv6 : !rules.ipv4) {
     ++stats_.ignored;
     return;
   }
@@ -386,10 +260,9 @@ void UdpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
     return;
   }
   // A source replies could not go back to.
-  if (v6 ? (Unspecified6(parsed.ip.src6) || IN6_IS_ADDR_MULTICAST(&parsed.ip.src6) ||
-            IN6_IS_ADDR_LOOPBACK(&parsed.ip.src6))
-         : (parsed.ip.src4.s_addr == 0 || IsLoopback4(parsed.ip.src4) ||
-            Byte0(parsed.ip.src4) >= 224)) {
+  const InetAddr src = v6 ? InetAddr::V6(parsed.ip.src6) : InetAddr::V4(parsed.ip.src4);
+  if (src.IsUnspecified() || src.IsMulticast() || src.IsLoopback() ||
+      (src.is_v4() && (ntohl(src.v4().s_addr) >> 24) >= 224)) {
     ++stats_.bad_destination;
     return;
   }
@@ -397,12 +270,6 @@ void UdpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
   if (!key.has_value()) {
     ++stats_.malformed;
     return;
-  }
-  guest_mac_ = parsed.src_mac;
-  if (v6) {
-    if (!IN6_IS_ADDR_LINKLOCAL(&parsed.ip.src6)) guest6_ = parsed.ip.src6;
-  } else {
-    guest4_ = parsed.ip.src4;
   }
 
   FlowId id = env_.flows->Find(*key);
@@ -419,50 +286,18 @@ void UdpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
 
 FlowId UdpTranslator::OpenOutbound(const FlowKey& key, const ParsedFrame& parsed,
                                    absl::Span<const iovec> frame) {
-  const GuestConfig& g = *env_.guest;
-  const bool v4 = key.is_v4();
   // Where it goes on the host.
-  UdpEndpoint to = v4 ? UdpEndpoint::V4(key.remote4(), key.remote_port)
-                      : UdpEndpoint::V6(key.remote_addr, key.remote_port);
-  bool dns = key.remote_port == kDnsPort;
-  bool mapped = false;
-  for (const UdpDnsForward& d : options_.dns) {
-    if (d.guest.port == key.remote_port &&
-        (v4 ? d.guest.family == AF_INET && d.guest.addr4.s_addr == key.remote4().s_addr
-            : d.guest.family == AF_INET6 && Same6(d.guest.addr6, key.remote_addr))) {
-      to = d.host;
-      dns = mapped = true;
-      break;
-    }
+  Refusal why;
+  const std::optional<Endpoint> to =
+      env_.forward->Outbound(FlowProto::kUdp, Endpoint{key.remote(), key.remote_port}, &why);
+  if (!to.has_value()) {
+    ++stats_.bad_destination;
+    VUNET_LOG_RATELIMITED(kDebug, "udp: %s: destination not translated: %s", key.ToString(),
+                          RefusalName(why));
+    return {};
   }
-  if (!mapped) {
-    if (v4) {
-      const in_addr d = key.remote4();
-      const uint32_t mask = g.prefix_len4 <= 0    ? 0
-                            : g.prefix_len4 >= 32 ? ~0u
-                                                  : ~0u << (32 - g.prefix_len4);
-      const bool subnet_broadcast = g.prefix_len4 < 31 && g.addr4.s_addr != 0 &&
-                                    ntohl(d.s_addr) == ((ntohl(g.addr4.s_addr) & mask) | ~mask);
-      if (g.gateway4.s_addr != 0 && d.s_addr == g.gateway4.s_addr) {
-        to.addr4.s_addr = htonl(INADDR_LOOPBACK);
-      } else if (Byte0(d) == 0 || IsLoopback4(d) || Byte0(d) >= 224 || subnet_broadcast) {
-        ++stats_.bad_destination;
-        VUNET_LOG_RATELIMITED(kDebug, "udp: %s: destination not translated", key.ToString());
-        return {};
-      }
-    } else {
-      const in6_addr& d = key.remote_addr;
-      if ((!Unspecified6(g.gateway6) && Same6(d, g.gateway6)) ||
-          (!Unspecified6(g.our_link_local6) && Same6(d, g.our_link_local6))) {
-        to.addr6 = in6addr_loopback;
-      } else if (Unspecified6(d) || IN6_IS_ADDR_LOOPBACK(&d) || IN6_IS_ADDR_MULTICAST(&d) ||
-                 IN6_IS_ADDR_LINKLOCAL(&d) || IN6_IS_ADDR_V4MAPPED(&d)) {
-        ++stats_.bad_destination;
-        VUNET_LOG_RATELIMITED(kDebug, "udp: %s: destination not translated", key.ToString());
-        return {};
-      }
-    }
-  }
+  // DNS flows (answered, they end soon): to port 53, or mapped to a resolver.
+  const bool dns = key.remote_port == kDnsPort || to->port == kDnsPort;
   if (options_.max_flows != 0 && flow_count_ >= options_.max_flows) {
     ++stats_.table_full;
     VUNET_LOG_RATELIMITED(kWarning, "udp: %d flows, the most allowed: datagram dropped",
@@ -477,7 +312,8 @@ FlowId UdpTranslator::OpenOutbound(const FlowKey& key, const ParsedFrame& parsed
   const FlowId id = *inserted;
   UdpFlow* flow = env_.flows->Emplace<UdpFlow>(id);
   ++flow_count_;
-  flow->fd.reset(socket(to.family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  const int family = to->addr.family();
+  flow->fd.reset(socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!flow->fd.valid()) {
     ++stats_.socket_errors;
     VUNET_LOG_RATELIMITED(kWarning, "udp: socket for %s: %s", key.ToString(), strerror(errno));
@@ -485,13 +321,13 @@ FlowId UdpTranslator::OpenOutbound(const FlowKey& key, const ParsedFrame& parsed
     return {};
   }
   const int fd = flow->fd.get();
-  SetUpSocket(fd, to.family, &flow->rx);
+  SetUpSocket(fd, family, &flow->rx);
   sockaddr_storage addr;
-  const socklen_t len = ToSockaddr(to, &addr);
+  const socklen_t len = to->ToSockaddr(&addr);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     const int err = errno;
     ++stats_.unreachable;
-    VUNET_LOG_RATELIMITED(kDebug, "udp: %s: connect to %s: %s", key.ToString(), to.ToString(),
+    VUNET_LOG_RATELIMITED(kDebug, "udp: %s: connect to %s: %s", key.ToString(), to->ToString(),
                           strerror(err));
     flow->fd.reset();  // Never watched.
     const bool host = err == EHOSTUNREACH || err == EADDRNOTAVAIL;
@@ -539,9 +375,9 @@ void UdpTranslator::Queue(const UdpFlow& flow, FlowId id, absl::Span<const iovec
     fd = flow.fd.get();
   }
   if (tx_pending_ == tx_msgs_.size()) FlushTx();
-  size_t n = CopyIovRange(frame, offset, len, tx_iov_.data() + tx_iov_used_,
-                          tx_iov_.size() - tx_iov_used_);
-  if (n > tx_iov_.size() - tx_iov_used_) {
+  size_t n = 0;
+  if (IovSlice(frame.data(), frame.size(), offset, len, tx_iov_.data() + tx_iov_used_, &n,
+               tx_iov_.size() - tx_iov_used_) < len) {
     if (tx_iov_used_ == 0) {
       ++stats_.tx_errors;
       VUNET_LOG_RATELIMITED(kWarning, "udp: datagram in more than %d pieces: dropped",
@@ -549,8 +385,9 @@ void UdpTranslator::Queue(const UdpFlow& flow, FlowId id, absl::Span<const iovec
       return;
     }
     FlushTx();
-    n = CopyIovRange(frame, offset, len, tx_iov_.data(), tx_iov_.size());
-    if (n > tx_iov_.size()) {
+    n = 0;
+    if (IovSlice(frame.data(), frame.size(), offset, len, tx_iov_.data(), &n, tx_iov_.size()) <
+        len) {
       ++stats_.tx_errors;
       return;
     }
@@ -561,7 +398,8 @@ void UdpTranslator::Queue(const UdpFlow& flow, FlowId id, absl::Span<const iovec
   m.msg_hdr.msg_iovlen = n;
   if (host_key != nullptr) {
     m.msg_hdr.msg_name = &tx_names_[tx_pending_];
-    m.msg_hdr.msg_namelen = RemoteSockaddr(*host_key, &tx_names_[tx_pending_]);
+    m.msg_hdr.msg_namelen =
+        Endpoint{host_key->remote(), host_key->remote_port}.ToSockaddr(&tx_names_[tx_pending_]);
   }
   if (tx_pending_ > 0 && tx_fds_[0] != fd) tx_one_fd_ = false;
   tx_fds_[tx_pending_] = fd;
@@ -571,7 +409,6 @@ void UdpTranslator::Queue(const UdpFlow& flow, FlowId id, absl::Span<const iovec
 
 void UdpTranslator::OnBatchEnd() {
   FlushTx();
-  if (env_.next != nullptr) env_.next->OnBatchEnd();
 }
 
 void UdpTranslator::FlushTx() {
@@ -752,29 +589,13 @@ bool UdpTranslator::PrepareInbound(size_t index, const sockaddr_storage& peer, s
 }
 
 FlowId UdpTranslator::OpenInbound(size_t index, const FlowKey& host_key) {
-  const GuestConfig& g = *env_.guest;
   const Listener& l = listeners_[index];
-  FlowKey key;
-  if (l.family == AF_INET) {
-    if (guest4_.s_addr == 0) return {};
-    in_addr seen = host_key.remote4();
-    // The host itself: the guest knows it as the gateway.
-    if (IsLoopback4(seen) || seen.s_addr == guest4_.s_addr || seen.s_addr == g.addr4.s_addr) {
-      if (g.gateway4.s_addr == 0) return {};
-      seen = g.gateway4;
-    }
-    key = FlowKey::V4(FlowProto::kUdp, guest4_, l.guest_port, seen, host_key.remote_port);
-  } else {
-    if (Unspecified6(guest6_)) return {};
-    in6_addr seen = host_key.remote_addr;
-    if (IN6_IS_ADDR_LOOPBACK(&seen) || Same6(seen, guest6_) || Same6(seen, g.addr6)) {
-      seen = !Unspecified6(g.gateway6) ? g.gateway6 : g.our_link_local6;
-      if (Unspecified6(seen)) return {};
-    } else if (IN6_IS_ADDR_LINKLOCAL(&seen)) {
-      return {};  // Another link's address: not one the guest can answer.
-    }
-    key = FlowKey::V6(FlowProto::kUdp, guest6_, l.guest_port, seen, host_key.remote_port);
-  }
+  const InetAddr& guest = env_.forward->guest().address(l.family);
+  if (guest.empty()) return {};
+  // The host itself appears as the gateway.
+  const InetAddr seen = env_.forward->InboundSource(host_key.remote(), l.family);
+  if (seen.empty()) return {};
+  const FlowKey key = FlowKey::Of(FlowProto::kUdp, guest, l.guest_port, seen, host_key.remote_port);
   if (options_.max_flows != 0 && flow_count_ >= options_.max_flows) {
     ++stats_.table_full;
     VUNET_LOG_RATELIMITED(kWarning, "udp: %d flows, the most allowed: datagram dropped",
@@ -801,7 +622,7 @@ FlowId UdpTranslator::OpenInbound(size_t index, const FlowKey& host_key) {
   ++flow_count_;
   flow->inbound = true;
   flow->listener = static_cast<uint32_t>(index);
-  flow->guest_mac = guest_mac_;
+  flow->guest_mac = env_.forward->guest().mac();
   flow->last_active_ns = Now();
   env_.flows->SetTimer(id, flow->last_active_ns + options_.idle_timeout_ns);
   ++stats_.flows_inbound;
@@ -976,7 +797,7 @@ void UdpTranslator::SendUnreachable(const FlowKey& key, const MacAddr& guest_mac
   static_assert(sizeof(reply_) >= kEthHeaderLen + kIpv6HeaderLen + 8 + kIpv6HeaderLen +
                                       kUdpHeaderLen + kQuotedPayload);
   const absl::StatusOr<size_t> frame_len = BuildFrame(spec, absl::MakeSpan(reply_), msg_len);
-  if (!frame_len.ok() || !env_.replies->Send(absl::MakeConstSpan(reply_, *frame_len)).ok()) {
+  if (!frame_len.ok() || !env_.rx->Send(absl::MakeConstSpan(reply_, *frame_len)).ok()) {
     ++stats_.icmp_ignored;
     return;
   }

@@ -2,15 +2,10 @@
 //
 // Guest to host. A datagram from a guest port opens a flow (FlowTable, key:
 // guest address and port, destination as the guest addressed it) with a
-// connected, non-blocking host socket. Where it connects:
-//   - a DNS address the guest was given that stands for a host resolver it
-//     cannot reach itself (UdpTranslatorOptions::dns; e.g. the gateway
-//     address, given in place of systemd-resolved's 127.0.0.53), port 53:
-//     that resolver;
-//   - the gateway's addresses (any other port): the host's loopback;
-//   - anything else routable: itself. Unspecified, loopback, multicast and
-//     broadcast destinations, and IPv6 link-local ones other than ours, are
-//     dropped (counted).
+// connected, non-blocking host socket, connected where the forwarding
+// policy sends it (net/forward: DNS to the gateway reaches the host's
+// resolver, the gateway's other ports the host's loopback; refused
+// destinations are dropped and counted).
 // The datagrams of one transmit batch are gathered and go out in
 // OnBatchEnd, one sendmmsg per socket, straight from the guest's buffers
 // (their iovecs; no copy of ours). A full socket buffer drops the rest of
@@ -25,7 +20,7 @@
 //
 // Host to guest: readable sockets are read by UdpVuReceiver (udp_vu.h)
 // straight into the guest's receive buffers, up to rx_batch datagrams per
-// wake-up, one Flush and Notify per wake-up. When the guest has no receive
+// wake-up, committed to the RxQueue. When the guest has no receive
 // buffers, the socket is left unread (and unwatched for input) until
 // OnRxAvailable.
 //
@@ -33,10 +28,10 @@
 // unconnected socket per host port and IP version (an AF_UNSPEC forward
 // binds 0.0.0.0 and, IPV6_V6ONLY, ::). A datagram from host peer P to a
 // forwarded port opens a flow whose host-side key is the socket's bound
-// address and port and P; it reaches the guest's address (the one its
-// frames last came from, else the configured one) at the mapped guest port,
-// from P's address, or from the gateway's address when P is on the host's
-// loopback or uses the guest's own (mirrored) address. The guest's replies,
+// address and port and P; it reaches the address the guest uses (learned
+// from its frames) at the mapped guest port, from P's address, or from the
+// gateway's when P is the host itself (Forwarding::InboundSource). The
+// guest's replies,
 // from that port to that address, go back to P through the forwarding
 // socket (sendto).
 //
@@ -49,10 +44,9 @@
 //
 //   UdpTranslatorOptions options;
 //   options.forwards = ParsePortForwards("5353:53").value();
-//   options.dns = UdpDnsForwards(guest, host_resolver);
 //   absl::StatusOr<std::unique_ptr<UdpTranslator>> udp = UdpTranslator::Create(env, options);
-//   ... the dispatcher's chain ends in it; the owner routes events, timers
-//   and rx kicks to it (net/translator.h).
+//   ... the dispatcher routes UDP to it; the owner routes events, timers
+//   and rx kicks to it (net/translate/translator.h).
 
 #ifndef VUNET_NET_UDP_H_
 #define VUNET_NET_UDP_H_
@@ -70,7 +64,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
-#include "net/config/config.h"
+#include "net/config/port_forward.h"
 #include "net/flow/flow.h"
 #include "net/packet/frame.h"
 #include "net/translate/translator.h"
@@ -78,40 +72,8 @@
 
 namespace vunet::net {
 
-// An IPv4 or IPv6 address and a port (host order).
-struct UdpEndpoint {
-  int family = AF_INET;
-  in_addr addr4{};
-  in6_addr addr6{};
-  uint16_t port = 0;
-
-  static UdpEndpoint V4(in_addr addr, uint16_t port);
-  static UdpEndpoint V6(const in6_addr& addr, uint16_t port);
-  std::string ToString() const;  // "127.0.0.53:53", "[::1]:53".
-};
-
-// Queries the guest sends to `guest` (a DNS server address it was given,
-// port 53) go to `host` instead. The two may differ in IP version.
-struct UdpDnsForward {
-  UdpEndpoint guest;
-  UdpEndpoint host;
-};
-
-// The forwards a guest configured as `guest` needs for the host's resolvers
-// (`host`, as read from resolv.conf): where MirrorHost gave the guest the
-// gateway address in place of a resolver on the host's loopback, the
-// gateway's port 53 maps to the first such resolver's, per IP version.
-// Link-local IPv6 resolvers (which need an interface) are not mapped.
-std::vector<UdpDnsForward> UdpDnsForwards(const GuestConfig& guest,
-                                          const config_internal::Resolver& host);
-
-// The host's resolvers as `resolv_conf` (a file, normally /etc/resolv.conf)
-// lists them; none if it cannot be read.
-config_internal::Resolver HostResolvers(const std::string& resolv_conf = "/etc/resolv.conf");
-
 struct UdpTranslatorOptions {
   std::vector<PortForward> forwards;  // -u.
-  std::vector<UdpDnsForward> dns;
   int64_t idle_timeout_ns = int64_t{180} * 1'000'000'000;
   // DNS flows (to port 53, or mapped by `dns`), once answered.
   int64_t dns_timeout_ns = int64_t{10} * 1'000'000'000;
@@ -152,8 +114,7 @@ class UdpTranslator : public Translator {
     uint64_t collisions = 0;       // Inbound datagrams whose guest-side key was taken.
     uint64_t icmp_sent = 0;        // ICMP errors sent to the guest.
     uint64_t icmp_ignored = 0;     // Error-queue entries not passed on.
-    uint64_t passed_on = 0;        // Not UDP: to `next`.
-    uint64_t ignored = 0;          // An IP version turned off, or no `next`.
+    uint64_t ignored = 0;          // An IP version turned off.
   };
 
   // kInvalidArgument for missing env services or options out of range;
@@ -254,10 +215,6 @@ class UdpTranslator : public Translator {
   bool peek6_ = false;
   bool shut_down_ = false;
   std::vector<Listener> listeners_;
-  // Observed from the guest's frames: where inbound flows go.
-  MacAddr guest_mac_;
-  in_addr guest4_{};
-  in6_addr guest6_{};
   uint16_t ipv4_id_ = 0;
 
   // The transmit batch: per datagram its header (iovecs into tx_iov_, a

@@ -83,84 +83,23 @@ bool ProbeUdpPeekOffset(int family) {
 
 UdpVuReceiver::UdpVuReceiver(const Options& options) : options_(options) {
   options_.batch = std::clamp<size_t>(options_.batch, 1, kMaxBatch);
-  options_.max_elems = std::max<size_t>(options_.max_elems, 1);
   options_.max_iov = std::max<size_t>(options_.max_iov, 1);
-  elems_.reset(new virtio::VirtqElement[options_.max_elems]);
-  pool_.reset(new iovec[options_.max_iov]);
   scratch_.reset(new iovec[options_.max_iov]);
 }
 
-UdpVuReceiver::Room UdpVuReceiver::CollectFor(const vu::NetConfig& config, virtio::Virtqueue* vq,
-                                              size_t need, Slot* s, size_t first,
-                                              size_t* iov_used) {
-  s->first = first;
-  s->iov_first = *iov_used;
-  s->count = 0;
-  size_t got = 0;
-  auto give_back = [&] {
-    vq->Rewind(static_cast<uint32_t>(s->count));
-    *iov_used = s->iov_first;
-    s->count = 0;
-  };
-  while (got < need) {
-    size_t more = 0;
-    const size_t m = vu::Collect(config, vq, elems_.get() + first + s->count,
-                                 options_.max_elems - first - s->count, pool_.get(),
-                                 options_.max_iov, iov_used, need - got, &more);
-    s->count += m;
-    got += more;
-    if (got >= need) break;
-    if (vq->broken() || vq->IsEmpty()) {
-      // Every buffer the ring can hold is out, and still too few: nothing
-      // the guest posts can change that while they are all for this one.
-      const bool whole_ring = vq->in_use() >= vq->size();
-      const bool only_this = vq->in_use() == s->count;
-      give_back();
-      if (!vq->broken() && whole_ring) return only_this ? Room::kNeverFits : Room::kLater;
-      return Room::kRingEmpty;
-    }
-    if (!config.mergeable_rx && m == 1) {
-      // Its one buffer is too small, and the guest's buffers are alike.
-      give_back();
-      return Room::kNeverFits;
-    }
-    if (m == 0 || first + s->count == options_.max_elems || *iov_used == options_.max_iov) {
-      // Chains are there but the pools cannot take the next (or it is
-      // unusable): with nothing else of ours outstanding, it never fits.
-      give_back();
-      return vq->in_use() == 0 ? Room::kNeverFits : Room::kLater;
-    }
-    // The guest posted more while we collected: go on.
-  }
-  // A collect that went on may have taken an element more than the frame
-  // reaches (Collect gathers at least a minimum frame): hand it back.
-  while (s->count > 1 && got - elems_[first + s->count - 1].in_len >= need) {
-    const virtio::VirtqElement& last = elems_[first + s->count - 1];
-    got -= last.in_len;
-    *iov_used -= last.in_num;
-    vq->Rewind(1);
-    --s->count;
-  }
-  s->iov_count = *iov_used - s->iov_first;
-  return Room::kOk;
-}
-
-UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketState* state,
+UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocketState* state,
                                              bool want_peer, PrepareFn prepare) {
   ++stats_.wakeups;
   Result result;
-  virtio::Virtqueue* vq = rx->queue();
-  if (vq == nullptr || vq->broken()) {
+  if (!rx->running()) {
     ++stats_.no_room;
     result.outcome = Outcome::kNoRoom;
     return result;
   }
   const vu::NetConfig& config = rx->config();
   const size_t vnet = config.vnet_hdr_len;
-  const size_t min_frame = vnet + vu::kEthMinFrame;
   static const sockaddr_storage kNoPeer = {};
 
-  uint32_t fill = 0;
   size_t budget = options_.batch;
   result.outcome = Outcome::kBudget;
   while (budget > 0) {
@@ -188,18 +127,14 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
     }
 
     // 2. Room for each, exactly as much as it needs.
-    size_t popped = 0;
-    size_t iov_used = 0;
+    size_t scratch_used = 0;
     size_t slots = 0;
     bool stopped = false;  // Room ran out before every peeked datagram had some.
-    bool no_room = false;  // ...because the ring is empty.
+    bool no_room = false;  // ...because the guest has posted too little.
     for (size_t k = 0; k < static_cast<size_t>(n); ++k) {
       Slot& s = slots_[k];
       s.len = peek_[k].msg_len;
-      s.first = popped;
-      s.count = 0;
-      s.iov_first = iov_used;
-      s.iov_count = 0;
+      s.room = nullptr;
       s.spec = FrameSpec();
       const socklen_t peer_len = want_peer ? peek_[k].msg_hdr.msg_namelen : 0;
       bool keep = prepare(want_peer ? peek_peer_[k] : kNoPeer, peer_len, s.len, &s.spec);
@@ -213,23 +148,32 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
         s.spec.protocol = IPPROTO_UDP;
         s.spec.l4_checksum = !config.guest_csum;
         s.hdr_len = vnet + FrameHeadersLen(s.spec);
-        const Room room =
-            CollectFor(config, vq, std::max(s.hdr_len + s.len, min_frame), &s, popped, &iov_used);
-        if (room == Room::kOk) {
-          popped += s.count;
-        } else if (room == Room::kNeverFits) {
-          keep = false;
-          ++stats_.too_big;
-          if (config.mergeable_rx) {
-            VUNET_LOG_RATELIMITED(kWarning,
-                                  "udp: %d-byte datagram needs more receive buffers than the "
-                                  "ring (%d) or our pools (%d elements, %d iovecs) hold: dropped",
-                                  s.len, vq->size(), options_.max_elems, options_.max_iov);
-          }
-        } else {
+        vu::RxQueue::Refusal why;
+        s.room = rx->Reserve(s.hdr_len + s.len, s.hdr_len + s.len, &why);
+        if (s.room != nullptr && scratch_used + s.room->iov.size() > options_.max_iov) {
+          // Our array is smaller than the RxQueue's pools (a configuration
+          // error): give up the round rather than read into part of it.
+          VUNET_LOG_RATELIMITED(kError, "udp: %d iovec entries are too few for this round",
+                                options_.max_iov);
+          rx->ReleaseUncommitted();
+          slots = 0;
           stopped = true;
-          no_room = room == Room::kRingEmpty;
           break;
+        }
+        if (s.room == nullptr) {
+          if (why == vu::RxQueue::Refusal::kNeverFits) {
+            ++stats_.too_big;
+            if (config.mergeable_rx) {
+              VUNET_LOG_RATELIMITED(kWarning,
+                                    "udp: %d-byte datagram needs more receive buffers than the "
+                                    "ring or our pools hold: dropped",
+                                    s.len);
+            }
+          } else {
+            stopped = true;
+            no_room = why != vu::RxQueue::Refusal::kLater;
+            break;
+          }
         }
       }
       mmsghdr& msg = msgs_[k];
@@ -238,12 +182,13 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
         msg.msg_hdr.msg_name = &peer_[k];
         msg.msg_hdr.msg_namelen = sizeof(peer_[k]);
       }
-      if (s.count > 0) {
+      if (s.room != nullptr) {
         // The payload goes behind the header room; a dropped datagram is
         // read into nothing and so discarded.
-        iovec* payload = scratch_.get() + s.iov_first;
-        std::memcpy(payload, pool_.get() + s.iov_first, s.iov_count * sizeof(iovec));
-        size_t count = s.iov_count;
+        iovec* payload = scratch_.get() + scratch_used;
+        std::memcpy(payload, s.room->iov.data(), s.room->iov.size() * sizeof(iovec));
+        scratch_used += s.room->iov.size();
+        size_t count = s.room->iov.size();
         payload = IovConsume(payload, &count, s.hdr_len);
         msg.msg_hdr.msg_iov = payload;
         msg.msg_hdr.msg_iovlen = count;
@@ -262,12 +207,12 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
       }
     }
 
-    // 4. Headers in front, and into the used ring.
+    // 4. Headers in front, and committed.
     bool mismatch = false;
     for (size_t j = 0; j < static_cast<size_t>(r); ++j) {
       Slot& s = slots_[j];
-      if (s.count == 0) continue;
-      const absl::Span<const iovec> iov(pool_.get() + s.iov_first, s.iov_count);
+      if (s.room == nullptr) continue;
+      const absl::Span<const iovec> iov = s.room->iov;
       size_t len = msgs_[j].msg_len;
       bool ok = true;
       if (len != s.len ||
@@ -278,7 +223,7 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
         VUNET_LOG_RATELIMITED(kWarning, "udp: datagram of %d bytes read where %d were peeked", len,
                               s.len);
         FrameSpec spec;
-        const size_t room = IovSize(iov.data(), iov.size()) - s.hdr_len;
+        const size_t room = s.room->capacity - s.hdr_len;
         ok = len <= room &&
              prepare(want_peer ? peer_[j] : kNoPeer, want_peer ? msgs_[j].msg_hdr.msg_namelen : 0,
                      len, &spec) &&
@@ -290,32 +235,28 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
           s.spec = spec;
         }
       }
-      size_t used = 0;
+      bool committed = false;
       if (ok) {
         const absl::StatusOr<size_t> frame_len = BuildFrame(s.spec, iov, vnet, len);
         if (frame_len.ok()) {
           vu::VirtioNetHdr hdr{};
           hdr.flags = config.guest_csum ? vu::kVirtioNetHdrFDataValid : 0;
           hdr.gso_type = vu::kVirtioNetHdrGsoNone;
-          IovFromBuf(iov.data(), iov.size(), 0, &hdr, vnet);
-          rx->OnFrameWritten(iov, vnet, *frame_len);
-          used =
-              vu::FillFrame(config, vq, elems_.get() + s.first, s.count, vnet + *frame_len, &fill);
-          ++result.frames;
-          ++stats_.frames;
-          stats_.bytes += len;
+          committed = rx->Commit(*s.room, *frame_len, hdr);
+          if (committed) {
+            ++result.frames;
+            ++stats_.frames;
+            stats_.bytes += len;
+          }
         } else {
           VUNET_LOG_RATELIMITED(kError, "udp: frame not built: %s", frame_len.status().ToString());
         }
       }
-      // Elements the frame did not use (only after a mismatch): back to the
-      // guest empty, which drivers count as a short frame and recycle.
-      for (size_t e = used; e < s.count; ++e) vq->Fill(elems_[s.first + e], 0, fill++);
+      // Its buffers back to the guest, empty (only after a mismatch).
+      if (!committed) rx->Abandon(*s.room);
     }
-    // Slots the read did not reach hold the last elements popped.
-    if (static_cast<size_t>(r) < slots) {
-      vq->Rewind(static_cast<uint32_t>(popped - slots_[r].first));
-    }
+    // Slots the read did not reach hold the last buffers reserved.
+    rx->ReleaseUncommitted();
 
     // The peek offset: back to zero unless every peeked datagram was read.
     const size_t consumed = static_cast<size_t>(r);
@@ -363,11 +304,6 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(GuestRx* rx, int fd, UdpRxSocketSta
     result.outcome = Outcome::kBudget;
   }
   if (result.outcome == Outcome::kNoRoom) ++stats_.no_room;
-  if (fill > 0) {
-    vq->Flush(fill);
-    vq->Notify();
-  }
-  if (vq->broken()) rx->OnBroken();
   return result;
 }
 

@@ -1,26 +1,27 @@
 // The vhost-user receive path of the UDP translator: datagrams read from a
 // host socket straight into the guest's receive buffers, headers written in
-// front, one Flush and Notify per wake-up.
+// front, committed to the RxQueue (which the owner flushes once per loop
+// iteration).
 //
-// A datagram must land in receive buffers (elements) collected for it, each
-// frame starting at an element of its own, and every element popped must be
-// either filled or handed back from the tail (Virtqueue::Rewind). With
-// mergeable buffers a datagram takes as many elements as its size needs, so
-// the size must be known before collecting, or one recvmmsg would leave
-// unused elements between frames. The receiver learns the sizes first:
+// A datagram must land in receive buffers reserved for it, each frame in a
+// reservation of its own, and reservations are committed in order or handed
+// back from the tail. With mergeable buffers a datagram takes as many
+// buffers as its size needs, so the size must be known before reserving, or
+// one recvmmsg would leave unused buffers between frames. The receiver
+// learns the sizes first:
 //
 //   1. recvmmsg(MSG_PEEK | MSG_TRUNC) with empty buffers on a socket with
 //      SO_PEEK_OFF set: each peek returns the full length of the next
 //      datagram and moves the peek offset past it, so one call reports the
 //      sizes (and senders) of up to `batch` queued datagrams;
 //   2. per datagram, the owner's Prepare says which headers go in front
-//      (or drops it), and vu::Collect gathers exactly the room it needs;
+//      (or drops it), and RxQueue::Reserve takes exactly the room it needs;
 //   3. one recvmmsg(MSG_TRUNC) reads them into the collected iovecs, behind
 //      header room (virtio-net header, Ethernet, IP, UDP); a datagram that is
 //      dropped is read into no buffer at all (discarded by truncation);
 //   4. BuildFrame writes the headers (the UDP checksum computed over the
 //      iovecs, or left to the guest with DATA_VALID when it negotiated
-//      GUEST_CSUM), vu::FillFrame, GuestRx::OnFrameWritten.
+//      GUEST_CSUM), and RxQueue::Commit.
 // Real reads move the peek offset back by what they consume, so it returns
 // to zero when every peeked datagram was read; when some were not (the
 // guest ran out of buffers) it is reset. A zero-length datagram that was
@@ -31,7 +32,7 @@
 // Where SO_PEEK_OFF does not behave so (ProbeUdpPeekOffset), each round
 // peeks and reads one datagram. Reads are checked against the peeks; a
 // mismatch (which the above should make impossible) delivers what fits,
-// hands unused elements back with a zero length, and is counted.
+// hands unused buffers back with a zero length, and is counted.
 //
 // No allocation per datagram: every array is sized at construction.
 // Datagrams too large for the guest's IP version (or for its receive
@@ -40,7 +41,7 @@
 //
 //   UdpVuReceiver rx(UdpVuReceiver::Options{});
 //   UdpRxSocketState state = {.peek_offset = EnablePeekOffset(fd)};
-//   UdpVuReceiver::Result r = rx.Receive(guest_rx, fd, &state, /*want_peer=*/false,
+//   UdpVuReceiver::Result r = rx.Receive(&rx_queue, fd, &state, /*want_peer=*/false,
 //       [&](const sockaddr_storage&, socklen_t, size_t len, FrameSpec* spec) {
 //         *spec = flow_spec;
 //         return true;
@@ -59,9 +60,8 @@
 
 #include "absl/functional/function_ref.h"
 #include "net/packet/frame.h"
-#include "net/translate/translator.h"
-#include "virtio/virtqueue.h"
 #include "vu/common.h"
+#include "vu/rx_queue.h"
 
 namespace vunet::net {
 
@@ -93,10 +93,9 @@ class UdpVuReceiver {
 
   struct Options {
     size_t batch = kMaxBatch;  // Datagrams per wake-up, 1..kMaxBatch.
-    // Receive elements and iovec entries one round may collect: enough for
-    // kMaxBatch datagrams of 64 KiB in 1526-byte buffers.
-    size_t max_elems = 2048;
-    size_t max_iov = 4096;
+    // iovec entries one round's reservations may span: at least the
+    // RxQueue's max_iov.
+    size_t max_iov = vu::RxQueue::Options().max_iov;
   };
 
   struct Stats {
@@ -107,7 +106,7 @@ class UdpVuReceiver {
     // Dropped: larger than the guest's IP version carries, than one
     // receive buffer without mergeable buffers, or than the pools hold.
     uint64_t too_big = 0;
-    uint64_t no_room = 0;      // Wake-ups that found the receive ring empty.
+    uint64_t no_room = 0;      // Wake-ups that found too few receive buffers.
     uint64_t recv_errors = 0;  // Socket errors reported by reads.
     uint64_t mismatches = 0;   // Reads that differed from their peeks.
     uint64_t peek_resets = 0;  // Peek offsets reset after a partial round.
@@ -140,10 +139,11 @@ class UdpVuReceiver {
   UdpVuReceiver(const UdpVuReceiver&) = delete;
   UdpVuReceiver& operator=(const UdpVuReceiver&) = delete;
 
-  // Reads up to options.batch datagrams from `fd` (non-blocking) into the
-  // guest's receive queue; flushes and notifies once if any were written.
-  // `state` is the socket's (see UdpRxSocketState).
-  Result Receive(GuestRx* rx, int fd, UdpRxSocketState* state, bool want_peer, PrepareFn prepare);
+  // Reads up to options.batch datagrams from `fd` (non-blocking) into
+  // frames committed to `rx`. `state` is the socket's (see
+  // UdpRxSocketState).
+  Result Receive(vu::RxQueue* rx, int fd, UdpRxSocketState* state, bool want_peer,
+                 PrepareFn prepare);
 
   const Stats& stats() const { return stats_; }
   const Options& options() const { return options_; }
@@ -151,33 +151,17 @@ class UdpVuReceiver {
  private:
   struct Slot {
     FrameSpec spec;
-    size_t len = 0;        // Peeked payload length.
-    size_t hdr_len = 0;    // vnet header + FrameHeadersLen(spec).
-    size_t first = 0;      // elems_ index of its first element.
-    size_t count = 0;      // Elements collected (0: read to be discarded).
-    size_t iov_first = 0;  // pool_ index of its first entry.
-    size_t iov_count = 0;  // pool_ entries of its elements.
+    size_t len = 0;      // Peeked payload length.
+    size_t hdr_len = 0;  // vnet header + FrameHeadersLen(spec).
+    // Its buffers, or nullptr: a datagram dropped is read into nothing.
+    const vu::RxQueue::Reservation* room = nullptr;
   };
-
-  enum class Room {
-    kOk,         // Collected: s->count elements from elems_[first].
-    kRingEmpty,  // The guest has not posted enough (or the queue broke).
-    kNeverFits,  // Larger than the guest's buffers or our pools can hold.
-    kLater,      // The pools are taken by earlier datagrams: next round.
-  };
-  // Collects the receive buffers of one frame of `need` bytes into
-  // elems_[first...] and pool_[*iov_used...]; on anything but kOk, nothing
-  // stays popped.
-  Room CollectFor(const vu::NetConfig& config, virtio::Virtqueue* vq, size_t need, Slot* s,
-                  size_t first, size_t* iov_used);
 
   // Sets the peek offset of `fd` (-1 turns it off). False on failure.
   static bool SetPeekOffset(int fd, int value);
 
   Options options_;
   Stats stats_;
-  std::unique_ptr<virtio::VirtqElement[]> elems_;
-  std::unique_ptr<iovec[]> pool_;     // The elements' writable buffers.
   std::unique_ptr<iovec[]> scratch_;  // Per slot: its payload part, for recvmmsg.
   Slot slots_[kMaxBatch];
   mmsghdr peek_[kMaxBatch];

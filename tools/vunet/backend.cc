@@ -24,17 +24,13 @@ namespace {
 // Epoll tags: the kind in the top byte, an index or fd below, the layout of
 // net::FlowRef (whose kind byte the flow translators will use from
 // kFirstFlowKind up, so both kinds of tag share one epoll set).
-enum Kind : uint8_t { kListen = 1, kConnection, kKick, kTimer, kSignal, kStop, kIcmp, kFlowTimer };
+enum Kind : uint8_t { kListen = 1, kConnection, kKick, kTimer, kSignal, kStop, kFlowTimer };
 constexpr uint8_t kFirstFlowKind = 64;
 
 uint64_t Tag(Kind kind, uint32_t value = 0) { return (uint64_t{kind} << 56) | value; }
 
 constexpr uint32_t kRx = virtio::kVirtioNetRxQueue;
 constexpr uint32_t kTx = virtio::kVirtioNetTxQueue;
-
-// Ping sockets idle this long (the IcmpEcho's timeout) are closed by Sweep,
-// which runs every kIcmpSweepTicks seconds.
-constexpr int kIcmpSweepTicks = 5;
 
 // How long to stop accepting after accept() ran out of fds.
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
@@ -56,105 +52,10 @@ bool Readable(int fd) {
 
 }  // namespace
 
-void Backend::Rx::OnFrameWritten(absl::Span<const iovec> iov, size_t offset, size_t len) {
-  PcapWriter* pcap = backend_->pcap_.get();
-  if (pcap == nullptr) return;
-  // The frame's part of the iovecs: [offset, offset + len).
-  constexpr size_t kMaxPieces = 64;
-  iovec pieces[kMaxPieces];
-  size_t n = 0;
-  size_t skip = offset;
-  size_t left = len;
-  for (const iovec& v : iov) {
-    if (left == 0 || n == kMaxPieces) break;
-    if (skip >= v.iov_len) {
-      skip -= v.iov_len;
-      continue;
-    }
-    const size_t take = std::min(v.iov_len - skip, left);
-    pieces[n++] = {static_cast<uint8_t*>(v.iov_base) + skip, take};
-    left -= take;
-    skip = 0;
-  }
-  pcap->Write(pieces, n, len - left);
-}
-
-void Backend::MacLearner::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame) {
-  net::MacAddr src;
-  if (net::FrameReader(frame).Read(6, src.bytes, sizeof(src.bytes)) && !src.IsMulticast() &&
-      !(src == net::MacAddr{}) && !(src == backend_->guest_.guest_mac)) {
-    VUNET_LOG_RATELIMITED(kInfo, "the guest's MAC address is %02x:%02x:%02x:%02x:%02x:%02x",
-                          src.bytes[0], src.bytes[1], src.bytes[2], src.bytes[3], src.bytes[4],
-                          src.bytes[5]);
-    backend_->guest_.guest_mac = src;
-  }
-  next_->OnFrame(hdr, frame);
-}
-
-absl::Status Backend::RxSender::Send(absl::Span<const uint8_t> frame) {
-  if (!sender.has_value()) {  // Made once: no allocation per frame.
-    return VUNET_STATIC_STATUS(absl::UnavailableError("the receive queue is not running"));
-  }
-  return sender->Send(frame);
-}
-
-void Backend::Next::OnFrame(const vu::VirtioNetHdr& /*hdr*/, absl::Span<const iovec> /*frame*/,
-                            const net::ParsedFrame& parsed) {
-  Stats& s = backend_->stats_;
-  switch (parsed.l4) {
-    case net::L4Kind::kTcp:
-      // No TCP translator (--no-tcp), or one that declined the frame.
-      ++s.tcp_dropped;
-      VUNET_LOG_RATELIMITED(kDebug, "guest TCP frame dropped (not translated): port %d",
-                            parsed.dst_port);
-      return;
-    case net::L4Kind::kUdp:
-      ++s.udp_dropped;
-      VUNET_LOG_RATELIMITED(kDebug, "guest UDP frame dropped (not translated): port %d",
-                            parsed.dst_port);
-      return;
-    case net::L4Kind::kIcmp:
-    case net::L4Kind::kIcmpv6:
-      // Only without ICMP echo (IcmpEcho takes every ICMP frame), or NDP
-      // messages the responder does not answer.
-      ++s.icmp_dropped;
-      return;
-    default:
-      ++s.other_dropped;
-      VUNET_LOG_RATELIMITED(kDebug, "guest frame dropped: ethertype 0x%04x", parsed.ether_type);
-      return;
-  }
-}
-
-Backend::Backend(const BackendOptions& options, std::optional<net::DhcpServer> dhcp,
-                 std::optional<net::NdpResponder> ndp, std::optional<net::Dhcpv6Server> dhcpv6)
-    : options_(options),
-      dhcp_(std::move(dhcp)),
-      ndp_(std::move(ndp)),
-      dhcpv6_(std::move(dhcpv6)),
-      guest_(options.guest) {}
+Backend::Backend(const BackendOptions& options) : options_(options), rx_(options.rx) {}
 
 absl::StatusOr<std::unique_ptr<Backend>> Backend::Create(const BackendOptions& options) {
-  std::optional<net::DhcpServer> dhcp;
-  if (options.dhcp.has_value()) {
-    absl::StatusOr<net::DhcpServer> d = net::DhcpServer::Create(*options.dhcp);
-    if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat("DHCP: ", d.status().message()));
-    dhcp.emplace(std::move(*d));
-  }
-  std::optional<net::NdpResponder> ndp;
-  if (options.ndp.has_value()) {
-    absl::StatusOr<net::NdpResponder> n = net::NdpResponder::Create(*options.ndp);
-    if (!n.ok()) return absl::InvalidArgumentError(absl::StrCat("NDP: ", n.status().message()));
-    ndp.emplace(std::move(*n));
-  }
-  std::optional<net::Dhcpv6Server> dhcpv6;
-  if (options.dhcpv6.has_value()) {
-    absl::StatusOr<net::Dhcpv6Server> d = net::Dhcpv6Server::Create(*options.dhcpv6);
-    if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat("DHCPv6: ", d.status().message()));
-    dhcpv6.emplace(std::move(*d));
-  }
-  std::unique_ptr<Backend> b(
-      new Backend(options, std::move(dhcp), std::move(ndp), std::move(dhcpv6)));
+  std::unique_ptr<Backend> b(new Backend(options));
   if (absl::Status s = b->Init(); !s.ok()) return s;
   return b;
 }
@@ -170,14 +71,15 @@ absl::Status Backend::Init() {
   stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_.valid()) return Errno("eventfd");
 
+  rx_.set_observer(this);
   if (!options_.pcap_path.empty()) {
     absl::StatusOr<std::unique_ptr<PcapWriter>> pcap = PcapWriter::Open(options_.pcap_path);
     if (!pcap.ok()) {
       return absl::Status(pcap.status().code(), absl::StrCat("--pcap: ", pcap.status().message()));
     }
     pcap_ = std::move(*pcap);
-    pcap_replies_.emplace(pcap_.get(), &rx_sender_);
-    replies_ = &*pcap_replies_;
+    pcap_rx_.emplace(pcap_.get(), static_cast<vu::RxQueue::Observer*>(this));
+    rx_.set_observer(&*pcap_rx_);
     VUNET_LOG(kInfo, "capturing frames both ways to %s", options_.pcap_path);
   }
 
@@ -185,36 +87,25 @@ absl::Status Backend::Init() {
   // they open in Create (listeners). It survives a daemonizing fork.
   epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_.valid()) return Errno("epoll_create1");
-  if (absl::Status s = CreateTranslators(); !s.ok()) return s;
-  net::ParsedFrameSink* after_icmp = &next_;
-  if (!translators_.empty()) after_icmp = translators_.front().get();
-
-  if (options_.icmp.has_value()) {
-    absl::StatusOr<std::unique_ptr<net::IcmpEcho>> icmp =
-        net::IcmpEcho::Create(*options_.icmp, replies_, after_icmp, this);
-    if (icmp.ok()) {
-      icmp_ = std::move(*icmp);
-      VUNET_LOG(kInfo, "ICMP echo: on (IPv4%s, through ping sockets)",
-                icmp_->ipv6_enabled() ? " and IPv6" : "");
-    } else if (options_.icmp_required || absl::IsInvalidArgument(icmp.status())) {
-      return absl::Status(icmp.status().code(), absl::StrCat("ICMP: ", icmp.status().message()));
-    } else {
-      VUNET_LOG(kWarning, "ICMP echo: off: %s", icmp.status().message());
-    }
-  }
-  net::ParsedFrameSink* after_dispatch = &next_;
-  if (!translators_.empty()) after_dispatch = translators_.front().get();
-  if (icmp_ != nullptr) after_dispatch = icmp_.get();
-  dispatcher_.emplace(
-      net::Dispatcher::Handlers{.arp = &options_.arp,
-                                .dhcp = dhcp_.has_value() ? &*dhcp_ : nullptr,
-                                .ndp = ndp_.has_value() ? &*ndp_ : nullptr,
-                                .dhcpv6 = dhcpv6_.has_value() ? &*dhcpv6_ : nullptr},
-      replies_, after_dispatch);
-  mac_learner_.emplace(this, &*dispatcher_);
-  tx_sink_ = &*mac_learner_;
+  absl::StatusOr<std::unique_ptr<net::FlowTable>> flows =
+      net::FlowTable::Create({.capacity = options_.max_flows});
+  if (!flows.ok()) return flows.status();
+  flows_ = std::move(*flows);
+  forward_ = std::make_unique<net::Forwarding>(options_.forward, options_.guest.guest_mac);
+  absl::StatusOr<std::unique_ptr<net::FramePath>> path =
+      net::FramePath::Create({.flows = flows_.get(),
+                              .rx = &rx_,
+                              .watcher = this,
+                              .forward = forward_.get(),
+                              .guest = &options_.guest,
+                              .first_kind = kFirstFlowKind,
+                              .clock = net::MonotonicNowNs},
+                             options_.path);
+  if (!path.ok()) return path.status();
+  path_ = std::move(*path);
+  tx_sink_ = path_->sink();
   if (pcap_ != nullptr) {
-    pcap_sink_.emplace(pcap_.get(), &*mac_learner_);
+    pcap_sink_.emplace(pcap_.get(), path_->sink());
     tx_sink_ = &*pcap_sink_;
   }
 
@@ -256,39 +147,8 @@ Backend::~Backend() {
   // The server's destructor stops the queues (OnQueueStop) and removes the
   // socket file; do it while the rest is still here.
   server_.reset();
-  icmp_.reset();  // Tells us of its sockets closing while epoll_ is open.
-  dispatcher_.reset();
-  translators_.clear();  // Before the flow table their flows live in.
+  path_.reset();  // Its flows live in the table, its sockets in the epoll set.
   flows_.reset();
-}
-
-absl::Status Backend::CreateTranslators() {
-  if (options_.translators.empty()) return absl::OkStatus();
-  if (options_.translators.size() > (256 - kFirstFlowKind) / net::kKindsPerTranslator) {
-    return absl::InvalidArgumentError("too many translators for the epoll kinds");
-  }
-  absl::StatusOr<std::unique_ptr<net::FlowTable>> flows =
-      net::FlowTable::Create({.capacity = options_.max_flows});
-  if (!flows.ok()) return flows.status();
-  flows_ = std::move(*flows);
-  // Made last first, so that each knows the one it hands frames on to.
-  const size_t n = options_.translators.size();
-  translators_.resize(n);
-  for (size_t i = n; i-- > 0;) {
-    net::TranslatorEnv env;
-    env.flows = flows_.get();
-    env.rx = &rx_;
-    env.watcher = this;
-    env.replies = replies_;
-    env.next = i + 1 < n ? static_cast<net::ParsedFrameSink*>(translators_[i + 1].get()) : &next_;
-    env.guest = &guest_;
-    env.first_kind = static_cast<uint8_t>(kFirstFlowKind + i * net::kKindsPerTranslator);
-    env.clock = net::MonotonicNowNs;
-    absl::StatusOr<std::unique_ptr<net::Translator>> t = options_.translators[i](env);
-    if (!t.ok()) return t.status();
-    translators_[i] = std::move(*t);
-  }
-  return absl::OkStatus();
 }
 
 absl::Status Backend::Watch(int fd, uint32_t events, uint64_t tag) {
@@ -313,30 +173,12 @@ void Backend::Unwatch(int fd) {
   if (epoll_.valid()) Remove(fd);
 }
 
-void Backend::HandleTranslatorEvent(uint64_t tag, uint32_t events) {
-  const size_t i = ((tag >> 56) - kFirstFlowKind) / net::kKindsPerTranslator;
-  if (i >= translators_.size()) return;
-  translators_[i]->OnSocketEvent(tag, events);
-  CheckBroken();
-}
-
 void Backend::HandleFlowTimers() {
   uint64_t expirations;
   [[maybe_unused]] ssize_t r = read(flow_timer_fd_.get(), &expirations, sizeof(expirations));
   flow_timer_armed_.reset();  // Fired (or about to be re-armed below).
-  if (flows_ == nullptr) return;
   const int64_t now = net::MonotonicNowNs();
-  stats_.flow_timers += flows_->Expire(now, [&](net::FlowId id) {
-    const net::FlowKey* key = flows_->Key(id);
-    if (key == nullptr) return;
-    for (const std::unique_ptr<net::Translator>& t : translators_) {
-      if (t->proto() == key->proto) {
-        t->OnTimer(id, now);
-        return;
-      }
-    }
-  });
-  CheckBroken();
+  stats_.flow_timers += flows_->Expire(now, [&](net::FlowId id) { path_->OnTimer(id, now); });
 }
 
 void Backend::ArmFlowTimer() {
@@ -375,6 +217,20 @@ void Backend::Stop() {
   [[maybe_unused]] ssize_t n = write(stop_fd_.get(), &one, sizeof(one));
 }
 
+void Backend::FlushRx() {
+  const size_t frames = rx_.pending_frames();
+  const uint64_t flushes = rx_.stats().flushes;
+  if (rx_.Flush()) {
+    // A writer was told to wait for this flush (its buffers were held by
+    // frames not yet published): it writes again now.
+    path_->OnRxAvailable();
+    rx_.Flush();
+  }
+  if (frames > 0) ++stats_.rx_iterations;
+  stats_.rx_flushes += rx_.stats().flushes - flushes;
+  CheckBroken();
+}
+
 absl::Status Backend::Run() {
   if (absl::Status s = SetUpLoop(); !s.ok()) return s;
   constexpr int kMaxEvents = 64;
@@ -397,6 +253,7 @@ absl::Status Backend::Run() {
       if (errno == EINTR) continue;
       return Errno("epoll_wait");
     }
+    ++stats_.iterations;
     for (int i = 0; i < n && !stopping_; ++i) {
       const uint64_t tag = events[i].data.u64;
       const uint32_t value = static_cast<uint32_t>(tag);
@@ -435,34 +292,40 @@ absl::Status Backend::Run() {
           DrainEventfd(stop_fd_.get());
           stopping_ = true;
           break;
-        case kIcmp:
-          HandleIcmp(static_cast<int>(value));
-          break;
         case kFlowTimer:
           HandleFlowTimers();
           break;
         default:
-          if ((tag >> 56) >= kFirstFlowKind) HandleTranslatorEvent(tag, events[i].events);
+          (void)path_->OnSocketEvent(tag, events[i].events);
           break;
       }
+      CheckBroken();
     }
     if (tx_pending_ && !stopping_) ProcessTx();
+    FlushRx();
     ArmFlowTimer();
   }
-  for (const std::unique_ptr<net::Translator>& t : translators_) t->Shutdown();
+  path_->Shutdown();
   if (server_->done()) VUNET_LOG(kInfo, "the frontend left (--one-off): exiting");
+  LogCounters();
+  return absl::OkStatus();
+}
+
+void Backend::LogCounters() const {
+  const net::Dispatcher::Stats& d = path_->dispatch_stats();
   VUNET_LOG(kInfo,
             "counters: %d frames from the guest (%d replies, %d malformed), dropped: tcp %d, "
-            "udp %d, icmp %d, other %d; %d router advertisements; icmp echo: %d requests, "
-            "%d replies",
-            dispatcher_->stats().frames, dispatcher_->stats().replies,
-            dispatcher_->stats().malformed, stats_.tcp_dropped, stats_.udp_dropped,
-            stats_.icmp_dropped, stats_.other_dropped, stats_.ra_sent,
-            icmp_ != nullptr ? icmp_->stats().requests : 0,
-            icmp_ != nullptr ? icmp_->stats().replies : 0);
-  for (const std::unique_ptr<net::Translator>& t : translators_) {
-    VUNET_LOG(kInfo, "%s", t->StatsLine());
-  }
+            "udp %d, icmp %d, other %d; %d router advertisements",
+            d.frames, d.replies, d.malformed, d.tcp_dropped, d.udp_dropped, d.icmp_dropped,
+            d.other_dropped, stats_.ra_sent);
+  const vu::RxQueue::Stats& r = rx_.stats();
+  VUNET_LOG(kInfo,
+            "rx: %d frames (%d copied in) in %d flushes over %d loop iterations with frames "
+            "(%d iterations in all), %d notifications; %d refused for room, %d never fitting, "
+            "%d buffers returned empty",
+            r.frames, r.sends, stats_.rx_flushes, stats_.rx_iterations, stats_.iterations,
+            r.notifies, r.no_room, r.never_fits, r.returned_empty);
+  for (const std::string& line : path_->StatsLines()) VUNET_LOG(kInfo, "%s", line);
   if (pcap_ != nullptr) {
     const PcapWriter::Stats& p = pcap_->stats();
     VUNET_LOG(kInfo,
@@ -470,7 +333,6 @@ absl::Status Backend::Run() {
               "%d past the size limit)",
               p.frames, pcap_->path(), p.truncated, kPcapSnapLen, p.errors, p.over_limit);
   }
-  return absl::OkStatus();
 }
 
 void Backend::HandleServer(int fd) {
@@ -520,7 +382,7 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
   if (absl::Status s = Add(kick_fd, Tag(kKick, index)); !s.ok()) {
     VUNET_LOG_RATELIMITED(kError, "queue %d: %s", index, s.ToString());
   }
-  if (index == kRx) rx_sender_.sender.emplace(&net_config_, vq);
+  if (index == kRx) rx_.Start(vq, net_config_);
   VUNET_LOG_RATELIMITED(kInfo, "queue %d (%s) started, size %d", index, index == kRx ? "rx" : "tx",
                         vq->size());
   if (index == kTx) tx_pending_ = true;  // Whatever the guest queued before.
@@ -528,9 +390,7 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
     ra_pending_ = true;
     SendRouterAdvertisement();
   }
-  if (index == kRx) {
-    for (const std::unique_ptr<net::Translator>& t : translators_) t->OnRxAvailable();
-  }
+  if (index == kRx) path_->OnRxAvailable();
 }
 
 void Backend::OnQueueStop(uint32_t index) {
@@ -538,7 +398,7 @@ void Backend::OnQueueStop(uint32_t index) {
   Remove(kick_[index]);
   vq_[index] = nullptr;
   kick_[index] = -1;
-  if (index == kRx) rx_sender_.sender.reset();
+  if (index == kRx) rx_.Stop();
   if (index == kTx) tx_pending_ = false;
   ra_pending_ = false;
   VUNET_LOG_RATELIMITED(kInfo, "queue %d (%s) stopped", index, index == kRx ? "rx" : "tx");
@@ -555,8 +415,7 @@ void Backend::HandleKick(uint32_t index) {
   if (index == kTx) {
     ProcessTx();
   } else {
-    for (const std::unique_ptr<net::Translator>& t : translators_) t->OnRxAvailable();
-    CheckBroken();
+    path_->OnRxAvailable();
   }
 }
 
@@ -573,6 +432,7 @@ void Backend::ProcessTx() {
 }
 
 void Backend::CheckBroken() {
+  broken_seen_ = false;
   vu::Device* device = server_->device();
   if (device == nullptr) return;
   for (uint32_t i = 0; i < kQueues; ++i) {
@@ -585,48 +445,26 @@ void Backend::CheckBroken() {
   }
 }
 
-bool Backend::OnSocketOpened(int fd) {
-  if (absl::Status s = Add(fd, Tag(kIcmp, static_cast<uint32_t>(fd))); !s.ok()) {
-    VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", s.ToString());
-    return false;
-  }
-  return true;
-}
-
-void Backend::OnSocketClosing(int fd) {
-  if (epoll_.valid()) Remove(fd);
-}
-
-void Backend::HandleIcmp(int fd) {
-  if (icmp_ == nullptr) return;
-  // A socket closed (and its number reused) since the event was collected
-  // reads nothing: OnReadable does not block.
-  icmp_->OnReadable(fd);
-  CheckBroken();
-}
-
 void Backend::OnTick() {
   ++ticks_;
   if (ra_pending_ || (options_.send_ra && options_.ra_interval.count() > 0 &&
                       ticks_ % options_.ra_interval.count() == 0)) {
     SendRouterAdvertisement();
   }
-  if (icmp_ != nullptr && ticks_ % kIcmpSweepTicks == 0) icmp_->Sweep(net::IcmpEcho::NowNs());
 }
 
 void Backend::SendRouterAdvertisement() {
-  if (!options_.send_ra || !ndp_.has_value() || !rx_sender_.sender.has_value()) return;
+  const net::NdpResponder* ndp = path_->ndp();
+  if (!options_.send_ra || ndp == nullptr || !rx_.running()) return;
   uint8_t frame[net::kNdpMaxReplyLen];
-  absl::StatusOr<size_t> n = ndp_->UnsolicitedAdvertisement(frame);
+  absl::StatusOr<size_t> n = ndp->UnsolicitedAdvertisement(frame);
   if (!n.ok() || *n == 0) return;
-  if (absl::Status s = replies_->Send({frame, *n}); !s.ok()) {
+  if (absl::Status s = rx_.Send({frame, *n}); !s.ok()) {
     VUNET_LOG_RATELIMITED(kDebug, "router advertisement not sent: %s", s.message());
-    CheckBroken();
     return;
   }
   ++stats_.ra_sent;
   ra_pending_ = false;
-  CheckBroken();
 }
 
 }  // namespace vunet::tools

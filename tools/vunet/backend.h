@@ -1,15 +1,18 @@
 // The vunet backend's event loop: one thread, one level-triggered epoll set
 // holding the vhost-user listen and connection sockets, the kick eventfds of
-// running queues, a 1 s timerfd (periodic router advertisements,
-// housekeeping), a signalfd for SIGTERM/SIGINT and a stop eventfd.
+// running queues, a 1 s timerfd (periodic router advertisements), a timerfd
+// armed at the flow table's next deadline, a signalfd for SIGTERM/SIGINT, a
+// stop eventfd, and the translators' sockets.
 //
-// A transmit kick runs vu::TxHandler over the tx queue into a net::Dispatcher
-// that answers ARP, DHCP and NDP itself; the frames it hands on go to ICMP
-// echo and the flow translators (TCP, UDP), and what none of them takes is
-// counted and dropped. Replies go into the rx queue through net::VirtqueueReplySender.
-// With a capture file (pcap_path), the frames both ways are written to it on
-// the way: the dispatcher's sink and the reply sender are wrapped in
-// PcapFrameSink and PcapReplySender (tools/vunet/capture.h).
+// A transmit kick runs vu::TxHandler over the tx queue into the frame path
+// (net/translate/frame_path.h): the dispatcher answers ARP, DHCP, NDP and
+// DHCPv6 itself and routes TCP, UDP and ICMP echo to their translators.
+// Every frame to the guest goes through one vu::RxQueue, which the loop
+// flushes once at the end of each iteration: one used-index update and at
+// most one notification per iteration for everything written in it. With a
+// capture file (pcap_path), frames both ways are written to it on the way:
+// the transmit sink is wrapped in a PcapFrameSink and the RxQueue's observer
+// records what it commits (tools/vunet/capture.h).
 //
 //   absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(options);
 //   absl::Status s = (*b)->Run();  // Until SIGTERM/SIGINT, Stop(), or a
@@ -24,90 +27,70 @@
 #ifndef VUNET_TOOLS_VUNET_BACKEND_H_
 #define VUNET_TOOLS_VUNET_BACKEND_H_
 
-#include <sys/uio.h>
-
 #include <array>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "base/pcap.h"
 #include "base/unique_fd.h"
-#include "net/gateway/arp.h"
 #include "net/config/config.h"
-#include "net/gateway/dhcp.h"
-#include "net/gateway/dhcpv6.h"
-#include "net/gateway/dispatch.h"
 #include "net/flow/flow.h"
-#include "net/packet/frame.h"
-#include "net/icmp/icmp.h"
-#include "net/gateway/ndp.h"
+#include "net/forward/forward.h"
+#include "net/translate/frame_path.h"
 #include "net/translate/translator.h"
 #include "tools/vunet/capture.h"
 #include "virtio/virtqueue.h"
 #include "vu/common.h"
 #include "vu/device.h"
+#include "vu/rx_queue.h"
 #include "vu/server.h"
 
 namespace vunet::tools {
 
-// Makes one flow translator (TCP, UDP) with the backend's services.
-using TranslatorFactory =
-    std::function<absl::StatusOr<std::unique_ptr<net::Translator>>(const net::TranslatorEnv&)>;
-
 struct BackendOptions {
   std::string socket_path;
   bool one_off = false;
-  // The services; a missing one is off.
-  net::ArpConfig arp;
-  std::optional<net::DhcpConfig> dhcp;
-  std::optional<net::NdpConfig> ndp;
-  std::optional<net::Dhcpv6Config> dhcpv6;
-  // ICMP echo through ping sockets. Where the host refuses this process ping
-  // sockets (net.ipv4.ping_group_range), it is off, logged, and echo
-  // requests are dropped; a required one (icmp_required) fails Create.
-  std::optional<net::IcmpEchoConfig> icmp;
-  bool icmp_required = false;
-  // Unsolicited router advertisements (with ndp): one when the guest's
+  // The frame path: the gateway services and the translators.
+  net::FramePathOptions path;
+  // Unsolicited router advertisements (with path.ndp): one when the guest's
   // queues start, then every ra_interval.
   bool send_ra = true;
   std::chrono::seconds ra_interval{60};
   // If set, every frame from the guest (as the transmit queue delivers it)
-  // and to the guest (as it went into the receive queue) is written to this
-  // file in libpcap format; Create creates or truncates it (mode 0600).
+  // and to the guest (as it is committed to the receive queue) is written to
+  // this file in libpcap format; Create creates or truncates it (mode 0600).
   std::string pcap_path;
-  // The guest's addressing, as the translators see it (MACs, addresses,
-  // gateway, MTU).
+  // The guest's link, as the translators see it: the gateway's MAC, the
+  // guest's configured MAC, the MTU.
   net::GuestConfig guest;
+  // Where guest flows go and how host peers appear (net/forward).
+  net::ForwardRules forward;
   // The flow table all translators share.
   size_t max_flows = net::FlowTable::kDefaultCapacity;
-  // The flow translators, made in Create and chained in this order after
-  // ICMP echo: frames translator i does not take go to translator i + 1.
-  // Translator i gets the epoll kinds [64 + 32 i, 64 + 32 (i + 1)).
-  std::vector<TranslatorFactory> translators;
+  vu::RxQueue::Options rx;
 };
 
 class Backend : public vu::DataPlane,
-                private net::IcmpEcho::SocketObserver,
+                private vu::RxQueue::Observer,
                 private net::SocketWatcher {
  public:
   struct Stats {
     uint64_t kicks = 0;
-    uint64_t tcp_dropped = 0;   // No TCP translator (--no-tcp), or it declined them.
-    uint64_t udp_dropped = 0;   // Likewise for UDP.
-    uint64_t icmp_dropped = 0;  // ICMP echo off.
-    uint64_t other_dropped = 0;
     uint64_t ra_sent = 0;
     uint64_t broken = 0;
     uint64_t accept_backoffs = 0;
     uint64_t flow_timers = 0;  // Flow timers fired.
+    uint64_t iterations = 0;   // Loop iterations.
+    // Iterations that ended with frames for the guest, and the receive
+    // queue's used-index updates: at most one per such iteration, two when
+    // a flush let writers that waited for room write again.
+    uint64_t rx_iterations = 0;
+    uint64_t rx_flushes = 0;
   };
 
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const BackendOptions& options);
@@ -120,15 +103,13 @@ class Backend : public vu::DataPlane,
 
   const std::string& socket_path() const { return server_->socket_path(); }
   const Stats& stats() const { return stats_; }
-  const net::Dispatcher::Stats& dispatch_stats() const { return dispatcher_->stats(); }
-  // Null when ICMP echo is off.
-  const net::IcmpEcho* icmp() const { return icmp_.get(); }
+  const net::Dispatcher::Stats& dispatch_stats() const { return path_->dispatch_stats(); }
+  const vu::RxQueue::Stats& rx_stats() const { return rx_.stats(); }
   // Null without a capture file.
   const PcapWriter* pcap() const { return pcap_.get(); }
-  // The flow table and the translators (in chain order).
   const net::FlowTable* flows() const { return flows_.get(); }
-  size_t translator_count() const { return translators_.size(); }
-  net::Translator* translator(size_t i) const { return translators_[i].get(); }
+  net::FramePath* path() const { return path_.get(); }
+  const net::Forwarding& forward() const { return *forward_; }
   // The signal that ended Run(), or 0.
   int stop_signal() const { return stop_signal_; }
 
@@ -137,67 +118,24 @@ class Backend : public vu::DataPlane,
   void OnQueueStop(uint32_t index) override;
 
  private:
-  // Replies to the guest through the rx queue's VirtqueueReplySender while
-  // the queue runs; kUnavailable otherwise.
-  class RxSender : public net::ReplySender {
-   public:
-    absl::Status Send(absl::Span<const uint8_t> frame) override;
-    std::optional<net::VirtqueueReplySender> sender;
-  };
-  // The receive queue as the translators write data into it.
-  class Rx : public net::GuestRx {
-   public:
-    explicit Rx(Backend* backend) : backend_(backend) {}
-    virtio::Virtqueue* queue() override { return backend_->vq_[kRxQueue]; }
-    const vu::NetConfig& config() const override { return backend_->net_config_; }
-    void OnFrameWritten(absl::Span<const iovec> iov, size_t offset, size_t len) override;
-    void OnBroken() override { backend_->CheckBroken(); }
-
-   private:
-    Backend* backend_;
-  };
-  // Learns the guest's MAC address from the source of its frames, so that
-  // frames we start (inbound connections) reach a guest whose MAC is not the
-  // one we were told (QEMU's default, libvirt's). Then hands the frame on.
-  class MacLearner : public vu::FrameSink {
-   public:
-    MacLearner(Backend* backend, vu::FrameSink* next) : backend_(backend), next_(next) {}
-    void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame) override;
-    void OnBatchEnd() override { next_->OnBatchEnd(); }
-
-   private:
-    Backend* backend_;
-    vu::FrameSink* next_;
-  };
-  // Where the dispatcher hands what it does not answer.
-  class Next : public net::ParsedFrameSink {
-   public:
-    explicit Next(Backend* backend) : backend_(backend) {}
-    void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
-                 const net::ParsedFrame& parsed) override;
-
-   private:
-    Backend* backend_;
-  };
-
-  Backend(const BackendOptions& options, std::optional<net::DhcpServer> dhcp,
-          std::optional<net::NdpResponder> ndp, std::optional<net::Dhcpv6Server> dhcpv6);
-  // net::IcmpEcho::SocketObserver: ping sockets join and leave the epoll set.
-  bool OnSocketOpened(int fd) override;
-  void OnSocketClosing(int fd) override;
-  void HandleIcmp(int fd);
+  explicit Backend(const BackendOptions& options);
+  // vu::RxQueue::Observer: frames are not ours to see (the capture is);
+  // a queue that broke is reported after the handler that met it returns.
+  void OnFrameToGuest(absl::Span<const iovec>, size_t, size_t) override {}
+  void OnBroken() override { broken_seen_ = true; }
   // net::SocketWatcher: the translators' sockets in the epoll set.
   absl::Status Watch(int fd, uint32_t events, uint64_t tag) override;
   absl::Status Modify(int fd, uint32_t events, uint64_t tag) override;
   void Unwatch(int fd) override;
-  absl::Status CreateTranslators();
-  // An epoll event for a translator's tag (kind >= 64).
-  void HandleTranslatorEvent(uint64_t tag, uint32_t events);
   // Fires due flow timers and re-arms the flow timerfd.
   void HandleFlowTimers();
   void ArmFlowTimer();
   // Reports a queue that broke while we used it.
   void CheckBroken();
+  // The end of a loop iteration: everything written for the guest is
+  // published (and, if a writer was told to wait for a flush, it writes
+  // again and that is published too).
+  void FlushRx();
   absl::Status Init();
   absl::Status SetUpLoop();
   absl::Status Add(int fd, uint64_t tag);
@@ -209,34 +147,22 @@ class Backend : public vu::DataPlane,
   void ProcessTx();
   void OnTick();
   void SendRouterAdvertisement();
+  void LogCounters() const;
 
   const BackendOptions options_;
-  const std::optional<net::DhcpServer> dhcp_;
-  const std::optional<net::NdpResponder> ndp_;
-  const std::optional<net::Dhcpv6Server> dhcpv6_;
   // Before everything that writes to it.
   std::unique_ptr<PcapWriter> pcap_;
-  RxSender rx_sender_;
-  // With pcap_: rx_sender_ wrapped, and replies_ points at it; otherwise
-  // replies_ is &rx_sender_. Every frame to the guest goes through replies_.
-  std::optional<PcapReplySender> pcap_replies_;
-  net::ReplySender* replies_ = &rx_sender_;
-  Next next_{this};
-  Rx rx_{this};
-  std::unique_ptr<net::FlowTable> flows_;
-  // Before icmp_ and dispatcher_, which hand frames to them.
-  std::vector<std::unique_ptr<net::Translator>> translators_;
-  std::unique_ptr<net::IcmpEcho> icmp_;
-  // After icmp_, which it hands frames to.
-  std::optional<net::Dispatcher> dispatcher_;
-  // Where the transmit handler delivers guest frames: the dispatcher, or
-  // pcap_sink_ wrapping it.
+  std::optional<PcapRxObserver> pcap_rx_;
   std::optional<PcapFrameSink> pcap_sink_;
-  std::optional<MacLearner> mac_learner_;
+  // The guest's receive queue: the one writer of its used ring.
+  vu::RxQueue rx_;
+  std::unique_ptr<net::Forwarding> forward_;
+  std::unique_ptr<net::FlowTable> flows_;
+  // After the flow table, the RxQueue and the epoll set it uses.
+  std::unique_ptr<net::FramePath> path_;
+  // Where the transmit handler delivers guest frames: the frame path, or
+  // pcap_sink_ wrapping it.
   vu::FrameSink* tx_sink_ = nullptr;
-  // options_.guest, with the guest's MAC as its frames give it; what the
-  // translators see.
-  net::GuestConfig guest_;
   vu::TxHandler tx_;
   vu::NetConfig net_config_;
 
@@ -255,10 +181,10 @@ class Backend : public vu::DataPlane,
   std::chrono::steady_clock::time_point listen_resume_;
 
   static constexpr uint32_t kQueues = 2;
-  static constexpr uint32_t kRxQueue = 0;
   std::array<virtio::Virtqueue*, kQueues> vq_{};
   std::array<int, kQueues> kick_{-1, -1};
   bool tx_pending_ = false;
+  bool broken_seen_ = false;
   // The router advertisement due when the queues start, retried each tick
   // until the guest has posted room for it.
   bool ra_pending_ = false;

@@ -11,10 +11,14 @@ void PcapFrameSink::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
   next_->OnFrame(hdr, frame);
 }
 
-absl::Status PcapReplySender::Send(absl::Span<const uint8_t> frame) {
-  absl::Status s = next_->Send(frame);
-  if (s.ok()) pcap_->Write(frame);
-  return s;
+void PcapRxObserver::OnFrameToGuest(absl::Span<const iovec> iov, size_t offset, size_t len) {
+  // The frame's part of the reservation: [offset, offset + len).
+  constexpr size_t kMaxPieces = 64;
+  iovec pieces[kMaxPieces];
+  size_t n = 0;
+  const size_t covered = IovSlice(iov.data(), iov.size(), offset, len, pieces, &n, kMaxPieces);
+  pcap_->Write(pieces, n, covered);
+  if (next_ != nullptr) next_->OnFrameToGuest(iov, offset, len);
 }
 
 }  // namespace vunet::tools

@@ -1,28 +1,29 @@
-// --pcap: decorators that copy every frame crossing the data path into a
-// PcapWriter, then pass it on unchanged.
+// --pcap: every frame crossing the data path copied into a PcapWriter.
 //
 //   PcapFrameSink   wraps the vu::FrameSink the TxHandler delivers guest
 //                   frames to (virtio-net header stripped), before the sink
 //                   sees them;
-//   PcapReplySender wraps the net::ReplySender through which frames go into
-//                   the guest's receive queue, and records those the guest
-//                   took (a frame dropped for want of room is not recorded).
+//   PcapRxObserver  is the RxQueue's observer: every frame committed to the
+//                   guest's receive queue, data and control alike, as it is
+//                   committed (a frame dropped for want of room was never
+//                   committed, and is not recorded).
 //
 // The capture never fails the data path (PcapWriter counts its errors). The
-// writer and the wrapped sink or sender must outlive the decorator.
+// writer (and the wrapped sink) must outlive the decorator.
 
 #ifndef VUNET_TOOLS_VUNET_CAPTURE_H_
 #define VUNET_TOOLS_VUNET_CAPTURE_H_
 
 #include <sys/uio.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "base/pcap.h"
-#include "net/gateway/dispatch.h"
 #include "vu/common.h"
+#include "vu/rx_queue.h"
 
 namespace vunet::tools {
 
@@ -37,14 +38,18 @@ class PcapFrameSink : public vu::FrameSink {
   vu::FrameSink* next_;
 };
 
-class PcapReplySender : public net::ReplySender {
+class PcapRxObserver : public vu::RxQueue::Observer {
  public:
-  PcapReplySender(PcapWriter* pcap, net::ReplySender* next) : pcap_(pcap), next_(next) {}
-  absl::Status Send(absl::Span<const uint8_t> frame) override;
+  // `next` (may be null) sees what this one sees, after it.
+  PcapRxObserver(PcapWriter* pcap, vu::RxQueue::Observer* next) : pcap_(pcap), next_(next) {}
+  void OnFrameToGuest(absl::Span<const iovec> iov, size_t offset, size_t len) override;
+  void OnBroken() override {
+    if (next_ != nullptr) next_->OnBroken();
+  }
 
  private:
   PcapWriter* pcap_;
-  net::ReplySender* next_;
+  vu::RxQueue::Observer* next_;
 };
 
 }  // namespace vunet::tools

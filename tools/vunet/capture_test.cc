@@ -16,6 +16,7 @@
 #include "absl/types/span.h"
 #include "base/pcap.h"
 #include "gtest/gtest.h"
+#include "vu/testing/guest_rx.h"
 
 namespace vunet::tools {
 namespace {
@@ -55,17 +56,6 @@ class RecordingSink : public vu::FrameSink {
   int batches = 0;
 };
 
-class FakeSender : public net::ReplySender {
- public:
-  absl::Status Send(absl::Span<const uint8_t> frame) override {
-    if (!room) return absl::UnavailableError("no room");
-    sent.emplace_back(frame.begin(), frame.end());
-    return absl::OkStatus();
-  }
-  bool room = true;
-  std::vector<std::vector<uint8_t>> sent;
-};
-
 class CaptureTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -100,16 +90,23 @@ TEST_F(CaptureTest, FrameSinkRecordsThenForwardsUnchanged) {
   EXPECT_EQ(Frames(path_), std::vector<std::vector<uint8_t>>{frame});
 }
 
-TEST_F(CaptureTest, ReplySenderRecordsOnlyWhatTheGuestTook) {
-  FakeSender next;
-  PcapReplySender sender(pcap_.get(), &next);
-  const std::vector<uint8_t> a(42, 0xaa), b(60, 0xbb);
-  EXPECT_TRUE(sender.Send(a).ok());
-  next.room = false;
-  EXPECT_TRUE(absl::IsUnavailable(sender.Send(b)));
-  EXPECT_EQ(next.sent, std::vector<std::vector<uint8_t>>{a});
-  EXPECT_EQ(Frames(path_), std::vector<std::vector<uint8_t>>{a});
-  EXPECT_EQ(pcap_->stats().frames, 1u);
+TEST_F(CaptureTest, RxObserverRecordsWhatIsCommittedToTheGuest) {
+  vu::testing::GuestRxRing guest({.mergeable = true});
+  PcapRxObserver observer(pcap_.get(), nullptr);
+  guest.rx().set_observer(&observer);
+  guest.Post(1, 200);
+  const std::vector<uint8_t> a(42, 0xaa), b(160, 0xbb), c(60, 0xcc);
+  EXPECT_TRUE(guest.rx().Send(a).ok());
+  // No room for b: it is not committed, and not recorded.
+  EXPECT_TRUE(absl::IsUnavailable(guest.rx().Send(b)));
+  // A frame spanning buffers is recorded whole.
+  guest.Post(3, 64);
+  EXPECT_TRUE(guest.rx().Send(std::vector<uint8_t>(150, 0xdd)).ok());
+  guest.Post(1, 200);
+  EXPECT_TRUE(guest.rx().Send(c).ok());
+  EXPECT_EQ(guest.Take().size(), 3u);
+  EXPECT_EQ(Frames(path_), (std::vector<std::vector<uint8_t>>{a, std::vector<uint8_t>(150, 0xdd), c}));
+  EXPECT_EQ(pcap_->stats().frames, 3u);
 }
 
 }  // namespace

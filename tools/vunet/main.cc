@@ -30,11 +30,10 @@
 #include "base/unique_fd.h"
 #include "gflags/gflags.h"
 #include "net/config/config.h"
-#include "net/gateway/dhcpv6.h"
-#include "net/icmp/icmp.h"
-#include "net/tcp/tcp.h"
-#include "net/translate/translator.h"
-#include "net/udp/udp.h"
+#include "net/config/port_forward.h"
+#include "net/forward/forward.h"
+#include "net/gateway/from_config.h"
+#include "net/translate/frame_path.h"
 #include "tools/vunet/backend.h"
 #include "tools/vunet/cli.h"
 #include "tools/vunet/sandbox.h"
@@ -287,42 +286,36 @@ int Main(int argc, char** argv) {
   backend_options.socket_path = options->socket_path;
   backend_options.one_off = options->one_off;
   backend_options.pcap_path = options->pcap_file;
-  backend_options.arp = net::ToArpConfig(g);
-  if (v4 && !g.no_dhcp) backend_options.dhcp = net::ToDhcpConfig(g);
-  if (v6 && !g.no_ndp) backend_options.ndp = net::ToNdpConfig(g);
+  net::FramePathOptions& path = backend_options.path;
+  path.arp = net::ToArpConfig(g);
+  if (v4 && !g.no_dhcp) path.dhcp = net::ToDhcpConfig(g);
+  if (v6 && !g.no_ndp) path.ndp = net::ToNdpConfig(g);
   backend_options.send_ra = v6 && !g.no_ndp && !g.no_ra;
-  if (v6 && !g.no_dhcpv6) backend_options.dhcpv6 = net::ToDhcpv6Config(g);
-  if (!options->no_icmp) backend_options.icmp = net::ToIcmpEchoConfig(g);
+  if (v6 && !g.no_dhcpv6) path.dhcpv6 = net::ToDhcpv6Config(g);
+  if (options->no_icmp) path.icmp.reset();
   backend_options.guest = g;
+  // DNS to the gateway, where it stands for a resolver on the host's loopback.
+  backend_options.forward = net::RulesFromConfig(g, net::HostResolvers());
+  for (const net::DnsForward& d : backend_options.forward.dns) {
+    VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
+              d.host.ToString());
+  }
   if (options->max_flows != 0) backend_options.max_flows = options->max_flows;
-  // Flow translators, in the order frames try them (see BackendOptions).
-  net::TcpTranslatorOptions tcp;
-  for (const std::string& spec : options->tcp_forwards) {
-    const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
-    tcp.forwards.insert(tcp.forwards.end(), f.begin(), f.end());
-  }
-  if (!options->no_tcp) {
-    backend_options.translators.push_back(
-        [tcp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
-          return net::TcpTranslator::Create(env, tcp);
-        });
-  }
-  net::UdpTranslatorOptions udp;
-  for (const std::string& spec : options->udp_forwards) {
-    const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
-    udp.forwards.insert(udp.forwards.end(), f.begin(), f.end());
-  }
-  if (!options->no_udp) {
-    // DNS to the gateway, where it stands for a resolver on the host's loopback.
-    udp.dns = net::UdpDnsForwards(g, net::HostResolvers());
-    for (const net::UdpDnsForward& d : udp.dns) {
-      VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
-                d.host.ToString());
+  if (options->no_tcp) {
+    path.tcp.reset();
+  } else {
+    for (const std::string& spec : options->tcp_forwards) {
+      const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
+      path.tcp->forwards.insert(path.tcp->forwards.end(), f.begin(), f.end());
     }
-    backend_options.translators.push_back(
-        [udp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
-          return net::UdpTranslator::Create(env, udp);
-        });
+  }
+  if (options->no_udp) {
+    path.udp.reset();
+  } else {
+    for (const std::string& spec : options->udp_forwards) {
+      const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
+      path.udp->forwards.insert(path.udp->forwards.end(), f.begin(), f.end());
+    }
   }
 
   // --runas before anything is created, so that a bad name is a one-line error.

@@ -1,0 +1,129 @@
+// The TCP translator's internals, shared by its source files (tcp.cc: the
+// guest's segments and the flows' lives; tcp_host.cc: the host side;
+// tcp_output.cc: segments to the guest, batches and timers). Not part of
+// the API: only //net/tcp includes it.
+
+#ifndef VUNET_NET_TCP_TCP_INTERNAL_H_
+#define VUNET_NET_TCP_TCP_INTERNAL_H_
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "base/unique_fd.h"
+#include "net/flow/flow.h"
+#include "net/packet/frame.h"
+#include "net/tcp/tcp.h"
+
+namespace vunet::net {
+namespace tcp_internal {
+
+// The most iovec entries one sendmsg takes (UIO_MAXIOV).
+inline constexpr size_t kMaxSendIov = 1024;
+inline constexpr size_t kScratchSize = 65536;
+inline constexpr int kAcceptBatch = 64;
+// Our SYN and SYN-ACK options: MSS (4 bytes), NOP and window scale (4).
+inline constexpr size_t kSynOptionsLen = 8;
+// Events of a connection's socket. Edge-triggered: data peeked stays in the
+// socket until the guest acknowledges it, so level-triggered EPOLLIN would
+// fire for it again and again; new data, new send space and the peer's
+// shutdown each wake us once, and every other reason to look again (the
+// guest's ACKs, receive buffers, timers) comes from our side.
+inline constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+
+inline bool SeqLt(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
+inline bool SeqGt(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) > 0; }
+inline uint32_t SeqMin(uint32_t a, uint32_t b) { return SeqLt(a, b) ? a : b; }
+inline uint32_t SeqMax(uint32_t a, uint32_t b) { return SeqGt(a, b) ? a : b; }
+
+inline void SetInt(int fd, int level, int name, int value) {
+  (void)setsockopt(fd, level, name, &value, sizeof(value));
+}
+
+// Closes with a reset rather than a FIN.
+inline void SetLingerZero(int fd) {
+  const linger l = {1, 0};
+  (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+}
+
+// The segment size we send the guest: its MSS option (RFC 879's default
+// without one), within what our MTU carries; at least 64 bytes, so that a
+// guest cannot make us cut data into crumbs.
+inline uint16_t SegmentSize(bool v4, const TcpOptions& options, uint32_t mtu) {
+  const uint32_t ours = mtu > (v4 ? 40u : 60u) ? mtu - (v4 ? 40u : 60u) : 1u;
+  uint32_t mss = options.has_mss ? options.mss : (v4 ? 536u : 1220u);
+  mss = std::max<uint32_t>(mss, 64);
+  return static_cast<uint16_t>(std::clamp<uint32_t>(std::min(mss, ours), 1, 65535));
+}
+
+inline uint16_t OurMss(bool v4, uint32_t mtu) {
+  const uint32_t overhead = v4 ? 40 : 60;
+  return static_cast<uint16_t>(std::clamp<uint32_t>(mtu > overhead ? mtu - overhead : 1, 1, 65535));
+}
+
+// The window below which we watch the socket for send space to open.
+inline uint32_t LowWindow(uint32_t sndbuf) { return std::min<uint32_t>(sndbuf / 4, 256 * 1024); }
+
+}  // namespace tcp_internal
+
+// A connection's state, in its flow's data slot.
+struct TcpTranslator::Conn {
+  enum class State : uint8_t {
+    kConnecting,  // The guest's SYN taken; connect() in progress.
+    kSynAckSent,  // connect() succeeded; our SYN-ACK awaits the guest's ACK.
+    kSynSent,     // Inbound: our SYN awaits the guest's SYN-ACK.
+    kEstablished,
+  };
+
+  UniqueFd fd;
+  State state = State::kConnecting;
+  bool watched = false;
+  bool guest_fin = false;   // The guest's FIN taken: the socket is shut for writing.
+  bool host_rdhup = false;  // The host peer shut down its side (EPOLLRDHUP).
+  bool host_eof = false;    // ... and every byte before that was sent to the guest.
+  bool fin_sent = false;    // Our FIN (at snd_nxt) went to the guest.
+  bool fin_acked = false;
+  bool in_pending = false;
+  bool in_rx_wait = false;
+  bool ack_due = false;    // An ACK is owed to the guest at the batch's end.
+  bool tx_due = false;     // Host data may go to the guest at the batch's end.
+  bool wnd_watch = false;  // We advertised a low window: watching it open.
+  uint8_t guest_ws = 0;    // Shift of the guest's windows.
+  uint8_t our_ws = 0;      // Shift of ours.
+  uint8_t dup_acks = 0;    // 3 once a fast retransmit was made, until the ACK moves.
+  // Segments past a hole dropped in this batch (up to 3): each owes the
+  // guest a duplicate ACK, so that it retransmits the hole at once (RFC 5681
+  // 4.2) rather than after a timeout.
+  uint8_t holes_dropped = 0;
+  uint8_t retries = 0;  // Retransmission timeouts in a row.
+  MacAddr guest_mac;
+  uint16_t mss = 536;  // Payload per segment to the guest.
+  // Host to guest: our initial sequence number; the first byte the guest has
+  // not acknowledged (the socket's first byte); the next byte to send (the
+  // socket's peek offset); the highest byte sent so far.
+  uint32_t isn = 0;
+  uint32_t snd_una = 0;
+  uint32_t snd_nxt = 0;
+  uint32_t snd_high = 0;
+  // Guest to host: the next byte we expect, and the acknowledgement our
+  // latest ACK or data segment carried.
+  uint32_t rcv_nxt = 0;
+  uint32_t rcv_acked = 0;
+  uint32_t guest_wnd = 0;  // Bytes, scaled.
+  uint32_t wnd_sent = 0;   // The window we advertised last, bytes.
+  int64_t last_activity = 0;
+  int64_t rto = 0;           // The current retransmission timeout.
+  int64_t rto_at = 0;        // Retransmission, SYN resend or zero-window probe; 0: none.
+  int64_t wnd_at = 0;        // Next look at a low window; 0: none.
+  int64_t wnd_interval = 0;  // And the interval after it.
+  int64_t timer_at = 0;      // The flow table's timer as armed; 0: none.
+  FlowId wait_prev;          // The rx-wait list's links.
+  FlowId wait_next;
+};
+
+}  // namespace vunet::net
+
+#endif  // VUNET_NET_TCP_TCP_INTERNAL_H_
