@@ -123,8 +123,7 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
                        const ParsedFrame& parsed) {
   if (parsed.l4 != L4Kind::kIcmp && parsed.l4 != L4Kind::kIcmpv6) return;
   const bool v6 = parsed.l4 == L4Kind::kIcmpv6;
-  if (parsed.icmp.type != (v6 ? kIcmpv6EchoRequest : kIcmpEchoRequest) ||
-      !(v6 ? ipv6_ : ipv4_)) {
+  if (parsed.icmp.type != (v6 ? kIcmpv6EchoRequest : kIcmpEchoRequest) || !(v6 ? ipv6_ : ipv4_)) {
     ++stats_.ignored;
     return;
   }
@@ -165,8 +164,7 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
         env_.forward->Outbound(FlowProto::kIcmp, Endpoint{key->remote(), 0}, &why);
     if (!to.has_value()) {
       ++stats_.bad_destination;
-      VUNET_LOG_RATELIMITED(kDebug, "ICMP echo: %s refused: %s", key->ToString(),
-                            RefusalName(why));
+      VUNET_LOG_RATELIMITED(kDebug, "ICMP echo: %s refused: %s", key->ToString(), RefusalName(why));
       return;
     }
     id = Open(*key, *to);

@@ -1,8 +1,6 @@
 // The TCP translator's host side: socket events, connects and inbound
 // connections, host data to the guest, retransmission.
 
-#include "net/tcp/tcp.h"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/sock_diag.h>
@@ -22,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "base/iov.h"
 #include "base/log.h"
+#include "net/tcp/tcp.h"
 #include "net/tcp/tcp_internal.h"
 
 namespace vunet::net {

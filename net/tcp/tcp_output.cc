@@ -1,7 +1,5 @@
 // The TCP translator's segments to the guest, its batches and its timers.
 
-#include "net/tcp/tcp.h"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/sock_diag.h>
@@ -21,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "base/iov.h"
 #include "base/log.h"
+#include "net/tcp/tcp.h"
 #include "net/tcp/tcp_internal.h"
 
 namespace vunet::net {
@@ -118,7 +117,8 @@ void TcpTranslator::ResetGuest(FlowId id, Conn* c) {
 }
 
 void TcpTranslator::RefuseSegment(const ParsedFrame& p) {
-  ++stats_.no_flow_resets;  FrameSpec s;
+  ++stats_.no_flow_resets;
+  FrameSpec s;
   s.src_mac = env_.guest->gateway_mac;
   s.dst_mac = p.src_mac;
   if (p.l3 == L3Kind::kIpv4) {

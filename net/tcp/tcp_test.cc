@@ -21,9 +21,9 @@
 
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
-#include "net/packet/checksum.h"
 #include "net/config/config.h"
 #include "net/flow/flow.h"
+#include "net/packet/checksum.h"
 #include "net/packet/frame.h"
 #include "net/testing/test_frames.h"
 #include "net/translate/translator.h"

@@ -20,14 +20,13 @@ constexpr size_t kMaxDiscardIov = 32;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TcpRxWriter>> TcpRxWriter::Create(const TcpRxPools& pools) {
-  if (pools.max_frames == 0) return absl::InvalidArgumentError("TCP receive pools must not be empty");
+  if (pools.max_frames == 0)
+    return absl::InvalidArgumentError("TCP receive pools must not be empty");
   return std::unique_ptr<TcpRxWriter>(new TcpRxWriter(pools));
 }
 
 TcpRxWriter::TcpRxWriter(const TcpRxPools& pools)
-    : pools_(pools),
-      frames_(new Frame[pools.max_frames]),
-      recv_iov_(new iovec[kMaxRecvIov]) {
+    : pools_(pools), frames_(new Frame[pools.max_frames]), recv_iov_(new iovec[kMaxRecvIov]) {
   if (pools.discard_size > 0) discard_.reset(new uint8_t[pools.discard_size]);
 }
 

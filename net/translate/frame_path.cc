@@ -116,8 +116,7 @@ void FramePath::OnTimer(FlowId id, int64_t now_ns) {
 }
 
 void FramePath::OnRxAvailable() {
-  for (Translator* t : {static_cast<Translator*>(tcp_.get()),
-                        static_cast<Translator*>(udp_.get()),
+  for (Translator* t : {static_cast<Translator*>(tcp_.get()), static_cast<Translator*>(udp_.get()),
                         static_cast<Translator*>(icmp_.get())}) {
     if (t != nullptr) t->OnRxAvailable();
   }

@@ -407,9 +407,7 @@ void UdpTranslator::Queue(const UdpFlow& flow, FlowId id, absl::Span<const iovec
   tx_iov_used_ += n;
 }
 
-void UdpTranslator::OnBatchEnd() {
-  FlushTx();
-}
+void UdpTranslator::OnBatchEnd() { FlushTx(); }
 
 void UdpTranslator::FlushTx() {
   const size_t n = tx_pending_;

@@ -75,9 +75,7 @@ struct BackendOptions {
   vu::RxQueue::Options rx;
 };
 
-class Backend : public vu::DataPlane,
-                private vu::RxQueue::Observer,
-                private net::SocketWatcher {
+class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net::SocketWatcher {
  public:
   struct Stats {
     uint64_t kicks = 0;

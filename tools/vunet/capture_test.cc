@@ -105,7 +105,8 @@ TEST_F(CaptureTest, RxObserverRecordsWhatIsCommittedToTheGuest) {
   guest.Post(1, 200);
   EXPECT_TRUE(guest.rx().Send(c).ok());
   EXPECT_EQ(guest.Take().size(), 3u);
-  EXPECT_EQ(Frames(path_), (std::vector<std::vector<uint8_t>>{a, std::vector<uint8_t>(150, 0xdd), c}));
+  EXPECT_EQ(Frames(path_),
+            (std::vector<std::vector<uint8_t>>{a, std::vector<uint8_t>(150, 0xdd), c}));
   EXPECT_EQ(pcap_->stats().frames, 3u);
 }
 
