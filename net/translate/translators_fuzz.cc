@@ -1,7 +1,7 @@
-// Fuzzes the whole frame path of the backend: the Dispatcher (ARP, DHCP,
-// NDP, DHCPv6) with ICMP echo, the TCP translator and the UDP translator
-// behind it, as tools/vunet chains them, against real host sockets and a
-// guest receive queue in driver-laid-out memory.
+// Fuzzes the whole frame path of the backend, composed by FramePath exactly
+// as tools/vunet composes it: the Dispatcher (ARP, DHCP, NDP, DHCPv6) routing
+// to ICMP echo, TCP and UDP, against real host sockets and the guest's
+// receive queue (RxQueue over a ring in driver-laid-out memory).
 //
 // Hermetic: LLVMFuzzerInitialize moves the process into user and network
 // namespaces of its own (loopback only, brought up), so connects and sends
@@ -32,8 +32,10 @@
 //   5  a host client: connect to the -t forward, or a datagram to the -u one
 //   6  the guest takes what we wrote (each frame must parse) and reposts
 //   7  the receive queue stops or restarts
-// Checked: every reply and every frame written into the receive queue
-// parses; after the input, with everything shut down, no fd is left open.
+// Checked: every frame committed to the receive queue (replies and data
+// alike, through the RxQueue's observer) parses; the ring's used entries
+// are well formed (GuestRxRing aborts otherwise); after the input, with
+// everything shut down, no fd is left open.
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -59,20 +61,19 @@
 #include <string>
 #include <vector>
 
+#include "base/iov.h"
 #include "base/log.h"
 #include "base/unique_fd.h"
 #include "net/config/config.h"
-#include "net/gateway/dispatch.h"
+#include "net/config/port_forward.h"
 #include "net/flow/flow.h"
+#include "net/forward/forward.h"
+#include "net/gateway/from_config.h"
 #include "net/packet/frame.h"
-#include "net/icmp/icmp.h"
-#include "net/tcp/tcp.h"
+#include "net/translate/frame_path.h"
 #include "net/translate/translator.h"
-#include "net/udp/udp.h"
-#include "virtio/guest_memory.h"
-#include "virtio/testing/driver.h"
-#include "virtio/virtqueue.h"
-#include "vu/common.h"
+#include "vu/rx_queue.h"
+#include "vu/testing/guest_rx.h"
 
 namespace {
 
@@ -131,94 +132,23 @@ void Remember(absl::Span<const iovec> frame) {
                ((p.tcp.flags & (kTcpSyn | kTcpFin)) != 0 ? 1 : 0);
 }
 
-class CheckingSender : public ReplySender {
+// Sees every frame the receive queue commits: it must parse where it
+// stands, its bytes in guest memory.
+class CheckingObserver : public vu::RxQueue::Observer {
  public:
-  absl::Status Send(absl::Span<const uint8_t> frame) override {
-    const iovec iov = {const_cast<uint8_t*>(frame.data()), frame.size()};
-    Check(Parses(&iov, 1));
-    Remember(absl::MakeConstSpan(&iov, 1));
-    return absl::OkStatus();
-  }
-};
-
-// The guest's receive queue in memory laid out as a driver would.
-class FuzzRx : public GuestRx {
- public:
-  FuzzRx(bool mergeable, bool guest_csum, uint32_t buffer_size, bool running)
-      : buffer_size_(buffer_size), running_(running) {
-    memory_ = virtio::testing::DriverMemory::Create(kMemory).value();
-    Check(memory_->MapInto(&guest_memory_).ok());
-    driver_ = std::make_unique<virtio::testing::DriverQueue>(memory_.get(), kRing);
-    Check(vq_.Start(&guest_memory_, driver_->DeviceConfig(guest_memory_).value()).ok());
-    config_.mergeable_rx = mergeable;
-    config_.guest_csum = guest_csum;
-    for (uint32_t i = 0; i < kRing; ++i) free_.push_back(memory_->Alloc(buffer_size).value());
-    Post();
-  }
-
-  virtio::Virtqueue* queue() override { return running_ ? &vq_ : nullptr; }
-  const vu::NetConfig& config() const override { return config_; }
-  void OnFrameWritten(absl::Span<const iovec> iov, size_t offset, size_t len) override {
-    // The frame must parse where it stands, its bytes in guest memory.
+  void OnFrameToGuest(absl::Span<const iovec> iov, size_t offset, size_t len) override {
     iovec view[64];
     size_t n = 0;
-    for (const iovec& v : iov) {
-      if (offset >= v.iov_len) {
-        offset -= v.iov_len;
-        continue;
-      }
-      if (n == 64 || len == 0) break;
-      const size_t take = std::min(v.iov_len - offset, len);
-      view[n++] = {static_cast<uint8_t*>(v.iov_base) + offset, take};
-      len -= take;
-      offset = 0;
-    }
-    Check(len == 0 && Parses(view, n));
+    Check(IovSlice(iov.data(), iov.size(), offset, len, view, &n, 64) == len);
+    Check(Parses(view, n));
     Remember(absl::MakeConstSpan(view, n));
   }
-
-  void Toggle() { running_ = !running_; }
-  bool running() const { return running_; }
-
-  // The guest reads what was used and posts the buffers again.
-  void Consume() {
-    while (std::optional<virtio::VirtqUsedElem> used = driver_->PopUsed()) {
-      auto it = std::find_if(posted_.begin(), posted_.end(),
-                             [&](const auto& p) { return p.first == used->id; });
-      Check(it != posted_.end());
-      Check(used->len <= buffer_size_);
-      free_.push_back(it->second);
-      posted_.erase(it);
-    }
-    Post();
-  }
-
- private:
-  void Post() {
-    while (!free_.empty()) {
-      const virtio::testing::DriverQueue::Buffer b = {free_.back(), buffer_size_, true};
-      const std::optional<uint16_t> head = driver_->AddChain(absl::MakeConstSpan(&b, 1));
-      if (!head.has_value()) break;
-      posted_.push_back({*head, free_.back()});
-      free_.pop_back();
-    }
-    driver_->Publish();
-  }
-
-  const uint32_t buffer_size_;
-  bool running_;
-  std::unique_ptr<virtio::testing::DriverMemory> memory_;
-  virtio::GuestMemory guest_memory_;
-  std::unique_ptr<virtio::testing::DriverQueue> driver_;
-  virtio::Virtqueue vq_;
-  vu::NetConfig config_;
-  std::vector<uint64_t> free_;
-  std::vector<std::pair<uint16_t, uint64_t>> posted_;
+  void OnBroken() override {}  // The harness's ring never breaks: a bug if it did.
 };
 
 // The event loop's epoll set: translators' tags carry their kind in the top
-// byte (64.. TCP, 96.. UDP); ICMP sockets are tagged 1 << 56 | fd.
-class Loop : public SocketWatcher, public IcmpEcho::SocketObserver {
+// byte, which the frame path routes.
+class Loop : public SocketWatcher {
  public:
   Loop() : epoll_(epoll_create1(EPOLL_CLOEXEC)) { Check(epoll_.valid()); }
 
@@ -229,25 +159,11 @@ class Loop : public SocketWatcher, public IcmpEcho::SocketObserver {
     return Ctl(EPOLL_CTL_MOD, fd, events, tag);
   }
   void Unwatch(int fd) override { epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr); }
-  bool OnSocketOpened(int fd) override {
-    return Ctl(EPOLL_CTL_ADD, fd, EPOLLIN, uint64_t{1} << 56 | static_cast<uint32_t>(fd)).ok();
-  }
-  void OnSocketClosing(int fd) override { Unwatch(fd); }
 
-  void Run(IcmpEcho* icmp, Translator* tcp, Translator* udp) {
+  void Run(FramePath* path) {
     epoll_event ev[64];
     const int n = epoll_wait(epoll_.get(), ev, 64, 0);
-    for (int i = 0; i < n; ++i) {
-      const uint64_t tag = ev[i].data.u64;
-      const uint8_t kind = static_cast<uint8_t>(tag >> 56);
-      if (kind == 1) {
-        if (icmp != nullptr) icmp->OnReadable(static_cast<int>(tag & 0xffffffff));
-      } else if (kind >= 64 && kind < 96) {
-        tcp->OnSocketEvent(tag, ev[i].events);
-      } else if (kind >= 96 && kind < 128) {
-        udp->OnSocketEvent(tag, ev[i].events);
-      }
-    }
+    for (int i = 0; i < n; ++i) Check(path->OnSocketEvent(ev[i].data.u64, ev[i].events));
   }
 
  private:
@@ -312,7 +228,14 @@ void Echo(int fd) {
 
 // Everything one input uses; destroyed before the fd check.
 struct World {
-  World(uint8_t setup) {
+  static constexpr uint32_t kSizes[] = {1526, 2048, 4096, 65562};
+
+  explicit World(uint8_t setup)
+      : buffer_size(kSizes[(setup >> 3) & 3]),
+        ring({.queue_size = kRing,
+              .mergeable = (setup & 1) != 0,
+              .guest_csum = (setup & 2) != 0,
+              .memory = kMemory}) {
     guest.guest_mac = kDefaultGuestMac;
     SetFallback4(&guest);
     SetFallback6(&guest);
@@ -320,97 +243,88 @@ struct World {
     guest.dns6 = {guest.gateway6};
     guest.search_domains = {"example.org"};
     guest.mtu = (setup & 0x20) ? 1500 : kDefaultMtu;
-    static constexpr uint32_t kSizes[] = {1526, 2048, 4096, 65562};
-    rx = std::make_unique<FuzzRx>(setup & 1, setup & 2, kSizes[(setup >> 3) & 3], !(setup & 4));
+    ring.rx().set_observer(&observer);
+    ring.Post(kRing, buffer_size);
+    if (setup & 4) ring.StopQueue();
     flows = FlowTable::Create({.capacity = 32, .seed = 1}).value();
+    // DNS to the gateway reaches the loopback peers on port 53.
+    config_internal::Resolver resolvers;
+    in_addr lo4;
+    lo4.s_addr = htonl(INADDR_LOOPBACK);
+    resolvers.dns4 = {lo4};
+    resolvers.dns6 = {in6addr_loopback};
+    forward = std::make_unique<Forwarding>(RulesFromConfig(guest, resolvers), guest.guest_mac);
 
-    TranslatorEnv env;
-    env.flows = flows.get();
-    env.rx = rx.get();
-    env.watcher = &loop;
-    env.replies = &sender;
-    env.guest = &guest;
-    env.clock = FakeClock;
-    UdpTranslatorOptions uo;
-    uo.forwards = ParsePortForwards("127.0.0.1/5000").value();
-    uo.dns = {
-        {UdpEndpoint::V4(guest.gateway4, kDnsPort), UdpEndpoint::V4(Loopback4(), kDnsPort)},
-        {UdpEndpoint::V6(guest.gateway6, kDnsPort), UdpEndpoint::V6(in6addr_loopback, kDnsPort)}};
-    uo.socket_buffer = 1 << 20;
-    env.first_kind = 96;
-    udp = UdpTranslator::Create(env, uo).value();
-    TcpTranslatorOptions to;
-    to.forwards = ParsePortForwards("127.0.0.1/8080:80").value();
-    to.max_pending = 64;
-    env.first_kind = 64;
-    env.next = udp.get();
-    tcp = TcpTranslator::Create(env, to).value();
-
-    IcmpEchoConfig ic = ToIcmpEchoConfig(guest);
-    ic.clock = FakeClock;
-    ic.max_sockets = 4;
-    absl::StatusOr<std::unique_ptr<IcmpEcho>> echo =
-        IcmpEcho::Create(ic, &sender, tcp.get(), &loop);
-    if (echo.ok()) icmp = std::move(*echo);
-    ParsedFrameSink* after =
-        icmp != nullptr ? static_cast<ParsedFrameSink*>(icmp.get()) : tcp.get();
-
-    arp = ToArpConfig(guest);
-    dhcp.emplace(DhcpServer::Create(ToDhcpConfig(guest)).value());
-    ndp.emplace(NdpResponder::Create(ToNdpConfig(guest)).value());
-    dhcpv6.emplace(Dhcpv6Server::Create(ToDhcpv6Config(guest)).value());
-    dispatcher.emplace(
-        Dispatcher::Handlers{.arp = &arp, .dhcp = &*dhcp, .ndp = &*ndp, .dhcpv6 = &*dhcpv6},
-        &sender, after);
+    FramePathOptions o;
+    o.arp = ToArpConfig(guest);
+    o.dhcp = ToDhcpConfig(guest);
+    o.ndp = ToNdpConfig(guest);
+    o.dhcpv6 = ToDhcpv6Config(guest);
+    o.udp->forwards = ParsePortForwards("127.0.0.1/5000").value();
+    o.udp->socket_buffer = 1 << 20;
+    o.tcp->forwards = ParsePortForwards("127.0.0.1/8080:80").value();
+    o.tcp->max_pending = 64;
+    o.icmp->max_sockets = 4;
+    path = FramePath::Create({.flows = flows.get(),
+                              .rx = &ring.rx(),
+                              .watcher = &loop,
+                              .forward = forward.get(),
+                              .guest = &guest,
+                              .clock = FakeClock},
+                             o)
+               .value();
   }
   ~World() {
     if (g_stats) {
-      std::fprintf(stderr, "%s\n%s\n", tcp->StatsLine().c_str(), udp->StatsLine().c_str());
+      for (const std::string& line : path->StatsLines()) std::fprintf(stderr, "%s\n", line.c_str());
     }
-    dispatcher.reset();
-    icmp.reset();
-    tcp->Shutdown();
-    udp->Shutdown();
-    tcp.reset();
-    udp.reset();
+    path.reset();
     flows.reset();
   }
 
-  static in_addr Loopback4() {
-    in_addr a;
-    a.s_addr = htonl(INADDR_LOOPBACK);
-    return a;
+  // The end of a loop iteration: what was written is published, and writers
+  // told to wait for that write again.
+  void Flush() {
+    if (ring.rx().Flush()) {
+      path->OnRxAvailable();
+      ring.rx().Flush();
+    }
   }
 
   void Pump() {
-    loop.Run(icmp.get(), tcp.get(), udp.get());
-    tcp->OnRxAvailable();
-    udp->OnRxAvailable();
+    loop.Run(path.get());
+    path->OnRxAvailable();
+    Flush();
   }
 
   void Expire() {
-    flows->Expire(g_now, [&](FlowId id) {
-      const FlowKey* key = flows->Key(id);
-      if (key == nullptr) return;
-      if (key->proto == FlowProto::kTcp) tcp->OnTimer(id, g_now);
-      if (key->proto == FlowProto::kUdp) udp->OnTimer(id, g_now);
-    });
-    if (icmp != nullptr) icmp->Sweep(g_now);
+    flows->Expire(g_now, [&](FlowId id) { path->OnTimer(id, g_now); });
+    Flush();
   }
 
+  // The guest takes what was published and posts its buffers again.
+  void Consume() {
+    ring.Take();
+    ring.Post(kRing, buffer_size);
+  }
+
+  void Toggle() {
+    if (ring.queue_running()) {
+      ring.StopQueue();
+    } else {
+      ring.StartQueue();
+      Pump();
+    }
+  }
+
+  const uint32_t buffer_size;
   GuestConfig guest;
-  CheckingSender sender;
+  CheckingObserver observer;
   Loop loop;
-  std::unique_ptr<FuzzRx> rx;
+  vu::testing::GuestRxRing ring;
   std::unique_ptr<FlowTable> flows;
-  std::unique_ptr<UdpTranslator> udp;
-  std::unique_ptr<TcpTranslator> tcp;
-  std::unique_ptr<IcmpEcho> icmp;
-  ArpConfig arp;
-  std::optional<DhcpServer> dhcp;
-  std::optional<NdpResponder> ndp;
-  std::optional<Dhcpv6Server> dhcpv6;
-  std::optional<Dispatcher> dispatcher;
+  std::unique_ptr<Forwarding> forward;
+  std::unique_ptr<FramePath> path;
 };
 
 // Host connections: accepted from the listeners, or ours to the forwards.
@@ -584,7 +498,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<std::vector<iovec>> batch_iov;
     size_t frames = 0;
     auto end_batch = [&] {
-      world.dispatcher->OnBatchEnd();
+      world.path->sink()->OnBatchEnd();
+      world.Flush();
       batch.clear();
       batch_iov.clear();
     };
@@ -616,7 +531,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           batch_iov.push_back(std::move(iov));
           vu::VirtioNetHdr hdr;
           if (op & 0x20) hdr.flags = vu::kVirtioNetHdrFNeedsCsum;
-          world.dispatcher->OnFrame(hdr, batch_iov.back());
+          world.path->sink()->OnFrame(hdr, batch_iov.back());
           break;
         }
         case 1:
@@ -648,12 +563,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           peers.Client(op >> 3);
           break;
         case 6:
-          world.rx->Consume();
+          world.Consume();
           world.Pump();
           break;
         case 7:
-          world.rx->Toggle();
-          if (world.rx->running()) world.Pump();
+          world.Toggle();
           break;
       }
     }

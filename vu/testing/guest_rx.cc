@@ -28,12 +28,25 @@ GuestRxRing::GuestRxRing(const Options& options) : options_(options), rx_(option
   memory_ = DriverMemory::Create(options.memory).value();
   if (!memory_->MapInto(&device_memory_).ok()) Fail("guest memory not mapped");
   driver_ = std::make_unique<DriverQueue>(memory_.get(), options.queue_size, options.event_idx);
-  virtio::Virtqueue::Config vq_config = driver_->DeviceConfig(device_memory_).value();
-  vq_config.event_idx = options.event_idx;
-  if (!vq_.Start(&device_memory_, vq_config).ok()) Fail("queue not started");
+  vq_config_ = driver_->DeviceConfig(device_memory_).value();
+  vq_config_.event_idx = options.event_idx;
+  if (!vq_.Start(&device_memory_, vq_config_).ok()) Fail("queue not started");
   config_.mergeable_rx = options.mergeable;
   config_.guest_csum = options.guest_csum;
   config_.vnet_hdr_len = options.vnet_hdr_len;
+  rx_.Start(&vq_, config_);
+}
+
+void GuestRxRing::StopQueue() {
+  if (!vq_.started()) return;
+  rx_.Stop();
+  vq_config_.avail_base = vq_.last_avail_idx();
+  vq_.Stop();
+}
+
+void GuestRxRing::StartQueue() {
+  if (vq_.started()) return;
+  if (!vq_.Start(&device_memory_, vq_config_).ok()) Fail("queue not restarted");
   rx_.Start(&vq_, config_);
 }
 

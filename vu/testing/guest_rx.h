@@ -76,9 +76,13 @@ class GuestRxRing {
   RxQueue& rx() { return rx_; }
   virtio::Virtqueue& vq() { return vq_; }
   virtio::testing::DriverQueue& driver() { return *driver_; }
-  // Stops or restarts the backend's side (the guest's driver reset the queue).
-  void StopQueue() { rx_.Stop(); }
-  void StartQueue() { rx_.Start(&vq_, config_); }
+  // Stops and restarts the backend's side, as a frontend does around a
+  // driver's queue reset: what was committed and not flushed is forgotten,
+  // and the restarted queue resumes at the used index (serving again the
+  // chains popped and never returned).
+  void StopQueue();
+  void StartQueue();
+  bool queue_running() const { return vq_.started(); }
   const NetConfig& config() const { return config_; }
   size_t posted() const { return posted_.size(); }
   int returned_empty() const { return returned_empty_; }
@@ -93,6 +97,7 @@ class GuestRxRing {
   virtio::Virtqueue vq_;
   NetConfig config_;
   RxQueue rx_;
+  virtio::Virtqueue::Config vq_config_;
   std::map<uint16_t, std::vector<virtio::testing::DriverQueue::Buffer>> posted_;
   std::map<uint32_t, std::vector<uint64_t>> free_;  // Buffers to reuse, by size.
   int returned_empty_ = 0;
