@@ -42,9 +42,13 @@ void EpollWatcher::Unwatch(int fd) {
 }
 
 int EpollWatcher::Poll(Translator* t, int timeout_ms) {
+  return Poll([t](uint64_t tag, uint32_t events) { t->OnSocketEvent(tag, events); }, timeout_ms);
+}
+
+int EpollWatcher::Poll(absl::FunctionRef<void(uint64_t, uint32_t)> handler, int timeout_ms) {
   epoll_event ev[64];
   const int n = epoll_wait(epoll_.get(), ev, 64, timeout_ms);
-  for (int i = 0; i < n; ++i) t->OnSocketEvent(ev[i].data.u64, ev[i].events);
+  for (int i = 0; i < n; ++i) handler(ev[i].data.u64, ev[i].events);
   return n < 0 ? 0 : n;
 }
 

@@ -17,6 +17,7 @@
 #include <memory>
 #include <set>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "base/unique_fd.h"
 #include "net/config/config.h"
@@ -38,6 +39,8 @@ class EpollWatcher : public SocketWatcher {
 
   // Delivers the events ready within `timeout_ms` to `t`; returns how many.
   int Poll(Translator* t, int timeout_ms = 0);
+  // The same to any handler of (tag, events), such as a FramePath.
+  int Poll(absl::FunctionRef<void(uint64_t tag, uint32_t events)> handler, int timeout_ms = 0);
   // Fds watched now.
   size_t watching() const { return fds_.size(); }
   int adds = 0;

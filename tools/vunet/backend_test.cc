@@ -32,6 +32,7 @@
 #include "net/flow/flow.h"
 #include "net/packet/frame.h"
 #include "net/translate/translator.h"
+#include "net/udp/udp.h"
 #include "tools/vu_frontend/frontend.h"
 
 namespace vunet::tools {
@@ -55,17 +56,27 @@ BackendOptions TestOptions(const std::string& path, bool one_off) {
   BackendOptions o;
   o.socket_path = path;
   o.one_off = one_off;
-  o.arp = {.gateway_mac = kGatewayMac, .guest_addr = V4("10.0.2.15")};
+  // No translators unless a test asks for them: their protocols are dropped.
+  o.path.tcp.reset();
+  o.path.udp.reset();
+  o.path.icmp.reset();
+  o.path.arp = {.gateway_mac = kGatewayMac, .guest_addr = V4("10.0.2.15")};
   net::DhcpConfig dhcp;
   dhcp.gateway_mac = kGatewayMac;
   dhcp.gateway_addr = V4("10.0.2.2");
   dhcp.guest_addr = V4("10.0.2.15");
-  o.dhcp = dhcp;
+  o.path.dhcp = dhcp;
   net::NdpConfig ndp;
   ndp.gateway_mac = kGatewayMac;
   ndp.gateway_ll = V6("fe80::1");
   ndp.prefix = V6("fd00::");
-  o.ndp = ndp;
+  o.path.ndp = ndp;
+  o.guest.guest_mac = kGuestMac;
+  o.guest.gateway_mac = kGatewayMac;
+  o.guest.addr4 = V4("10.0.2.15");
+  o.guest.gateway4 = V4("10.0.2.2");
+  o.guest.prefix_len4 = 24;
+  o.forward = net::RulesFromConfig(o.guest, {});
   return o;
 }
 
@@ -92,10 +103,10 @@ class BackendTest : public ::testing::Test {
   }
 
   void Start(bool one_off = false, const std::string& pcap = "",
-             std::vector<TranslatorFactory> translators = {}) {
+             std::optional<net::UdpTranslatorOptions> udp = std::nullopt) {
     BackendOptions options = TestOptions(path_, one_off);
     options.pcap_path = pcap;
-    options.translators = std::move(translators);
+    options.path.udp = std::move(udp);
     absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(options);
     ASSERT_TRUE(b.ok()) << b.status();
     backend_ = std::move(*b);
@@ -198,93 +209,82 @@ TEST_F(BackendTest, AnswersArpAdvertisesRouterAndDropsTcpUdp) {
   backend_->Stop();
   Join();
   EXPECT_TRUE(run_status_.ok()) << run_status_;
-  EXPECT_EQ(backend_->stats().tcp_dropped, 1u);
-  EXPECT_EQ(backend_->stats().udp_dropped, 1u);
+  EXPECT_EQ(backend_->dispatch_stats().tcp_dropped, 1u);
+  EXPECT_EQ(backend_->dispatch_stats().udp_dropped, 1u);
   EXPECT_EQ(backend_->stats().broken, 0u);
   EXPECT_GE(backend_->stats().ra_sent, 1u);
   EXPECT_EQ(backend_->dispatch_stats().frames, 3u);
   EXPECT_GE(backend_->dispatch_stats().replies, 1u);
 }
 
-// A translator that takes UDP frames, watches an eventfd and runs a flow
-// timer: what the backend must route to it, counted.
-class FakeTranslator : public net::Translator {
- public:
-  explicit FakeTranslator(const net::TranslatorEnv& env) : env_(env) {
-    event_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    tag_ = (uint64_t{env.first_kind} << 56) | 7;
-    watch_status_ = env.watcher->Watch(event_.get(), EPOLLIN, tag_);
-  }
-  net::FlowProto proto() const override { return net::FlowProto::kUdp; }
-  void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
-               const net::ParsedFrame& parsed) override {
-    if (parsed.l4 != net::L4Kind::kUdp) {
-      if (env_.next != nullptr) env_.next->OnFrame(hdr, frame, parsed);
-      return;
-    }
-    ++frames;
-    // A flow with a timer 5 ms from now.
-    std::optional<net::FlowKey> key = net::FlowKey::FromFrame(parsed);
-    absl::StatusOr<net::FlowId> id = env_.flows->Insert(*key);
-    if (id.ok()) env_.flows->SetTimer(*id, env_.clock() + 5'000'000);
-  }
-  void OnSocketEvent(uint64_t tag, uint32_t events) override {
-    if (tag == tag_ && (events & EPOLLIN) && DrainEventfd(event_.get()) > 0) ++socket_events;
-  }
-  void OnTimer(net::FlowId id, int64_t) override {
-    ++timers;
-    env_.flows->Remove(id);
-  }
-  void OnRxAvailable() override { ++rx_available; }
-  void Shutdown() override { shutdown = true; }
-  std::string StatsLine() const override { return "fake: ok"; }
+std::vector<uint8_t> UdpTo(const char* dst, uint16_t port, const std::string& payload) {
+  net::FrameSpec spec;
+  spec.src_mac = kGuestMac;
+  spec.dst_mac = kGatewayMac;
+  spec.src4 = V4("10.0.2.15");
+  spec.dst4 = V4(dst);
+  spec.protocol = IPPROTO_UDP;
+  spec.src_port = 40000;
+  spec.dst_port = port;
+  const size_t headers = net::FrameHeadersLen(spec);
+  std::vector<uint8_t> f(headers + payload.size());
+  std::memcpy(f.data() + headers, payload.data(), payload.size());
+  iovec iov{f.data(), f.size()};
+  EXPECT_TRUE(net::BuildFrame(spec, {&iov, 1}, 0, payload.size()).ok());
+  return f;
+}
 
-  int event_fd() const { return event_.get(); }
-  absl::Status watch_status_;
-  std::atomic<int> frames{0}, socket_events{0}, timers{0}, rx_available{0};
-  std::atomic<bool> shutdown{false};
+// The real frame path in the real loop: a guest datagram to the gateway
+// reaches a host socket on the loopback (frames routed), its answer comes
+// back to the guest (socket events, the receive queue), and the idle flow
+// ends on its timer (flow timers routed); ARP and the datagram go through
+// the one receive queue, at most one notification per loop iteration.
+TEST_F(BackendTest, RoutesFramesSocketEventsTimersAndRxThroughTheFramePath) {
+  UniqueFd host(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(host.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(getsockname(host.get(), reinterpret_cast<sockaddr*>(&a), &len), 0);
+  timeval tv{5, 0};
+  setsockopt(host.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 
- private:
-  net::TranslatorEnv env_;
-  UniqueFd event_;
-  uint64_t tag_ = 0;
-};
-
-TEST_F(BackendTest, RoutesFramesSocketEventsTimersAndRxToTranslators) {
-  FakeTranslator* fake = nullptr;
-  Start(false, "",
-        {[&](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
-          EXPECT_EQ(env.first_kind, 64);
-          EXPECT_NE(env.flows, nullptr);
-          auto t = std::make_unique<FakeTranslator>(env);
-          fake = t.get();
-          return t;
-        }});
-  ASSERT_NE(fake, nullptr);
-  EXPECT_TRUE(fake->watch_status_.ok()) << fake->watch_status_;
+  net::UdpTranslatorOptions udp;
+  udp.idle_timeout_ns = 200'000'000;
+  Start(false, "", udp);
   std::unique_ptr<vu_frontend::Frontend> f = Connect();
   ASSERT_NE(f, nullptr);
-
-  const std::vector<uint8_t> tcp = Ipv4Frame(IPPROTO_TCP);
-  const std::vector<uint8_t> udp = Ipv4Frame(IPPROTO_UDP);
-  const absl::Span<const uint8_t> frames[] = {tcp, udp};
+  const std::vector<uint8_t> datagram = UdpTo("10.0.2.2", ntohs(a.sin_port), "ping");
+  const std::vector<uint8_t> arp = ArpRequest("10.0.2.2");
+  const absl::Span<const uint8_t> frames[] = {datagram, arp};
   ASSERT_TRUE(f->SendFrames(frames).ok());
-  const uint64_t one = 1;
-  ASSERT_EQ(write(fake->event_fd(), &one, sizeof(one)), 8);
 
-  for (int i = 0; i < 500 && (fake->timers == 0 || fake->socket_events == 0); ++i) {
-    usleep(10'000);
-  }
+  char buf[64];
+  sockaddr_in from{};
+  socklen_t from_len = sizeof(from);
+  const ssize_t n =
+      recvfrom(host.get(), buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &from_len);
+  ASSERT_EQ(n, 4);
+  EXPECT_EQ(std::string(buf, 4), "ping");
+  ASSERT_EQ(sendto(host.get(), "pong", 4, 0, reinterpret_cast<sockaddr*>(&from), from_len), 4);
+  const std::vector<uint8_t> answer = ReceiveOfType(f.get(), net::kEtherTypeIpv4);
+  ASSERT_GE(answer.size(), 14u + 20 + 8 + 4);
+  EXPECT_EQ(std::string(answer.begin() + 42, answer.begin() + 46), "pong");
+
+  for (int i = 0; i < 300 && backend_->flows()->size() != 0; ++i) usleep(10'000);
   backend_->Stop();
   Join();
-  EXPECT_EQ(fake->frames, 1);
-  EXPECT_EQ(fake->socket_events, 1);
-  EXPECT_EQ(fake->timers, 1);
-  EXPECT_GE(fake->rx_available, 1);  // The rx queue started.
-  EXPECT_TRUE(fake->shutdown);
-  EXPECT_EQ(backend_->stats().tcp_dropped, 1u);  // Handed on by the fake.
-  EXPECT_EQ(backend_->stats().udp_dropped, 0u);
-  EXPECT_EQ(backend_->flows()->size(), 0u);
+  EXPECT_EQ(backend_->flows()->size(), 0u);  // The idle timer ended the flow.
+  EXPECT_GE(backend_->stats().flow_timers, 1u);
+  EXPECT_EQ(backend_->dispatch_stats().routed, 1u);
+  EXPECT_EQ(backend_->path()->udp()->stats().tx_datagrams, 1u);
+  EXPECT_EQ(backend_->path()->udp()->stats().rx_datagrams, 1u);
+  // The router advertisement, the ARP reply and the datagram: each flush
+  // published frames of one loop iteration, and never notified more often.
+  EXPECT_GE(backend_->rx_stats().frames, 3u);
+  EXPECT_LE(backend_->stats().rx_flushes, backend_->stats().rx_iterations * 2);
+  EXPECT_LE(backend_->rx_stats().notifies, backend_->stats().rx_flushes);
 }
 
 // The frames of a capture file, in order; empty if the file is not one.
