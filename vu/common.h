@@ -100,15 +100,20 @@ size_t Flush(const NetConfig& config, virtio::Virtqueue* vq, const virtio::Virtq
 
 // Sends one Ethernet frame from a contiguous buffer into the guest, behind a
 // virtio-net header built from `hdr` (num_buffers is ours to set), and
-// notifies. For ARP, DHCP, NDP and ICMP answers. kUnavailable (frame dropped,
+// notifies: for a data plane whose only writer of the ring is this call (the
+// backend's goes through RxQueue, vu/rx_queue.h). For ARP, DHCP, NDP and ICMP answers. kUnavailable (frame dropped,
 // nothing consumed) if the guest has not posted room for it.
 absl::Status SendSingle(const NetConfig& config, virtio::Virtqueue* vq,
                         absl::Span<const uint8_t> frame, const VirtioNetHdr& hdr = {});
 
-// Where the transmit handler delivers frames: a view into guest memory that is
-// valid only during the call. The sink must not keep the iovecs, and must copy
-// any header out before checking it: the guest can rewrite its buffers while
-// we read them, so a value checked in place may differ when used.
+// Where the transmit handler delivers frames: a view into guest memory. What
+// a sink may rely on: the iovecs stay valid, pointing at the same guest
+// buffers, until OnBatchEnd returns (the handler hands the buffers back to
+// the guest only after it), so a sink may keep them for the batch (to send
+// several frames with one syscall, or to take a segment after a later one
+// filled a hole). What it must not: keep them past OnBatchEnd, or trust a
+// value read in place: the guest can rewrite its buffers while we read them,
+// so headers are copied out before they are checked.
 class FrameSink {
  public:
   virtual ~FrameSink() = default;

@@ -13,15 +13,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/errno_status.h"
 #include "base/log.h"
 #include "vu/message.h"
 
 namespace vunet::vu {
 namespace {
-
-absl::Status Errno(std::string_view what, const std::string& path) {
-  return absl::InternalError(absl::StrFormat("%s %s: %s", what, path, strerror(errno)));
-}
 
 absl::StatusOr<sockaddr_un> Address(const std::string& path) {
   sockaddr_un addr{};
@@ -39,14 +36,14 @@ absl::Status RemoveStaleSocket(const std::string& path, const sockaddr_un& addr)
   struct stat st;
   if (lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
-    return Errno("cannot stat", path);
+    return ErrnoStatus(absl::StrCat("cannot stat ", path));
   }
   if (!S_ISSOCK(st.st_mode)) {
     return absl::FailedPreconditionError(
         absl::StrFormat("%s exists and is not a socket; not removing it", path));
   }
   UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!probe.valid()) return Errno("socket for", path);
+  if (!probe.valid()) return ErrnoStatus(absl::StrCat("socket for ", path));
   int rc;
   do {
     rc = connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
@@ -55,9 +52,10 @@ absl::Status RemoveStaleSocket(const std::string& path, const sockaddr_un& addr)
     return absl::AlreadyExistsError(
         absl::StrFormat("%s: another backend is listening there", path));
   }
-  if (errno != ECONNREFUSED) return Errno("cannot probe", path);
+  if (errno != ECONNREFUSED) return ErrnoStatus(absl::StrCat("cannot probe ", path));
   VUNET_LOG(kInfo, "vhost-user: removing stale socket %s", path);
-  if (unlink(path.c_str()) != 0 && errno != ENOENT) return Errno("cannot remove", path);
+  if (unlink(path.c_str()) != 0 && errno != ENOENT)
+    return ErrnoStatus(absl::StrCat("cannot remove ", path));
   return absl::OkStatus();
 }
 
@@ -71,18 +69,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Listen(const Options& options,
   // Non-blocking, so a frontend that connects and leaves before we accept
   // cannot block the loop in accept().
   UniqueFd listen_fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!listen_fd.valid()) return Errno("socket for", options.socket_path);
+  if (!listen_fd.valid()) return ErrnoStatus(absl::StrCat("socket for ", options.socket_path));
   if (bind(listen_fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0) {
-    return Errno("cannot bind", options.socket_path);
+    return ErrnoStatus(absl::StrCat("cannot bind ", options.socket_path));
   }
   struct stat st;
   if (stat(options.socket_path.c_str(), &st) != 0) {
-    const absl::Status s = Errno("cannot stat", options.socket_path);
+    const absl::Status s = ErrnoStatus(absl::StrCat("cannot stat ", options.socket_path));
     unlink(options.socket_path.c_str());
     return s;
   }
   if (listen(listen_fd.get(), 16) != 0) {
-    const absl::Status s = Errno("cannot listen on", options.socket_path);
+    const absl::Status s = ErrnoStatus(absl::StrCat("cannot listen on ", options.socket_path));
     unlink(options.socket_path.c_str());
     return s;
   }

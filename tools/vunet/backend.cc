@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/errno_status.h"
 #include "base/eventfd.h"
 #include "base/log.h"
 #include "base/static_status.h"
@@ -41,10 +42,6 @@ void StopSignals(sigset_t* mask) {
   for (int signal : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigaddset(mask, signal);
 }
 
-absl::Status Errno(const char* what) {
-  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
-}
-
 bool Readable(int fd) {
   pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR));
@@ -66,10 +63,10 @@ absl::Status Backend::Init() {
   // that one arriving before then waits for it.
   sigset_t mask;
   StopSignals(&mask);
-  if (pthread_sigmask(SIG_BLOCK, &mask, nullptr) != 0) return Errno("pthread_sigmask");
+  if (pthread_sigmask(SIG_BLOCK, &mask, nullptr) != 0) return ErrnoStatus("pthread_sigmask");
 
   stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!stop_fd_.valid()) return Errno("eventfd");
+  if (!stop_fd_.valid()) return ErrnoStatus("eventfd");
 
   rx_.set_observer(this);
   if (!options_.pcap_path.empty()) {
@@ -86,7 +83,7 @@ absl::Status Backend::Init() {
   // The epoll set exists from here, so that translators can watch sockets
   // they open in Create (listeners). It survives a daemonizing fork.
   epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll_.valid()) return Errno("epoll_create1");
+  if (!epoll_.valid()) return ErrnoStatus("epoll_create1");
   absl::StatusOr<std::unique_ptr<net::FlowTable>> flows =
       net::FlowTable::Create({.capacity = options_.max_flows});
   if (!flows.ok()) return flows.status();
@@ -125,20 +122,21 @@ absl::Status Backend::SetUpLoop() {
   sigset_t mask;
   StopSignals(&mask);
   signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
-  if (!signal_fd_.valid()) return Errno("signalfd");
+  if (!signal_fd_.valid()) return ErrnoStatus("signalfd");
   timer_fd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-  if (!timer_fd_.valid()) return Errno("timerfd_create");
+  if (!timer_fd_.valid()) return ErrnoStatus("timerfd_create");
   itimerspec tick{};
   tick.it_interval.tv_sec = 1;
   tick.it_value.tv_sec = 1;
-  if (timerfd_settime(timer_fd_.get(), 0, &tick, nullptr) != 0) return Errno("timerfd_settime");
+  if (timerfd_settime(timer_fd_.get(), 0, &tick, nullptr) != 0)
+    return ErrnoStatus("timerfd_settime");
 
   if (absl::Status s = Add(server_->listen_fd(), Tag(kListen)); !s.ok()) return s;
   if (absl::Status s = Add(signal_fd_.get(), Tag(kSignal)); !s.ok()) return s;
   if (absl::Status s = Add(timer_fd_.get(), Tag(kTimer)); !s.ok()) return s;
   if (absl::Status s = Add(stop_fd_.get(), Tag(kStop)); !s.ok()) return s;
   flow_timer_fd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-  if (!flow_timer_fd_.valid()) return Errno("timerfd_create");
+  if (!flow_timer_fd_.valid()) return ErrnoStatus("timerfd_create");
   if (absl::Status s = Add(flow_timer_fd_.get(), Tag(kFlowTimer)); !s.ok()) return s;
   return absl::OkStatus();
 }
@@ -156,7 +154,7 @@ absl::Status Backend::Watch(int fd, uint32_t events, uint64_t tag) {
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = tag;
-  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return Errno("epoll_ctl add");
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return ErrnoStatus("epoll_ctl add");
   return absl::OkStatus();
 }
 
@@ -165,7 +163,7 @@ absl::Status Backend::Modify(int fd, uint32_t events, uint64_t tag) {
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = tag;
-  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) return Errno("epoll_ctl mod");
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) return ErrnoStatus("epoll_ctl mod");
   return absl::OkStatus();
 }
 
@@ -203,7 +201,7 @@ absl::Status Backend::Add(int fd, uint64_t tag) {
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = tag;
-  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return Errno("epoll_ctl");
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return ErrnoStatus("epoll_ctl");
   return absl::OkStatus();
 }
 
@@ -251,7 +249,7 @@ absl::Status Backend::Run() {
     const int n = epoll_wait(epoll_.get(), events, kMaxEvents, timeout);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Errno("epoll_wait");
+      return ErrnoStatus("epoll_wait");
     }
     ++stats_.iterations;
     for (int i = 0; i < n && !stopping_; ++i) {

@@ -35,6 +35,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "base/errno_status.h"
 #include "base/log.h"
 
 // AddressSanitizer (and its LeakSanitizer): see sandbox.h.
@@ -53,10 +54,6 @@
 
 namespace vunet::tools {
 namespace {
-
-absl::Status Errno(absl::string_view what) {
-  return absl::InternalError(absl::StrCat(what, ": ", strerror(errno)));
-}
 
 absl::Status BadRunAs(absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat("--runas: ", why));
@@ -504,7 +501,7 @@ absl::StatusOr<std::vector<Removal>> PrepareRemovals(const std::vector<std::stri
     r.ino = st.st_ino;
     r.dir_fd = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (r.dir_fd < 0) {
-      const absl::Status s = Errno(dir);
+      const absl::Status s = ErrnoStatus(dir);
       close_all();
       return s;
     }
@@ -517,13 +514,13 @@ absl::StatusOr<std::vector<Removal>> PrepareRemovals(const std::vector<std::stri
 // Identity and namespaces.
 
 absl::Status DropTo(const Identity& id) {
-  if (setgroups(0, nullptr) != 0) return Errno("setgroups");
-  if (setresgid(id.gid, id.gid, id.gid) != 0) return Errno(absl::StrCat("setgid ", id.gid));
-  if (setresuid(id.uid, id.uid, id.uid) != 0) return Errno(absl::StrCat("setuid ", id.uid));
+  if (setgroups(0, nullptr) != 0) return ErrnoStatus("setgroups");
+  if (setresgid(id.gid, id.gid, id.gid) != 0) return ErrnoStatus(absl::StrCat("setgid ", id.gid));
+  if (setresuid(id.uid, id.uid, id.uid) != 0) return ErrnoStatus(absl::StrCat("setuid ", id.uid));
   uid_t ruid, euid, suid;
   gid_t rgid, egid, sgid;
   if (getresuid(&ruid, &euid, &suid) != 0 || getresgid(&rgid, &egid, &sgid) != 0) {
-    return Errno("getresuid");
+    return ErrnoStatus("getresuid");
   }
   if (ruid != id.uid || euid != id.uid || suid != id.uid || rgid != id.gid || egid != id.gid ||
       sgid != id.gid || getgroups(0, nullptr) != 0) {
@@ -660,11 +657,11 @@ absl::Status InstallSeccompFilter(int report_fd, bool syslog_format) {
   sa.sa_sigaction = OnSigsys;
   sa.sa_flags = SA_SIGINFO;
   sigemptyset(&sa.sa_mask);
-  if (sigaction(SIGSYS, &sa, nullptr) != 0) return Errno("sigaction(SIGSYS)");
+  if (sigaction(SIGSYS, &sa, nullptr) != 0) return ErrnoStatus("sigaction(SIGSYS)");
   sigset_t sys;
   sigemptyset(&sys);
   sigaddset(&sys, SIGSYS);
-  if (sigprocmask(SIG_UNBLOCK, &sys, nullptr) != 0) return Errno("sigprocmask");
+  if (sigprocmask(SIG_UNBLOCK, &sys, nullptr) != 0) return ErrnoStatus("sigprocmask");
 
   Filter f(SCMP_ACT_TRAP);
   f.Attribute(SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
@@ -688,10 +685,10 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Sandbox::Enter(const SandboxOptions& op
   absl::StatusOr<std::vector<Removal>> removals = PrepareRemovals(options.remove_at_exit);
   if (!removals.ok()) return removals.status();
   int pipe_fds[2];
-  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return Errno("pipe2");
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return ErrnoStatus("pipe2");
   const pid_t helper = fork();
   if (helper < 0) {
-    const absl::Status s = Errno("fork");
+    const absl::Status s = ErrnoStatus("fork");
     close(pipe_fds[0]);
     close(pipe_fds[1]);
     for (Removal& r : *removals) close(r.dir_fd);
@@ -733,7 +730,8 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Sandbox::Enter(const SandboxOptions& op
   if (sandbox->user_.empty()) sandbox->user_ = absl::StrCat(state.uid, ":", state.gid);
 
   // 3. No new privileges.
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Errno("sandbox: PR_SET_NO_NEW_PRIVS");
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    return ErrnoStatus("sandbox: PR_SET_NO_NEW_PRIVS");
   state.no_new_privs = true;
 
   // 4. Namespaces, best effort.
