@@ -48,21 +48,6 @@ uint64_t SplitMix64(uint64_t* state) {
   return z ^ (z >> 31);
 }
 
-// The tick at or after deadline_ns (deadlines at or before 0 are tick 0).
-uint64_t TickAtOrAfter(int64_t deadline_ns) {
-  if (deadline_ns <= 0) return 0;
-  const uint64_t d = static_cast<uint64_t>(deadline_ns);
-  const uint64_t tick = static_cast<uint64_t>(FlowTable::kTickNs);
-  return d / tick + (d % tick != 0 ? 1 : 0);
-}
-
-int64_t TickToNs(uint64_t tick) {
-  constexpr uint64_t kMaxTick =
-      static_cast<uint64_t>(std::numeric_limits<int64_t>::max() / FlowTable::kTickNs);
-  if (tick > kMaxTick) return std::numeric_limits<int64_t>::max();
-  return static_cast<int64_t>(tick) * FlowTable::kTickNs;
-}
-
 const char* ProtoName(FlowProto proto, bool v4) {
   switch (proto) {
     case FlowProto::kTcp:
@@ -187,7 +172,8 @@ absl::StatusOr<std::unique_ptr<FlowTable>> FlowTable::Create(const FlowTableConf
     }
   }
   std::unique_ptr<FlowTable> table(new FlowTable(config, seed));
-  if (!table->entries_ || !table->data_ || !table->slots_[0] || !table->slots_[1]) {
+  if (!table->entries_ || !table->data_ || !table->slots_[0] || !table->slots_[1] ||
+      !table->wheel_.ok()) {
     return absl::ResourceExhaustedError(
         absl::StrFormat("no memory for a flow table of %d flows", config.capacity));
   }
@@ -195,7 +181,9 @@ absl::StatusOr<std::unique_ptr<FlowTable>> FlowTable::Create(const FlowTableConf
 }
 
 FlowTable::FlowTable(const FlowTableConfig& config, uint64_t seed)
-    : capacity_(config.capacity), name_(config.name != nullptr ? config.name : "flow") {
+    : capacity_(config.capacity),
+      name_(config.name != nullptr ? config.name : "flow"),
+      wheel_(config.capacity) {
   for (uint64_t& s : seeds_) s = SplitMix64(&seed);
   // A load of at most one half.
   const size_t slots = std::max<size_t>(8, std::bit_ceil(capacity_ * 2));
@@ -205,8 +193,6 @@ FlowTable::FlowTable(const FlowTableConfig& config, uint64_t seed)
   slots_[0] = Map<Slot>(slots);
   slots_[1] = Map<Slot>(slots);
   data_ = Map<std::byte>(capacity_ * kFlowDataSize);
-  std::fill(std::begin(list_head_), std::end(list_head_), kNil);
-  std::fill(std::begin(list_tail_), std::end(list_tail_), kNil);
 }
 
 void FlowTable::Unmapper::operator()(void* p) const {
@@ -292,7 +278,6 @@ uint32_t FlowTable::AllocateEntry() {
   e.generation = e.generation + 1 == 0 ? 1 : e.generation + 1;
   e.live = true;
   e.has_key[0] = e.has_key[1] = false;
-  e.timer_list = 0;
   e.type = nullptr;
   e.next = kNil;
   return index;
@@ -381,10 +366,7 @@ FlowId FlowTable::FindByRef(FlowRef ref) {
 bool FlowTable::Remove(FlowId id) {
   Entry* e = Live(id);
   if (e == nullptr) return false;
-  if (e->timer_list != 0) {
-    ListUnlink(id.index);
-    --timers_;
-  }
+  wheel_.Cancel(id.index);
   DestroyData(*e, id.index);
   if (e->has_key[0]) IndexErase(id.index, FlowSide::kGuest);
   if (e->has_key[1]) IndexErase(id.index, FlowSide::kHost);
@@ -420,193 +402,30 @@ void FlowTable::ForEach(absl::FunctionRef<void(FlowId)> f) {
   }
 }
 
-// Timers.
-
-void FlowTable::ListPushBack(uint16_t list, uint32_t index) {
-  Entry& e = entries_[index];
-  e.timer_list = static_cast<uint16_t>(list + 1);
-  e.timer_next = kNil;
-  e.timer_prev = list_tail_[list];
-  if (list_tail_[list] != kNil) {
-    entries_[list_tail_[list]].timer_next = index;
-  } else {
-    list_head_[list] = index;
-    if (list < kDueList) occupied_[list / kSlots] |= uint64_t{1} << (list % kSlots);
-  }
-  list_tail_[list] = index;
-  if (list < kDueList) ++wheel_timers_;
-}
-
-void FlowTable::ListUnlink(uint32_t index) {
-  Entry& e = entries_[index];
-  const uint16_t list = static_cast<uint16_t>(e.timer_list - 1);
-  if (e.timer_prev != kNil) {
-    entries_[e.timer_prev].timer_next = e.timer_next;
-  } else {
-    list_head_[list] = e.timer_next;
-  }
-  if (e.timer_next != kNil) {
-    entries_[e.timer_next].timer_prev = e.timer_prev;
-  } else {
-    list_tail_[list] = e.timer_prev;
-  }
-  e.timer_list = 0;
-  if (list < kDueList) {
-    --wheel_timers_;
-    if (list_head_[list] == kNil) occupied_[list / kSlots] &= ~(uint64_t{1} << (list % kSlots));
-  }
-}
-
-void FlowTable::Place(uint32_t index) {
-  const uint64_t d = TickAtOrAfter(entries_[index].deadline_ns);
-  if (d < now_tick_) {
-    ListPushBack(kDueList, index);
-    return;
-  }
-  constexpr uint64_t kRange = uint64_t{1} << (kSlotBits * kLevels);
-  // Beyond the top level's reach: parked at its far end, and placed again
-  // (by the real deadline) when that slot comes down.
-  const uint64_t diff = std::min(d - now_tick_, kRange - 1);
-  const uint64_t p = now_tick_ + diff;
-  const int level = diff < kSlots ? 0 : (63 - std::countl_zero(diff)) / kSlotBits;
-  const uint64_t slot = (p >> (kSlotBits * level)) & (kSlots - 1);
-  ListPushBack(static_cast<uint16_t>(level * kSlots + slot), index);
-}
-
-std::optional<uint64_t> FlowTable::NextLevel0() const {
-  if (occupied_[0] == 0) return std::nullopt;
-  // Level 0 holds ticks now_tick_ .. now_tick_ + 63, each in slot tick % 64.
-  const int offset =
-      std::countr_zero(std::rotr(occupied_[0], static_cast<int>(now_tick_ & (kSlots - 1))));
-  return now_tick_ + static_cast<uint64_t>(offset);
-}
-
-std::optional<uint64_t> FlowTable::NextCascade(int level) const {
-  if (occupied_[level] == 0) return std::nullopt;
-  // A level-k slot comes down when the tick enters the block of 64^k ticks
-  // it stands for; the blocks held start at or after now_tick_, within 64.
-  const int shift = kSlotBits * level;
-  const uint64_t first_block = (now_tick_ + (uint64_t{1} << shift) - 1) >> shift;
-  const int offset =
-      std::countr_zero(std::rotr(occupied_[level], static_cast<int>(first_block & (kSlots - 1))));
-  return (first_block + static_cast<uint64_t>(offset)) << shift;
-}
-
-void FlowTable::Advance(uint64_t target) {
-  while (wheel_timers_ > 0) {
-    uint64_t next = std::numeric_limits<uint64_t>::max();
-    if (std::optional<uint64_t> t = NextLevel0()) next = *t;
-    for (int level = 1; level < kLevels; ++level) {
-      if (std::optional<uint64_t> t = NextCascade(level)) next = std::min(next, *t);
-    }
-    if (next > target) break;
-    now_tick_ = next;
-    // Higher levels first: what comes down from level 2 may go on down with
-    // level 1's slot for the same tick.
-    for (int level = kLevels - 1; level >= 1; --level) {
-      const int shift = kSlotBits * level;
-      if ((next & ((uint64_t{1} << shift) - 1)) != 0) continue;
-      const uint16_t list =
-          static_cast<uint16_t>(level * kSlots + ((next >> shift) & (kSlots - 1)));
-      // Place never puts an entry back into the slot being emptied: what
-      // it holds is due within this block, so goes to a lower level (or, for
-      // deadlines past the top level, to the slot before this one).
-      while (list_head_[list] != kNil) {
-        const uint32_t index = list_head_[list];
-        ListUnlink(index);
-        Place(index);
-      }
-    }
-    const uint16_t list = static_cast<uint16_t>(next & (kSlots - 1));
-    while (list_head_[list] != kNil) {
-      const uint32_t index = list_head_[list];
-      ListUnlink(index);
-      ListPushBack(kFiringList, index);
-    }
-    now_tick_ = next + 1;
-  }
-  now_tick_ = std::max(now_tick_, target + 1);
-}
+// Timers: the wheel's, by entry index.
 
 bool FlowTable::SetTimer(FlowId id, int64_t deadline_ns) {
-  Entry* e = Live(id);
-  if (e == nullptr) return false;
-  if (e->timer_list != 0) {
-    ListUnlink(id.index);
-  } else {
-    ++timers_;
-  }
-  e->deadline_ns = deadline_ns;
-  Place(id.index);
+  if (Live(id) == nullptr) return false;
+  wheel_.Set(id.index, deadline_ns);
   return true;
 }
 
 bool FlowTable::CancelTimer(FlowId id) {
-  Entry* e = Live(id);
-  if (e == nullptr) return false;
-  if (e->timer_list != 0) {
-    ListUnlink(id.index);
-    --timers_;
-  }
+  if (Live(id) == nullptr) return false;
+  wheel_.Cancel(id.index);
   return true;
 }
 
 std::optional<int64_t> FlowTable::Deadline(FlowId id) const {
-  const Entry* e = Live(id);
-  if (e == nullptr || e->timer_list == 0) return std::nullopt;
-  return e->deadline_ns;
+  if (Live(id) == nullptr) return std::nullopt;
+  return wheel_.Deadline(id.index);
 }
 
 size_t FlowTable::Expire(int64_t now_ns, absl::FunctionRef<void(FlowId)> expired) {
-  if (expiring_) return 0;
-  expiring_ = true;
-  while (list_head_[kDueList] != kNil) {
-    const uint32_t index = list_head_[kDueList];
-    ListUnlink(index);
-    ListPushBack(kFiringList, index);
-  }
-  if (now_ns >= 0) {
-    const uint64_t target = static_cast<uint64_t>(now_ns / kTickNs);
-    if (target >= now_tick_) Advance(target);
-  }
-  size_t fired = 0;
-  while (list_head_[kFiringList] != kNil) {
-    const uint32_t index = list_head_[kFiringList];
-    ListUnlink(index);
-    --timers_;
-    ++fired;
+  return wheel_.Expire(now_ns, [&](uint32_t index) {
     ++stats_.timers_fired;
     expired(FlowId{index, entries_[index].generation});
-  }
-  expiring_ = false;
-  return fired;
-}
-
-std::optional<int64_t> FlowTable::NextDeadline() const {
-  if (timers_ == 0) return std::nullopt;
-  int64_t best = std::numeric_limits<int64_t>::max();
-  bool any = false;
-  for (uint32_t i = list_head_[kDueList]; i != kNil; i = entries_[i].timer_next) {
-    best = std::min(best, entries_[i].deadline_ns);
-    any = true;
-  }
-  // (The firing list is empty outside Expire; inside it, those are due now.)
-  for (uint32_t i = list_head_[kFiringList]; i != kNil; i = entries_[i].timer_next) {
-    best = std::min(best, entries_[i].deadline_ns);
-    any = true;
-  }
-  if (std::optional<uint64_t> t = NextLevel0()) {
-    best = std::min(best, TickToNs(*t));
-    any = true;
-  }
-  for (int level = 1; level < kLevels; ++level) {
-    if (std::optional<uint64_t> t = NextCascade(level)) {
-      best = std::min(best, TickToNs(*t));
-      any = true;
-    }
-  }
-  if (!any) return std::nullopt;
-  return best;
+  });
 }
 
 }  // namespace vunet::net

@@ -33,13 +33,11 @@
 // the translator constructs its state (Emplace<T>); it is destroyed when the
 // flow is removed or the table destroyed, so a UniqueFd kept in it is closed.
 //
-// Timers: one hierarchical timer wheel (5 levels of 64 slots, 1 ms ticks,
-// about 12 days before the top level wraps; later deadlines are re-placed
-// when they come round) holds at most one deadline per flow, linked through
-// the entries. The owner arms one timerfd at NextDeadline() and calls
-// Expire(now) when it fires; idle timeouts are timers the translator re-arms.
-// Deadlines are rounded up to the next tick: a timer never fires early and at
-// most one tick (plus the owner's latency) late.
+// Timers: at most one deadline per flow, in a TimerWheel (timer_wheel.h: 5
+// levels of 64 slots, 1 ms ticks) indexed by the flow's slot. The owner arms one timerfd at
+// NextDeadline() and calls Expire(now) when it fires; idle timeouts are timers the translator
+// re-arms. Deadlines are rounded up to the next tick: a timer never fires early and at most one
+// tick (plus the owner's latency) late.
 //
 // Not thread-safe: one table per epoll loop (per queue pair).
 //
@@ -77,6 +75,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "net/flow/timer_wheel.h"
 #include "net/packet/frame.h"
 #include "net/packet/inet.h"
 
@@ -204,7 +203,7 @@ class FlowTable {
  public:
   static constexpr size_t kDefaultCapacity = 65536;
   static constexpr size_t kMaxCapacity = size_t{1} << 20;
-  static constexpr int64_t kTickNs = 1'000'000;  // The timer wheel's granularity.
+  static constexpr int64_t kTickNs = TimerWheel::kTickNs;  // The timers' granularity.
 
   // kInvalidArgument for a capacity outside 1..kMaxCapacity; kInternal if
   // getrandom fails; kResourceExhausted if memory cannot be had.
@@ -277,8 +276,8 @@ class FlowTable {
   // level (an Expire then fires nothing, and the next answer is closer; at
   // most one such wake-up per level per slot of that level). Never later than
   // the earliest deadline's tick. A deadline of INT64_MAX never fires.
-  std::optional<int64_t> NextDeadline() const;
-  size_t timer_count() const { return timers_; }
+  std::optional<int64_t> NextDeadline() const { return wheel_.NextDeadline(); }
+  size_t timer_count() const { return wheel_.size(); }
 
   size_t size() const { return size_; }
   size_t capacity() const { return capacity_; }
@@ -286,14 +285,7 @@ class FlowTable {
   const FlowStats& stats() const { return stats_; }
 
  private:
-  static constexpr int kLevels = 5;
-  static constexpr int kSlotBits = 6;
-  static constexpr int kSlots = 1 << kSlotBits;
   static constexpr uint32_t kNil = 0xffffffff;
-  // Timer lists besides the wheel's slots (level * kSlots + slot).
-  static constexpr uint16_t kDueList = kLevels * kSlots;  // Deadlines already passed.
-  static constexpr uint16_t kFiringList = kDueList + 1;   // Being called back by Expire.
-  static constexpr uint16_t kListCount = kFiringList + 1;
 
   // What Emplace<T> records of T: its identity (the address) and how to
   // destroy it.
@@ -305,13 +297,9 @@ class FlowTable {
   // 128 bytes, aligned to a cache line: the guest key a lookup compares is
   // in the first line.
   struct alignas(64) Entry {
-    FlowKey keys[2];  // By FlowSide.
-    int64_t deadline_ns;
+    FlowKey keys[2];      // By FlowSide.
     uint32_t generation;  // Of the current or last occupant; 0 before the first.
     uint32_t next;        // The free list's link.
-    uint32_t timer_next;
-    uint32_t timer_prev;
-    uint16_t timer_list;  // Plus one (0: none), so zero bytes mean none.
     bool live;
     bool has_key[2];
     const TypeInfo* type;  // Of the data held, or nullptr.
@@ -367,18 +355,6 @@ class FlowTable {
   uint32_t AllocateEntry();
   void FreeEntry(uint32_t index);
 
-  // Timer lists.
-  void ListPushBack(uint16_t list, uint32_t index);
-  void ListUnlink(uint32_t index);
-  // Puts an armed entry in the wheel (or the due list) relative to now_tick_.
-  void Place(uint32_t index);
-  // The first tick at or after now_tick_ at which level `level` (>= 1) next
-  // moves a slot down, or nullopt if the level is empty.
-  std::optional<uint64_t> NextCascade(int level) const;
-  std::optional<uint64_t> NextLevel0() const;
-  // Moves every timer due at or before `target` to the firing list.
-  void Advance(uint64_t target);
-
   const size_t capacity_;
   const std::string name_;
   uint64_t seeds_[8];
@@ -393,13 +369,8 @@ class FlowTable {
   uint32_t free_head_ = kNil;
   uint32_t free_tail_ = kNil;
 
-  uint32_t list_head_[kListCount];
-  uint32_t list_tail_[kListCount];
-  uint64_t occupied_[kLevels] = {};  // Non-empty slots, per level.
-  uint64_t now_tick_ = 0;            // Ticks before this one have been expired.
-  size_t timers_ = 0;                // Armed timers (wheel and due list).
-  size_t wheel_timers_ = 0;          // Of which in the wheel.
-  bool expiring_ = false;
+  // The flows' timers, by entry index.
+  TimerWheel wheel_;
 
   FlowStats stats_;
 };
