@@ -2,29 +2,29 @@
 
 #include <arpa/inet.h>
 #include <poll.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "absl/status/status.h"
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "net/config/config.h"
 #include "net/flow/flow.h"
+#include "net/forward/forward.h"
 #include "net/packet/checksum.h"
 #include "net/packet/frame.h"
+#include "net/packet/inet.h"
 #include "net/testing/test_frames.h"
+#include "net/testing/world.h"
 #include "net/udp/udp_vu.h"
-#include "virtio/guest_memory.h"
-#include "virtio/testing/driver.h"
-#include "virtio/virtqueue.h"
 #include "vu/common.h"
+#include "vu/testing/guest_rx.h"
 
 namespace vunet::net {
 namespace {
@@ -32,27 +32,10 @@ namespace {
 using testing::Build;
 using testing::Ip4;
 using testing::Ip6;
+using testing::ManualClock;
 using testing::Split;
-
-constexpr MacAddr kGuestMac = {{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}};
-constexpr MacAddr kGatewayMac = {{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}};
-
-int64_t fake_now = 1'000'000'000;
-int64_t FakeClock() { return fake_now; }
-
-GuestConfig TestGuest() {
-  GuestConfig g;
-  g.guest_mac = kGuestMac;
-  g.gateway_mac = kGatewayMac;
-  g.addr4 = Ip4("10.0.2.15");
-  g.prefix_len4 = 24;
-  g.gateway4 = Ip4("10.0.2.2");
-  g.addr6 = Ip6("fd00::15");
-  g.gateway6 = Ip6("fe80::1");
-  g.our_link_local6 = Ip6("fe80::1");
-  g.dns4 = {g.gateway4};
-  return g;
-}
+using testing::TranslatorWorld;
+using vu::testing::GuestRxRing;
 
 bool HaveIpv6Loopback() {
   UniqueFd fd(socket(AF_INET6, SOCK_DGRAM, 0));
@@ -144,160 +127,6 @@ std::vector<uint8_t> Pattern(size_t n, uint8_t seed) {
   return v;
 }
 
-// Watches sockets in a real epoll set and hands events to the translator.
-class EpollWatcher : public SocketWatcher {
- public:
-  EpollWatcher() : epoll_(epoll_create1(EPOLL_CLOEXEC)) {}
-  absl::Status Watch(int fd, uint32_t events, uint64_t tag) override {
-    return Ctl(EPOLL_CTL_ADD, fd, events, tag);
-  }
-  absl::Status Modify(int fd, uint32_t events, uint64_t tag) override {
-    ++modifies;
-    return Ctl(EPOLL_CTL_MOD, fd, events, tag);
-  }
-  void Unwatch(int fd) override {
-    ++unwatched;
-    epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-  }
-  // Dispatches what is ready within `timeout_ms`; returns the events.
-  int Pump(Translator* t, int timeout_ms = 0) {
-    epoll_event ev[64];
-    const int n = epoll_wait(epoll_.get(), ev, 64, timeout_ms);
-    for (int i = 0; i < n; ++i) t->OnSocketEvent(ev[i].data.u64, ev[i].events);
-    return n < 0 ? 0 : n;
-  }
-  int watched = 0;
-  int modifies = 0;
-  int unwatched = 0;
-
- private:
-  absl::Status Ctl(int op, int fd, uint32_t events, uint64_t tag) {
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.u64 = tag;
-    if (epoll_ctl(epoll_.get(), op, fd, &ev) != 0) return absl::ErrnoToStatus(errno, "epoll_ctl");
-    if (op == EPOLL_CTL_ADD) ++watched;
-    return absl::OkStatus();
-  }
-  UniqueFd epoll_;
-};
-
-class RecordingSender : public ReplySender {
- public:
-  absl::Status Send(absl::Span<const uint8_t> frame) override {
-    frames.emplace_back(frame.begin(), frame.end());
-    return absl::OkStatus();
-  }
-  std::vector<std::vector<uint8_t>> frames;
-};
-
-// The guest's receive ring, driven from the driver side.
-class TestRx : public GuestRx {
- public:
-  struct Options {
-    bool mergeable = true;
-    bool guest_csum = false;
-    uint32_t buffer_size = 1526;
-    uint32_t descriptors = 1;  // Per buffer, splitting it evenly.
-    uint32_t ring = 256;
-  };
-
-  explicit TestRx(const Options& o) : options_(o) {
-    mem_ = virtio::testing::DriverMemory::Create(96 << 20).value();
-    EXPECT_TRUE(mem_->MapInto(&memory_).ok());
-    driver_ = std::make_unique<virtio::testing::DriverQueue>(mem_.get(), o.ring);
-    EXPECT_TRUE(vq_.Start(&memory_, driver_->DeviceConfig(memory_).value()).ok());
-    config_.mergeable_rx = o.mergeable;
-    config_.guest_csum = o.guest_csum;
-    config_.vnet_hdr_len = sizeof(vu::VirtioNetHdr);
-    for (uint32_t i = 0; i < o.ring; ++i) free_.push_back(mem_->Alloc(o.buffer_size).value());
-  }
-
-  virtio::Virtqueue* queue() override { return running ? &vq_ : nullptr; }
-  const vu::NetConfig& config() const override { return config_; }
-  void OnFrameWritten(absl::Span<const iovec>, size_t, size_t len) override {
-    ++written;
-    written_bytes += len;
-  }
-  void OnBroken() override { ++broken; }
-
-  // Posts up to `n` buffers (all free ones by default).
-  void Post(size_t n = SIZE_MAX) {
-    const uint32_t piece = options_.buffer_size / options_.descriptors;
-    while (n-- > 0 && !free_.empty() && driver_->free_descriptors() >= options_.descriptors) {
-      const uint64_t gpa = free_.back();
-      std::vector<virtio::testing::DriverQueue::Buffer> chain;
-      for (uint32_t d = 0; d < options_.descriptors; ++d) {
-        const uint32_t len =
-            d + 1 == options_.descriptors ? options_.buffer_size - piece * d : piece;
-        chain.push_back({gpa + uint64_t{piece} * d, len, true});
-      }
-      const std::optional<uint16_t> head = driver_->AddChain(chain);
-      if (!head.has_value()) break;
-      free_.pop_back();
-      owner_[*head] = gpa;
-    }
-    driver_->Publish();
-  }
-
-  struct Frame {
-    vu::VirtioNetHdr hdr;
-    std::vector<uint8_t> data;  // Ethernet frame.
-  };
-  // Every frame returned so far (buffers go back to the free list).
-  std::vector<Frame> Frames() {
-    std::vector<Frame> out;
-    while (std::optional<virtio::VirtqUsedElem> used = driver_->PopUsed()) {
-      const uint64_t gpa = Release(used->id);
-      if (used->len < sizeof(vu::VirtioNetHdr)) {
-        ++holes;
-        continue;
-      }
-      EXPECT_LE(used->len, options_.buffer_size);
-      Frame f;
-      std::memcpy(&f.hdr, mem_->Host(gpa), sizeof(f.hdr));
-      const uint8_t* p = mem_->Host(gpa);
-      f.data.assign(p + sizeof(f.hdr), p + used->len);
-      const uint16_t buffers = options_.mergeable ? f.hdr.num_buffers : 1;
-      EXPECT_GE(buffers, 1);
-      for (uint16_t b = 1; b < buffers; ++b) {
-        std::optional<virtio::VirtqUsedElem> more = driver_->PopUsed();
-        EXPECT_TRUE(more.has_value());
-        if (!more.has_value()) break;
-        const uint64_t g2 = Release(more->id);
-        const uint8_t* q = mem_->Host(g2);
-        f.data.insert(f.data.end(), q, q + more->len);
-      }
-      out.push_back(std::move(f));
-    }
-    return out;
-  }
-
-  bool running = true;
-  int written = 0;
-  size_t written_bytes = 0;
-  int broken = 0;
-  int holes = 0;
-  virtio::Virtqueue& vq() { return vq_; }
-
- private:
-  uint64_t Release(uint16_t head) {
-    const uint64_t gpa = owner_.at(head);
-    owner_.erase(head);
-    free_.push_back(gpa);
-    return gpa;
-  }
-
-  Options options_;
-  std::unique_ptr<virtio::testing::DriverMemory> mem_;
-  virtio::GuestMemory memory_;
-  std::unique_ptr<virtio::testing::DriverQueue> driver_;
-  virtio::Virtqueue vq_;
-  vu::NetConfig config_;
-  std::vector<uint64_t> free_;
-  std::map<uint16_t, uint64_t> owner_;
-};
-
 // A datagram as the guest sees it.
 struct GuestDatagram {
   ParsedFrame parsed;
@@ -326,32 +155,78 @@ GuestDatagram ParseGuest(std::vector<uint8_t>& frame, bool expect_checksum) {
   return d;
 }
 
+// The guest's receive buffers: what it posts each time.
+struct Buffers {
+  bool mergeable = true;
+  bool guest_csum = false;
+  uint32_t buffer_size = 1526;
+  uint32_t descriptors = 1;  // Per buffer, splitting it evenly.
+  uint32_t ring = 256;
+};
+
 class UdpTest : public ::testing::Test {
  protected:
-  void Start(TestRx::Options rx = {}, UdpTranslatorOptions options = {}, size_t capacity = 64) {
-    rx_ = std::make_unique<TestRx>(rx);
-    guest_ = TestGuest();
-    flows_ = FlowTable::Create({.capacity = capacity, .seed = 1}).value();
-    TranslatorEnv env;
-    env.flows = flows_.get();
-    env.rx = rx_.get();
-    env.watcher = &watcher_;
-    env.replies = &replies_;
-    env.guest = &guest_;
-    env.first_kind = 64;
-    env.clock = &FakeClock;
-    absl::StatusOr<std::unique_ptr<UdpTranslator>> udp = UdpTranslator::Create(env, options);
+  void SetUp() override { saved_now_ = ManualClock::now_ns; }
+  void TearDown() override {
+    if (udp_ != nullptr) udp_->Shutdown();
+    ManualClock::now_ns = saved_now_;
+  }
+
+  // A world and a translator in it. `rules`, if set, replaces the
+  // forwarding rules the guest's configuration gives.
+  void Start(Buffers b = {}, UdpTranslatorOptions options = {}, size_t capacity = 64,
+             std::optional<ForwardRules> rules = std::nullopt,
+             GuestConfig guest = testing::TestGuest()) {
+    if (udp_ != nullptr) udp_->Shutdown();
+    udp_.reset();
+    buffers_ = b;
+    TranslatorWorld::Options o;
+    o.guest = guest;
+    o.rx.queue_size = b.ring;
+    o.rx.mergeable = b.mergeable;
+    o.rx.guest_csum = b.guest_csum;
+    o.rx.memory = 96 << 20;
+    o.flows = capacity;
+    o.clock = &ManualClock::Now;
+    world_ = std::make_unique<TranslatorWorld>(o);
+    if (rules.has_value()) {
+      world_->forward = std::make_unique<Forwarding>(*rules, world_->guest.guest_mac);
+    }
+    guest_ = world_->guest;
+    absl::StatusOr<std::unique_ptr<UdpTranslator>> udp =
+        UdpTranslator::Create(world_->Env(), options);
     ASSERT_TRUE(udp.ok()) << udp.status();
     udp_ = std::move(*udp);
   }
-  void TearDown() override {
-    if (udp_ != nullptr) udp_->Shutdown();
+
+  // The rules the test guest's configuration gives, with DNS to the gateway
+  // mapped to `resolver` (a port of ours: the real resolvers' port 53 is not).
+  ForwardRules RulesWithDns(const Endpoint& guest_dns, const Endpoint& resolver) {
+    GuestConfig g = testing::TestGuest();
+    ForwardRules r = RulesFromConfig(g, {});
+    r.dns = {{guest_dns, resolver}};
+    return r;
+  }
+
+  // Posts up to `n` receive buffers (as many as the ring takes by default).
+  void Post(size_t n = SIZE_MAX) {
+    GuestRxRing& ring = world_->ring;
+    if (buffers_.descriptors == 1) {
+      ring.Post(static_cast<int>(std::min<size_t>(n, buffers_.ring)), buffers_.buffer_size);
+      return;
+    }
+    const uint32_t piece = buffers_.buffer_size / buffers_.descriptors;
+    std::vector<uint32_t> sizes(buffers_.descriptors, piece);
+    sizes.back() = buffers_.buffer_size - piece * (buffers_.descriptors - 1);
+    while (n-- > 0 && ring.driver().free_descriptors() >= buffers_.descriptors) {
+      if (!ring.PostChain(sizes)) break;
+    }
   }
 
   FrameSpec GuestSpec(in_addr dst, uint16_t sport, uint16_t dport) {
     FrameSpec s;
-    s.src_mac = kGuestMac;
-    s.dst_mac = kGatewayMac;
+    s.src_mac = guest_.guest_mac;
+    s.dst_mac = guest_.gateway_mac;
     s.src4 = guest_.addr4;
     s.dst4 = dst;
     s.src_port = sport;
@@ -360,8 +235,8 @@ class UdpTest : public ::testing::Test {
   }
   FrameSpec GuestSpec6(const in6_addr& dst, uint16_t sport, uint16_t dport) {
     FrameSpec s;
-    s.src_mac = kGuestMac;
-    s.dst_mac = kGatewayMac;
+    s.src_mac = guest_.guest_mac;
+    s.dst_mac = guest_.gateway_mac;
     s.ipv6 = true;
     s.src6 = guest_.addr6;
     s.dst6 = dst;
@@ -370,7 +245,8 @@ class UdpTest : public ::testing::Test {
     return s;
   }
 
-  // Feeds frames as one transmit batch, each cut into `piece`-byte iovecs.
+  // Feeds frames as one transmit batch, each cut into `piece`-byte iovecs,
+  // as the dispatcher does: each frame shown to the guest's identity first.
   void SendBatch(const std::vector<std::pair<FrameSpec, std::vector<uint8_t>>>& datagrams,
                  size_t piece = 0) {
     std::vector<std::vector<uint8_t>> frames;
@@ -381,6 +257,7 @@ class UdpTest : public ::testing::Test {
     for (auto& iov : iovs) {
       ParsedFrame parsed;
       ASSERT_TRUE(ParseFrame(iov, &parsed).ok());
+      world_->forward->guest().Learn(parsed);
       udp_->OnFrame(vu::VirtioNetHdr{}, iov, parsed);
     }
     udp_->OnBatchEnd();
@@ -389,27 +266,38 @@ class UdpTest : public ::testing::Test {
     SendBatch({{spec, payload}}, piece);
   }
 
-  // Pumps events until `n` frames arrived or `timeout_ms` passed.
-  std::vector<TestRx::Frame> ReceiveFrames(size_t n, int timeout_ms = 2000) {
-    std::vector<TestRx::Frame> got;
+  // Polls events until `n` frames reached the guest or `timeout_ms` passed.
+  std::vector<GuestRxRing::Frame> ReceiveFrames(size_t n, int timeout_ms = 2000) {
+    std::vector<GuestRxRing::Frame> got;
     for (int waited = 0; got.size() < n && waited < timeout_ms; waited += 10) {
-      watcher_.Pump(udp_.get(), 10);
-      for (TestRx::Frame& f : rx_->Frames()) got.push_back(std::move(f));
+      world_->watcher.Poll(udp_.get(), 10);
+      for (GuestRxRing::Frame& f : world_->ring.Take()) got.push_back(std::move(f));
     }
     return got;
   }
 
+  // Receive buffers a frame of `payload` UDP bytes over IPv4 takes.
+  size_t BuffersFor(size_t payload) const {
+    const size_t need = std::max<size_t>(
+        sizeof(vu::VirtioNetHdr) + kEthHeaderLen + kIpv4MinHeaderLen + kUdpHeaderLen + payload,
+        sizeof(vu::VirtioNetHdr) + vu::kEthMinFrame);
+    return (need + buffers_.buffer_size - 1) / buffers_.buffer_size;
+  }
+
+  void Expire(int64_t now) {
+    world_->flows->Expire(now, [&](FlowId f) { udp_->OnTimer(f, now); });
+  }
+
+  int64_t saved_now_ = 0;
+  Buffers buffers_;
   GuestConfig guest_;
-  std::unique_ptr<TestRx> rx_;
-  std::unique_ptr<FlowTable> flows_;
-  EpollWatcher watcher_;
-  RecordingSender replies_;
+  std::unique_ptr<TranslatorWorld> world_;
   std::unique_ptr<UdpTranslator> udp_;
 };
 
 TEST_F(UdpTest, GatewayReachesHostLoopbackAndRepliesComeBack) {
   Start();
-  rx_->Post();
+  Post();
   HostSocket host;
   const std::vector<uint8_t> query = Pattern(100, 1);
   Send(GuestSpec(guest_.gateway4, 40000, host.port), query);
@@ -422,21 +310,40 @@ TEST_F(UdpTest, GatewayReachesHostLoopbackAndRepliesComeBack) {
 
   const std::vector<uint8_t> answer = Pattern(333, 9);
   host.SendTo(from, answer);
-  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
   ASSERT_EQ(frames.size(), 1u);
-  GuestDatagram d = ParseGuest(frames[0].data, true);
+  GuestDatagram d = ParseGuest(frames[0].bytes, true);
   EXPECT_EQ(d.parsed.ip.src4.s_addr, guest_.gateway4.s_addr);
   EXPECT_EQ(d.parsed.ip.dst4.s_addr, guest_.addr4.s_addr);
   EXPECT_EQ(d.parsed.src_port, host.port);
   EXPECT_EQ(d.parsed.dst_port, 40000);
-  EXPECT_TRUE(d.parsed.dst_mac == kGuestMac);
-  EXPECT_TRUE(d.parsed.src_mac == kGatewayMac);
+  EXPECT_TRUE(d.parsed.dst_mac == guest_.guest_mac);
+  EXPECT_TRUE(d.parsed.src_mac == guest_.gateway_mac);
   EXPECT_EQ(d.payload, answer);
   EXPECT_TRUE(d.checksum_ok);
   EXPECT_EQ(frames[0].hdr.flags, 0);
-  EXPECT_EQ(rx_->written, 1);
+  EXPECT_EQ(world_->ring.rx().stats().frames, 1u);
   EXPECT_EQ(udp_->stats().tx_datagrams, 1u);
   EXPECT_EQ(udp_->stats().rx_datagrams, 1u);
+}
+
+// Nothing reaches the guest before the owner's loop flushes the RxQueue.
+TEST_F(UdpTest, FramesWaitForTheFlush) {
+  Start();
+  Post();
+  HostSocket host;
+  Send(GuestSpec(guest_.gateway4, 40001, host.port), {1});
+  sockaddr_storage from;
+  ASSERT_TRUE(host.Receive(&from).has_value());
+  host.SendTo(from, Pattern(10, 1));
+  for (int i = 0; i < 200 && world_->ring.rx().pending_frames() == 0; ++i) {
+    world_->watcher.Poll(udp_.get(), 10);
+  }
+  ASSERT_EQ(world_->ring.rx().pending_frames(), 1u);
+  EXPECT_FALSE(world_->ring.driver().PopUsed().has_value());
+  std::vector<GuestRxRing::Frame> frames = world_->ring.Take();
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(ParseGuest(frames[0].bytes, true).payload, Pattern(10, 1));
 }
 
 struct SizeCase {
@@ -458,7 +365,7 @@ TEST_P(UdpSizeTest, EverySizeBothWaysByteExact) {
          .buffer_size = c.buffer_size,
          .descriptors = c.descriptors},
         o);
-  rx_->Post();
+  Post();
   HostSocket host;
   const size_t kSizes[] = {0, 1, 1472, 9000, 65507};
   sockaddr_storage from{};
@@ -474,15 +381,17 @@ TEST_P(UdpSizeTest, EverySizeBothWaysByteExact) {
   for (size_t i = 0; i < std::size(kSizes); ++i) {
     host.SendTo(from, Pattern(kSizes[i], static_cast<uint8_t>(100 + i)));
   }
-  std::vector<TestRx::Frame> frames = ReceiveFrames(std::size(kSizes));
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(std::size(kSizes));
   ASSERT_EQ(frames.size(), std::size(kSizes));
   for (size_t i = 0; i < std::size(kSizes); ++i) {
-    GuestDatagram d = ParseGuest(frames[i].data, !c.guest_csum);
+    GuestDatagram d = ParseGuest(frames[i].bytes, !c.guest_csum);
     EXPECT_EQ(d.payload, Pattern(kSizes[i], static_cast<uint8_t>(100 + i))) << kSizes[i];
     EXPECT_TRUE(d.checksum_ok) << kSizes[i];
     EXPECT_EQ(frames[i].hdr.flags, c.guest_csum ? vu::kVirtioNetHdrFDataValid : 0);
+    // With mergeable buffers a datagram spans exactly the buffers it needs.
+    EXPECT_EQ(frames[i].buffers, c.mergeable ? BuffersFor(kSizes[i]) : 1u) << kSizes[i];
   }
-  EXPECT_EQ(rx_->holes, 0);
+  EXPECT_EQ(world_->ring.returned_empty(), 0);
   EXPECT_EQ(udp_->rx_stats().mismatches, 0u);
 }
 
@@ -498,7 +407,7 @@ INSTANTIATE_TEST_SUITE_P(Buffers, UdpSizeTest,
 
 TEST_F(UdpTest, WithoutMergeableBuffersTooBigIsDroppedAndTheRestFlows) {
   Start({.mergeable = false, .buffer_size = 1526});
-  rx_->Post();
+  Post();
   HostSocket host;
   Send(GuestSpec(guest_.gateway4, 41001, host.port), {1});
   sockaddr_storage from;
@@ -507,30 +416,30 @@ TEST_F(UdpTest, WithoutMergeableBuffersTooBigIsDroppedAndTheRestFlows) {
   host.SendTo(from, Pattern(1472, 2));
   host.SendTo(from, Pattern(1473, 3));  // 1526 - 12 - 42 = 1472 fits; 1473 does not.
   host.SendTo(from, Pattern(10, 4));
-  std::vector<TestRx::Frame> frames = ReceiveFrames(2);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(2);
   ASSERT_EQ(frames.size(), 2u);
-  EXPECT_EQ(ParseGuest(frames[0].data, true).payload, Pattern(1472, 2));
-  EXPECT_EQ(ParseGuest(frames[1].data, true).payload, Pattern(10, 4));
+  EXPECT_EQ(ParseGuest(frames[0].bytes, true).payload, Pattern(1472, 2));
+  EXPECT_EQ(ParseGuest(frames[1].bytes, true).payload, Pattern(10, 4));
   EXPECT_EQ(udp_->rx_stats().too_big, 2u);
-  EXPECT_EQ(rx_->holes, 0);
+  EXPECT_EQ(world_->ring.returned_empty(), 0);
 }
 
 TEST_F(UdpTest, DatagramLargerThanTheWholeRingIsDroppedAndTheRestFlows) {
   // Sixteen 1526-byte buffers hold about 24 KB: a 30000-byte datagram can
   // never fit, however long it waits, and must not hold up the socket.
   Start({.mergeable = true, .buffer_size = 1526, .ring = 16});
-  rx_->Post();
+  Post();
   HostSocket host;
   Send(GuestSpec(guest_.gateway4, 41003, host.port), {1});
   sockaddr_storage from;
   ASSERT_TRUE(host.Receive(&from).has_value());
   host.SendTo(from, Pattern(30000, 1));
   host.SendTo(from, Pattern(9000, 2));
-  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
   ASSERT_EQ(frames.size(), 1u);
-  EXPECT_EQ(ParseGuest(frames[0].data, true).payload, Pattern(9000, 2));
+  EXPECT_EQ(ParseGuest(frames[0].bytes, true).payload, Pattern(9000, 2));
   EXPECT_EQ(udp_->rx_stats().too_big, 1u);
-  EXPECT_EQ(rx_->holes, 0);
+  EXPECT_EQ(world_->ring.returned_empty(), 0);
 }
 
 TEST_F(UdpTest, ManyQueuedDatagramsInOrderAcrossWakeups) {
@@ -539,7 +448,7 @@ TEST_F(UdpTest, ManyQueuedDatagramsInOrderAcrossWakeups) {
     UdpTranslatorOptions o;
     o.batch_peek = peek;
     Start({.mergeable = true, .buffer_size = 1526}, o);
-    rx_->Post();
+    Post();
     HostSocket host;
     Send(GuestSpec(guest_.gateway4, 41002, host.port), {1});
     sockaddr_storage from;
@@ -550,21 +459,21 @@ TEST_F(UdpTest, ManyQueuedDatagramsInOrderAcrossWakeups) {
     for (int i = 0; i < kCount; ++i) {
       host.SendTo(from, Pattern(SizeOf(i), static_cast<uint8_t>(i)));
     }
-    std::vector<TestRx::Frame> frames;
+    std::vector<GuestRxRing::Frame> frames;
     for (int round = 0; round < 200 && frames.size() < kCount; ++round) {
-      for (TestRx::Frame& f : ReceiveFrames(kCount - frames.size(), 20)) {
+      for (GuestRxRing::Frame& f : ReceiveFrames(kCount - frames.size(), 20)) {
         frames.push_back(std::move(f));
       }
-      rx_->Post();
+      Post();
       udp_->OnRxAvailable();
     }
     ASSERT_EQ(frames.size(), static_cast<size_t>(kCount));
     for (int i = 0; i < kCount; ++i) {
-      EXPECT_EQ(ParseGuest(frames[i].data, true).payload,
+      EXPECT_EQ(ParseGuest(frames[i].bytes, true).payload,
                 Pattern(SizeOf(i), static_cast<uint8_t>(i)))
           << i;
     }
-    EXPECT_EQ(rx_->holes, 0);
+    EXPECT_EQ(world_->ring.returned_empty(), 0);
     EXPECT_EQ(udp_->rx_stats().mismatches, 0u);
     udp_->Shutdown();
   }
@@ -579,30 +488,31 @@ TEST_F(UdpTest, WaitsForReceiveBuffers) {
     UdpTranslatorOptions o;
     o.batch_peek = peek;
     Start({.mergeable = true, .buffer_size = 1526}, o);
-    rx_->Post(1);
+    Post(1);
     HostSocket host;
     Send(GuestSpec(guest_.gateway4, 41003, host.port), {1});
     sockaddr_storage from;
     ASSERT_TRUE(host.Receive(&from).has_value());
     constexpr int kCount = 40;
     auto size_of = [](int i) -> size_t { return i % 3 == 0 ? 0 : i % 5 == 0 ? 3000 : 100 + i; };
-    for (int i = 0; i < kCount; ++i)
+    for (int i = 0; i < kCount; ++i) {
       host.SendTo(from, Pattern(size_of(i), static_cast<uint8_t>(i)));
-    std::vector<TestRx::Frame> frames;
+    }
+    std::vector<GuestRxRing::Frame> frames;
     for (int round = 0; round < 400 && frames.size() < kCount; ++round) {
-      watcher_.Pump(udp_.get(), 5);
-      for (TestRx::Frame& f : rx_->Frames()) frames.push_back(std::move(f));
-      rx_->Post(1 + round % 3);
+      world_->watcher.Poll(udp_.get(), 5);
+      for (GuestRxRing::Frame& f : world_->ring.Take()) frames.push_back(std::move(f));
+      Post(1 + round % 3);
       udp_->OnRxAvailable();
     }
     ASSERT_EQ(frames.size(), static_cast<size_t>(kCount));
     for (int i = 0; i < kCount; ++i) {
-      EXPECT_EQ(ParseGuest(frames[i].data, true).payload,
+      EXPECT_EQ(ParseGuest(frames[i].bytes, true).payload,
                 Pattern(size_of(i), static_cast<uint8_t>(i)))
           << i;
     }
     EXPECT_GT(udp_->rx_stats().no_room, 0u);
-    EXPECT_EQ(rx_->holes, 0);
+    EXPECT_EQ(world_->ring.returned_empty(), 0);
     EXPECT_EQ(udp_->rx_stats().mismatches, 0u);
     udp_->Shutdown();
   }
@@ -610,20 +520,20 @@ TEST_F(UdpTest, WaitsForReceiveBuffers) {
 
 TEST_F(UdpTest, NoQueueLeavesDataInTheSocket) {
   Start();
-  rx_->running = false;
+  world_->ring.StopQueue();
   HostSocket host;
   Send(GuestSpec(guest_.gateway4, 41004, host.port), {1});
   sockaddr_storage from;
   ASSERT_TRUE(host.Receive(&from).has_value());
   host.SendTo(from, Pattern(50, 5));
-  watcher_.Pump(udp_.get(), 100);
-  EXPECT_EQ(watcher_.Pump(udp_.get(), 50), 0);  // Unwatched for input meanwhile.
-  rx_->running = true;
-  rx_->Post();
+  world_->watcher.Poll(udp_.get(), 100);
+  EXPECT_EQ(world_->watcher.Poll(udp_.get(), 50), 0);  // Unwatched for input meanwhile.
+  world_->ring.StartQueue();
+  Post();
   udp_->OnRxAvailable();
-  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
   ASSERT_EQ(frames.size(), 1u);
-  EXPECT_EQ(ParseGuest(frames[0].data, true).payload, Pattern(50, 5));
+  EXPECT_EQ(ParseGuest(frames[0].bytes, true).payload, Pattern(50, 5));
 }
 
 TEST_F(UdpTest, ScatteredGuestFramesAndInterleavedFlowsKeepOrder) {
@@ -644,9 +554,10 @@ TEST_F(UdpTest, ScatteredGuestFramesAndInterleavedFlowsKeepOrder) {
   EXPECT_EQ(udp_->flow_count(), 2u);
 }
 
+// ICMP errors reach the guest through the receive queue, as every frame does.
 TEST_F(UdpTest, PortUnreachableReachesTheGuest) {
   Start();
-  rx_->Post();
+  Post();
   uint16_t closed;
   {
     HostSocket s;
@@ -654,9 +565,9 @@ TEST_F(UdpTest, PortUnreachableReachesTheGuest) {
   }
   const std::vector<uint8_t> payload = Pattern(20, 3);
   Send(GuestSpec(guest_.gateway4, 43000, closed), payload);
-  for (int i = 0; i < 100 && replies_.frames.empty(); ++i) watcher_.Pump(udp_.get(), 10);
-  ASSERT_EQ(replies_.frames.size(), 1u);
-  std::vector<uint8_t>& f = replies_.frames[0];
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
+  ASSERT_EQ(frames.size(), 1u);
+  std::vector<uint8_t>& f = frames[0].bytes;
   ParsedFrame p;
   ASSERT_TRUE(testing::Parse(f, &p).ok());
   EXPECT_EQ(p.l4, L4Kind::kIcmp);
@@ -664,6 +575,7 @@ TEST_F(UdpTest, PortUnreachableReachesTheGuest) {
   EXPECT_EQ(p.icmp.code, 3);
   EXPECT_EQ(p.ip.src4.s_addr, guest_.gateway4.s_addr);
   EXPECT_EQ(p.ip.dst4.s_addr, guest_.addr4.s_addr);
+  EXPECT_TRUE(p.dst_mac == guest_.guest_mac);
   EXPECT_EQ(InternetChecksum(f.data() + p.l4_offset, p.l4_len), 0);
   // The quote: the guest's IPv4 and UDP headers, then its payload.
   const size_t q = p.l4_offset + 8;
@@ -677,35 +589,55 @@ TEST_F(UdpTest, PortUnreachableReachesTheGuest) {
   EXPECT_EQ(testing::GetBe16(f, q + 22), closed);
   EXPECT_EQ(std::vector<uint8_t>(f.begin() + q + 28, f.begin() + q + 28 + payload.size()), payload);
   EXPECT_EQ(udp_->stats().icmp_sent, 1u);
+  EXPECT_EQ(world_->ring.rx().stats().sends, 1u);
+}
+
+// Without receive buffers an ICMP error is dropped (as on a wire) and
+// counted; it does not wait.
+TEST_F(UdpTest, PortUnreachableWithoutRoomIsDropped) {
+  Start();
+  uint16_t closed;
+  {
+    HostSocket s;
+    closed = s.port;
+  }
+  Send(GuestSpec(guest_.gateway4, 43002, closed), Pattern(20, 3));
+  for (int i = 0; i < 100 && udp_->stats().icmp_ignored == 0; ++i) {
+    world_->watcher.Poll(udp_.get(), 10);
+  }
+  EXPECT_EQ(udp_->stats().icmp_ignored, 1u);
+  EXPECT_EQ(udp_->stats().icmp_sent, 0u);
+  Post();
+  EXPECT_TRUE(world_->ring.Take().empty());
 }
 
 TEST_F(UdpTest, PortUnreachableOverIpv6) {
   if (!HaveIpv6Loopback()) GTEST_SKIP() << "no IPv6 loopback";
   Start();
-  rx_->Post();
+  Post();
   uint16_t closed;
   {
     HostSocket s(AF_INET6);
     closed = s.port;
   }
   Send(GuestSpec6(guest_.gateway6, 43001, closed), Pattern(10, 1));
-  for (int i = 0; i < 100 && replies_.frames.empty(); ++i) watcher_.Pump(udp_.get(), 10);
-  ASSERT_EQ(replies_.frames.size(), 1u);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
+  ASSERT_EQ(frames.size(), 1u);
   ParsedFrame p;
-  ASSERT_TRUE(testing::Parse(replies_.frames[0], &p).ok());
+  ASSERT_TRUE(testing::Parse(frames[0].bytes, &p).ok());
   EXPECT_EQ(p.l4, L4Kind::kIcmpv6);
   EXPECT_EQ(p.icmp.type, 1);
   EXPECT_EQ(p.icmp.code, 4);
   EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&p.ip.src6, &guest_.gateway6));
   EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&p.ip.dst6, &guest_.addr6));
-  const std::vector<iovec> iov = Split(replies_.frames[0]);
+  const std::vector<iovec> iov = Split(frames[0].bytes);
   EXPECT_EQ(L4ChecksumV6(p.ip.src6, p.ip.dst6, IPPROTO_ICMPV6, iov, p.l4_offset, p.l4_len), 0);
 }
 
 TEST_F(UdpTest, Ipv6BothWays) {
   if (!HaveIpv6Loopback()) GTEST_SKIP() << "no IPv6 loopback";
   Start();
-  rx_->Post();
+  Post();
   HostSocket host(AF_INET6);
   Send(GuestSpec6(guest_.gateway6, 44000, host.port), Pattern(65527, 1));
   sockaddr_storage from;
@@ -713,9 +645,9 @@ TEST_F(UdpTest, Ipv6BothWays) {
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(*got, Pattern(65527, 1));
   host.SendTo(from, Pattern(65527, 2));
-  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
   ASSERT_EQ(frames.size(), 1u);
-  GuestDatagram d = ParseGuest(frames[0].data, true);
+  GuestDatagram d = ParseGuest(frames[0].bytes, true);
   EXPECT_EQ(d.payload, Pattern(65527, 2));
   EXPECT_TRUE(d.checksum_ok);
   EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&d.parsed.ip.src6, &guest_.gateway6));
@@ -725,16 +657,16 @@ TEST_F(UdpTest, Ipv6WithGuestCsumNeverCarriesAZeroChecksum) {
   // Linux drops UDP over IPv6 whose checksum field is zero, data valid or not.
   if (!HaveIpv6Loopback()) GTEST_SKIP() << "no IPv6 loopback";
   Start({.guest_csum = true});
-  rx_->Post();
+  Post();
   HostSocket host(AF_INET6);
   Send(GuestSpec6(guest_.gateway6, 44001, host.port), Pattern(10, 1));
   sockaddr_storage from;
   ASSERT_TRUE(host.Receive(&from).has_value());
   host.SendTo(from, Pattern(1000, 2));
-  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
   ASSERT_EQ(frames.size(), 1u);
   EXPECT_EQ(frames[0].hdr.flags, vu::kVirtioNetHdrFDataValid);
-  GuestDatagram d = ParseGuest(frames[0].data, false);
+  GuestDatagram d = ParseGuest(frames[0].bytes, false);
   EXPECT_EQ(d.payload, Pattern(1000, 2));
   EXPECT_TRUE(d.checksum_ok);
 }
@@ -742,10 +674,10 @@ TEST_F(UdpTest, Ipv6WithGuestCsumNeverCarriesAZeroChecksum) {
 TEST_F(UdpTest, DnsGoesToTheHostResolverAndExpiresSoonAfterTheAnswer) {
   HostSocket resolver;
   UdpTranslatorOptions o;
-  o.dns = {
-      {UdpEndpoint::V4(Ip4("10.0.2.2"), 53), UdpEndpoint::V4(Ip4("127.0.0.1"), resolver.port)}};
-  Start({}, o);
-  rx_->Post();
+  Start({}, o, 64,
+        RulesWithDns({InetAddr::V4(Ip4("10.0.2.2")), 53},
+                     {InetAddr::V4(Ip4("127.0.0.1")), resolver.port}));
+  Post();
   const std::vector<uint8_t> query = Pattern(40, 7);
   Send(GuestSpec(guest_.gateway4, 45000, 53), query);
   sockaddr_storage from;
@@ -753,20 +685,22 @@ TEST_F(UdpTest, DnsGoesToTheHostResolverAndExpiresSoonAfterTheAnswer) {
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(*got, query);
   resolver.SendTo(from, Pattern(120, 8));
-  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
   ASSERT_EQ(frames.size(), 1u);
-  GuestDatagram d = ParseGuest(frames[0].data, true);
+  GuestDatagram d = ParseGuest(frames[0].bytes, true);
   EXPECT_EQ(d.parsed.ip.src4.s_addr, guest_.gateway4.s_addr);
   EXPECT_EQ(d.parsed.src_port, 53);
   EXPECT_EQ(d.parsed.dst_port, 45000);
   EXPECT_EQ(d.payload, Pattern(120, 8));
 
   const FlowId id =
-      flows_->Find(FlowKey::V4(FlowProto::kUdp, guest_.addr4, 45000, guest_.gateway4, 53));
+      world_->flows->Find(FlowKey::V4(FlowProto::kUdp, guest_.addr4, 45000, guest_.gateway4, 53));
   ASSERT_TRUE(id.valid());
-  EXPECT_EQ(flows_->Deadline(id), fake_now + o.dns_timeout_ns);
-  const int64_t later = fake_now + o.dns_timeout_ns;
-  flows_->Expire(later, [&](FlowId f) { udp_->OnTimer(f, later); });
+  const int64_t now = ManualClock::now_ns;
+  EXPECT_EQ(world_->flows->Deadline(id), now + o.dns_timeout_ns);
+  Expire(now + o.dns_timeout_ns - FlowTable::kTickNs);
+  EXPECT_EQ(udp_->flow_count(), 1u);
+  Expire(now + o.dns_timeout_ns);
   EXPECT_EQ(udp_->flow_count(), 0u);
   EXPECT_EQ(udp_->stats().flows_expired, 1u);
 }
@@ -776,20 +710,20 @@ TEST_F(UdpTest, IdleFlowsExpireAndActivityKeepsThemAlive) {
   o.idle_timeout_ns = 1'000'000'000;
   Start({}, o);
   HostSocket host;
-  const int64_t t0 = fake_now;
+  const int64_t t0 = ManualClock::now_ns;
   Send(GuestSpec(guest_.gateway4, 46000, host.port), {1});
   ASSERT_TRUE(host.Receive().has_value());
-  fake_now = t0 + 600'000'000;
+  EXPECT_EQ(world_->watcher.watching(), 1u);
+  ManualClock::now_ns = t0 + 600'000'000;
   Send(GuestSpec(guest_.gateway4, 46000, host.port), {2});
   ASSERT_TRUE(host.Receive().has_value());
-  int64_t now = t0 + 1'000'000'000;
-  flows_->Expire(now, [&](FlowId f) { udp_->OnTimer(f, now); });
+  Expire(t0 + 1'000'000'000);
   EXPECT_EQ(udp_->flow_count(), 1u);  // Re-armed for 1.6 s.
-  now = t0 + 1'600'000'000;
-  flows_->Expire(now, [&](FlowId f) { udp_->OnTimer(f, now); });
+  Expire(t0 + 1'600'000'000);
   EXPECT_EQ(udp_->flow_count(), 0u);
-  EXPECT_EQ(watcher_.unwatched, 1);
-  fake_now = t0;
+  EXPECT_EQ(world_->watcher.removes, 1);
+  EXPECT_EQ(world_->watcher.watching(), 0u);
+  EXPECT_EQ(world_->flows->size(), 0u);
 }
 
 TEST_F(UdpTest, InboundForwardAndReplyToTheSender) {
@@ -806,18 +740,19 @@ TEST_F(UdpTest, InboundForwardAndReplyToTheSender) {
   f.bind4 = Ip4("127.0.0.1");
   o.forwards = {f};
   Start({}, o);
-  rx_->Post();
+  Post();
   EXPECT_EQ(udp_->listener_count(), 1u);
   HostSocket peer;
   peer.SendTo(Loopback(AF_INET, port), Pattern(77, 1));
-  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
   ASSERT_EQ(frames.size(), 1u);
-  GuestDatagram d = ParseGuest(frames[0].data, true);
+  GuestDatagram d = ParseGuest(frames[0].bytes, true);
   EXPECT_EQ(d.payload, Pattern(77, 1));
   EXPECT_EQ(d.parsed.ip.src4.s_addr, guest_.gateway4.s_addr);  // Loopback peer: the gateway.
   EXPECT_EQ(d.parsed.src_port, peer.port);
   EXPECT_EQ(d.parsed.ip.dst4.s_addr, guest_.addr4.s_addr);
   EXPECT_EQ(d.parsed.dst_port, 5353);
+  EXPECT_TRUE(d.parsed.dst_mac == guest_.guest_mac);
   EXPECT_EQ(udp_->stats().flows_inbound, 1u);
 
   Send(GuestSpec(guest_.gateway4, 5353, peer.port), Pattern(88, 2));
@@ -827,6 +762,43 @@ TEST_F(UdpTest, InboundForwardAndReplyToTheSender) {
   EXPECT_EQ(*reply, Pattern(88, 2));
   EXPECT_EQ(PortOf(from), port);
   EXPECT_EQ(udp_->stats().flows_opened, 0u);  // The forward's flow, not a new one.
+}
+
+// Inbound flows go to the guest as its frames show it (the dispatcher
+// shows every frame to Forwarding::guest()), not as it was configured.
+TEST_F(UdpTest, InboundForwardReachesTheAddressAndMacTheGuestUses) {
+  uint16_t port;
+  {
+    HostSocket probe;
+    port = probe.port;
+  }
+  UdpTranslatorOptions o;
+  PortForward f;
+  f.host_port = port;
+  f.guest_port = 5354;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  o.forwards = {f};
+  Start({}, o);
+  Post();
+  // The guest picked another address and MAC than it was given.
+  const MacAddr mac = testing::Mac(0x52, 0x54, 0x00, 0xab, 0xcd, 0xef);
+  guest_.addr4 = Ip4("10.0.2.77");
+  guest_.guest_mac = mac;
+  HostSocket other;
+  Send(GuestSpec(guest_.gateway4, 46001, other.port), {1});
+  ASSERT_TRUE(other.Receive().has_value());
+  EXPECT_TRUE(world_->forward->guest().mac() == mac);
+
+  HostSocket peer;
+  peer.SendTo(Loopback(AF_INET, port), Pattern(30, 1));
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
+  ASSERT_EQ(frames.size(), 1u);
+  GuestDatagram d = ParseGuest(frames[0].bytes, true);
+  EXPECT_EQ(d.payload, Pattern(30, 1));
+  EXPECT_EQ(d.parsed.ip.dst4.s_addr, Ip4("10.0.2.77").s_addr);
+  EXPECT_TRUE(d.parsed.dst_mac == mac);
+  EXPECT_EQ(d.parsed.dst_port, 5354);
 }
 
 // An unqualified spec binds both versions; an IPv6 peer on the host's
@@ -845,16 +817,16 @@ TEST_F(UdpTest, InboundForwardOverIpv6AndUnreachablePeer) {
   f.guest_port = 6000;
   o.forwards = {f};
   Start({}, o);
-  rx_->Post();
+  Post();
   EXPECT_EQ(udp_->listener_count(), 2u);
   uint16_t peer_port;
   {
     HostSocket peer(AF_INET6);
     peer_port = peer.port;
     peer.SendTo(Loopback(AF_INET6, port), Pattern(500, 1));
-    std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+    std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
     ASSERT_EQ(frames.size(), 1u);
-    GuestDatagram d = ParseGuest(frames[0].data, true);
+    GuestDatagram d = ParseGuest(frames[0].bytes, true);
     EXPECT_EQ(d.payload, Pattern(500, 1));
     EXPECT_TRUE(d.checksum_ok);
     EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&d.parsed.ip.src6, &guest_.gateway6));
@@ -870,38 +842,38 @@ TEST_F(UdpTest, InboundForwardOverIpv6AndUnreachablePeer) {
   }
   // The peer's socket is closed now.
   Send(GuestSpec6(guest_.gateway6, 6000, peer_port), Pattern(10, 3));
-  for (int i = 0; i < 100 && replies_.frames.empty(); ++i) watcher_.Pump(udp_.get(), 10);
-  ASSERT_EQ(replies_.frames.size(), 1u);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
+  ASSERT_EQ(frames.size(), 1u);
+  std::vector<uint8_t>& icmp = frames[0].bytes;
   ParsedFrame p;
-  ASSERT_TRUE(testing::Parse(replies_.frames[0], &p).ok());
+  ASSERT_TRUE(testing::Parse(icmp, &p).ok());
   EXPECT_EQ(p.l4, L4Kind::kIcmpv6);
   EXPECT_EQ(p.icmp.type, 1);
   EXPECT_EQ(p.icmp.code, 4);
   // Quoted: the guest's port and the peer's.
   const size_t q = p.l4_offset + 8 + 40;
-  ASSERT_GE(replies_.frames[0].size(), q + 8);
-  EXPECT_EQ(testing::GetBe16(replies_.frames[0], q), 6000);
-  EXPECT_EQ(testing::GetBe16(replies_.frames[0], q + 2), peer_port);
+  ASSERT_GE(icmp.size(), q + 8);
+  EXPECT_EQ(testing::GetBe16(icmp, q), 6000);
+  EXPECT_EQ(testing::GetBe16(icmp, q + 2), peer_port);
 }
 
 // A guest on IPv4 whose DNS server stands for a resolver on IPv6.
 TEST_F(UdpTest, DnsAcrossIpVersions) {
   if (!HaveIpv6Loopback()) GTEST_SKIP() << "no IPv6 loopback";
   HostSocket resolver(AF_INET6);
-  UdpTranslatorOptions o;
-  o.dns = {
-      {UdpEndpoint::V4(Ip4("10.0.2.2"), 53), UdpEndpoint::V6(in6addr_loopback, resolver.port)}};
-  Start({}, o);
-  rx_->Post();
+  Start({}, {}, 64,
+        RulesWithDns({InetAddr::V4(Ip4("10.0.2.2")), 53},
+                     {InetAddr::V6(in6addr_loopback), resolver.port}));
+  Post();
   Send(GuestSpec(guest_.gateway4, 45001, 53), Pattern(30, 1));
   sockaddr_storage from;
   std::optional<std::vector<uint8_t>> got = resolver.Receive(&from);
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(*got, Pattern(30, 1));
   resolver.SendTo(from, Pattern(90, 2));
-  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
   ASSERT_EQ(frames.size(), 1u);
-  GuestDatagram d = ParseGuest(frames[0].data, true);
+  GuestDatagram d = ParseGuest(frames[0].bytes, true);
   EXPECT_EQ(d.parsed.l3, L3Kind::kIpv4);
   EXPECT_EQ(d.parsed.ip.src4.s_addr, guest_.gateway4.s_addr);
   EXPECT_EQ(d.parsed.src_port, 53);
@@ -959,34 +931,73 @@ TEST_F(UdpTest, DestinationsNotTranslated) {
   Send(GuestSpec6(Ip6("::1"), 48000, 5353), {1});
   EXPECT_EQ(udp_->stats().bad_destination, 8u);
   EXPECT_EQ(udp_->flow_count(), 0u);
+  EXPECT_EQ(world_->watcher.adds, 0);
 }
 
-TEST_F(UdpTest, OtherProtocolsPassOn) {
+// Each destination's fate is the forwarding policy's: the translator
+// refuses exactly what Forwarding::Outbound refuses.
+TEST_F(UdpTest, RefusesWhatTheForwardingPolicyRefuses) {
   Start();
-  FrameSpec tcp = GuestSpec(guest_.gateway4, 1, 2);
-  tcp.protocol = IPPROTO_TCP;
-  Send(tcp, {});
-  EXPECT_EQ(udp_->stats().ignored, 1u);
-  EXPECT_EQ(udp_->stats().tx_datagrams, 0u);
+  int refused = 0;
+  for (const char* dst :
+       {"0.0.0.0", "0.1.2.3", "127.0.0.1", "224.0.0.251", "240.0.0.1", "255.255.255.255",
+        "10.0.2.255", "::", "::1", "ff02::fb", "fe80::99", "::ffff:127.0.0.1"}) {
+    SCOPED_TRACE(dst);
+    const InetAddr a = InetAddr::Parse(dst).value();
+    ASSERT_FALSE(world_->forward->Outbound(FlowProto::kUdp, {a, 5353}).has_value());
+    if (a.is_v4()) {
+      Send(GuestSpec(a.v4(), 48001, 5353), {1});
+    } else {
+      Send(GuestSpec6(a.v6(), 48001, 5353), {1});
+    }
+    EXPECT_EQ(udp_->stats().bad_destination, static_cast<uint64_t>(++refused));
+  }
+  EXPECT_EQ(udp_->flow_count(), 0u);
 }
 
-TEST(UdpDnsForwardsTest, LoopbackResolversBehindTheGateway) {
-  GuestConfig g = TestGuest();
+// -4: the guest's IPv6 datagrams are ignored, and counted.
+TEST_F(UdpTest, FamilyTurnedOffIsIgnored) {
+  GuestConfig g = testing::TestGuest();
+  g.ipv4_only = true;
+  Start({}, {}, 64, std::nullopt, g);
+  HostSocket host;
+  Send(GuestSpec6(guest_.gateway6, 48002, host.port), {1});
+  EXPECT_EQ(udp_->stats().ignored, 1u);
+  EXPECT_EQ(udp_->stats().bad_destination, 0u);
+  EXPECT_EQ(udp_->flow_count(), 0u);
+}
+
+// Where the guest was given the gateway as its DNS server in place of a
+// resolver on the host's loopback, the forwarding rules map the gateway's
+// port 53 to that resolver: the first loopback one, per IP version.
+TEST(UdpDnsRulesTest, LoopbackResolversBehindTheGateway) {
+  GuestConfig g = testing::TestGuest();
+  g.dns4 = {g.gateway4};
   g.gateway6 = Ip6("fd00::1");
   g.dns6 = {g.gateway6};
   config_internal::Resolver host;
   host.dns4 = {Ip4("192.0.2.1"), Ip4("127.0.0.53"), Ip4("127.0.0.1")};
   host.dns6 = {Ip6("::1")};
-  std::vector<UdpDnsForward> f = UdpDnsForwards(g, host);
-  ASSERT_EQ(f.size(), 2u);
-  EXPECT_EQ(f[0].guest.ToString(), "10.0.2.2:53");
-  EXPECT_EQ(f[0].host.ToString(), "127.0.0.53:53");
-  EXPECT_EQ(f[1].guest.ToString(), "[fd00::1]:53");
-  EXPECT_EQ(f[1].host.ToString(), "[::1]:53");
+  const ForwardRules r = RulesFromConfig(g, host);
+  ASSERT_EQ(r.dns.size(), 2u);
+  EXPECT_EQ(r.dns[0].guest.ToString(), "10.0.2.2:53");
+  EXPECT_EQ(r.dns[0].host.ToString(), "127.0.0.53:53");
+  EXPECT_EQ(r.dns[1].guest.ToString(), "[fd00::1]:53");
+  EXPECT_EQ(r.dns[1].host.ToString(), "[::1]:53");
   // A guest not given the gateway as its DNS server needs no forward.
   g.dns4 = {Ip4("192.0.2.1")};
   g.dns6.clear();
-  EXPECT_TRUE(UdpDnsForwards(g, host).empty());
+  EXPECT_TRUE(RulesFromConfig(g, host).dns.empty());
+}
+
+TEST(UdpTranslatorCreate, RefusesAnIncompleteEnvironment) {
+  TranslatorWorld world;
+  TranslatorEnv env = world.Env();
+  env.forward = nullptr;
+  EXPECT_EQ(UdpTranslator::Create(env, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  env = world.Env();
+  env.rx = nullptr;
+  EXPECT_EQ(UdpTranslator::Create(env, {}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(UdpPeekTest, ProbeMatchesThisKernel) {

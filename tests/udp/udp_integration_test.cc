@@ -23,10 +23,12 @@
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
-#include "net/packet/checksum.h"
 #include "net/config/config.h"
+#include "net/config/port_forward.h"
+#include "net/forward/forward.h"
+#include "net/packet/checksum.h"
 #include "net/packet/frame.h"
-#include "net/translate/translator.h"
+#include "net/packet/inet.h"
 #include "net/udp/udp.h"
 #include "tools/vu_frontend/frontend.h"
 #include "tools/vunet/backend.h"
@@ -178,17 +180,21 @@ class UdpIntegrationTest : public ::testing::Test {
     rmdir(dir_.c_str());
   }
 
-  void StartBackend(const net::UdpTranslatorOptions& udp = {}) {
+  // The backend with the UDP translator alone on its frame path (and ARP),
+  // guest flows forwarded by the rules the guest's configuration gives, or
+  // by `forward`.
+  void StartBackend(const net::UdpTranslatorOptions& udp = {},
+                    std::optional<net::ForwardRules> forward = std::nullopt) {
     tools::BackendOptions o;
     o.socket_path = path_;
-    o.arp = {.gateway_mac = kGatewayMac, .guest_addr = guest_.addr4};
+    o.path.arp = {.gateway_mac = kGatewayMac, .guest_addr = guest_.addr4};
+    o.path.tcp.reset();
+    o.path.icmp.reset();
+    o.path.udp = udp;
     o.send_ra = false;
     o.guest = guest_;
+    o.forward = forward.has_value() ? *forward : net::RulesFromConfig(guest_, {});
     o.max_flows = 4096;
-    o.translators.push_back(
-        [udp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
-          return net::UdpTranslator::Create(env, udp);
-        });
     absl::StatusOr<std::unique_ptr<tools::Backend>> b = tools::Backend::Create(o);
     ASSERT_TRUE(b.ok()) << b.status();
     backend_ = std::move(*b);
@@ -203,7 +209,7 @@ class UdpIntegrationTest : public ::testing::Test {
   // Counters are the loop thread's: read them once it has stopped.
   const net::UdpTranslator& StoppedUdp() {
     StopBackend();
-    return *static_cast<const net::UdpTranslator*>(backend_->translator(0));
+    return *backend_->path()->udp();
   }
 
   void Connect(FrontendOptions options = {}) {
@@ -589,10 +595,12 @@ TEST_F(UdpIntegrationTest, InboundForwardRepliesToTheSender) {
 
 TEST_F(UdpIntegrationTest, DnsThroughTheHostResolver) {
   HostSocket resolver;
-  net::UdpTranslatorOptions udp;
-  udp.dns = {{net::UdpEndpoint::V4(guest_.gateway4, 53),
-              net::UdpEndpoint::V4(Ip4("127.0.0.1"), resolver.port())}};
-  StartBackend(udp);
+  // As RulesFromConfig maps the gateway for a resolver on the host's
+  // loopback, but to a port of ours: the real resolvers' port 53 is not.
+  net::ForwardRules forward = net::RulesFromConfig(guest_, {});
+  forward.dns = {{{net::InetAddr::V4(guest_.gateway4), 53},
+                  {net::InetAddr::V4(Ip4("127.0.0.1")), resolver.port()}}};
+  StartBackend({}, forward);
   Connect();
   const std::vector<uint8_t> query = Pattern(33, 7);
   Send(Spec4(guest_.gateway4, 53000, 53), query);

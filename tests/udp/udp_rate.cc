@@ -47,8 +47,8 @@
 #include "base/log.h"
 #include "base/unique_fd.h"
 #include "net/config/config.h"
+#include "net/forward/forward.h"
 #include "net/packet/frame.h"
-#include "net/translate/translator.h"
 #include "net/udp/udp.h"
 #include "tools/vu_frontend/frontend.h"
 #include "tools/vunet/backend.h"
@@ -216,13 +216,13 @@ class Setup {
     guest_.gateway4 = Ip4("10.0.2.2");
     tools::BackendOptions o;
     o.socket_path = path_;
-    o.arp = {.gateway_mac = kGatewayMac, .guest_addr = guest_.addr4};
+    // The UDP translator alone on the frame path (and ARP).
+    o.path.arp = {.gateway_mac = kGatewayMac, .guest_addr = guest_.addr4};
+    o.path.tcp.reset();
+    o.path.icmp.reset();
     o.send_ra = false;
     o.guest = guest_;
-    o.translators.push_back(
-        [](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
-          return net::UdpTranslator::Create(env, {});
-        });
+    o.forward = net::RulesFromConfig(guest_, {});
     absl::StatusOr<std::unique_ptr<tools::Backend>> b = tools::Backend::Create(o);
     if (!b.ok()) {
       std::fprintf(stderr, "backend: %s\n", b.status().ToString().c_str());
@@ -249,15 +249,13 @@ class Setup {
     backend_->Stop();
     if (thread_.joinable()) thread_.join();
   }
-  const net::UdpTranslator& udp() const {
-    return *static_cast<const net::UdpTranslator*>(backend_->translator(0));
-  }
+  const net::UdpTranslator& udp() const { return *backend_->path()->udp(); }
   // Guest frames vunet counted as dropped on their way to host sockets.
   uint64_t GuestFramesDropped() const {
     const net::UdpTranslator::Stats& u = udp().stats();
     return u.tx_buffer_full + u.tx_errors + u.table_full + u.bad_destination + u.malformed +
-           u.socket_errors + backend_->dispatch_stats().malformed + backend_->stats().udp_dropped +
-           backend_->stats().other_dropped;
+           u.socket_errors + backend_->dispatch_stats().malformed +
+           backend_->dispatch_stats().udp_dropped + backend_->dispatch_stats().other_dropped;
   }
 
   std::vector<uint8_t> Frame(uint16_t dport, size_t size) const {
