@@ -121,7 +121,7 @@ IcmpEcho::~IcmpEcho() { Shutdown(); }
 
 void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
                        const ParsedFrame& parsed) {
-  if (parsed.l4 != L4Kind::kIcmp && parsed.l4 != L4Kind::kIcmpv6) return;
+  if (shut_down_ || (parsed.l4 != L4Kind::kIcmp && parsed.l4 != L4Kind::kIcmpv6)) return;
   const bool v6 = parsed.l4 == L4Kind::kIcmpv6;
   if (parsed.icmp.type != (v6 ? kIcmpv6EchoRequest : kIcmpEchoRequest) || !(v6 ? ipv6_ : ipv4_)) {
     ++stats_.ignored;
@@ -192,16 +192,18 @@ FlowId IcmpEcho::Open(const FlowKey& key, const Endpoint& to) {
                           options_.new_sockets_per_second);
     return {};
   }
-  if (count_ >= options_.max_sockets && lru_head_.valid()) {
-    ++stats_.evicted;
-    Close(lru_head_, env_.flows->Data<Echo>(lru_head_));
-  }
   const int family = to.addr.family();
   UniqueFd fd(OpenPingSocket(family));
   if (!fd.valid()) {
     ++stats_.socket_errors;
     VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", strerror(errno));
     return {};
+  }
+  // Full: the least recently used flow makes room (only once the new socket
+  // exists, so a failure to open one evicts nothing).
+  if (count_ >= options_.max_sockets && lru_head_.valid()) {
+    ++stats_.evicted;
+    Close(lru_head_, env_.flows->Data<Echo>(lru_head_));
   }
   // Connected: replies come from the destination alone, and the socket
   // reports that destination's errors.
@@ -351,6 +353,7 @@ void IcmpEcho::Close(FlowId id, Echo* e) {
 }
 
 void IcmpEcho::Shutdown() {
+  shut_down_ = true;
   if (env_.flows == nullptr) return;
   env_.flows->ForEach([&](FlowId id) {
     if (env_.flows->Key(id)->proto != FlowProto::kIcmp) return;

@@ -134,6 +134,7 @@ class IcmpEcho : public Translator {
   IcmpEchoOptions options_;
   bool ipv4_ = true;
   bool ipv6_ = true;
+  bool shut_down_ = false;  // No new flows after Shutdown.
   Stats stats_;
   size_t count_ = 0;
   FlowId lru_head_;
