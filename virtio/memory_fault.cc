@@ -33,8 +33,11 @@ void OnSigbus(int sig, siginfo_t* info, void* context) {
       const uintptr_t start = s.start.load(std::memory_order_relaxed);
       if (end == 0 || addr < start || addr >= end) continue;
       // The whole mapping: simplest for hugetlbfs, whose mappings split only
-      // at huge-page boundaries, and the queues stop using it anyway.
-      void* p = mmap(reinterpret_cast<void*>(start), end - start, PROT_READ | PROT_WRITE,
+      // at huge-page boundaries, and the queues stop using it anyway. The
+      // address was stored as an integer to compare it lock-free; a fault
+      // handler, not a path the optimizer has to see through.
+      void* p = mmap(reinterpret_cast<void*>(start),  // NOLINT(performance-no-int-to-ptr)
+                     end - start, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
       if (p == MAP_FAILED) break;  // Nothing to contain it with: die as before.
       s.faulted.store(true, std::memory_order_release);

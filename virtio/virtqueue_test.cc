@@ -122,6 +122,7 @@ TEST_F(VirtqueueTest, SeparatesReadableAndWritableParts) {
 
 TEST_F(VirtqueueTest, WalksIndirectTables) {
   std::vector<Buffer> buffers;
+  buffers.reserve(8);
   for (int i = 0; i < 8; ++i)
     buffers.push_back({Alloc(64 + i), static_cast<uint32_t>(64 + i), i >= 3});
   const uint16_t head = *driver_->AddIndirectChain(buffers);
@@ -152,6 +153,7 @@ TEST_F(VirtqueueTest, SplitsABufferThatCrossesRegions) {
 
 TEST_F(VirtqueueTest, ChainThatDoesNotFitIsNotPopped) {
   std::vector<Buffer> buffers;
+  buffers.reserve(6);
   for (int i = 0; i < 6; ++i) buffers.push_back({Alloc(10), 10, true});
   const uint16_t head = *driver_->AddChain(buffers);
   driver_->Publish();
@@ -173,6 +175,7 @@ TEST_F(VirtqueueTest, PopsSeveralElementsIntoOnePool) {
   // Chains of 1, 2 and 3 buffers share a pool of 6 entries exactly.
   for (int n = 1; n <= 3; ++n) {
     std::vector<Buffer> buffers;
+    buffers.reserve(n);
     for (int i = 0; i < n; ++i) buffers.push_back({Alloc(100), 100, false});
     driver_->AddChain(buffers);
   }

@@ -159,7 +159,8 @@ class TcpIntegrationTest : public ::testing::Test {
     rmdir(dir_.c_str());
   }
 
-  void Start(net::TcpTranslatorOptions tcp = {}, vu_frontend::FrontendOptions fo = Frontend()) {
+  void Start(const net::TcpTranslatorOptions& tcp = {},
+             vu_frontend::FrontendOptions fo = Frontend()) {
     BackendOptions o;
     o.socket_path = path_;
     o.arp = {.gateway_mac = net::kDefaultGatewayMac, .guest_addr = V4("10.0.2.15")};

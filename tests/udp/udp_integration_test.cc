@@ -530,6 +530,7 @@ TEST_F(UdpIntegrationTest, ManyFlowsAtOnce) {
   HostSocket a, b;
   constexpr int kFlows = 300;
   std::vector<std::vector<uint8_t>> frames;
+  frames.reserve(kFlows);
   for (int i = 0; i < kFlows; ++i) {
     frames.push_back(
         Frame(Spec4(guest_.gateway4, static_cast<uint16_t>(20000 + i), i % 2 ? a.port() : b.port()),

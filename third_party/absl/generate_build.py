@@ -80,7 +80,9 @@ def generate():
         if linkopts:
             out.append(f"    linkopts = {string_list(linkopts, 4)},")
         if deps:
-            out.append(f"    deps = {string_list([':' + d for d in deps], 4)},")
+            # Sorted, as buildifier sorts them (tools/lint checks the result); the order of a target's
+            # deps does not change what it links: each library still comes before those it requires.
+            out.append(f"    deps = {string_list([':' + d for d in sorted(deps)], 4)},")
         out.append(")")
         out.append("")
     return "\n".join(out)

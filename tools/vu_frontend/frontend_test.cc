@@ -871,7 +871,7 @@ class ServerTest : public ::testing::Test {
     path_ = std::string(dir_) + "/vu.sock";
   }
 
-  void StartServer(EchoDataPlane::Options plane_options = {}) {
+  void StartServer(const EchoDataPlane::Options& plane_options = {}) {
     plane_ = std::make_unique<EchoDataPlane>(plane_options);
     vu::Server::Options options;
     options.socket_path = path_;

@@ -77,6 +77,7 @@ template <typename T>
 std::string List(const std::vector<T>& addrs) {
   if (addrs.empty()) return "none";
   std::vector<std::string> parts;
+  parts.reserve(addrs.size());
   for (const T& a : addrs) parts.push_back(Ntop(a));
   return absl::StrJoin(parts, ", ");
 }

@@ -297,8 +297,8 @@ class Filter {
   }
 
  private:
-  void Fail(std::string message) {
-    if (status_.ok()) status_ = absl::InternalError(std::move(message));
+  void Fail(const std::string& message) {
+    if (status_.ok()) status_ = absl::InternalError(message);
   }
 
   scmp_filter_ctx ctx_;
