@@ -491,21 +491,24 @@ TEST_F(DeviceTest, MemorySlotsAddAndRemove) {
   Negotiate();
   const MemoryRegion r0 = memory_->regions()[0];
   const MemoryRegion r1 = memory_->regions()[1];
-  std::vector<UniqueFd> fd;
-  fd.push_back(MemFd());
-  ASSERT_TRUE(Ack(Request::kAddMemReg, SingleMemoryRegion{.region = r0}, std::move(fd)));
-  fd.push_back(MemFd());
-  ASSERT_TRUE(Ack(Request::kAddMemReg, SingleMemoryRegion{.region = r1}, std::move(fd)));
+  // One fd per request, each in a vector of its own (a moved-from one is
+  // not reused).
+  auto one_fd = [](UniqueFd f) {
+    std::vector<UniqueFd> v;
+    v.push_back(std::move(f));
+    return v;
+  };
+  ASSERT_TRUE(Ack(Request::kAddMemReg, SingleMemoryRegion{.region = r0}, one_fd(MemFd())));
+  ASSERT_TRUE(Ack(Request::kAddMemReg, SingleMemoryRegion{.region = r1}, one_fd(MemFd())));
   EXPECT_EQ(device_->memory().region_count(), 2u);
-  fd.push_back(MemFd());
-  EXPECT_FALSE(Ack(Request::kAddMemReg, SingleMemoryRegion{.region = r1}, std::move(fd)));
+  EXPECT_FALSE(Ack(Request::kAddMemReg, SingleMemoryRegion{.region = r1}, one_fd(MemFd())));
 
   rx_ = std::make_unique<DriverQueue>(memory_.get(), 256);  // In the first region.
   SetUpRing(0, *rx_);
   ASSERT_TRUE(Ack(Request::kSetVringEnable, VringState{0, 1}));
   EXPECT_EQ(data_plane_.Events(), "start 0");
   // Removing the other region restarts the ring; removing its own stops it.
-  fd.push_back(MemFd());  // QEMU sends an fd with REM_MEM_REG; it is closed.
+  std::vector<UniqueFd> fd = one_fd(MemFd());  // QEMU sends an fd with REM_MEM_REG; it is closed.
   const int rem_fd = fd.back().get();
   ASSERT_TRUE(Ack(Request::kRemMemReg, SingleMemoryRegion{.region = r1}, std::move(fd)));
   EXPECT_FALSE(IsOpen(rem_fd));
@@ -665,8 +668,9 @@ TEST_F(DeviceTest, BadLogsAreRefused) {
   std::vector<UniqueFd> fds;
   fds.push_back(UniqueFd(small));
   EXPECT_EQ(U64(Send(Request::kSetLogBase, Log{.mmap_size = 8192}, std::move(fds), 0)), 1u);
-  fds.push_back(EventFd());
-  EXPECT_EQ(U64(Send(Request::kSetLogBase, Log{.mmap_size = 4096}, std::move(fds), 0)), 1u);
+  std::vector<UniqueFd> not_memory;
+  not_memory.push_back(EventFd());
+  EXPECT_EQ(U64(Send(Request::kSetLogBase, Log{.mmap_size = 4096}, std::move(not_memory), 0)), 1u);
   // Without its fd the request fails, but is still answered.
   EXPECT_EQ(U64(Send(Request::kSetLogBase, Log{.mmap_size = 4096}, {}, 0)), 1u);
   EXPECT_EQ(device_->dirty_log(), nullptr);

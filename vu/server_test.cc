@@ -126,7 +126,7 @@ class Frontend {
   explicit Frontend(const std::string& path) : fd_(Connect(path)) {}
 
   template <typename T>
-  void Send(Request r, const T& payload, std::vector<int> fds = {}, uint32_t flags = 0) {
+  void Send(Request r, const T& payload, const std::vector<int>& fds = {}, uint32_t flags = 0) {
     const Header h{
         .request = static_cast<uint32_t>(r), .flags = kVersion | flags, .size = sizeof(T)};
     ASSERT_TRUE(WriteMessage(
@@ -498,7 +498,8 @@ TEST_F(ServerTest, AbusiveFrontendsLeakNothing) {
   const size_t fds_with_server = CountOpenFds();
   const MemoryRegion good = memory->regions()[0];
 
-  auto mem_table = [&](Frontend& f, std::vector<MemoryRegion> regions, std::vector<int> fds) {
+  auto mem_table = [&](Frontend& f, const std::vector<MemoryRegion>& regions,
+                       const std::vector<int>& fds) {
     MemoryTable table{};
     table.nregions = static_cast<uint32_t>(regions.size());
     for (size_t i = 0; i < regions.size(); ++i) table.regions[i] = regions[i];

@@ -27,7 +27,7 @@ ArpConfig Config() {
 }
 
 // An ARP frame as a Linux guest sends it: broadcast, sender = the guest.
-std::vector<uint8_t> Arp(int op, std::vector<uint8_t> spa, std::vector<uint8_t> tpa,
+std::vector<uint8_t> Arp(int op, const std::vector<uint8_t>& spa, const std::vector<uint8_t>& tpa,
                          MacAddr sha = kGuestMac) {
   std::vector<uint8_t> f = Bytes({0xff, 0xff, 0xff, 0xff, 0xff, 0xff});
   Append(f, std::vector<uint8_t>(sha.bytes, sha.bytes + 6));
@@ -67,8 +67,8 @@ TEST(ArpTest, AnswersForTheGateway) {
 }
 
 TEST(ArpTest, AnswersForAnyOtherAddress) {
-  for (auto tpa : {Bytes({10, 0, 2, 3}), Bytes({10, 0, 2, 255}), Bytes({8, 8, 8, 8}),
-                   Bytes({192, 168, 1, 1})}) {
+  for (const auto& tpa : {Bytes({10, 0, 2, 3}), Bytes({10, 0, 2, 255}), Bytes({8, 8, 8, 8}),
+                          Bytes({192, 168, 1, 1})}) {
     std::vector<uint8_t> reply;
     absl::StatusOr<size_t> n = Answer(Arp(1, Bytes({10, 0, 2, 15}), tpa), &reply);
     ASSERT_TRUE(n.ok());

@@ -41,7 +41,7 @@ DhcpConfig Config() {
 }
 
 // The fixed part and cookie of a BOOTREQUEST from the guest, then `options`.
-std::vector<uint8_t> Message(uint32_t xid, uint16_t flags, std::vector<uint8_t> ciaddr,
+std::vector<uint8_t> Message(uint32_t xid, uint16_t flags, const std::vector<uint8_t>& ciaddr,
                              const std::vector<uint8_t>& options) {
   std::vector<uint8_t> m = Bytes({1, 1, 6, 0});
   for (int shift : {24, 16, 8, 0}) m.push_back(static_cast<uint8_t>(xid >> shift));
@@ -87,8 +87,8 @@ std::vector<uint8_t> UdhcpcDiscover() {
   return Frame(Message(0xdeadbeef, 0, Bytes({0, 0, 0, 0}), o));
 }
 
-std::vector<uint8_t> UdhcpcRequest(std::vector<uint8_t> requested = Bytes({10, 0, 2, 15}),
-                                   std::vector<uint8_t> server = Bytes({10, 0, 2, 2})) {
+std::vector<uint8_t> UdhcpcRequest(const std::vector<uint8_t>& requested = Bytes({10, 0, 2, 15}),
+                                   const std::vector<uint8_t>& server = Bytes({10, 0, 2, 2})) {
   std::vector<uint8_t> o = Bytes({53, 1, 3});
   Append(o, kUdhcpcCommon);
   Append(o, Bytes({50, 4}));
