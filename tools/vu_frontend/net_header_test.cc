@@ -18,8 +18,8 @@ constexpr uint64_t kAll = kCsums | kGsoFeatures;
 // An Ethernet frame carrying TCP (protocol 6) or UDP (17) over IPv4 or IPv6
 // with `payload` bytes and a TCP header of `tcp_header` bytes, its IP length
 // set; `pad_to` pads the frame with zeros as Ethernet does.
-std::vector<uint8_t> Frame(int ip_version, uint8_t protocol, size_t payload,
-                           size_t tcp_header = 20, size_t pad_to = 0) {
+std::vector<uint8_t> Frame(int ip_version, uint8_t protocol, size_t payload, size_t tcp_header = 20,
+                           size_t pad_to = 0) {
   const size_t ip_header = ip_version == 4 ? 20 : 40;
   const size_t l4_header = protocol == 6 ? tcp_header : 8;
   std::vector<uint8_t> frame(14 + ip_header + l4_header + payload);
@@ -221,15 +221,13 @@ TEST(CheckHeaderTest, EachProblem) {
     h.gso_type = type;
     EXPECT_EQ(check(h, tcp4, kAll), HeaderProblem::kGsoUnknownType) << int{type};
   }
-  EXPECT_EQ(check(gso4, tcp4, kAll & ~Bit(kVirtioNetFGuestTso4)),
-            HeaderProblem::kGsoNotNegotiated);
+  EXPECT_EQ(check(gso4, tcp4, kAll & ~Bit(kVirtioNetFGuestTso4)), HeaderProblem::kGsoNotNegotiated);
   EXPECT_EQ(check(gso4, tcp4, kAll & ~Bit(kVirtioNetFHostTso4), Direction::kToBackend),
             HeaderProblem::kGsoNotNegotiated);
   // GUEST_USO4 and 6 go by the frame's IP version; HOST_USO covers both.
   const VirtioNetHdr uso4 = *OffloadHeader(udp4, 1400);
   EXPECT_EQ(check(uso4, udp4, kAll & ~Bit(kVirtioNetFGuestUso6)), HeaderProblem::kNone);
-  EXPECT_EQ(check(uso4, udp4, kAll & ~Bit(kVirtioNetFGuestUso4)),
-            HeaderProblem::kGsoNotNegotiated);
+  EXPECT_EQ(check(uso4, udp4, kAll & ~Bit(kVirtioNetFGuestUso4)), HeaderProblem::kGsoNotNegotiated);
   EXPECT_EQ(check(uso4, udp4, kAll & ~Bit(kVirtioNetFHostUso), Direction::kToBackend),
             HeaderProblem::kGsoNotNegotiated);
   h = uso4;
