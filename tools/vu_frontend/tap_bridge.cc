@@ -325,8 +325,9 @@ absl::Status TapBridge::Run(int stop_fd) {
     if (release != absl::InfiniteFuture()) {
       const int64_t ms = absl::ToInt64Milliseconds(
           absl::Ceil(std::max(release - absl::Now(), absl::ZeroDuration()), absl::Milliseconds(1)));
-      if (timeout_ms < 0 || ms < timeout_ms)
+      if (timeout_ms < 0 || ms < timeout_ms) {
         timeout_ms = static_cast<int>(std::min<int64_t>(ms, 1000));
+      }
     }
     const int ready = poll(fds, count, timeout_ms);
     if (ready < 0) {
