@@ -165,6 +165,7 @@ bool EchoDataPlane::EchoOne() {
   }
 
   uint8_t net_header[12] = {};
+  if (options_.echo_header) IovToBuf(frame.out_sg, frame.out_num, 0, net_header, 10);
   const uint16_t num_buffers = static_cast<uint16_t>(elems);
   if (header >= 12) std::memcpy(net_header + 10, &num_buffers, sizeof(num_buffers));
   IovFromBuf(in_, iov_used, 0, net_header, header);

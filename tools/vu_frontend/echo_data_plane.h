@@ -43,6 +43,11 @@ class EchoDataPlane : public vu::DataPlane {
     bool mergeable = true;
     // The virtio-net header on the rings: 12 (VERSION_1 or MRG_RXBUF) or 10.
     size_t net_header_size = 12;
+    // Return each frame with the virtio-net header it was sent with (its
+    // first 10 bytes: checksum and segmentation fields; num_buffers is the
+    // echo's), as a backend that took the offloads the frontend negotiated
+    // both ways would; false: a zeroed header.
+    bool echo_header = false;
     // Called on the server's thread for each queue start and stop.
     std::function<void(uint32_t index, bool started)> on_queue = nullptr;
   };

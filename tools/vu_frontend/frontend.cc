@@ -67,8 +67,12 @@ std::string FeatureNames(uint64_t features) {
       {kVirtioNetFMac, "MAC"},
       {kVirtioNetFGuestTso4, "GUEST_TSO4"},
       {kVirtioNetFGuestTso6, "GUEST_TSO6"},
+      {kVirtioNetFGuestEcn, "GUEST_ECN"},
+      {kVirtioNetFGuestUfo, "GUEST_UFO"},
       {kVirtioNetFHostTso4, "HOST_TSO4"},
       {kVirtioNetFHostTso6, "HOST_TSO6"},
+      {kVirtioNetFHostEcn, "HOST_ECN"},
+      {kVirtioNetFHostUfo, "HOST_UFO"},
       {kVirtioNetFMrgRxbuf, "MRG_RXBUF"},
       {kVirtioNetFStatus, "STATUS"},
       {kVirtioNetFMq, "MQ"},
@@ -77,6 +81,9 @@ std::string FeatureNames(uint64_t features) {
       {virtio::kVirtioRingFEventIdx, "EVENT_IDX"},
       {vu::kVhostUserFProtocolFeatures, "PROTOCOL_FEATURES"},
       {virtio::kVirtioFVersion1, "VERSION_1"},
+      {kVirtioNetFGuestUso4, "GUEST_USO4"},
+      {kVirtioNetFGuestUso6, "GUEST_USO6"},
+      {kVirtioNetFHostUso, "HOST_USO"},
   };
   return BitNames(features, kNames);
 }
@@ -176,6 +183,17 @@ absl::StatusOr<std::unique_ptr<Frontend>> Frontend::Create(const FrontendOptions
   f.tx_slot_of_head_.assign(qs, -1);
   f.chain_.reserve(std::max<uint32_t>(options.rx_descriptors, 2));
   f.reassembly_.resize(options.max_frame_size);
+
+  f.loss_tx_ = LossInjector(options.loss_to_backend);
+  f.loss_rx_ = LossInjector(options.loss_to_guest);
+  if (options.loss_to_backend.reorders()) f.tx_held_ = HeldFrames(kMaxHeldFrames);
+  if (options.loss_to_guest.reorders()) {
+    f.rx_held_ = HeldFrames(kMaxHeldFrames);
+    f.rx_held_slot_size_ = std::max<size_t>(options.max_frame_size, options.rx_buffer_size);
+    f.rx_held_pool_.resize(kMaxHeldFrames * f.rx_held_slot_size_);
+    f.rx_held_meta_.resize(kMaxHeldFrames);
+    for (uint32_t i = kMaxHeldFrames; i > 0; --i) f.rx_held_free_.push_back(i - 1);
+  }
 
   for (uint32_t i = 0; i < kNumQueues; ++i) {
     f.kick_[i].reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -360,6 +378,8 @@ absl::Status Frontend::SetUpRing(uint32_t index) {
   if (index == kRxQueue) {
     rx_free_.clear();
     for (uint32_t i = rx_count_; i > 0; --i) rx_free_.push_back(i - 1);
+    // Frames held back are lost with the ring's state.
+    for (const HeldFrames::Entry& e : rx_held_.TakeAll()) rx_held_free_.push_back(e.handle);
     std::fill(rx_buffer_of_head_.begin(), rx_buffer_of_head_.end(), -1);
     PostRxBuffers();
     queues_[index]->Publish();
@@ -367,6 +387,7 @@ absl::Status Frontend::SetUpRing(uint32_t index) {
   } else {
     tx_free_.clear();
     for (uint32_t i = tx_count_; i > 0; --i) tx_free_.push_back(i - 1);
+    tx_held_.TakeAll();  // Their slots are free again.
     std::fill(tx_slot_of_head_.begin(), tx_slot_of_head_.end(), -1);
     tx_in_flight_ = 0;
   }
@@ -410,7 +431,13 @@ absl::StatusOr<uint32_t> Frontend::GetVringBase(uint32_t index) {
 absl::Status Frontend::Negotiate() {
   absl::StatusOr<uint64_t> offered = GetFeatures();
   if (!offered.ok()) return offered.status();
-  const uint64_t features = *offered & options_.features;
+  uint64_t features = WithPrerequisites(*offered & options_.features);
+  // Without mergeable buffers a segmentation-offloaded frame must fit in one
+  // receive buffer.
+  if ((features & Bit(kVirtioNetFMrgRxbuf)) == 0 &&
+      options_.rx_buffer_size < kBigPacketBufferSize) {
+    features = WithPrerequisites(features & ~kGuestGsoFeatures);
+  }
   if (features & Bit(vu::kVhostUserFProtocolFeatures)) {
     absl::StatusOr<uint64_t> offered_protocol = GetProtocolFeatures();
     if (!offered_protocol.ok()) return offered_protocol.status();
@@ -568,12 +595,70 @@ absl::StatusOr<size_t> Frontend::SendFrames(absl::Span<const absl::Span<const ui
   });
 }
 
+absl::StatusOr<size_t> Frontend::SendFramesWithHeaders(absl::Span<const TxFrame> frames) {
+  if (!ring_running_[kTxQueue]) return absl::FailedPreconditionError("transmit ring not running");
+  for (const TxFrame& frame : frames) {
+    if (frame.data.empty() || frame.data.size() > options_.max_frame_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "frame of %d bytes: must be 1 to %d", frame.data.size(), options_.max_frame_size));
+    }
+  }
+  size_t next = 0;
+  return SendFramesFrom(frames.size(), [&](const TxBuffer& buffer) -> absl::StatusOr<size_t> {
+    const TxFrame& frame = frames[next++];
+    std::memcpy(buffer.header.data(), &frame.header, buffer.header.size());
+    std::memcpy(buffer.frame.data(), frame.data.data(), frame.data.size());
+    return frame.data.size();
+  });
+}
+
+absl::Status Frontend::QueueTxSlot(uint32_t slot, uint32_t len) {
+  const size_t header = net_header_size_;
+  const uint64_t gpa = tx_pool_gpa_ + uint64_t{slot} * tx_slot_size_;
+  Buffer chain[2];
+  size_t n = 0;
+  if (options_.tx_header_separate) {
+    chain[n++] = {.gpa = gpa, .len = static_cast<uint32_t>(header), .writable = false};
+    chain[n++] = {.gpa = gpa + header, .len = len, .writable = false};
+  } else {
+    chain[n++] = {.gpa = gpa, .len = static_cast<uint32_t>(header) + len, .writable = false};
+  }
+  const uint64_t table =
+      options_.tx_indirect ? tx_tables_gpa_ + uint64_t{slot} * 2 * sizeof(VirtqDesc) : 0;
+  std::optional<uint16_t> head = AddChain(kTxQueue, absl::MakeConstSpan(chain, n), table);
+  if (!head) {
+    // Ruled out by the callers' checks; the frame is lost rather than sent wrong.
+    return absl::InternalError("transmit ring out of descriptors");
+  }
+  tx_slot_of_head_[*head] = static_cast<int32_t>(slot);
+  ++tx_in_flight_;
+  ++stats_.tx_frames;
+  stats_.tx_bytes += len;
+  return absl::OkStatus();
+}
+
+absl::Status Frontend::ReleaseDueTx(absl::Time now) {
+  const uint32_t descriptors = options_.tx_indirect ? 1 : (options_.tx_header_separate ? 2 : 1);
+  while (!tx_held_.empty() && queues_[kTxQueue]->free_descriptors() >= descriptors) {
+    bool by_timeout;
+    std::optional<HeldFrames::Entry> due = tx_held_.TakeDue(now, &by_timeout);
+    if (!due) break;
+    if (absl::Status s = QueueTxSlot(due->handle, due->length); !s.ok()) return s;
+    loss_tx_.CountRelease(by_timeout);
+    tx_held_.OnSent();
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<size_t> Frontend::SendFramesFrom(size_t max, TxFill fill) {
   if (!ring_running_[kTxQueue]) return absl::FailedPreconditionError("transmit ring not running");
   // Slots the backend has finished with go back on the free stack first, so
   // the next frames land in memory that is still in cache.
   absl::StatusOr<size_t> reclaimed = ReclaimTx();
   if (!reclaimed.ok()) return reclaimed.status();
+  const bool lossy = loss_tx_.active();
+  absl::Time now = lossy ? absl::Now() : absl::InfinitePast();
+  if (absl::Status s = ReleaseDueTx(now); !s.ok()) return s;
   const size_t header = net_header_size_;
   const uint32_t descriptors = options_.tx_indirect ? 1 : (options_.tx_header_separate ? 2 : 1);
   DriverQueue& q = *queues_[kTxQueue];
@@ -610,34 +695,45 @@ absl::StatusOr<size_t> Frontend::SendFramesFrom(size_t max, TxFill fill) {
       break;
     }
     const uint32_t len = static_cast<uint32_t>(*filled);
-    Buffer chain[2];
-    size_t n = 0;
-    if (options_.tx_header_separate) {
-      chain[n++] = {.gpa = gpa, .len = static_cast<uint32_t>(header), .writable = false};
-      chain[n++] = {.gpa = gpa + header, .len = len, .writable = false};
-    } else {
-      chain[n++] = {.gpa = gpa, .len = static_cast<uint32_t>(header) + len, .writable = false};
+    bool selected = false;
+    if (lossy) {
+      const FrameClass frame_class = ClassOf(ClassifyFrame(buffer.frame.first(len)));
+      selected = loss_tx_.Selects(frame_class);
+      const LossInjector::Decision decision = loss_tx_.Next(frame_class);
+      if (decision.action == LossInjector::Action::kDrop) {
+        ++sent;  // Lost on the way: the slot takes the next frame.
+        continue;
+      }
+      if (decision.action == LossInjector::Action::kHold) {
+        if (!tx_held_.full()) {
+          now = absl::Now();
+          tx_held_.Hold(slot, len, decision.hold_for, now + options_.reorder_timeout);
+          tx_free_.pop_back();
+          ++sent;
+          continue;
+        }
+        loss_tx_.CountNotHeld();
+      }
     }
-    const uint64_t table =
-        options_.tx_indirect ? tx_tables_gpa_ + uint64_t{slot} * 2 * sizeof(VirtqDesc) : 0;
-    std::optional<uint16_t> head = AddChain(kTxQueue, absl::MakeConstSpan(chain, n), table);
-    if (!head) {
-      // Ruled out by the check above; the frame is lost rather than sent wrong.
-      status = absl::InternalError("transmit ring out of descriptors");
+    if (absl::Status s = QueueTxSlot(slot, len); !s.ok()) {
+      status = s;
       break;
     }
-    tx_slot_of_head_[*head] = static_cast<int32_t>(slot);
     tx_free_.pop_back();
-    ++tx_in_flight_;
     ++sent;
-    stats_.tx_bytes += len;
     unpublished_bytes += len;
+    if (selected && !tx_held_.empty()) {
+      tx_held_.OnSent();
+      if (absl::Status s = ReleaseDueTx(now); !s.ok()) {
+        status = s;
+        break;
+      }
+    }
     if (options_.tx_publish_bytes != 0 && unpublished_bytes >= options_.tx_publish_bytes) {
       PublishAndKick(kTxQueue);
       unpublished_bytes = 0;
     }
   }
-  stats_.tx_frames += sent;
   PublishAndKick(kTxQueue);
   if (!status.ok()) return status;
   return sent;
@@ -682,15 +778,18 @@ absl::StatusOr<bool> Frontend::DeliverOne(absl::FunctionRef<void(const ReceivedF
     ++stats_.rx_dropped;
     return false;
   }
+  if (buffers > rx_count_) {
+    rx_free_.push_back(first->owner);
+    return absl::DataLossError(absl::StrFormat(
+        "backend says a frame took %d buffers; %d were posted", buffers, rx_count_));
+  }
   frame.buffers = buffers;
   if (buffers == 1) {
     // Contiguous in guest memory however many descriptors the buffer took.
     frame.data = absl::MakeConstSpan(first_host + header_size, first->len - header_size);
-    callback(frame);
+    const bool delivered = Deliver(frame, callback);
     rx_free_.push_back(first->owner);
-    ++stats_.rx_frames;
-    stats_.rx_bytes += frame.data.size();
-    return true;
+    return delivered;
   }
 
   // Mergeable buffers: gather the pieces into the reassembly buffer, handing
@@ -737,10 +836,60 @@ absl::StatusOr<bool> Frontend::DeliverOne(absl::FunctionRef<void(const ReceivedF
     return false;
   }
   frame.data = absl::MakeConstSpan(reassembly_.data(), total);
+  return Deliver(frame, callback);
+}
+
+bool Frontend::Deliver(const ReceivedFrame& frame,
+                       absl::FunctionRef<void(const ReceivedFrame&)> callback) {
+  bool selected = false;
+  if (loss_rx_.active()) {
+    const FrameClass frame_class = ClassOf(ClassifyFrame(frame.data));
+    selected = loss_rx_.Selects(frame_class);
+    const LossInjector::Decision decision = loss_rx_.Next(frame_class);
+    if (decision.action == LossInjector::Action::kDrop) return false;
+    if (decision.action == LossInjector::Action::kHold) {
+      if (!rx_held_free_.empty() && frame.data.size() <= rx_held_slot_size_) {
+        const uint32_t slot = rx_held_free_.back();
+        rx_held_free_.pop_back();
+        std::memcpy(rx_held_pool_.data() + size_t{slot} * rx_held_slot_size_, frame.data.data(),
+                    frame.data.size());
+        rx_held_meta_[slot] = {.header = frame.header, .buffers = frame.buffers};
+        rx_held_.Hold(slot, static_cast<uint32_t>(frame.data.size()), decision.hold_for,
+                      absl::Now() + options_.reorder_timeout);
+        return false;
+      }
+      loss_rx_.CountNotHeld();
+    }
+  }
   callback(frame);
   ++stats_.rx_frames;
-  stats_.rx_bytes += total;
+  stats_.rx_bytes += frame.data.size();
+  if (selected) rx_held_.OnSent();
   return true;
+}
+
+bool Frontend::DeliverDueHeld(absl::FunctionRef<void(const ReceivedFrame&)> callback) {
+  if (rx_held_.empty()) return false;
+  bool by_timeout;
+  std::optional<HeldFrames::Entry> due = rx_held_.TakeDue(absl::Now(), &by_timeout);
+  if (!due) return false;
+  const HeldMeta& meta = rx_held_meta_[due->handle];
+  ReceivedFrame frame;
+  frame.header = meta.header;
+  frame.buffers = meta.buffers;
+  frame.data = absl::MakeConstSpan(rx_held_pool_.data() + size_t{due->handle} * rx_held_slot_size_,
+                                   due->length);
+  callback(frame);
+  ++stats_.rx_frames;
+  stats_.rx_bytes += frame.data.size();
+  rx_held_free_.push_back(due->handle);
+  loss_rx_.CountRelease(by_timeout);
+  rx_held_.OnSent();
+  return true;
+}
+
+absl::Time Frontend::next_release() const {
+  return std::min(tx_held_.next_deadline(), rx_held_.next_deadline());
 }
 
 absl::StatusOr<size_t> Frontend::ReceiveFrames(
@@ -750,6 +899,10 @@ absl::StatusOr<size_t> Frontend::ReceiveFrames(
   size_t delivered = 0;
   absl::Status status;
   while (delivered < max) {
+    if (DeliverDueHeld(callback)) {
+      ++delivered;
+      continue;
+    }
     absl::StatusOr<uint16_t> pending = UsedPending(kRxQueue);
     if (!pending.ok()) {
       status = pending.status();
@@ -760,12 +913,17 @@ absl::StatusOr<size_t> Frontend::ReceiveFrames(
       PostRxBuffers();
       PublishAndKick(kRxQueue);
       if (delivered > 0) break;
-      absl::StatusOr<bool> readable = WaitReadable(call_[kRxQueue].get(), deadline);
+      // A held frame's timeout ends the wait early, to deliver it.
+      const absl::Time wake = std::min(deadline, rx_held_.next_deadline());
+      absl::StatusOr<bool> readable = WaitReadable(call_[kRxQueue].get(), wake);
       if (!readable.ok()) {
         status = readable.status();
         break;
       }
-      if (!*readable) break;
+      if (!*readable) {
+        if (wake < deadline) continue;
+        break;
+      }
       DrainEventfd(call_[kRxQueue].get());
       ++stats_.rx_calls;
       continue;
@@ -781,6 +939,18 @@ absl::StatusOr<size_t> Frontend::ReceiveFrames(
   PublishAndKick(kRxQueue);
   if (!status.ok()) return status;
   return delivered;
+}
+
+absl::StatusOr<OwnedFrame> Frontend::ReceiveFrameWithHeader(absl::Duration timeout) {
+  OwnedFrame out;
+  absl::StatusOr<size_t> n = ReceiveFrames(1, timeout, [&out](const ReceivedFrame& frame) {
+    out.header = frame.header;
+    out.data.assign(frame.data.begin(), frame.data.end());
+    out.buffers = frame.buffers;
+  });
+  if (!n.ok()) return n.status();
+  if (*n == 0) return absl::DeadlineExceededError("no frame received in time");
+  return out;
 }
 
 absl::StatusOr<std::vector<uint8_t>> Frontend::ReceiveFrame(absl::Duration timeout) {

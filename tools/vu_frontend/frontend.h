@@ -20,7 +20,8 @@
 //
 // Negotiation follows QEMU's order: GET_FEATURES; GET_PROTOCOL_FEATURES and
 // SET_PROTOCOL_FEATURES if the backend offers VHOST_USER_F_PROTOCOL_FEATURES
-// and the caller wants it; SET_OWNER; SET_FEATURES (offered & wanted);
+// and the caller wants it; SET_OWNER; SET_FEATURES (offered & wanted, less
+// what a driver may not take: see Negotiate);
 // SET_MEM_TABLE; then for each ring SET_VRING_NUM, SET_VRING_ADDR,
 // SET_VRING_BASE, SET_VRING_CALL, SET_VRING_KICK and, with protocol features,
 // SET_VRING_ENABLE 1. Receive buffers are posted before the rings start, as a
@@ -30,6 +31,21 @@
 //
 // The individual steps are public too, and so are raw messages, for tests
 // that play a misbehaving frontend.
+//
+// Offloads: a frontend that asks for kOffloadFeatures negotiates whichever
+// of them the backend offers. Frames go out with the virtio-net header the
+// caller writes (SendFramesWithHeaders, SendFramesFrom: partial checksums,
+// segmentation) and come back with the header the backend wrote
+// (ReceivedFrame::header, from the first buffer of a merged frame); nothing
+// is checked on the way, so tests can send what a hostile guest would, and
+// check what a backend writes with CheckHeader (net_header.h).
+//
+// Loss: FrontendOptions::loss_to_backend and loss_to_guest (loss.h) drop or
+// hold back frames of either direction, as a lossy link would: transmitted
+// frames are dropped before they reach the ring (their slot is reused) or
+// held in their slot and published later; received frames are dropped
+// before the callback (their buffers go back) or copied aside and delivered
+// later.
 //
 // Thread-compatible: one thread drives a Frontend. Not hardened against a
 // hostile backend beyond bounds checks on what it writes into the used rings.
@@ -50,6 +66,8 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
+#include "tools/vu_frontend/loss.h"
+#include "tools/vu_frontend/net_header.h"
 #include "virtio/testing/driver.h"
 #include "virtio/virtio_net.h"
 #include "virtio/virtqueue.h"
@@ -57,14 +75,8 @@
 
 namespace vunet::vu_frontend {
 
-// virtio-net feature bits (virtio/virtio_net.h) and those of
-// virtio/virtqueue.h and vu/message.h.
-using virtio::kVirtioNetFCsum;
-using virtio::kVirtioNetFGuestCsum;
-using virtio::kVirtioNetFGuestTso4;
-using virtio::kVirtioNetFGuestTso6;
-using virtio::kVirtioNetFHostTso4;
-using virtio::kVirtioNetFHostTso6;
+// virtio-net feature bits (virtio/virtio_net.h; the offload ones and Bit()
+// come with net_header.h) and those of virtio/virtqueue.h and vu/message.h.
 using virtio::kVirtioNetFMac;
 using virtio::kVirtioNetFMq;
 using virtio::kVirtioNetFMrgRxbuf;
@@ -75,15 +87,19 @@ inline constexpr uint32_t kRxQueue = 0;
 inline constexpr uint32_t kTxQueue = 1;
 inline constexpr uint32_t kNumQueues = 2;
 
-constexpr uint64_t Bit(unsigned bit) { return uint64_t{1} << bit; }
-
 // What a frontend asks for unless told otherwise.
 inline constexpr uint64_t kDefaultFeatures =
     Bit(virtio::kVirtioFVersion1) | Bit(kVirtioNetFMrgRxbuf) | Bit(virtio::kVirtioRingFEventIdx) |
     Bit(virtio::kVirtioRingFIndirectDesc) | Bit(vu::kVhostUserFProtocolFeatures);
 inline constexpr uint64_t kDefaultProtocolFeatures = Bit(vu::kProtocolFReplyAck);
-
-using virtio::VirtioNetHdr;
+// Checksum and segmentation offloads, both ways: CSUM, GUEST_CSUM,
+// HOST_TSO4/6, HOST_ECN, HOST_USO, GUEST_TSO4/6, GUEST_ECN, GUEST_USO4/6.
+inline constexpr uint64_t kOffloadFeatures =
+    Bit(kVirtioNetFCsum) | Bit(kVirtioNetFGuestCsum) | kGsoFeatures;
+// Without MRG_RXBUF, the receive buffer size (virtio-net header included) a
+// driver needs before it takes segmentation offloads to the guest (virtio
+// 1.x, 5.1.6.3.1).
+inline constexpr uint32_t kBigPacketBufferSize = 65562;
 
 // "VERSION_1|MRG_RXBUF|..." for the bits set, "0x..." for unnamed ones.
 std::string FeatureNames(uint64_t features);
@@ -129,7 +145,18 @@ struct FrontendOptions {
 
   // How long to wait for a reply or ack before failing (SO_RCVTIMEO).
   absl::Duration reply_timeout = absl::Seconds(10);
+
+  // Loss injected into each direction (loss.h; no rules: none). A frame
+  // held back by a reorder rule goes once its frames went after it, or
+  // `reorder_timeout` after it was held (by the next SendFramesFrom or
+  // ReceiveFrames call from then on: see next_release()); at most
+  // kMaxHeldFrames per direction are held, more go at once.
+  LossSpec loss_to_backend = {};
+  LossSpec loss_to_guest = {};
+  absl::Duration reorder_timeout = absl::Milliseconds(20);
 };
+
+inline constexpr size_t kMaxHeldFrames = 16;
 
 // A frame read from the receive queue.
 struct ReceivedFrame {
@@ -138,6 +165,20 @@ struct ReceivedFrame {
   absl::Span<const uint8_t> data;
   VirtioNetHdr header;   // num_buffers is 0 for a legacy 10-byte header.
   uint16_t buffers = 0;  // Receive buffers (used entries) the frame took.
+};
+
+// A received frame copied out (Frontend::ReceiveFrameWithHeader).
+struct OwnedFrame {
+  VirtioNetHdr header;
+  std::vector<uint8_t> data;
+  uint16_t buffers = 0;
+};
+
+// A frame to send with the virtio-net header the backend is to see (its
+// first net_header_size() bytes; a driver leaves num_buffers 0).
+struct TxFrame {
+  VirtioNetHdr header = {};
+  absl::Span<const uint8_t> data = {};
 };
 
 // A transmit slot in guest memory, handed to a SendFramesFrom callback to
@@ -165,6 +206,8 @@ struct FrontendStats {
   uint64_t rx_calls = 0;    // Wake-ups by the receive call eventfd.
   uint64_t rx_dropped = 0;  // Frames too large for max_frame_size or malformed.
 };
+// Frames dropped or held back by loss injection are not in these: see
+// Frontend::loss_counters().
 
 class Frontend {
  public:
@@ -188,7 +231,11 @@ class Frontend {
   bool connected() const { return socket_.valid(); }
   int socket_fd() const { return socket_.get(); }
 
-  // The whole handshake described above; afterwards both rings run.
+  // The whole handshake described above; afterwards both rings run. The
+  // features set are what the backend offers and options.features asks for,
+  // less those whose prerequisites are not in that set (WithPrerequisites)
+  // and, without MRG_RXBUF and receive buffers of kBigPacketBufferSize, the
+  // segmentation offloads to the guest.
   absl::Status Negotiate();
 
   // The handshake's steps, for tests that take them one by one or leave
@@ -223,6 +270,8 @@ class Frontend {
   // max_frame_size (nothing is sent), kFailedPrecondition if the transmit
   // ring is not running.
   absl::StatusOr<size_t> SendFrames(absl::Span<const absl::Span<const uint8_t>> frames);
+  // The same with a virtio-net header for each frame, written as given.
+  absl::StatusOr<size_t> SendFramesWithHeaders(absl::Span<const TxFrame> frames);
 
   // Zero-copy transmit: for up to `max` free transmit slots in turn, calls
   // `fill` with the slot's buffer in guest memory; `fill` writes a frame
@@ -231,9 +280,10 @@ class Frontend {
   // 0 to stop (that slot stays free). The frames filled are published at
   // the end (with tx_publish_bytes also on the way), kicking the backend if
   // it asks to be kicked. Reclaims used slots first, so recently used
-  // (cache-warm) ones are filled again. Returns how many
-  // frames went out: fewer than `max` when `fill` stopped or the ring is
-  // full; `fill` is not called without a slot to fill. If `fill` fails, or
+  // (cache-warm) ones are filled again. Returns how many frames `fill` gave
+  // (including those loss injection dropped or held back): fewer than
+  // `max` when `fill` stopped or the ring is full; `fill` is not called
+  // without a slot to fill. Held frames that are due go out first. If `fill` fails, or
   // returns more than frame.size() (kInvalidArgument), the frames filled
   // before are still published and that error is returned.
   // kFailedPrecondition if the transmit ring is not running.
@@ -258,9 +308,21 @@ class Frontend {
   // descriptor that was not outstanding or lengths beyond the buffers.
   absl::StatusOr<size_t> ReceiveFrames(size_t max, absl::Duration timeout,
                                        absl::FunctionRef<void(const ReceivedFrame&)> callback);
+  // Frames held back (loss injection) are delivered once due, first.
   // One frame, copied out (for tests; allocates). kDeadlineExceeded if none
   // arrived within `timeout`.
   absl::StatusOr<std::vector<uint8_t>> ReceiveFrame(absl::Duration timeout);
+  // The same with its virtio-net header.
+  absl::StatusOr<OwnedFrame> ReceiveFrameWithHeader(absl::Duration timeout);
+
+  // Loss injected so far into frames to the backend (kToBackend) or from it.
+  const LossCounters& loss_counters(Direction direction) const {
+    return direction == Direction::kToBackend ? loss_tx_.counters() : loss_rx_.counters();
+  }
+  // When the next frame held back by loss injection is due by its timeout
+  // (InfiniteFuture if none): a caller that waits should wake up then and
+  // send (SendFramesFrom) or receive (ReceiveFrames) to let it go.
+  absl::Time next_release() const;
 
   uint64_t offered_features() const { return offered_features_; }
   uint64_t features() const { return features_; }
@@ -317,6 +379,16 @@ class Frontend {
     uint32_t len = 0;
   };
   absl::StatusOr<Used> PopUsed(uint32_t index, std::vector<int32_t>& owner);
+  // Puts transmit slot `slot` holding a frame of `len` bytes on the ring
+  // (the caller checked for descriptors).
+  absl::Status QueueTxSlot(uint32_t slot, uint32_t len);
+  // Puts held transmit frames that are due on the ring, while it has room.
+  absl::Status ReleaseDueTx(absl::Time now);
+  // Hands `frame` to `callback` unless loss injection drops or holds it;
+  // true if it was delivered.
+  bool Deliver(const ReceivedFrame& frame, absl::FunctionRef<void(const ReceivedFrame&)> callback);
+  // Delivers a held receive frame that is due, if any; true if one was.
+  bool DeliverDueHeld(absl::FunctionRef<void(const ReceivedFrame&)> callback);
 
   const FrontendOptions options_;
   std::unique_ptr<virtio::testing::DriverMemory> memory_;
@@ -354,6 +426,22 @@ class Frontend {
   uint32_t tx_in_flight_ = 0;
 
   FrontendStats stats_;
+
+  // Loss injection. Held transmit frames stay in their slots; held receive
+  // frames are copied to rx_held_pool_ (kMaxHeldFrames slots of
+  // rx_held_slot_size_ bytes, allocated only for a spec that reorders).
+  LossInjector loss_tx_;
+  LossInjector loss_rx_;
+  HeldFrames tx_held_;
+  HeldFrames rx_held_;
+  std::vector<uint8_t> rx_held_pool_;
+  size_t rx_held_slot_size_ = 0;
+  std::vector<uint32_t> rx_held_free_;
+  struct HeldMeta {
+    VirtioNetHdr header;
+    uint16_t buffers = 0;
+  };
+  std::vector<HeldMeta> rx_held_meta_;
 };
 
 }  // namespace vunet::vu_frontend

@@ -255,10 +255,13 @@ class FrontendTest : public ::testing::Test {
     return elem;
   }
 
-  // The device writes `frame` with a virtio-net header into as many receive
-  // buffers as it takes (one unless MRG_RXBUF), flushes and notifies.
-  void DeviceReceive(absl::Span<const uint8_t> frame, size_t max_buffers = 64) {
+  // The device writes `frame` with a virtio-net header (`header`, its
+  // num_buffers set here) into as many receive buffers as it takes (one
+  // unless MRG_RXBUF), flushes and notifies.
+  void DeviceReceive(absl::Span<const uint8_t> frame, size_t max_buffers = 64,
+                     const VirtioNetHdr& header = {}) {
     std::vector<uint8_t> bytes(sizeof(VirtioNetHdr));
+    std::memcpy(bytes.data(), &header, sizeof(header));
     bytes.insert(bytes.end(), frame.begin(), frame.end());
     std::vector<VirtqElement> elems;
     std::vector<uint32_t> lens;
@@ -713,6 +716,145 @@ TEST_F(FrontendTest, ReassemblesMergeableBuffers) {
   EXPECT_EQ(frontend_->stats().rx_buffers, 4u);
 }
 
+// A TCP/IPv4 frame of `payload` bytes (IP length set), for offload headers.
+std::vector<uint8_t> TcpFrame(size_t payload, uint8_t seed = 0) {
+  std::vector<uint8_t> frame = Pattern(14 + 20 + 20 + payload, seed);
+  frame[12] = 0x08;
+  frame[13] = 0x00;
+  frame[14] = 0x45;
+  const size_t total = 20 + 20 + payload;
+  frame[16] = static_cast<uint8_t>(total >> 8);
+  frame[17] = static_cast<uint8_t>(total);
+  frame[20] = 0x40;  // Don't fragment.
+  frame[21] = 0;
+  frame[23] = 6;
+  frame[34 + 12] = 0x50;  // Data offset 5.
+  return frame;
+}
+
+TEST_F(FrontendTest, NegotiatesTheOffloadsTheBackendOffers) {
+  // All of them, both ways.
+  Start({.features = kDefaultFeatures | kOffloadFeatures},
+        {.features = kDefaultFeatures | kOffloadFeatures});
+  EXPECT_EQ(frontend_->features(), kDefaultFeatures | kOffloadFeatures);
+  EXPECT_EQ(backend_->acked_features(), kDefaultFeatures | kOffloadFeatures);
+  EXPECT_EQ(FeatureNames(kOffloadFeatures),
+            "CSUM|GUEST_CSUM|GUEST_TSO4|GUEST_TSO6|GUEST_ECN|HOST_TSO4|HOST_TSO6|HOST_ECN|"
+            "GUEST_USO4|GUEST_USO6|HOST_USO");
+  TearDown();
+  // Only what is offered, less what lacks its prerequisites: no GUEST_CSUM,
+  // so none of the guest side's segmentation.
+  const uint64_t offered = kDefaultFeatures | Bit(kVirtioNetFCsum) | Bit(kVirtioNetFHostTso4) |
+                           Bit(kVirtioNetFHostEcn) | Bit(kVirtioNetFGuestTso4) |
+                           Bit(kVirtioNetFGuestUso4);
+  Start({.features = kDefaultFeatures | kOffloadFeatures}, {.features = offered});
+  EXPECT_EQ(frontend_->features(), kDefaultFeatures | Bit(kVirtioNetFCsum) |
+                                       Bit(kVirtioNetFHostTso4) | Bit(kVirtioNetFHostEcn));
+  EXPECT_EQ(backend_->acked_features(), frontend_->features());
+  TearDown();
+  // Today's backend: none offered, none taken.
+  Start({.features = kDefaultFeatures | kOffloadFeatures}, {.features = kDefaultFeatures});
+  EXPECT_EQ(frontend_->features(), kDefaultFeatures);
+  TearDown();
+  // Not asked for: not taken.
+  Start({}, {.features = kDefaultFeatures | kOffloadFeatures});
+  EXPECT_EQ(frontend_->features(), kDefaultFeatures);
+}
+
+TEST_F(FrontendTest, GuestSegmentationWithoutMergeableBuffersNeedsBigBuffers) {
+  const uint64_t wanted = (kDefaultFeatures & ~Bit(kVirtioNetFMrgRxbuf)) | kOffloadFeatures;
+  Start({.queue_size = 16, .features = wanted, .rx_buffer_size = 1526},
+        {.features = kDefaultFeatures | kOffloadFeatures});
+  EXPECT_EQ(frontend_->features() & kGuestGsoFeatures, 0u);
+  EXPECT_EQ(frontend_->features() & kHostGsoFeatures, kHostGsoFeatures);
+  TearDown();
+  Start({.queue_size = 16, .features = wanted, .rx_buffer_size = kBigPacketBufferSize},
+        {.features = kDefaultFeatures | kOffloadFeatures});
+  EXPECT_EQ(frontend_->features() & kGsoFeatures, kGsoFeatures);
+}
+
+TEST_F(FrontendTest, SendsFramesWithTheHeadersGiven) {
+  for (const bool separate : {false, true}) {
+    SCOPED_TRACE(separate ? "header separate" : "one descriptor");
+    TearDown();
+    Start({.features = kDefaultFeatures | kOffloadFeatures, .tx_header_separate = separate},
+          {.features = kDefaultFeatures | kOffloadFeatures});
+    const std::vector<uint8_t> big = TcpFrame(64000, 1), small = TcpFrame(100, 2);
+    const std::optional<VirtioNetHdr> gso = OffloadHeader(big, 1448, /*ecn=*/true);
+    ASSERT_TRUE(gso);
+    const TxFrame frames[] = {{.header = *gso, .data = big}, {.data = small}};
+    absl::StatusOr<size_t> sent = frontend_->SendFramesWithHeaders(frames);
+    ASSERT_TRUE(sent.ok()) << sent.status();
+    EXPECT_EQ(*sent, 2u);
+    for (const TxFrame& frame : frames) {
+      const VirtqElement elem = Pop(kTxQueue);
+      std::vector<uint8_t> bytes;
+      for (uint32_t k = 0; k < elem.out_num; ++k) {
+        const auto* base = static_cast<const uint8_t*>(elem.out_sg[k].iov_base);
+        bytes.insert(bytes.end(), base, base + elem.out_sg[k].iov_len);
+      }
+      ASSERT_EQ(bytes.size(), 12 + frame.data.size());
+      VirtioNetHdr header;
+      std::memcpy(&header, bytes.data(), 12);
+      EXPECT_EQ(header.flags, frame.header.flags);
+      EXPECT_EQ(header.gso_type, frame.header.gso_type);
+      EXPECT_EQ(header.hdr_len, frame.header.hdr_len);
+      EXPECT_EQ(header.gso_size, frame.header.gso_size);
+      EXPECT_EQ(header.csum_start, frame.header.csum_start);
+      EXPECT_EQ(header.csum_offset, frame.header.csum_offset);
+      EXPECT_EQ(header.num_buffers, 0);
+      EXPECT_EQ(std::vector<uint8_t>(bytes.begin() + 12, bytes.end()),
+                std::vector<uint8_t>(frame.data.begin(), frame.data.end()));
+      EXPECT_EQ(CheckHeader(header, frame.data, frontend_->features(), Direction::kToBackend),
+                HeaderProblem::kNone);
+    }
+  }
+  const std::vector<uint8_t> too_big(frontend_->options().max_frame_size + 1);
+  const TxFrame bad[] = {{.data = too_big}};
+  EXPECT_EQ(frontend_->SendFramesWithHeaders(bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(FrontendTest, HandsTheBackendsHeaderToTheCallerAcrossMergedBuffers) {
+  Start({.features = kDefaultFeatures | kOffloadFeatures, .rx_buffer_size = 1526},
+        {.features = kDefaultFeatures | kOffloadFeatures});
+  const std::vector<uint8_t> frame = TcpFrame(30000, 5);
+  VirtioNetHdr header = *OffloadHeader(frame, 1448);
+  DeviceReceive(frame, 64, header);
+  absl::StatusOr<OwnedFrame> got = frontend_->ReceiveFrameWithHeader(absl::Seconds(2));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->data, frame);
+  EXPECT_EQ(got->buffers, 20);  // 12 + 30054 bytes in 1526-byte buffers.
+  EXPECT_EQ(got->header.num_buffers, 20);
+  EXPECT_EQ(got->header.flags, virtio::kVirtioNetHdrFNeedsCsum);
+  EXPECT_EQ(got->header.gso_type, kGsoTcpv4);
+  EXPECT_EQ(got->header.gso_size, 1448);
+  EXPECT_EQ(got->header.hdr_len, 54);
+  EXPECT_EQ(got->header.csum_start, 34);
+  EXPECT_EQ(got->header.csum_offset, 16);
+  EXPECT_EQ(CheckHeader(got->header, got->data, frontend_->features(), Direction::kToGuest),
+            HeaderProblem::kNone);
+  // The same header on a frontend that did not negotiate GUEST_TSO4: the
+  // caller can tell.
+  EXPECT_EQ(CheckHeader(got->header, got->data, kDefaultFeatures | Bit(kVirtioNetFGuestCsum),
+                        Direction::kToGuest),
+            HeaderProblem::kGsoNotNegotiated);
+}
+
+TEST_F(FrontendTest, NumBuffersBeyondThePostedBuffersIsDataLoss) {
+  Start({.queue_size = 16});
+  VirtqElement elem;
+  absl::StatusOr<bool> popped = vq_[kRxQueue].Pop(&elem, in_, kPool, nullptr, 0);
+  ASSERT_TRUE(popped.ok() && *popped);
+  VirtioNetHdr header;
+  header.num_buffers = 60000;
+  std::memcpy(elem.in_sg[0].iov_base, &header, sizeof(header));
+  vq_[kRxQueue].Fill(elem, 100, 0);
+  vq_[kRxQueue].Flush(1);
+  vq_[kRxQueue].Notify();
+  EXPECT_EQ(frontend_->ReceiveFrame(absl::Seconds(2)).status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST_F(FrontendTest, ReceiveTimesOutWithNothing) {
   Start();
   const absl::Time start = absl::Now();
@@ -1102,6 +1244,149 @@ TEST_F(ServerTest, HostileFrontendIsDroppedAndNextOneServed) {
   const std::vector<std::vector<uint8_t>> frames = Frames(20, 60, 1514);
   EXPECT_EQ(RoundTrip(*next, frames), frames);
   next->Disconnect();
+}
+
+// Frames numbered in bytes 14 to 17 (EtherType 0x88b5: not IP).
+std::vector<uint8_t> NumberedFrame(uint32_t number, size_t size = 200) {
+  std::vector<uint8_t> frame = Pattern(size, static_cast<uint8_t>(number));
+  frame[12] = 0x88;
+  frame[13] = 0xb5;
+  std::memcpy(frame.data() + 14, &number, sizeof(number));
+  return frame;
+}
+
+uint32_t NumberOf(absl::Span<const uint8_t> frame) {
+  uint32_t number = 0;
+  if (frame.size() >= 18) std::memcpy(&number, frame.data() + 14, sizeof(number));
+  return number;
+}
+
+class LossTest : public ServerTest {
+ protected:
+  LossSpec Spec(const std::string& text, uint8_t filter = kFilterAll) {
+    absl::StatusOr<LossSpec> spec = ParseLossSpec(text, filter);
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    return spec.value_or(LossSpec());
+  }
+
+  // Sends frames 1..count, a few at a time, and returns the numbers of those
+  // that came back, in order, once nothing more arrives for 300 ms.
+  std::vector<uint32_t> Exchange(uint32_t count, size_t batch = 4) {
+    std::vector<uint32_t> got;
+    const auto on_frame = [&](const ReceivedFrame& f) { got.push_back(NumberOf(f.data)); };
+    uint32_t next = 1;
+    absl::Time idle_since = absl::Now();
+    while (absl::Now() - idle_since < absl::Milliseconds(300)) {
+      std::vector<std::vector<uint8_t>> frames;
+      while (next <= count && frames.size() < batch) frames.push_back(NumberedFrame(next++));
+      std::vector<absl::Span<const uint8_t>> spans(frames.begin(), frames.end());
+      // Also lets held frames that are due go (an empty batch too).
+      absl::StatusOr<size_t> sent = frontend_->SendFrames(spans);
+      EXPECT_TRUE(sent.ok()) << sent.status();
+      if (!sent.ok()) break;
+      EXPECT_EQ(*sent, frames.size());
+      absl::StatusOr<size_t> n = frontend_->ReceiveFrames(1000, absl::Milliseconds(20), on_frame);
+      EXPECT_TRUE(n.ok()) << n.status();
+      if (!n.ok()) break;
+      if (*n > 0 || !frames.empty()) idle_since = absl::Now();
+    }
+    return got;
+  }
+
+  // 1..count without `missing`.
+  static std::vector<uint32_t> AllBut(uint32_t count, std::vector<uint32_t> missing) {
+    std::vector<uint32_t> out;
+    for (uint32_t i = 1; i <= count; ++i) {
+      if (std::find(missing.begin(), missing.end(), i) == missing.end()) out.push_back(i);
+    }
+    return out;
+  }
+};
+
+TEST_F(LossTest, DeterministicLossEachWay) {
+  for (const bool to_backend : {true, false}) {
+    SCOPED_TRACE(to_backend ? "to the backend" : "to the guest");
+    TearDown();
+    stop_ = false;
+    SetUp();
+    FrontendOptions options;
+    (to_backend ? options.loss_to_backend : options.loss_to_guest) =
+        Spec("nth:3,burst:10:3,every:25");
+    Start(options);
+    EXPECT_EQ(Exchange(60), AllBut(60, {3, 10, 11, 12, 25, 50}));
+    const LossCounters& c =
+        frontend_->loss_counters(to_backend ? Direction::kToBackend : Direction::kToGuest);
+    EXPECT_EQ(c.frames, 60u);
+    EXPECT_EQ(c.dropped, 6u);
+    EXPECT_EQ(c.dropped_nth, 1u);
+    EXPECT_EQ(c.dropped_burst, 3u);
+    EXPECT_EQ(c.dropped_every, 2u);
+    EXPECT_EQ(
+        frontend_->loss_counters(to_backend ? Direction::kToGuest : Direction::kToBackend).frames,
+        0u);
+    // What the echo saw: everything, or all but what was lost on the way.
+    EXPECT_EQ(plane_->frames_echoed(), to_backend ? 54u : 60u);
+    EXPECT_EQ(frontend_->stats().rx_frames, 54u);
+  }
+}
+
+TEST_F(LossTest, ReorderEachWay) {
+  for (const bool to_backend : {true, false}) {
+    SCOPED_TRACE(to_backend ? "to the backend" : "to the guest");
+    TearDown();
+    stop_ = false;
+    SetUp();
+    FrontendOptions options;
+    options.reorder_timeout = absl::Milliseconds(50);
+    // Frame 5 waits for three more; frame 18 for five, of which only two come.
+    (to_backend ? options.loss_to_backend : options.loss_to_guest) =
+        Spec("reorder:5:3,reorder:18:5");
+    Start(options);
+    const std::vector<uint32_t> got = Exchange(20, 1);
+    EXPECT_EQ(got, (std::vector<uint32_t>{1,  2,  3,  4,  6,  7,  8,  5,  9,  10,
+                                          11, 12, 13, 14, 15, 16, 17, 19, 20, 18}));
+    const LossCounters& c =
+        frontend_->loss_counters(to_backend ? Direction::kToBackend : Direction::kToGuest);
+    EXPECT_EQ(c.held, 2u);
+    EXPECT_EQ(c.released_by_count, 1u);
+    EXPECT_EQ(c.released_by_timeout, 1u);
+    EXPECT_EQ(c.dropped, 0u);
+    EXPECT_EQ(frontend_->next_release(), absl::InfiniteFuture());
+  }
+}
+
+TEST_F(LossTest, SeededRandomLossDropsWhatTheInjectorPicks) {
+  FrontendOptions options;
+  options.loss_to_backend = Spec("random:0.1:seed=3");
+  options.loss_to_guest = Spec("random:0.1:seed=4");
+  Start(options);
+  const std::vector<uint32_t> got = Exchange(500, 16);
+  // The same draws, replayed: which frames each direction lost.
+  LossInjector to_backend(options.loss_to_backend), to_guest(options.loss_to_guest);
+  std::vector<uint32_t> expected;
+  for (uint32_t i = 1; i <= 500; ++i) {
+    if (to_backend.Next(kFrameNonIp).action == LossInjector::Action::kDrop) continue;
+    if (to_guest.Next(kFrameNonIp).action == LossInjector::Action::kDrop) continue;
+    expected.push_back(i);
+  }
+  EXPECT_EQ(got, expected);
+  EXPECT_EQ(frontend_->loss_counters(Direction::kToBackend).dropped, to_backend.counters().dropped);
+  EXPECT_GT(to_backend.counters().dropped, 25u);
+  EXPECT_LT(to_backend.counters().dropped, 80u);
+}
+
+TEST_F(LossTest, TheFilterSparesOtherFrames) {
+  FrontendOptions options;
+  options.loss_to_backend = Spec("every:1", kFilterTcp);
+  Start(options);
+  EXPECT_EQ(Exchange(30), AllBut(30, {}));
+  EXPECT_EQ(frontend_->loss_counters(Direction::kToBackend).frames, 0u);
+  // TCP frames are lost, every one.
+  const std::vector<uint8_t> tcp = TcpFrame(100);
+  const absl::Span<const uint8_t> frames[] = {tcp, tcp};
+  EXPECT_EQ(*frontend_->SendFrames(frames), 2u);
+  EXPECT_EQ(Exchange(0), (std::vector<uint32_t>{}));
+  EXPECT_EQ(frontend_->loss_counters(Direction::kToBackend).dropped, 2u);
 }
 
 TEST_F(ServerTest, RefusedRequestFailsWithReplyAck) {

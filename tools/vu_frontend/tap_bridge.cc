@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <optional>
@@ -18,6 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "base/log.h"
 #include "virtio/virtio_net.h"
 
@@ -135,11 +138,12 @@ absl::StatusOr<Tap> OpenTap(const TapOptions& options) {
   return tap;
 }
 
-TapBridge::TapBridge(Frontend* frontend, UniqueFd tap, bool checksum_offload)
+TapBridge::TapBridge(Frontend* frontend, UniqueFd tap, unsigned tun_offloads)
     : frontend_(frontend),
       tap_(std::move(tap)),
       header_size_(frontend->net_header_size()),
-      checksum_offload_(checksum_offload) {}
+      features_(frontend->features()),
+      tun_offloads_(tun_offloads) {}
 
 absl::StatusOr<std::unique_ptr<TapBridge>> TapBridge::Create(Frontend* frontend, UniqueFd tap) {
   if (frontend == nullptr || !frontend->connected() || frontend->queue(kRxQueue) == nullptr) {
@@ -152,14 +156,23 @@ absl::StatusOr<std::unique_ptr<TapBridge>> TapBridge::Create(Frontend* frontend,
   // A read from the tap fills a transmit buffer as is: the same header size.
   int header_size = static_cast<int>(frontend->net_header_size());
   if (ioctl(tap.get(), TUNSETVNETHDRSZ, &header_size) < 0) return Errno("TUNSETVNETHDRSZ");
-  // With VIRTIO_NET_F_CSUM the backend takes partial checksums, so the
-  // kernel may leave them to "the device" (TUN_F_CSUM). vunet never verifies
-  // a guest's TCP or UDP checksum: it sends the payload on a host socket.
-  const bool offload = frontend->has_feature(kVirtioNetFCsum);
-  if (ioctl(tap.get(), TUNSETOFFLOAD, offload ? static_cast<unsigned long>(TUN_F_CSUM) : 0UL) < 0) {
-    return Errno("TUNSETOFFLOAD");
+  // What the kernel may hand us goes to the backend's transmit queue: with
+  // VIRTIO_NET_F_CSUM partial checksums (TUN_F_CSUM; vunet never verifies a
+  // guest's TCP or UDP checksum: it sends the payload on a host socket),
+  // with HOST_TSO4/6, HOST_ECN and HOST_USO segmentation.
+  unsigned offloads = TunOffloadFlags(frontend->features());
+  if (ioctl(tap.get(), TUNSETOFFLOAD, static_cast<unsigned long>(offloads)) < 0) {
+    // Before Linux 6.2 the kernel refuses USO4/6 (EINVAL): without them the
+    // kernel segments UDP itself.
+    const unsigned uso = kTunFUso4 | kTunFUso6;
+    if (errno != EINVAL || (offloads & uso) == 0) return Errno("TUNSETOFFLOAD");
+    offloads &= ~uso;
+    if (ioctl(tap.get(), TUNSETOFFLOAD, static_cast<unsigned long>(offloads)) < 0) {
+      return Errno("TUNSETOFFLOAD");
+    }
+    VUNET_LOG(kWarning, "tap_bridge: this kernel's taps take no USO: UDP is segmented by it");
   }
-  return std::unique_ptr<TapBridge>(new TapBridge(frontend, std::move(tap), offload));
+  return std::unique_ptr<TapBridge>(new TapBridge(frontend, std::move(tap), offloads));
 }
 
 absl::StatusOr<size_t> TapBridge::ReadFromTap(const TxBuffer& buffer, bool* drained) {
@@ -179,25 +192,29 @@ absl::StatusOr<size_t> TapBridge::ReadFromTap(const TxBuffer& buffer, bool* drai
     // frontend zeroed it.
     VirtioNetHdr header;
     std::memcpy(&header, buffer.header.data(), header_size_);
-    const bool partial = (header.flags & virtio::kVirtioNetHdrFNeedsCsum) != 0;
-    // A frame filling the buffer may have been cut short. No segmentation
-    // offload is on, and partial checksums only with checksum offload; a
-    // frame we cannot complete is dropped rather than sent half-made.
-    if (len < kMinFrame || len >= buffer.frame.size() || header.gso_type != 0 ||
-        (partial &&
-         (!checksum_offload_ || size_t{header.csum_start} + header.csum_offset + 2 > len))) {
-      ++stats_.tap_read_dropped;
-      VUNET_LOG_RATELIMITED(kWarning, "tap_bridge: dropped a %d-byte frame from the tap", len);
-      continue;
-    }
     // The tap marks frames its stack had verified; a driver must not set
     // DATA_VALID on transmit.
     if ((header.flags & virtio::kVirtioNetHdrFDataValid) != 0) {
-      buffer.header[0] = static_cast<uint8_t>(header.flags & ~virtio::kVirtioNetHdrFDataValid);
+      header.flags &= static_cast<uint8_t>(~virtio::kVirtioNetHdrFDataValid);
+      buffer.header[0] = header.flags;
+    }
+    // A frame filling the buffer may have been cut short; one whose offloads
+    // were not negotiated (the tap's flags rule them out) cannot be
+    // completed: dropped rather than sent half-made.
+    const HeaderProblem problem =
+        len < kMinFrame || len >= buffer.frame.size()
+            ? HeaderProblem::kNone
+            : CheckHeader(header, buffer.frame.first(len), features_, Direction::kToBackend);
+    if (len < kMinFrame || len >= buffer.frame.size() || problem != HeaderProblem::kNone) {
+      ++stats_.tap_read_dropped;
+      VUNET_LOG_RATELIMITED(kWarning, "tap_bridge: dropped a %d-byte frame from the tap (%s)", len,
+                            problem == HeaderProblem::kNone ? "size" : HeaderProblemName(problem));
+      continue;
     }
     ++stats_.to_backend_frames;
     stats_.to_backend_bytes += len;
-    if (partial) ++stats_.to_backend_partial;
+    if ((header.flags & virtio::kVirtioNetHdrFNeedsCsum) != 0) ++stats_.to_backend_partial;
+    if (header.gso_type != kGsoNone) ++stats_.to_backend_gso;
     return len;
   }
 }
@@ -228,6 +245,19 @@ absl::StatusOr<bool> TapBridge::PumpTap() {
 }
 
 void TapBridge::WriteToTap(const ReceivedFrame& frame) {
+  // The kernel checks the header too, but would say only EINVAL.
+  if (const HeaderProblem problem =
+          CheckHeader(frame.header, frame.data, features_, Direction::kToGuest);
+      problem != HeaderProblem::kNone) {
+    ++stats_.backend_bad_headers;
+    VUNET_LOG_RATELIMITED(kWarning,
+                          "tap_bridge: dropped a %d-byte frame from the backend: %s (flags 0x%x "
+                          "gso_type 0x%x gso_size %d hdr_len %d csum_start %d csum_offset %d)",
+                          frame.data.size(), HeaderProblemName(problem), frame.header.flags,
+                          frame.header.gso_type, frame.header.gso_size, frame.header.hdr_len,
+                          frame.header.csum_start, frame.header.csum_offset);
+    return;
+  }
   VirtioNetHdr header = frame.header;
   header.num_buffers = 0;
   // DATA_VALID (the backend vouches for a checksum it may not have written)
@@ -257,6 +287,7 @@ void TapBridge::WriteToTap(const ReceivedFrame& frame) {
   }
   ++stats_.to_tap_frames;
   stats_.to_tap_bytes += frame.data.size();
+  if (header.gso_type != kGsoNone) ++stats_.to_tap_gso;
 }
 
 absl::Status TapBridge::PumpRx() {
@@ -288,13 +319,24 @@ absl::Status TapBridge::Run(int stop_fd) {
     const nfds_t socket_i = add(frontend_->socket_fd());
     const nfds_t rx_i = add(rx_call);
     const nfds_t tx_i = add(tx_waiting ? tx_call : tap_.get());
-    const int ready = poll(fds, count, tx_waiting ? kTxWaitMs : -1);
+    int timeout_ms = tx_waiting ? kTxWaitMs : -1;
+    // Frames held back by loss injection are let go when they are due.
+    const absl::Time release = frontend_->next_release();
+    if (release != absl::InfiniteFuture()) {
+      const int64_t ms = absl::ToInt64Milliseconds(
+          absl::Ceil(std::max(release - absl::Now(), absl::ZeroDuration()), absl::Milliseconds(1)));
+      if (timeout_ms < 0 || ms < timeout_ms) {
+        timeout_ms = static_cast<int>(std::min<int64_t>(ms, 1000));
+      }
+    }
+    const int ready = poll(fds, count, timeout_ms);
     if (ready < 0) {
       if (errno == EINTR) continue;
       return Errno("poll");
     }
     ++stats_.polls;
-    if (ready == 0) ++stats_.tx_wait_timeouts;
+    if (ready == 0 && tx_waiting) ++stats_.tx_wait_timeouts;
+    const bool release_due = release != absl::InfiniteFuture() && release <= absl::Now();
     if (stop_i < count && fds[stop_i].revents != 0) return absl::OkStatus();
     if (fds[socket_i].revents != 0) {
       char byte;
@@ -310,14 +352,14 @@ absl::Status TapBridge::Run(int stop_fd) {
                               message->header.request);
       }
     }
-    if (fds[rx_i].revents != 0) {
+    if (fds[rx_i].revents != 0 || release_due) {
       uint64_t value;
       // Ours and non-blocking; cleared before the ring is read, so a later
       // notification is kept.
-      (void)!read(rx_call, &value, sizeof(value));
+      if (fds[rx_i].revents != 0) (void)!read(rx_call, &value, sizeof(value));
       if (absl::Status s = PumpRx(); !s.ok()) return s;
     }
-    if (tx_waiting || fds[tx_i].revents != 0) {
+    if (tx_waiting || fds[tx_i].revents != 0 || release_due) {
       if (tx_waiting && fds[tx_i].revents != 0) {
         uint64_t value;
         (void)!read(tx_call, &value, sizeof(value));

@@ -14,16 +14,29 @@
 //
 // The tap's virtio-net header has the negotiated size (10 or 12 bytes), so
 // a read lands header and frame in a transmit buffer as the backend expects
-// them. If the frontend negotiated VIRTIO_NET_F_CSUM, the tap runs with
-// checksum offload (TUN_F_CSUM): the kernel leaves TCP/UDP checksums
-// partial and says so in the header (NEEDS_CSUM), which goes to the backend
-// as a guest's driver would send it. Without it, the kernel computes every
-// checksum. No segmentation offload either way: frames are at most the MTU.
-// The other way, the backend's header goes to the tap, so that with
+// them. The tap's offloads (TUNSETOFFLOAD) are exactly those the negotiated
+// features allow for what the kernel sends us, which goes to the backend's
+// transmit queue (TunOffloadFlags in net_header.h): with VIRTIO_NET_F_CSUM
+// checksum offload (TUN_F_CSUM: the kernel leaves TCP/UDP checksums partial
+// and says so in the header, NEEDS_CSUM, as a guest's driver would), with
+// HOST_TSO4/6, HOST_ECN and HOST_USO segmentation offload (TUN_F_TSO4/6,
+// TSO_ECN, USO4|USO6: the kernel hands us TCP and UDP segments of up to
+// 64 KiB with gso_type and gso_size set, at any MTU). Without them the
+// kernel computes every checksum and segments to the MTU itself.
+// The other way, the backend's header goes to the tap as it is: with
 // VIRTIO_NET_F_GUEST_CSUM a frame marked NEEDS_CSUM is finished by the
-// kernel; one marked DATA_VALID (checksum field left as is), which a tap
-// would not honour, goes as a partial checksum that the receiving stack
-// trusts as a guest's driver would (see WriteToTap).
+// kernel; with GUEST_TSO4/6, GUEST_ECN and GUEST_USO4/6 a segmentation-
+// offloaded frame reaches the namespace's stack as one (a tap takes those
+// whatever its own offload flags); one marked DATA_VALID (checksum field
+// left as is), which a tap would not honour, goes as a partial checksum
+// that the receiving stack trusts as a guest's driver would (see
+// WriteToTap). Headers are checked both ways against the negotiated
+// features (CheckHeader); a frame whose header is wrong for them is
+// dropped and counted, never handed on.
+//
+// Loss injection (FrontendOptions::loss_to_backend and loss_to_guest)
+// happens in the frontend: frames read from the tap are dropped or held in
+// their transmit slots, frames from the backend before they reach the tap.
 //
 // The data path allocates nothing. Single-threaded: Run drives the
 // frontend, which must not be used elsewhere meanwhile.
@@ -47,6 +60,7 @@
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
 #include "tools/vu_frontend/frontend.h"
+#include "tools/vu_frontend/net_header.h"
 
 namespace vunet::vu_frontend {
 
@@ -93,8 +107,15 @@ struct TapBridgeStats {
   uint64_t to_backend_partial = 0;  // Of which with a partial checksum (NEEDS_CSUM).
   uint64_t to_tap_frames = 0;       // Received from the backend and written to the tap.
   uint64_t to_tap_bytes = 0;
+  uint64_t to_backend_gso = 0;    // Of which segmentation-offloaded.
+  uint64_t to_tap_gso = 0;        // Frames to the tap that were segmentation-offloaded.
   uint64_t tap_write_errors = 0;  // Frames the tap refused (counted, dropped).
-  uint64_t tap_read_dropped = 0;  // Frames from the tap we could not send (too big, offloaded).
+  // Frames from the tap we could not send (too big, or a header the
+  // negotiated features do not allow).
+  uint64_t tap_read_dropped = 0;
+  // Frames from the backend whose header the negotiated features do not
+  // allow (CheckHeader): dropped.
+  uint64_t backend_bad_headers = 0;
   uint64_t tx_batches = 0;        // SendFramesFrom calls that queued frames.
   uint64_t tx_ring_full = 0;      // Times the transmit ring was full and we waited.
   uint64_t tx_wait_timeouts = 0;  // Waits for ring space that ended without a notification.
@@ -110,8 +131,9 @@ class TapBridge {
 
   // `frontend` has negotiated and both rings run; it must outlive the
   // bridge. `tap` comes from OpenTap (non-blocking, IFF_VNET_HDR); Create
-  // sets its header size and checksum offload to match the frontend's
-  // features. kInvalidArgument if the rings are not running.
+  // sets its header size and offloads to match the frontend's features (a
+  // kernel older than 6.2, which lacks TUN_F_USO4/6, runs without them and
+  // a warning). kInvalidArgument if the rings are not running.
   static absl::StatusOr<std::unique_ptr<TapBridge>> Create(Frontend* frontend, UniqueFd tap);
 
   TapBridge(const TapBridge&) = delete;
@@ -126,10 +148,12 @@ class TapBridge {
   const TapBridgeStats& stats() const { return stats_; }
   int tap_fd() const { return tap_.get(); }
   // Whether the tap leaves checksums partial (VIRTIO_NET_F_CSUM negotiated).
-  bool checksum_offload() const { return checksum_offload_; }
+  bool checksum_offload() const { return (tun_offloads_ & kTunFCsum) != 0; }
+  // The TUNSETOFFLOAD flags the tap runs with.
+  unsigned tun_offloads() const { return tun_offloads_; }
 
  private:
-  TapBridge(Frontend* frontend, UniqueFd tap, bool checksum_offload);
+  TapBridge(Frontend* frontend, UniqueFd tap, unsigned tun_offloads);
 
   // Reads the tap into the transmit ring until the tap is empty or a few
   // batches went out (false), or the ring is full (true: wait for the
@@ -145,7 +169,8 @@ class TapBridge {
   Frontend* const frontend_;
   const UniqueFd tap_;
   const size_t header_size_;  // The virtio-net header on the rings and the tap.
-  const bool checksum_offload_;
+  const uint64_t features_;   // Negotiated.
+  const unsigned tun_offloads_;
   TapBridgeStats stats_;
 };
 

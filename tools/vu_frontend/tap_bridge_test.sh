@@ -15,7 +15,11 @@
 #   - TCP: one connection from the guest to a listener on the host's loopback (gateway address),
 #     4 MiB each way, byte-exact;
 #   - UDP: 20 datagrams of 1 to 1400 bytes to an echo socket on the host's loopback, back unchanged.
-# Then tap_bridge exits 0 on SIGTERM with its counters printed, and exits 3 when vunet goes away.
+# The bridge asks for every offload (--offloads=on, its default) and sets its tap's offloads to what
+# vunet took: checksum offload, none of the segmentation offloads vunet does not offer yet.
+# Then tap_bridge exits 0 on SIGTERM with its counters printed; a second one, with offloads off and
+# every frame to vunet dropped (--loss-to-backend=every:1 --loss-only=all), prints its counters and
+# what it dropped on SIGUSR1 and goes on, and exits 3 when vunet goes away.
 #
 # Usage: tap_bridge_test.sh VUNET TAP_BRIDGE CHECK_PY. Needs root (namespaces, /dev/net/tun) and
 # busybox; skips (exit 0, SKIPPED line) without them.
@@ -104,6 +108,11 @@ for _ in $(seq 100); do
 done
 grep -q 'vunet0 (MTU 65520) <-> .* running' "$dir/bridge.log" || fail "tap_bridge did not start"
 in_guest ip link show vunet0 | grep -q 'UP' || fail "vunet0 is not up"
+running=$(grep -m 1 'running' "$dir/bridge.log")
+grep -q 'tap offloads CSUM; loss to backend none; loss to guest none' <<<"$running" ||
+  fail "the tap's offloads are not vunet's checksum offload alone: $running"
+! grep -Eq 'features [^;]*(TSO|USO|ECN)' <<<"$running" ||
+  fail "segmentation offloads negotiated that vunet does not offer: $running"
 
 # DHCP, configured by a script of our own.
 cat >"$dir/udhcpc.sh" <<'EOF'
@@ -231,7 +240,8 @@ wait_exit "$bridge_pid"
 bridge_pid=
 grep -q 'tap_bridge: to backend [1-9][0-9]* frames' "$dir/bridge.log" ||
   fail "tap_bridge printed no counters after SIGTERM"
-ip netns exec "$guest_ns" "$bridge" --socket "$socket" --tap vunet1 >"$dir/bridge2.log" 2>&1 &
+ip netns exec "$guest_ns" "$bridge" --socket "$socket" --tap vunet1 --offloads=off \
+  --loss-to-backend=every:1 --loss-only=all >"$dir/bridge2.log" 2>&1 &
 bridge_pid=$!
 for _ in $(seq 100); do
   grep -q 'running' "$dir/bridge2.log" && break
@@ -239,6 +249,23 @@ for _ in $(seq 100); do
   sleep 0.05
 done
 grep -q 'running' "$dir/bridge2.log" || fail "a second tap_bridge did not start: $(cat "$dir/bridge2.log")"
+grep -q 'tap offloads CSUM; loss to backend every:1 (all); loss to guest none' "$dir/bridge2.log" ||
+  fail "the second tap_bridge's settings: $(cat "$dir/bridge2.log")"
+# Something to drop: the link's IPv6 chatter, and an ARP request.
+in_guest ip link set vunet1 up
+in_guest timeout 5 busybox arping -c 1 -w 1 -I vunet1 "$gateway" >/dev/null 2>&1 || true
+kill -USR1 "$bridge_pid"
+for _ in $(seq 50); do
+  grep -q 'loss to backend every:1 (all): ' "$dir/bridge2.log" && break
+  sleep 0.1
+done
+loss=$(grep -m 1 'loss to backend every:1 (all): ' "$dir/bridge2.log") ||
+  fail "SIGUSR1 printed no loss counters: $(cat "$dir/bridge2.log")"
+dropped=$(sed -n 's/.*: \([0-9]*\) of \([0-9]*\) frames dropped.*/\1 \2/p' <<<"$loss")
+read -r dropped_n seen_n <<<"$dropped"
+((seen_n > 0 && dropped_n == seen_n)) || fail "every frame to vunet should be dropped: $loss"
+kill -0 "$bridge_pid" || fail "tap_bridge stopped on SIGUSR1"
+echo "loss: $loss"
 stop_pid "$vunet_pid"
 vunet_pid=
 wait_exit "$bridge_pid"
