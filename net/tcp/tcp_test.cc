@@ -86,6 +86,15 @@ std::vector<uint8_t> Pattern(size_t len, uint32_t seed) {
   return v;
 }
 
+// Where the first difference is, for a readable failure.
+std::string Compare(const std::vector<uint8_t>& got, const std::vector<uint8_t>& want) {
+  if (got == want) return "";
+  size_t i = 0;
+  while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
+  return "got " + std::to_string(got.size()) + " bytes, want " + std::to_string(want.size()) +
+         "; first difference at byte " + std::to_string(i);
+}
+
 // A host listener on 127.0.0.1 and its port.
 struct HostListener {
   HostListener() : fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
@@ -847,6 +856,201 @@ TEST_P(TcpTest, FullRingWaitsForBuffers) {
   std::vector<uint8_t> rest = ReceiveData(b.size() - got.size());
   got.insert(got.end(), rest.begin(), rest.end());
   EXPECT_EQ(got, b);
+}
+
+// Data segments committed in a loop iteration and the RST of a host reset
+// seen later in the same iteration go out in one flush, in that order: the
+// guest gets every byte, then the RST at the sequence number after them.
+TEST_P(TcpTest, DataThenHostResetReachTheGuestInOrder) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(6000, 14);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 6000);
+  // Peeked into the ring and committed; not yet flushed.
+  for (int i = 0; i < 200 && tcp_->stats().bytes_to_guest < b.size(); ++i) {
+    watcher().Poll(tcp_.get(), 10);
+  }
+  ASSERT_EQ(tcp_->stats().bytes_to_guest, b.size());
+  const size_t data_frames = ring().rx().pending_frames();
+  ASSERT_GE(data_frames, 5u);  // MSS 1460.
+  const linger l = {1, 0};
+  setsockopt(h.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  h.reset();
+  for (int i = 0; i < 200 && flows().size() > 0; ++i) watcher().Poll(tcp_.get(), 10);
+  ASSERT_EQ(flows().size(), 0u);
+  EXPECT_EQ(tcp_->stats().host_resets, 1u);
+  const uint64_t flushes = ring().rx().stats().flushes;
+  std::vector<Seg> segs = Segments();
+  EXPECT_EQ(ring().rx().stats().flushes, flushes + 1) << "one flush for the data and the RST";
+  ASSERT_EQ(segs.size(), data_frames + 1);
+  std::vector<uint8_t> got;
+  for (size_t i = 0; i < data_frames; ++i) {
+    EXPECT_EQ(segs[i].flags & (kTcpRst | kTcpFin), 0) << "segment " << i;
+    EXPECT_EQ(segs[i].seq, guest_ack_ + got.size()) << "segment " << i;
+    got.insert(got.end(), segs[i].payload.begin(), segs[i].payload.end());
+  }
+  EXPECT_EQ(got, b);
+  const Seg& rst = segs.back();
+  EXPECT_EQ(rst.flags, kTcpRst | kTcpAck);
+  EXPECT_EQ(rst.seq, guest_ack_ + b.size());
+  EXPECT_TRUE(rst.payload.empty());
+}
+
+// The guest's driver stops the receive queue mid-transfer (after the
+// iteration's flush) and starts it again two minutes later. What the guest
+// acknowledged is not sent again; what it had received but not acknowledged
+// is (the retransmission timer rewound while the queue was stopped); the
+// host's data waits in the socket meanwhile, the flow survives the
+// timeouts, and every byte arrives in order.
+TEST_P(TcpTest, QueueStoppedAndRestartedMidTransfer) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(300000, 15);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 300000);
+  std::vector<uint8_t> got = ReceiveData(50000);
+  ASSERT_GE(got.size(), 50000u);
+  // ReceiveData's last ACK brought more segments; this flush publishes them.
+  // The guest takes them, then its driver stops the queue.
+  uint32_t received = guest_ack_;
+  for (const Seg& s : Segments()) {
+    if (s.payload.empty()) continue;
+    ASSERT_EQ(s.seq, received);
+    got.insert(got.end(), s.payload.begin(), s.payload.end());
+    received += static_cast<uint32_t>(s.payload.size());
+  }
+  ASSERT_GT(received, guest_ack_) << "nothing in flight at the stop";
+  ring().StopQueue();
+  // It acknowledges half of what it got before it stopped.
+  guest_ack_ += (received - guest_ack_) / 2;
+  const uint32_t acked = guest_ack_;
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  // The host sends more; nothing reaches the guest.
+  const std::vector<uint8_t> late = Pattern(20000, 16);
+  ASSERT_EQ(send(h.get(), late.data(), late.size(), 0), 20000);
+  watcher().Poll(tcp_.get(), 50);
+  for (int i = 0; i < 4; ++i) {
+    fake_now += 30'000'000'000;
+    Expire();
+    watcher().Poll(tcp_.get(), 0);
+  }
+  EXPECT_TRUE(Segments().empty());
+  EXPECT_EQ(flows().size(), 1u);
+  EXPECT_GE(tcp_->stats().rx_waits, 1u);
+  EXPECT_GE(tcp_->stats().timer_retransmits, 1u);
+  // The queue runs again (the backend calls OnRxAvailable when it starts).
+  ring().StartQueue();
+  tcp_->OnRxAvailable();
+  std::vector<Seg> segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs[0].seq, acked) << "from the first byte not acknowledged";
+  // The guest drops what it has, takes the rest.
+  guest_ack_ = received;
+  int out_of_order = 0;
+  std::vector<uint8_t> rest = GuestReceives(b.size() + late.size() - got.size(), &out_of_order);
+  got.insert(got.end(), rest.begin(), rest.end());
+  std::vector<uint8_t> want = b;
+  want.insert(want.end(), late.begin(), late.end());
+  EXPECT_EQ(Compare(got, want), "");
+  EXPECT_EQ(out_of_order, 0);
+  EXPECT_EQ(flows().size(), 1u);
+}
+
+// The guest's driver stops the receive queue while segments are committed
+// but not yet flushed: RxQueue::Stop forgets them, and the translator, which
+// counted them as sent, is not told. Its flow was waiting for receive
+// buffers (the ring had run dry), so the queue's start resumes it past the
+// lost segments; the guest's duplicate ACKs bring them again from the
+// socket, and nothing is lost.
+TEST_P(TcpTest, QueueStoppedBeforeItsFlushLosesNothing) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(300000, 17);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 300000);
+  std::vector<Seg> segs;
+  ASSERT_TRUE(Pump(&segs, [&] { return !segs.empty(); }));
+  std::vector<uint8_t> got;
+  for (const Seg& s : segs) {
+    ASSERT_EQ(s.seq, guest_ack_ + got.size());
+    got.insert(got.end(), s.payload.begin(), s.payload.end());
+  }
+  guest_ack_ += static_cast<uint32_t>(got.size());
+  // Its ACK, and its kick for the buffers it posted again, bring more,
+  // committed in this iteration, until the ring is dry again; the queue
+  // stops before the flush.
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  tcp_->OnRxAvailable();
+  const size_t lost = ring().rx().pending_frames();
+  ASSERT_GT(lost, 0u);
+  const uint64_t sent = tcp_->stats().bytes_to_guest;
+  ring().StopQueue();
+  ring().StartQueue();
+  ring().Post(64);
+  tcp_->OnRxAvailable();
+  EXPECT_GT(tcp_->stats().bytes_to_guest, sent) << "the waiting flow resumed";
+  int out_of_order = 0;
+  std::vector<uint8_t> rest = GuestReceives(b.size() - got.size(), &out_of_order);
+  got.insert(got.end(), rest.begin(), rest.end());
+  EXPECT_EQ(Compare(got, b), "");
+  EXPECT_GT(out_of_order, 0);
+  EXPECT_EQ(tcp_->stats().fast_retransmits, 1u);
+  EXPECT_EQ(tcp_->stats().timer_retransmits, 0u);
+}
+
+// As above, but the flow was not waiting for buffers when the queue stopped:
+// nothing follows the lost segments, no event tells the translator, and the
+// retransmission timer sends them again once it fires.
+TEST_P(TcpTest, QueueStoppedBeforeItsFlushTheTimerResends) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(5000, 19);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 5000);
+  for (int i = 0; i < 200 && tcp_->stats().bytes_to_guest < b.size(); ++i) {
+    watcher().Poll(tcp_.get(), 10);
+  }
+  ASSERT_EQ(ring().rx().pending_frames(), 4u);  // MSS 1460.
+  ring().StopQueue();
+  ring().StartQueue();
+  tcp_->OnRxAvailable();
+  watcher().Poll(tcp_.get(), 50);
+  EXPECT_TRUE(Segments().empty());
+  fake_now += 1'000'000'000;
+  Expire();
+  EXPECT_EQ(tcp_->stats().timer_retransmits, 1u);
+  EXPECT_EQ(ReceiveData(b.size()), b);
+}
+
+// A ring of eight receive buffers, mergeable or not: the translator writes
+// what fits, waits for the guest to post more (or for the flush that frees
+// what it holds), and a bulk transfer still arrives byte for byte and in
+// order, with the host's FIN after the last byte.
+TEST_P(TcpTest, TinyRingBulkTransferCompletes) {
+  for (const bool mergeable : {true, false}) {
+    SCOPED_TRACE(mergeable ? "mergeable" : "one buffer per frame");
+    Make({.peek_off = GetParam(), .mergeable = mergeable, .queue_size = 8, .buffers = 8});
+    HostListener host;
+    UniqueFd h = Establish(host);
+    ASSERT_TRUE(h.valid());
+    const std::vector<uint8_t> b = Pattern(300000, 18);
+    ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 300000);
+    ASSERT_EQ(shutdown(h.get(), SHUT_WR), 0);
+    std::vector<Seg> seen;
+    std::vector<uint8_t> got = ReceiveData(b.size(), 65535, &seen);
+    EXPECT_EQ(Compare(got, b), "");
+    for (const Seg& s : seen) EXPECT_EQ(s.flags & (kTcpFin | kTcpRst), 0) << "before the data";
+    EXPECT_GE(tcp_->stats().rx_waits, 1u);
+    std::optional<Seg> fin = WaitFor(kTcpFin);
+    ASSERT_TRUE(fin.has_value());
+    EXPECT_EQ(fin->seq, guest_ack_);
+    EXPECT_TRUE(fin->payload.empty());
+    EXPECT_EQ(tcp_->stats().control_dropped, 0u);
+    Send(Frame(kTcpAck | kTcpFin, guest_seq_, guest_ack_ + 1));
+    EXPECT_EQ(flows().size(), 0u);
+    EXPECT_EQ(ring().rx().stats().writer_bugs, 0u);
+  }
 }
 
 TEST_P(TcpTest, HalfCloseBothWays) {
