@@ -29,8 +29,10 @@
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
 #include "net/config/config.h"
+#include "net/config/port_forward.h"
+#include "net/forward/forward.h"
 #include "net/tcp/tcp.h"
-#include "net/translate/translator.h"
+#include "net/translate/frame_path.h"
 #include "tests/tcp/scripted_guest.h"
 #include "tools/vu_frontend/frontend.h"
 #include "tools/vunet/backend.h"
@@ -162,15 +164,17 @@ class TcpIntegrationTest : public ::testing::Test {
   void Start(net::TcpTranslatorOptions tcp = {}, vu_frontend::FrontendOptions fo = Frontend()) {
     BackendOptions o;
     o.socket_path = path_;
-    o.arp = {.gateway_mac = net::kDefaultGatewayMac, .guest_addr = V4("10.0.2.15")};
     o.guest.addr4 = V4("10.0.2.15");
     o.guest.gateway4 = V4("10.0.2.2");
     o.guest.mtu = 65520;
     o.send_ra = false;
-    o.translators.push_back(
-        [tcp](const net::TranslatorEnv& env) -> absl::StatusOr<std::unique_ptr<net::Translator>> {
-          return net::TcpTranslator::Create(env, tcp);
-        });
+    // The frame path: ARP and the TCP translator only.
+    o.path.arp = {.gateway_mac = net::kDefaultGatewayMac, .guest_addr = o.guest.addr4};
+    o.path.tcp = tcp;
+    o.path.udp.reset();
+    o.path.icmp.reset();
+    // The gateway's address stands for the host's loopback.
+    o.forward = net::RulesFromConfig(o.guest, {});
     absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(o);
     ASSERT_TRUE(b.ok()) << b.status();
     backend_ = std::move(*b);
@@ -202,11 +206,8 @@ class TcpIntegrationTest : public ::testing::Test {
     EXPECT_TRUE(run_status_.ok()) << run_status_;
   }
 
-  const net::TcpStats& Stats() {
-    const net::TcpTranslator* t = dynamic_cast<const net::TcpTranslator*>(backend_->translator(0));
-    return t->stats();
-  }
-  net::TcpTranslator* Tcp() { return dynamic_cast<net::TcpTranslator*>(backend_->translator(0)); }
+  const net::TcpStats& Stats() { return Tcp()->stats(); }
+  net::TcpTranslator* Tcp() { return backend_->path()->tcp(); }
 
   Endpoint Gateway(uint16_t port) const { return Endpoint::V4("10.0.2.2", port); }
 
