@@ -1,188 +1,46 @@
 #include "net/tcp/tcp.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <deque>
 #include <functional>
-#include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
 #include "net/config/config.h"
+#include "net/config/port_forward.h"
 #include "net/flow/flow.h"
 #include "net/packet/checksum.h"
 #include "net/packet/frame.h"
 #include "net/testing/test_frames.h"
+#include "net/testing/world.h"
 #include "net/translate/translator.h"
-#include "virtio/guest_memory.h"
-#include "virtio/testing/driver.h"
-#include "virtio/virtqueue.h"
 #include "vu/common.h"
+#include "vu/testing/guest_rx.h"
 
 namespace vunet::net {
 namespace {
 
+using testing::EpollWatcher;
 using testing::Ip4;
-using virtio::GuestMemory;
-using virtio::Virtqueue;
-using virtio::VirtqUsedElem;
-using virtio::testing::DriverMemory;
-using virtio::testing::DriverQueue;
+using testing::ManualClock;
+using testing::TranslatorWorld;
+using vu::testing::GuestRxRing;
 
-constexpr size_t kHdr = sizeof(vu::VirtioNetHdr);
 constexpr uint16_t kGuestPort = 40000;
 
 // The test's clock: timers fire only when a test moves it and expires them.
-int64_t fake_now = 1'000'000'000;
-int64_t FakeClock() { return fake_now; }
-
-// The guest's receive queue over driver-side rings, as a guest fills it.
-class FakeRx : public GuestRx {
- public:
-  explicit FakeRx(bool mergeable = true, bool guest_csum = false) {
-    mem_ = DriverMemory::Create(64 << 20).value();
-    EXPECT_TRUE(mem_->MapInto(&memory_).ok());
-    driver_ = std::make_unique<DriverQueue>(mem_.get(), 256);
-    EXPECT_TRUE(vq_.Start(&memory_, driver_->DeviceConfig(memory_).value()).ok());
-    config_.mergeable_rx = mergeable;
-    config_.guest_csum = guest_csum;
-    config_.vnet_hdr_len = kHdr;
-  }
-
-  Virtqueue* queue() override { return running_ ? &vq_ : nullptr; }
-  const vu::NetConfig& config() const override { return config_; }
-  void OnFrameWritten(absl::Span<const iovec>, size_t, size_t len) override {
-    ++written_;
-    written_bytes_ += len;
-  }
-
-  // Posts `n` receive buffers of `size` bytes (as many as the ring takes).
-  void Post(int n, uint32_t size = 2048) {
-    for (int i = 0; i < n && driver_->free_descriptors() > 0; ++i) {
-      uint64_t gpa;
-      auto& pool = free_[size];
-      if (!pool.empty()) {
-        gpa = pool.back();
-        pool.pop_back();
-      } else {
-        gpa = mem_->Alloc(size, 8).value();
-      }
-      const DriverQueue::Buffer b{gpa, size, true};
-      const std::optional<uint16_t> head = driver_->AddChain({&b, 1});
-      ASSERT_TRUE(head.has_value());
-      posted_[*head] = b;
-    }
-    driver_->Publish();
-  }
-
-  // The frames the device wrote since the last call (virtio-net header
-  // stripped); their buffers go back to the pool (not reposted).
-  std::vector<std::vector<uint8_t>> Take() {
-    std::vector<std::vector<uint8_t>> frames;
-    while (std::optional<VirtqUsedElem> e = driver_->PopUsed()) {
-      std::vector<uint8_t> bytes = Read(*e);
-      if (bytes.size() < kHdr) {
-        ADD_FAILURE() << "used entry of " << bytes.size() << " bytes";
-        continue;
-      }
-      vu::VirtioNetHdr hdr;
-      std::memcpy(&hdr, bytes.data(), kHdr);
-      last_hdr_ = hdr;
-      for (uint16_t i = 1; i < hdr.num_buffers; ++i) {
-        std::optional<VirtqUsedElem> more = driver_->PopUsed();
-        if (!more) {
-          ADD_FAILURE() << "num_buffers " << hdr.num_buffers << " but fewer used";
-          break;
-        }
-        std::vector<uint8_t> m = Read(*more);
-        bytes.insert(bytes.end(), m.begin(), m.end());
-      }
-      frames.emplace_back(bytes.begin() + kHdr, bytes.end());
-    }
-    return frames;
-  }
-
-  size_t posted() const { return posted_.size(); }
-  bool running_ = true;
-  int written_ = 0;
-  size_t written_bytes_ = 0;
-  vu::VirtioNetHdr last_hdr_;
-
- private:
-  std::vector<uint8_t> Read(const VirtqUsedElem& e) {
-    const DriverQueue::Buffer b = posted_.at(e.id);
-    posted_.erase(e.id);
-    free_[b.len].push_back(b.gpa);
-    EXPECT_LE(e.len, b.len);
-    const uint8_t* p = mem_->Host(b.gpa);
-    return std::vector<uint8_t>(p, p + std::min<uint32_t>(e.len, b.len));
-  }
-
-  std::unique_ptr<DriverMemory> mem_;
-  GuestMemory memory_;
-  std::unique_ptr<DriverQueue> driver_;
-  Virtqueue vq_;
-  vu::NetConfig config_;
-  std::map<uint16_t, DriverQueue::Buffer> posted_;
-  std::map<uint32_t, std::vector<uint64_t>> free_;
-};
-
-class RecordingSender : public ReplySender {
- public:
-  absl::Status Send(absl::Span<const uint8_t> frame) override {
-    if (fail) return absl::UnavailableError("no room");
-    frames.emplace_back(frame.begin(), frame.end());
-    return absl::OkStatus();
-  }
-  bool fail = false;
-  std::vector<std::vector<uint8_t>> frames;
-};
-
-// An epoll set of the test's own.
-class LocalWatcher : public SocketWatcher {
- public:
-  LocalWatcher() : epoll_(epoll_create1(EPOLL_CLOEXEC)) {}
-  absl::Status Watch(int fd, uint32_t events, uint64_t tag) override {
-    epoll_event ev{events, {.u64 = tag}};
-    if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return absl::InternalError("add");
-    watched_.insert(fd);
-    return absl::OkStatus();
-  }
-  absl::Status Modify(int fd, uint32_t events, uint64_t tag) override {
-    epoll_event ev{events, {.u64 = tag}};
-    if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) return absl::InternalError("mod");
-    return absl::OkStatus();
-  }
-  void Unwatch(int fd) override {
-    EXPECT_EQ(watched_.erase(fd), 1u) << "fd " << fd << " unwatched but not watched";
-    epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-  }
-  // Delivers the events ready within `timeout_ms`; returns how many.
-  int Poll(Translator* t, int timeout_ms) {
-    epoll_event ev[64];
-    const int n = epoll_wait(epoll_.get(), ev, 64, timeout_ms);
-    for (int i = 0; i < n; ++i) t->OnSocketEvent(ev[i].data.u64, ev[i].events);
-    return n < 0 ? 0 : n;
-  }
-  size_t watched() const { return watched_.size(); }
-
- private:
-  UniqueFd epoll_;
-  std::set<int> watched_;
-};
+int64_t& fake_now = ManualClock::now_ns;
 
 // A segment as the guest sees it.
 struct Seg {
@@ -195,10 +53,11 @@ struct Seg {
   TcpOptions options;
   std::vector<uint8_t> payload;
   bool checksum_ok = false;
-  bool data_path = false;  // Came through the receive buffers, not the reply sender.
+  vu::VirtioNetHdr hdr;  // Its virtio-net header, as the guest's driver read it.
 };
 
-std::optional<Seg> ParseSeg(std::vector<uint8_t> frame) {
+std::optional<Seg> ParseSeg(const GuestRxRing::Frame& f) {
+  std::vector<uint8_t> frame = f.bytes;
   ParsedFrame p;
   if (!testing::Parse(frame, &p).ok() || p.l4 != L4Kind::kTcp) return std::nullopt;
   Seg s;
@@ -217,6 +76,7 @@ std::optional<Seg> ParseSeg(std::vector<uint8_t> frame) {
            ? L4ChecksumV4(p.ip.src4, p.ip.dst4, IPPROTO_TCP, {&iov, 1}, p.l4_offset, p.l4_len)
            : L4ChecksumV6(p.ip.src6, p.ip.dst6, IPPROTO_TCP, {&iov, 1}, p.l4_offset, p.l4_len)) ==
       0;
+  s.hdr = f.hdr;
   return s;
 }
 
@@ -224,6 +84,15 @@ std::vector<uint8_t> Pattern(size_t len, uint32_t seed) {
   std::vector<uint8_t> v(len);
   for (size_t i = 0; i < len; ++i) v[i] = static_cast<uint8_t>(seed * 131 + i * 7 + (i >> 9));
   return v;
+}
+
+// Where the first difference is, for a readable failure.
+std::string Compare(const std::vector<uint8_t>& got, const std::vector<uint8_t>& want) {
+  if (got == want) return "";
+  size_t i = 0;
+  while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
+  return "got " + std::to_string(got.size()) + " bytes, want " + std::to_string(want.size()) +
+         "; first difference at byte " + std::to_string(i);
 }
 
 // A host listener on 127.0.0.1 and its port.
@@ -261,29 +130,28 @@ struct Options {
   bool peek_off = true;
   bool mergeable = true;
   bool guest_csum = false;
+  uint32_t queue_size = 256;  // The guest's receive ring.
+  int buffers = 64;           // Receive buffers of 2048 bytes posted at the start.
 };
 
+// The translator in a TranslatorWorld (net/testing/world.h): real loopback
+// sockets on the host side; on the guest side the one receive ring every
+// segment reaches the guest through, data and control alike, in order.
 class TcpTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override { Make({.peek_off = GetParam()}); }
 
   void Make(const Options& o, TcpTranslatorOptions topts = {}, size_t capacity = 64) {
     tcp_.reset();
-    rx_ = std::make_unique<FakeRx>(o.mergeable, o.guest_csum);
-    flows_ = FlowTable::Create({.capacity = capacity, .seed = 1}).value();
-    guest_.addr4 = Ip4("10.0.2.15");
-    guest_.gateway4 = Ip4("10.0.2.2");
-    guest_.mtu = 65520;
-    TranslatorEnv env;
-    env.flows = flows_.get();
-    env.rx = rx_.get();
-    env.watcher = &watcher_;
-    env.replies = &replies_;
-    env.guest = &guest_;
-    env.first_kind = 64;
-    env.clock = FakeClock;
+    TranslatorWorld::Options w;
+    w.rx.queue_size = o.queue_size;
+    w.rx.mergeable = o.mergeable;
+    w.rx.guest_csum = o.guest_csum;
+    w.flows = capacity;
+    w.clock = ManualClock::Now;
+    world_ = std::make_unique<TranslatorWorld>(w);
     topts.use_peek_off = o.peek_off;
-    absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(env, topts);
+    absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(world_->Env(), topts);
     ASSERT_TRUE(t.ok()) << t.status();
     tcp_ = std::move(*t);
     if (o.peek_off) {
@@ -293,13 +161,22 @@ class TcpTest : public ::testing::TestWithParam<bool> {
     } else {
       EXPECT_FALSE(tcp_->peek_offset());
     }
-    rx_->Post(64, 2048);
+    ring().Post(o.buffers, 2048);
   }
 
   void TearDown() override {
     tcp_.reset();
-    EXPECT_EQ(watcher_.watched(), 0u) << "sockets left watched";
+    if (world_ != nullptr) {
+      EXPECT_EQ(watcher().watching(), 0u) << "sockets left watched";
+      EXPECT_EQ(ring().rx().stats().writer_bugs, 0u)
+          << "the translator broke the RxQueue's contract";
+    }
   }
+
+  GuestRxRing& ring() { return world_->ring; }
+  FlowTable& flows() { return *world_->flows; }
+  EpollWatcher& watcher() { return world_->watcher; }
+  const GuestConfig& guest() const { return world_->guest; }
 
   // A frame from the guest (10.0.2.15:sport) to dst:dport.
   std::vector<uint8_t> Frame(uint8_t flags, uint32_t seq, uint32_t ack,
@@ -309,7 +186,7 @@ class TcpTest : public ::testing::TestWithParam<bool> {
     FrameSpec s;
     s.src_mac = kDefaultGuestMac;
     s.dst_mac = kDefaultGatewayMac;
-    s.src4 = guest_.addr4;
+    s.src4 = guest().addr4;
     s.dst4 = dst_;
     s.protocol = IPPROTO_TCP;
     s.src_port = sport;
@@ -322,45 +199,55 @@ class TcpTest : public ::testing::TestWithParam<bool> {
     return testing::Build(s, payload);
   }
 
+  // One guest frame to the translator, as the dispatcher hands it over (the
+  // guest's identity sees it first).
+  void Deliver(const std::vector<iovec>& iov) {
+    ParsedFrame p;
+    ASSERT_TRUE(ParseFrame(iov, &p).ok());
+    world_->forward->guest().Learn(p);
+    tcp_->OnFrame(vu::VirtioNetHdr{}, iov, p);
+  }
+
   // Frames delivered as one transmit batch: every frame stays in place until
   // OnBatchEnd, as guest memory does.
   void SendBatch(std::vector<std::vector<uint8_t>> frames) {
     std::vector<std::vector<iovec>> iovs;
     for (std::vector<uint8_t>& f : frames) iovs.push_back(testing::Split(f, 700));
-    for (const std::vector<iovec>& iov : iovs) {
-      ParsedFrame p;
-      ASSERT_TRUE(ParseFrame(iov, &p).ok());
-      tcp_->OnFrame(vu::VirtioNetHdr{}, iov, p);
-    }
+    for (const std::vector<iovec>& iov : iovs) Deliver(iov);
     tcp_->OnBatchEnd();
   }
 
   void Send(std::vector<uint8_t> frame, bool batch_end = true) {
-    ParsedFrame p;
     // Cut in pieces so that headers and payload straddle buffers.
     const std::vector<iovec> iov = testing::Split(frame, 700);
-    ASSERT_TRUE(ParseFrame(iov, &p).ok());
-    tcp_->OnFrame(vu::VirtioNetHdr{}, iov, p);
+    Deliver(iov);
     if (batch_end) tcp_->OnBatchEnd();
   }
 
-  // Every segment that reached the guest since the last call.
+  // The end of a loop iteration, as the backend's (Backend::FlushRx): the
+  // RxQueue is flushed, and if a writer was told to wait for that flush (its
+  // buffers were held by frames not yet published) it writes again.
+  void EndIteration() {
+    if (ring().rx().Flush()) tcp_->OnRxAvailable();
+  }
+
+  // Every segment that reached the guest since the last call, in the ring's
+  // order, after the iteration's flush. The guest's driver posts a buffer
+  // again for each one it took (unless refill_ is false), without a kick:
+  // tests call OnRxAvailable where they mean the guest to kick.
   std::vector<Seg> Segments() {
+    EndIteration();
+    const int empty_before = ring().returned_empty();
+    int used = 0;
     std::vector<Seg> out;
-    for (std::vector<uint8_t>& f : replies_.frames) {
+    for (const GuestRxRing::Frame& f : ring().Take()) {
+      used += f.buffers;
       std::optional<Seg> s = ParseSeg(f);
       EXPECT_TRUE(s.has_value());
       if (s) out.push_back(*s);
     }
-    replies_.frames.clear();
-    for (std::vector<uint8_t>& f : rx_->Take()) {
-      std::optional<Seg> s = ParseSeg(f);
-      EXPECT_TRUE(s.has_value());
-      if (s) {
-        s->data_path = true;
-        out.push_back(*s);
-      }
-    }
+    used += ring().returned_empty() - empty_before;
+    if (refill_ && used > 0) ring().Post(used);
     for (const Seg& s : out) EXPECT_TRUE(s.checksum_ok) << "bad checksum";
     return out;
   }
@@ -369,7 +256,7 @@ class TcpTest : public ::testing::TestWithParam<bool> {
   // *segs) or two seconds pass.
   bool Pump(std::vector<Seg>* segs, const std::function<bool()>& done) {
     for (int i = 0; i < 200; ++i) {
-      watcher_.Poll(tcp_.get(), 10);
+      watcher().Poll(tcp_.get(), 10);
       for (Seg& s : Segments()) segs->push_back(s);
       if (done()) return true;
     }
@@ -393,14 +280,16 @@ class TcpTest : public ::testing::TestWithParam<bool> {
   }
 
   // Host data for the guest: pumps until `n` bytes arrived, acking each
-  // batch with `window` (0: do not ack).
-  std::vector<uint8_t> ReceiveData(size_t n, uint16_t window = 65535) {
+  // batch with `window` (0: do not ack) and posting receive buffers (with a
+  // kick). Every segment seen goes to *seen, in order, if given.
+  std::vector<uint8_t> ReceiveData(size_t n, uint16_t window = 65535,
+                                   std::vector<Seg>* seen = nullptr) {
     std::vector<uint8_t> got;
     std::vector<Seg> segs;
     Pump(&segs, [&] {
       for (const Seg& s : segs) {
+        if (seen != nullptr) seen->push_back(s);
         if (s.payload.empty()) continue;
-        EXPECT_TRUE(s.data_path);
         EXPECT_EQ(s.seq, guest_ack_) << "data out of order";
         if (s.seq != guest_ack_) continue;
         got.insert(got.end(), s.payload.begin(), s.payload.end());
@@ -409,9 +298,38 @@ class TcpTest : public ::testing::TestWithParam<bool> {
       segs.clear();
       if (window != 0) {
         Send(Frame(kTcpAck, guest_seq_, guest_ack_, {}, window));
-        rx_->Post(64);
+        ring().Post(64);
         tcp_->OnRxAvailable();
       }
+      return got.size() >= n;
+    });
+    return got;
+  }
+
+  // As ReceiveData, but the way a guest's stack takes what comes: bytes it
+  // has already are dropped, and a segment past the next byte it expects is
+  // dropped and answered at once with a duplicate ACK. *out_of_order counts
+  // those.
+  std::vector<uint8_t> GuestReceives(size_t n, int* out_of_order) {
+    std::vector<uint8_t> got;
+    std::vector<Seg> segs;
+    Pump(&segs, [&] {
+      for (const Seg& s : segs) {
+        if (s.payload.empty()) continue;
+        if (static_cast<int32_t>(s.seq - guest_ack_) > 0) {
+          ++*out_of_order;
+          Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+          continue;
+        }
+        const uint32_t have = guest_ack_ - s.seq;
+        if (have >= s.payload.size()) continue;
+        got.insert(got.end(), s.payload.begin() + have, s.payload.end());
+        guest_ack_ += static_cast<uint32_t>(s.payload.size() - have);
+      }
+      segs.clear();
+      Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+      ring().Post(64);
+      tcp_->OnRxAvailable();
       return got.size() >= n;
     });
     return got;
@@ -439,15 +357,13 @@ class TcpTest : public ::testing::TestWithParam<bool> {
 
   // Expires the flow timers at fake_now.
   void Expire() {
-    flows_->Expire(fake_now, [&](FlowId id) { tcp_->OnTimer(id, fake_now); });
+    flows().Expire(fake_now, [&](FlowId id) { tcp_->OnTimer(id, fake_now); });
   }
 
-  LocalWatcher watcher_;
-  RecordingSender replies_;
-  std::unique_ptr<FakeRx> rx_;
-  std::unique_ptr<FlowTable> flows_;
-  GuestConfig guest_;
+  // Declared before the translator, which uses it until it goes.
+  std::unique_ptr<TranslatorWorld> world_;
   std::unique_ptr<TcpTranslator> tcp_;
+  bool refill_ = true;
   in_addr dst_ = Ip4("10.0.2.2");
   uint16_t dport_ = 0;
   uint32_t guest_isn_ = 1000;
@@ -470,7 +386,7 @@ TEST_P(TcpTest, ConnectRefusedIsReset) {
   EXPECT_EQ(rst->ack, 5001u);
   EXPECT_EQ(rst->sport, dport_);
   EXPECT_EQ(rst->dport, kGuestPort);
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   EXPECT_EQ(tcp_->stats().connect_failures, 1u);
 }
 
@@ -545,14 +461,24 @@ TEST_P(TcpTest, GuestCsumLeavesChecksumToTheGuest) {
   UniqueFd h = Establish(host);
   ASSERT_TRUE(h.valid());
   ASSERT_EQ(send(h.get(), "hello", 5, 0), 5);
+  // (Not through Segments(): the data segment's checksum is the guest's to
+  // fill in, so it is not checked.)
   std::optional<Seg> seg;
   for (int i = 0; i < 100 && !seg; ++i) {
-    watcher_.Poll(tcp_.get(), 10);
-    for (std::vector<uint8_t>& f : rx_->Take()) seg = ParseSeg(f);
+    watcher().Poll(tcp_.get(), 10);
+    EndIteration();
+    for (const GuestRxRing::Frame& f : ring().Take()) seg = ParseSeg(f);
   }
   ASSERT_TRUE(seg.has_value());
   EXPECT_EQ(seg->payload, std::vector<uint8_t>({'h', 'e', 'l', 'l', 'o'}));
-  EXPECT_EQ(rx_->last_hdr_.flags, vu::kVirtioNetHdrFDataValid);
+  EXPECT_EQ(seg->hdr.flags, vu::kVirtioNetHdrFDataValid);
+  // Control segments come through the same ring with complete checksums,
+  // and say so.
+  Send(Frame(kTcpSyn, 99999, 0));  // A challenge ACK.
+  std::vector<Seg> segs = Segments();
+  ASSERT_EQ(segs.size(), 1u);
+  EXPECT_TRUE(segs[0].checksum_ok);
+  EXPECT_EQ(segs[0].hdr.flags, vu::kVirtioNetHdrFDataValid);
 }
 
 TEST_P(TcpTest, OutOfOrderAndDuplicateSegmentsAreAckedNotSent) {
@@ -626,14 +552,14 @@ TEST_P(TcpTest, DuplicateAcksForAHoleFollowDataTakenAndDataSent) {
   // With host data to send in the same flush: the data segments carry the
   // ACK, and three pure duplicates come after them.
   ASSERT_EQ(send(h.get(), "reply", 5, 0), 5);
-  watcher_.Poll(tcp_.get(), 100);
+  watcher().Poll(tcp_.get(), 100);
   for (const Seg& s : Segments()) guest_ack_ += static_cast<uint32_t>(s.payload.size());
   ASSERT_EQ(send(h.get(), "more", 4, 0), 4);
   usleep(20000);  // In the socket before the batch (its EPOLLIN not yet handled).
   SendBatch({Frame(kTcpAck, guest_seq_ + 300, guest_ack_, Pattern(100, 4)),
              Frame(kTcpAck, guest_seq_ + 400, guest_ack_, Pattern(100, 5)),
              Frame(kTcpAck, guest_seq_ + 500, guest_ack_, Pattern(100, 6))});
-  watcher_.Poll(tcp_.get(), 100);
+  watcher().Poll(tcp_.get(), 100);
   segs = Segments();
   size_t pure = 0;
   size_t data = 0;
@@ -641,10 +567,12 @@ TEST_P(TcpTest, DuplicateAcksForAHoleFollowDataTakenAndDataSent) {
     EXPECT_EQ(s.ack, guest_seq_ + 100);
     (s.payload.empty() ? pure : data) += 1;
   }
-  // (SendControl flushes data segments into the ring before each control
-  // segment, so the guest sees the duplicates after the data.)
+  // Data and control segments share the ring, in the order they were
+  // written: the guest sees the duplicates after the data, not before.
   EXPECT_EQ(data, 1u);
   EXPECT_GE(pure, 3u);
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs[0].payload, std::vector<uint8_t>({'m', 'o', 'r', 'e'})) << "the data first";
 }
 
 TEST_P(TcpTest, EachSegmentDroppedPastAHoleGetsADuplicateAck) {
@@ -741,7 +669,7 @@ TEST_P(TcpTest, RetransmissionTimerResendsAndBacksOff) {
     fake_now += 60'000'000'000;
     Expire();
   }
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   char c;
   EXPECT_EQ(recv(h.get(), &c, 1, 0), -1);
   EXPECT_EQ(errno, ECONNRESET);
@@ -800,26 +728,26 @@ TEST_P(TcpTest, TimeoutsWithoutReceiveBuffersCountOnlyAtTheMaximum) {
   // The guest stops (no receive buffers, no ACKs) for ten minutes, longer
   // than ten retransmission timeouts: its data was not lost, so the flow
   // stays (the backoff to the maximum costs it nothing).
-  rx_->running_ = false;
+  ring().StopQueue();
   for (int i = 0; i < 10; ++i) {
     fake_now += 60'000'000'000;
     Expire();
   }
-  EXPECT_EQ(flows_->size(), 1u);
+  EXPECT_EQ(flows().size(), 1u);
   EXPECT_GE(tcp_->stats().rx_waits, 1u);
-  rx_->running_ = true;
+  ring().StartQueue();
   tcp_->OnRxAvailable();
   EXPECT_EQ(ReceiveData(6), std::vector<uint8_t>({'a', 'b', 'c', 'd', 'e', 'f'}));
   // A guest that never comes back: at the maximum timeout its expiries
   // count, and the flow ends in some fifteen minutes more.
   ASSERT_EQ(send(h.get(), "ghi", 3, 0), 3);
   ASSERT_TRUE(Pump(&segs, [&] { return segs.size() > 1; }));
-  rx_->running_ = false;
-  for (int i = 0; i < 40 && flows_->size() > 0; ++i) {
+  ring().StopQueue();
+  for (int i = 0; i < 40 && flows().size() > 0; ++i) {
     fake_now += 60'000'000'000;
     Expire();
   }
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   EXPECT_EQ(tcp_->stats().timeouts, 1u);
 }
 
@@ -832,7 +760,7 @@ TEST_P(TcpTest, HalfClosedTimeouts) {
   ++guest_seq_;
   fake_now += 600'000'000'000;
   Expire();
-  ASSERT_EQ(flows_->size(), 1u);
+  ASSERT_EQ(flows().size(), 1u);
   ASSERT_EQ(send(h.get(), "late", 4, 0), 4);
   EXPECT_EQ(ReceiveData(4), std::vector<uint8_t>({'l', 'a', 't', 'e'}));
   // The host closes too; the guest, whose FIN came first, acks ours, and
@@ -841,7 +769,7 @@ TEST_P(TcpTest, HalfClosedTimeouts) {
   std::optional<Seg> fin = WaitFor(kTcpFin);
   ASSERT_TRUE(fin.has_value());
   Send(Frame(kTcpAck, guest_seq_, guest_ack_ + 1));
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
 
   // The host closes first and the guest stays silent: the half-closed
   // timeout (60 s) ends it.
@@ -851,13 +779,13 @@ TEST_P(TcpTest, HalfClosedTimeouts) {
   fin = WaitFor(kTcpFin);
   ASSERT_TRUE(fin.has_value());
   Send(Frame(kTcpAck, guest_seq_, guest_ack_ + 1));
-  ASSERT_EQ(flows_->size(), 1u);
+  ASSERT_EQ(flows().size(), 1u);
   fake_now += 59'000'000'000;
   Expire();
-  EXPECT_EQ(flows_->size(), 1u);
+  EXPECT_EQ(flows().size(), 1u);
   fake_now += 2'000'000'000;
   Expire();
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   EXPECT_EQ(tcp_->stats().timeouts, 1u);
 }
 
@@ -877,7 +805,7 @@ TEST_P(TcpTest, GuestWindowIsRespectedAndZeroWindowProbed) {
   // Acked with a zero window: nothing more, a probe on the timer.
   guest_ack_ += 896;
   Send(Frame(kTcpAck, guest_seq_, guest_ack_, {}, 0));
-  watcher_.Poll(tcp_.get(), 50);
+  watcher().Poll(tcp_.get(), 50);
   EXPECT_TRUE(Segments().empty());
   fake_now += 2'000'000'000;
   Expire();
@@ -895,13 +823,13 @@ TEST_P(TcpTest, GuestWithoutReceiveBuffersWaits) {
   HostListener host;
   UniqueFd h = Establish(host);
   ASSERT_TRUE(h.valid());
-  rx_->running_ = false;
+  ring().StopQueue();
   const std::vector<uint8_t> b = Pattern(20000, 7);
   ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 20000);
-  watcher_.Poll(tcp_.get(), 100);
+  watcher().Poll(tcp_.get(), 100);
   EXPECT_TRUE(Segments().empty());
   EXPECT_GE(tcp_->stats().rx_waits, 1u);
-  rx_->running_ = true;
+  ring().StartQueue();
   tcp_->OnRxAvailable();
   EXPECT_EQ(ReceiveData(20000), b);
 }
@@ -910,7 +838,9 @@ TEST_P(TcpTest, FullRingWaitsForBuffers) {
   HostListener host;
   UniqueFd h = Establish(host);
   ASSERT_TRUE(h.valid());
-  // Take every posted buffer out of play.
+  // Take every posted buffer out of play: the guest does not post them
+  // again as it reads them (ReceiveData posts more).
+  refill_ = false;
   const std::vector<uint8_t> b = Pattern(300000, 8);
   ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 300000);
   std::vector<Seg> segs;
@@ -926,6 +856,201 @@ TEST_P(TcpTest, FullRingWaitsForBuffers) {
   std::vector<uint8_t> rest = ReceiveData(b.size() - got.size());
   got.insert(got.end(), rest.begin(), rest.end());
   EXPECT_EQ(got, b);
+}
+
+// Data segments committed in a loop iteration and the RST of a host reset
+// seen later in the same iteration go out in one flush, in that order: the
+// guest gets every byte, then the RST at the sequence number after them.
+TEST_P(TcpTest, DataThenHostResetReachTheGuestInOrder) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(6000, 14);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 6000);
+  // Peeked into the ring and committed; not yet flushed.
+  for (int i = 0; i < 200 && tcp_->stats().bytes_to_guest < b.size(); ++i) {
+    watcher().Poll(tcp_.get(), 10);
+  }
+  ASSERT_EQ(tcp_->stats().bytes_to_guest, b.size());
+  const size_t data_frames = ring().rx().pending_frames();
+  ASSERT_GE(data_frames, 5u);  // MSS 1460.
+  const linger l = {1, 0};
+  setsockopt(h.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  h.reset();
+  for (int i = 0; i < 200 && flows().size() > 0; ++i) watcher().Poll(tcp_.get(), 10);
+  ASSERT_EQ(flows().size(), 0u);
+  EXPECT_EQ(tcp_->stats().host_resets, 1u);
+  const uint64_t flushes = ring().rx().stats().flushes;
+  std::vector<Seg> segs = Segments();
+  EXPECT_EQ(ring().rx().stats().flushes, flushes + 1) << "one flush for the data and the RST";
+  ASSERT_EQ(segs.size(), data_frames + 1);
+  std::vector<uint8_t> got;
+  for (size_t i = 0; i < data_frames; ++i) {
+    EXPECT_EQ(segs[i].flags & (kTcpRst | kTcpFin), 0) << "segment " << i;
+    EXPECT_EQ(segs[i].seq, guest_ack_ + got.size()) << "segment " << i;
+    got.insert(got.end(), segs[i].payload.begin(), segs[i].payload.end());
+  }
+  EXPECT_EQ(got, b);
+  const Seg& rst = segs.back();
+  EXPECT_EQ(rst.flags, kTcpRst | kTcpAck);
+  EXPECT_EQ(rst.seq, guest_ack_ + b.size());
+  EXPECT_TRUE(rst.payload.empty());
+}
+
+// The guest's driver stops the receive queue mid-transfer (after the
+// iteration's flush) and starts it again two minutes later. What the guest
+// acknowledged is not sent again; what it had received but not acknowledged
+// is (the retransmission timer rewound while the queue was stopped); the
+// host's data waits in the socket meanwhile, the flow survives the
+// timeouts, and every byte arrives in order.
+TEST_P(TcpTest, QueueStoppedAndRestartedMidTransfer) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(300000, 15);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 300000);
+  std::vector<uint8_t> got = ReceiveData(50000);
+  ASSERT_GE(got.size(), 50000u);
+  // ReceiveData's last ACK brought more segments; this flush publishes them.
+  // The guest takes them, then its driver stops the queue.
+  uint32_t received = guest_ack_;
+  for (const Seg& s : Segments()) {
+    if (s.payload.empty()) continue;
+    ASSERT_EQ(s.seq, received);
+    got.insert(got.end(), s.payload.begin(), s.payload.end());
+    received += static_cast<uint32_t>(s.payload.size());
+  }
+  ASSERT_GT(received, guest_ack_) << "nothing in flight at the stop";
+  ring().StopQueue();
+  // It acknowledges half of what it got before it stopped.
+  guest_ack_ += (received - guest_ack_) / 2;
+  const uint32_t acked = guest_ack_;
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  // The host sends more; nothing reaches the guest.
+  const std::vector<uint8_t> late = Pattern(20000, 16);
+  ASSERT_EQ(send(h.get(), late.data(), late.size(), 0), 20000);
+  watcher().Poll(tcp_.get(), 50);
+  for (int i = 0; i < 4; ++i) {
+    fake_now += 30'000'000'000;
+    Expire();
+    watcher().Poll(tcp_.get(), 0);
+  }
+  EXPECT_TRUE(Segments().empty());
+  EXPECT_EQ(flows().size(), 1u);
+  EXPECT_GE(tcp_->stats().rx_waits, 1u);
+  EXPECT_GE(tcp_->stats().timer_retransmits, 1u);
+  // The queue runs again (the backend calls OnRxAvailable when it starts).
+  ring().StartQueue();
+  tcp_->OnRxAvailable();
+  std::vector<Seg> segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs[0].seq, acked) << "from the first byte not acknowledged";
+  // The guest drops what it has, takes the rest.
+  guest_ack_ = received;
+  int out_of_order = 0;
+  std::vector<uint8_t> rest = GuestReceives(b.size() + late.size() - got.size(), &out_of_order);
+  got.insert(got.end(), rest.begin(), rest.end());
+  std::vector<uint8_t> want = b;
+  want.insert(want.end(), late.begin(), late.end());
+  EXPECT_EQ(Compare(got, want), "");
+  EXPECT_EQ(out_of_order, 0);
+  EXPECT_EQ(flows().size(), 1u);
+}
+
+// The guest's driver stops the receive queue while segments are committed
+// but not yet flushed: RxQueue::Stop forgets them, and the translator, which
+// counted them as sent, is not told. Its flow was waiting for receive
+// buffers (the ring had run dry), so the queue's start resumes it past the
+// lost segments; the guest's duplicate ACKs bring them again from the
+// socket, and nothing is lost.
+TEST_P(TcpTest, QueueStoppedBeforeItsFlushLosesNothing) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(300000, 17);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 300000);
+  std::vector<Seg> segs;
+  ASSERT_TRUE(Pump(&segs, [&] { return !segs.empty(); }));
+  std::vector<uint8_t> got;
+  for (const Seg& s : segs) {
+    ASSERT_EQ(s.seq, guest_ack_ + got.size());
+    got.insert(got.end(), s.payload.begin(), s.payload.end());
+  }
+  guest_ack_ += static_cast<uint32_t>(got.size());
+  // Its ACK, and its kick for the buffers it posted again, bring more,
+  // committed in this iteration, until the ring is dry again; the queue
+  // stops before the flush.
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  tcp_->OnRxAvailable();
+  const size_t lost = ring().rx().pending_frames();
+  ASSERT_GT(lost, 0u);
+  const uint64_t sent = tcp_->stats().bytes_to_guest;
+  ring().StopQueue();
+  ring().StartQueue();
+  ring().Post(64);
+  tcp_->OnRxAvailable();
+  EXPECT_GT(tcp_->stats().bytes_to_guest, sent) << "the waiting flow resumed";
+  int out_of_order = 0;
+  std::vector<uint8_t> rest = GuestReceives(b.size() - got.size(), &out_of_order);
+  got.insert(got.end(), rest.begin(), rest.end());
+  EXPECT_EQ(Compare(got, b), "");
+  EXPECT_GT(out_of_order, 0);
+  EXPECT_EQ(tcp_->stats().fast_retransmits, 1u);
+  EXPECT_EQ(tcp_->stats().timer_retransmits, 0u);
+}
+
+// As above, but the flow was not waiting for buffers when the queue stopped:
+// nothing follows the lost segments, no event tells the translator, and the
+// retransmission timer sends them again once it fires.
+TEST_P(TcpTest, QueueStoppedBeforeItsFlushTheTimerResends) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(5000, 19);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 5000);
+  for (int i = 0; i < 200 && tcp_->stats().bytes_to_guest < b.size(); ++i) {
+    watcher().Poll(tcp_.get(), 10);
+  }
+  ASSERT_EQ(ring().rx().pending_frames(), 4u);  // MSS 1460.
+  ring().StopQueue();
+  ring().StartQueue();
+  tcp_->OnRxAvailable();
+  watcher().Poll(tcp_.get(), 50);
+  EXPECT_TRUE(Segments().empty());
+  fake_now += 1'000'000'000;
+  Expire();
+  EXPECT_EQ(tcp_->stats().timer_retransmits, 1u);
+  EXPECT_EQ(ReceiveData(b.size()), b);
+}
+
+// A ring of eight receive buffers, mergeable or not: the translator writes
+// what fits, waits for the guest to post more (or for the flush that frees
+// what it holds), and a bulk transfer still arrives byte for byte and in
+// order, with the host's FIN after the last byte.
+TEST_P(TcpTest, TinyRingBulkTransferCompletes) {
+  for (const bool mergeable : {true, false}) {
+    SCOPED_TRACE(mergeable ? "mergeable" : "one buffer per frame");
+    Make({.peek_off = GetParam(), .mergeable = mergeable, .queue_size = 8, .buffers = 8});
+    HostListener host;
+    UniqueFd h = Establish(host);
+    ASSERT_TRUE(h.valid());
+    const std::vector<uint8_t> b = Pattern(300000, 18);
+    ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), 300000);
+    ASSERT_EQ(shutdown(h.get(), SHUT_WR), 0);
+    std::vector<Seg> seen;
+    std::vector<uint8_t> got = ReceiveData(b.size(), 65535, &seen);
+    EXPECT_EQ(Compare(got, b), "");
+    for (const Seg& s : seen) EXPECT_EQ(s.flags & (kTcpFin | kTcpRst), 0) << "before the data";
+    EXPECT_GE(tcp_->stats().rx_waits, 1u);
+    std::optional<Seg> fin = WaitFor(kTcpFin);
+    ASSERT_TRUE(fin.has_value());
+    EXPECT_EQ(fin->seq, guest_ack_);
+    EXPECT_TRUE(fin->payload.empty());
+    EXPECT_EQ(tcp_->stats().control_dropped, 0u);
+    Send(Frame(kTcpAck | kTcpFin, guest_seq_, guest_ack_ + 1));
+    EXPECT_EQ(flows().size(), 0u);
+    EXPECT_EQ(ring().rx().stats().writer_bugs, 0u);
+  }
 }
 
 TEST_P(TcpTest, HalfCloseBothWays) {
@@ -949,7 +1074,7 @@ TEST_P(TcpTest, HalfCloseBothWays) {
   ASSERT_TRUE(fin.has_value());
   EXPECT_EQ(fin->seq, guest_ack_);
   Send(Frame(kTcpAck, guest_seq_, guest_ack_ + 1));
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   EXPECT_EQ(tcp_->stats().closed, 1u);
 }
 
@@ -971,7 +1096,7 @@ TEST_P(TcpTest, HostClosesFirstThenGuest) {
   // The guest acks our FIN and still sends; then its own FIN ends the flow.
   Send(Frame(kTcpAck, guest_seq_, guest_ack_ + 1, {'o', 'k'}));
   Send(Frame(kTcpAck | kTcpFin, guest_seq_ + 2, guest_ack_ + 1));
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   char buf[4];
   EXPECT_EQ(recv(h.get(), buf, sizeof(buf), MSG_WAITALL), 2);
   EXPECT_EQ(recv(h.get(), buf, sizeof(buf), 0), 0);
@@ -982,7 +1107,7 @@ TEST_P(TcpTest, GuestResetResetsTheHost) {
   UniqueFd h = Establish(host);
   ASSERT_TRUE(h.valid());
   Send(Frame(kTcpRst, guest_seq_, 0));
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   char c;
   EXPECT_EQ(recv(h.get(), &c, 1, 0), -1);
   EXPECT_EQ(errno, ECONNRESET);
@@ -998,7 +1123,7 @@ TEST_P(TcpTest, HostResetResetsTheGuest) {
   std::optional<Seg> rst = WaitFor(kTcpRst);
   ASSERT_TRUE(rst.has_value());
   EXPECT_EQ(rst->seq, guest_ack_);
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
 }
 
 TEST_P(TcpTest, SegmentsOfNoFlowGetRst) {
@@ -1016,7 +1141,7 @@ TEST_P(TcpTest, SegmentsOfNoFlowGetRst) {
   // An RST for no flow is ignored.
   Send(Frame(kTcpRst, 100, 0));
   EXPECT_TRUE(Segments().empty());
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
 }
 
 TEST_P(TcpTest, UnusableDestinationsAreRefused) {
@@ -1029,7 +1154,7 @@ TEST_P(TcpTest, UnusableDestinationsAreRefused) {
     EXPECT_EQ(segs[0].flags, kTcpRst | kTcpAck) << d;
   }
   EXPECT_EQ(tcp_->stats().refused_destination, 4u);
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
 }
 
 TEST_P(TcpTest, FullTableRefusesWithRst) {
@@ -1044,7 +1169,7 @@ TEST_P(TcpTest, FullTableRefusesWithRst) {
   EXPECT_EQ(segs[0].flags, kTcpRst | kTcpAck);
   EXPECT_EQ(segs[0].dport, kGuestPort + 2);
   EXPECT_EQ(tcp_->stats().refused_full, 1u);
-  EXPECT_EQ(flows_->size(), 2u);
+  EXPECT_EQ(flows().size(), 2u);
 }
 
 TEST_P(TcpTest, HostileAcksAndSyns) {
@@ -1079,10 +1204,10 @@ TEST_P(TcpTest, IdleTimeoutResetsBothWays) {
   ASSERT_TRUE(h.valid());
   fake_now += int64_t{7200} * 1'000'000'000 - 1'000'000'000;
   Expire();
-  EXPECT_EQ(flows_->size(), 1u);
+  EXPECT_EQ(flows().size(), 1u);
   fake_now += 2'000'000'000;
   Expire();
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   std::vector<Seg> segs = Segments();
   ASSERT_EQ(segs.size(), 1u);
   EXPECT_TRUE(segs[0].flags & kTcpRst);
@@ -1095,10 +1220,10 @@ TEST_P(TcpTest, ConnectTimeout) {
   dst_ = Ip4("192.0.2.1");
   dport_ = 9;
   Send(Frame(kTcpSyn, 1, 0));
-  EXPECT_EQ(flows_->size(), 1u);
+  EXPECT_EQ(flows().size(), 1u);
   fake_now += 11'000'000'000;
   Expire();
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   std::vector<Seg> segs = Segments();
   ASSERT_FALSE(segs.empty());
   EXPECT_EQ(segs.back().flags, kTcpRst | kTcpAck);
@@ -1181,7 +1306,7 @@ TEST_P(TcpTest, InboundForward) {
   EXPECT_EQ(tcp_->stats().accepted, 1u);
   // From the host's loopback, so from the gateway's address: the guest
   // answers to it.
-  dst_ = guest_.gateway4;
+  dst_ = guest().gateway4;
   const uint16_t sport = syn->sport;
   our_isn_ = syn->seq;
   guest_seq_ = 50000;
@@ -1220,9 +1345,9 @@ TEST_P(TcpTest, InboundRefusedByTheGuest) {
   ASSERT_EQ(connect(client.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
   std::optional<Seg> syn = WaitFor(kTcpSyn);
   ASSERT_TRUE(syn.has_value());
-  dst_ = guest_.gateway4;
+  dst_ = guest().gateway4;
   Send(Frame(kTcpRst | kTcpAck, 0, syn->seq + 1, {}, 0, syn->sport, {}, 22));
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
   EXPECT_EQ(tcp_->stats().refused_by_guest, 1u);
   char c;
   timeval tv{2, 0};
@@ -1258,7 +1383,7 @@ TEST_P(TcpTest, InboundSynIsResentUntilAnswered) {
     fake_now += 30'000'000'000;
     Expire();
   }
-  EXPECT_EQ(flows_->size(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
 }
 
 TEST_P(TcpTest, ShutdownClosesEverything) {
@@ -1266,8 +1391,8 @@ TEST_P(TcpTest, ShutdownClosesEverything) {
   UniqueFd h = Establish(host);
   ASSERT_TRUE(h.valid());
   tcp_->Shutdown();
-  EXPECT_EQ(flows_->size(), 0u);
-  EXPECT_EQ(watcher_.watched(), 0u);
+  EXPECT_EQ(flows().size(), 0u);
+  EXPECT_EQ(watcher().watching(), 0u);
   EXPECT_NE(tcp_->StatsLine().find("1 established"), std::string::npos) << tcp_->StatsLine();
 }
 
@@ -1283,16 +1408,13 @@ TEST_P(TcpTest, Ipv6ToTheGatewayReachesLoopback) {
   ASSERT_EQ(listen(l.get(), 4), 0);
   socklen_t len = sizeof(a);
   getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &len);
-  guest_.addr6 = testing::Ip6("fd00::2");
-  guest_.our_link_local6 = testing::Ip6("fe80::1");
-  guest_.gateway6 = testing::Ip6("fe80::1");
-
+  // The guest of TestGuest(): fd00::15, its gateway fe80::1 (ours).
   FrameSpec s;
   s.ipv6 = true;
   s.src_mac = kDefaultGuestMac;
   s.dst_mac = kDefaultGatewayMac;
-  s.src6 = guest_.addr6;
-  s.dst6 = guest_.our_link_local6;
+  s.src6 = guest().addr6;
+  s.dst6 = guest().our_link_local6;
   s.protocol = IPPROTO_TCP;
   s.src_port = kGuestPort;
   s.dst_port = ntohs(a.sin6_port);
@@ -1331,9 +1453,6 @@ TEST_P(TcpTest, Ipv6ToTheGatewayReachesLoopback) {
 // v4-mapped) becomes an IPv4 flow, an IPv6 one an IPv6 flow, each from the
 // gateway's address of its family.
 TEST_P(TcpTest, DualStackForward) {
-  guest_.addr6 = testing::Ip6("fd00::2");
-  guest_.our_link_local6 = testing::Ip6("fe80::1");
-  guest_.gateway6 = testing::Ip6("fe80::1");
   TcpTranslatorOptions o;
   PortForward f;
   f.guest_port = 8080;  // family AF_UNSPEC, host port 0: any free one.
@@ -1350,15 +1469,15 @@ TEST_P(TcpTest, DualStackForward) {
   ASSERT_EQ(connect(c4.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
   std::vector<uint8_t> raw;
   for (int i = 0; i < 100 && raw.empty(); ++i) {
-    watcher_.Poll(tcp_.get(), 10);
-    if (!replies_.frames.empty()) raw = replies_.frames[0];
+    watcher().Poll(tcp_.get(), 10);
+    std::vector<std::vector<uint8_t>> frames = ring().TakeBytes();
+    if (!frames.empty()) raw = frames[0];
   }
-  replies_.frames.clear();
   ParsedFrame p;
   ASSERT_TRUE(testing::Parse(raw, &p).ok());
   EXPECT_EQ(p.l3, L3Kind::kIpv4);
-  EXPECT_EQ(p.ip.src4.s_addr, guest_.gateway4.s_addr);
-  EXPECT_EQ(p.ip.dst4.s_addr, guest_.addr4.s_addr);
+  EXPECT_EQ(p.ip.src4.s_addr, guest().gateway4.s_addr);
+  EXPECT_EQ(p.ip.dst4.s_addr, guest().addr4.s_addr);
   EXPECT_EQ(p.dst_port, 8080);
   EXPECT_EQ(p.tcp.flags, kTcpSyn);
 
@@ -1372,30 +1491,45 @@ TEST_P(TcpTest, DualStackForward) {
   }
   raw.clear();
   for (int i = 0; i < 100 && raw.empty(); ++i) {
-    watcher_.Poll(tcp_.get(), 10);
-    if (!replies_.frames.empty()) raw = replies_.frames[0];
+    watcher().Poll(tcp_.get(), 10);
+    std::vector<std::vector<uint8_t>> frames = ring().TakeBytes();
+    if (!frames.empty()) raw = frames[0];
   }
   ASSERT_TRUE(testing::Parse(raw, &p).ok());
   EXPECT_EQ(p.l3, L3Kind::kIpv6);
-  EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&p.ip.src6, &guest_.our_link_local6));
-  EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&p.ip.dst6, &guest_.addr6));
+  EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&p.ip.src6, &guest().our_link_local6));
+  EXPECT_TRUE(IN6_ARE_ADDR_EQUAL(&p.ip.dst6, &guest().addr6));
   EXPECT_EQ(tcp_->stats().accepted, 2u);
 }
 
 TEST(TcpCreateTest, RefusesBadEnvAndOptions) {
   TranslatorEnv env;
   EXPECT_FALSE(TcpTranslator::Create(env, {}).ok());
-  auto flows = FlowTable::Create({.capacity = 4}).value();
-  FakeRx rx;
-  LocalWatcher watcher;
-  RecordingSender replies;
-  GuestConfig guest;
-  env.flows = flows.get();
-  env.rx = &rx;
-  env.watcher = &watcher;
-  env.replies = &replies;
-  env.guest = &guest;
+  TranslatorWorld world;
+  env = world.Env();
   EXPECT_TRUE(TcpTranslator::Create(env, {}).ok());
+  // Each service is needed.
+  for (int missing = 0; missing < 5; ++missing) {
+    TranslatorEnv e = world.Env();
+    switch (missing) {
+      case 0:
+        e.flows = nullptr;
+        break;
+      case 1:
+        e.rx = nullptr;
+        break;
+      case 2:
+        e.watcher = nullptr;
+        break;
+      case 3:
+        e.forward = nullptr;
+        break;
+      case 4:
+        e.guest = nullptr;
+        break;
+    }
+    EXPECT_FALSE(TcpTranslator::Create(e, {}).ok()) << "service " << missing << " missing";
+  }
   TcpTranslatorOptions o;
   o.window_scale = 15;
   EXPECT_FALSE(TcpTranslator::Create(env, o).ok());
@@ -1408,13 +1542,7 @@ TEST(TcpCreateTest, RefusesBadEnvAndOptions) {
 
 TEST(TcpCreateTest, ListenFailureNamesThePort) {
   HostListener busy;  // Not SO_REUSEADDR-compatible: listening.
-  auto flows = FlowTable::Create({.capacity = 4}).value();
-  FakeRx rx;
-  LocalWatcher watcher;
-  RecordingSender replies;
-  GuestConfig guest;
-  TranslatorEnv env{
-      .flows = flows.get(), .rx = &rx, .watcher = &watcher, .replies = &replies, .guest = &guest};
+  TranslatorWorld world;
   TcpTranslatorOptions o;
   PortForward f;
   f.host_port = busy.port;
@@ -1422,10 +1550,10 @@ TEST(TcpCreateTest, ListenFailureNamesThePort) {
   f.family = AF_INET;
   f.bind4 = Ip4("127.0.0.1");
   o.forwards.push_back(f);
-  absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(env, o);
+  absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(world.Env(), o);
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find(std::to_string(busy.port)), std::string::npos) << t.status();
-  EXPECT_EQ(watcher.watched(), 0u);
+  EXPECT_EQ(world.watcher.watching(), 0u);
 }
 
 }  // namespace
