@@ -27,6 +27,10 @@ void RxQueue::Start(virtio::Virtqueue* vq, const NetConfig& config) {
 }
 
 void RxQueue::Stop() {
+  // Frames committed and not yet flushed are published first (their writers
+  // counted them as sent), unless the ring broke: then nothing more is
+  // written into it.
+  if (vq_ != nullptr && vq_->started() && !vq_->broken()) Flush();
   vq_ = nullptr;
   elems_used_ = 0;
   iov_used_ = 0;

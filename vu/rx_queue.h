@@ -123,8 +123,9 @@ class RxQueue {
 
   // The queue runs (`vq` started, not owned, valid until Stop()).
   void Start(virtio::Virtqueue* vq, const NetConfig& config);
-  // The queue stops: what was committed and not flushed is forgotten (its
-  // used ring is reset with it).
+  // The queue stops (called before the device stops the ring): what was
+  // committed and not flushed is published first, so no writer's frame is
+  // lost; reservations are released. A broken ring is left as it is.
   void Stop();
   bool running() const { return vq_ != nullptr && !vq_->broken(); }
   const NetConfig& config() const { return config_; }
