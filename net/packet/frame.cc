@@ -258,6 +258,16 @@ bool ParseTcpOptions(const uint8_t* o, size_t len, TcpOptions* out) {
       case 4:
         if (olen == 2) out->sack_permitted = true;
         break;
+      case 5:
+        if (olen >= 10 && olen <= 34 && (olen - 2) % 8 == 0) {
+          out->sack_count = static_cast<uint8_t>((olen - 2) / 8);
+          for (uint8_t b = 0; b < out->sack_count; ++b) {
+            const uint8_t* e = v + 8 * b;
+            out->sack[b].left = static_cast<uint32_t>(e[0]) << 24 | e[1] << 16 | e[2] << 8 | e[3];
+            out->sack[b].right = static_cast<uint32_t>(e[4]) << 24 | e[5] << 16 | e[6] << 8 | e[7];
+          }
+        }
+        break;
       case 8:
         if (olen == 10) {
           out->has_timestamps = true;

@@ -185,6 +185,13 @@ struct TcpOptions {
   bool has_timestamps = false;
   uint32_t ts_val = 0;
   uint32_t ts_ecr = 0;
+  // SACK blocks (RFC 2018), as the option lists them: [left, right) each.
+  // An option of a length that is not 2 + 8n (n = 1..4) is ignored.
+  uint8_t sack_count = 0;
+  struct SackBlock {
+    uint32_t left = 0;
+    uint32_t right = 0;
+  } sack[4];
 };
 
 // What ParseFrame found; every value host order, every offset from the

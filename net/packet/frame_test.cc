@@ -430,6 +430,25 @@ TEST(FrameTest, TcpOptionsBounds) {
   EXPECT_EQ(o.window_scale, 14);
   EXPECT_TRUE(ParseTcpOptions(nullptr, 0, &o));
 
+  // SACK blocks: 1 to 4, in order; other lengths ignored.
+  const auto sack =
+      Bytes({1, 1, 5, 18, 0, 0, 0, 10, 0, 0, 0, 20, 0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 4});
+  o = TcpOptions();
+  ASSERT_TRUE(ParseTcpOptions(sack.data(), sack.size(), &o));
+  ASSERT_EQ(o.sack_count, 2);
+  EXPECT_EQ(o.sack[0].left, 10u);
+  EXPECT_EQ(o.sack[0].right, 20u);
+  EXPECT_EQ(o.sack[1].left, 0xfffffff0u);
+  EXPECT_EQ(o.sack[1].right, 4u);
+  std::vector<uint8_t> five_blocks(42, 0);
+  five_blocks[0] = 5;
+  five_blocks[1] = 42;
+  for (const auto& odd_sack : {Bytes({5, 2}), Bytes({5, 9, 0, 0, 0, 1, 0, 0, 0}), five_blocks}) {
+    o = TcpOptions();
+    ASSERT_TRUE(ParseTcpOptions(odd_sack.data(), odd_sack.size(), &o));
+    EXPECT_EQ(o.sack_count, 0);
+  }
+
   // In a frame: an option running past the header is refused.
   std::vector<uint8_t> f = TcpV4();
   f[54 + 17] = 1;

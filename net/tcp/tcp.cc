@@ -60,6 +60,9 @@ absl::StatusOr<std::unique_ptr<TcpTranslator>> TcpTranslator::Create(
   if (getrandom(&t->isn_state_, sizeof(t->isn_state_), 0) != sizeof(t->isn_state_)) {
     return absl::InternalError(absl::StrFormat("getrandom: %s", strerror(errno)));
   }
+  absl::StatusOr<std::unique_ptr<TcpReorder>> reorder = TcpReorder::Create(o.reorder);
+  if (!reorder.ok()) return reorder.status();
+  t->reorder_ = std::move(*reorder);
   t->reserve_fd_.reset(eventfd(0, EFD_CLOEXEC));
   for (const PortForward& f : o.forwards) {
     if (absl::Status s = t->Listen(f); !s.ok()) return s;
@@ -72,7 +75,6 @@ TcpTranslator::TcpTranslator(const TranslatorEnv& env, const TcpTranslatorOption
       options_(options),
       send_iov_(new iovec[kMaxSendIov]),
       pending_(new FlowId[options.max_pending]),
-      deferred_(new Deferred[kMaxDeferred]),
       scratch_(new uint8_t[kScratchSize]) {}
 
 TcpTranslator::~TcpTranslator() { Shutdown(); }
@@ -206,47 +208,7 @@ void TcpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
   Segment(id, c, frame, parsed, now);
 }
 
-void TcpTranslator::OnBatchEnd() {
-  RetryDeferred();
-  FlushPending();
-}
-
-void TcpTranslator::RetryDeferred() {
-  if (deferred_count_ == 0) return;
-  retrying_ = true;
-  const int64_t now = Now();
-  // Each pass takes every segment now in order; one that fills a hole may
-  // make others in order, so pass again while any was taken.
-  bool progress = true;
-  while (progress) {
-    progress = false;
-    for (size_t i = 0; i < deferred_count_; ++i) {
-      Deferred& d = deferred_[i];
-      if (!d.id.valid()) continue;
-      Conn* c = env_.flows->Data<Conn>(d.id);
-      if (c == nullptr || c->state != Conn::State::kEstablished || c->guest_fin) {
-        d.id = FlowId{};
-        continue;
-      }
-      if (SeqGt(d.parsed.tcp.seq, c->rcv_nxt)) continue;  // Still a hole before it: later.
-      const FlowId id = d.id;
-      d.id = FlowId{};
-      ++stats_.reordered;
-      ProcessData(id, c, d.frame, d.parsed, now);
-      progress = true;
-    }
-  }
-  // What is left stays past a hole: dropped, each worth a duplicate ACK.
-  for (size_t i = 0; i < deferred_count_; ++i) {
-    if (!deferred_[i].id.valid()) continue;
-    Conn* c = env_.flows->Data<Conn>(deferred_[i].id);
-    if (c == nullptr) continue;
-    if (c->holes_dropped < 3) ++c->holes_dropped;
-    MarkPending(deferred_[i].id, c);  // Its ACKs go out in this flush.
-  }
-  deferred_count_ = 0;
-  retrying_ = false;
-}
+void TcpTranslator::OnBatchEnd() { FlushPending(); }
 
 void TcpTranslator::NewFromGuest(const ParsedFrame& parsed, const FlowKey& key, int64_t now) {
   const uint8_t flags = parsed.tcp.flags;
@@ -288,6 +250,7 @@ void TcpTranslator::NewFromGuest(const ParsedFrame& parsed, const FlowKey& key, 
     c->our_ws = options_.window_scale;
   }
   c->guest_wnd = parsed.tcp.window;  // Never scaled in a SYN.
+  c->sack_ok = options_.sack && parsed.tcp.options.sack_permitted;
   c->last_activity = now;
   c->rto = options_.rto_initial_ns;
 
@@ -392,6 +355,7 @@ void TcpTranslator::SegmentInSynSent(FlowId id, Conn* c, const ParsedFrame& pars
     c->our_ws = 0;
   }
   c->guest_wnd = parsed.tcp.window;  // Not scaled in a SYN-ACK either.
+  c->sack_ok = options_.sack && parsed.tcp.options.sack_permitted;
   c->snd_una = c->snd_nxt = c->snd_high = c->isn + 1;
   c->state = Conn::State::kEstablished;
   c->rto_at = 0;
@@ -466,8 +430,22 @@ void TcpTranslator::ProcessAck(FlowId id, Conn* c, const ParsedFrame& parsed, in
     c->rto = options_.rto_initial_ns;
     c->rto_at = c->snd_una != c->snd_high ? now + c->rto : 0;
     c->tx_due = true;
+    if (c->in_recovery && !SeqLt(c->snd_una, c->recovery_point)) c->in_recovery = false;
   }
   c->guest_wnd = wnd;
+  if (c->sack_ok) {
+    UpdateScoreboard(c, parsed.tcp.options);
+    // The first SACK that shows a later segment arrived: what lies in the
+    // holes before it was lost; resend those alone.
+    if (!c->in_recovery && c->sacked_count > 0 && c->snd_una != c->snd_high) {
+      ++stats_.recoveries;
+      c->in_recovery = true;
+      c->recovery_point = c->snd_high;
+      c->rexmit_next = c->snd_una;
+      c->dup_acks = 3;  // No go-back-N on top.
+      c->tx_due = true;
+    }
+  }
   if (c->fin_sent && !c->fin_acked && ack == snd_max) {
     c->fin_acked = true;
     c->rto_at = 0;
@@ -483,13 +461,21 @@ void TcpTranslator::ProcessAck(FlowId id, Conn* c, const ParsedFrame& parsed, in
       c->snd_una != c->snd_high && wnd == old_wnd && wnd > 0 && c->dup_acks < 3 &&
       ++c->dup_acks == 3) {
     // Three duplicate ACKs: what follows snd_una was lost; send it again
-    // from the socket. Once per loss: further duplicates wait for the ACK to
-    // move.
+    // from the socket (with SACK, only the segment at snd_una: the guest
+    // holds what follows). Once per loss: further duplicates wait for the
+    // ACK to move.
     ++stats_.fast_retransmits;
-    c->snd_nxt = c->snd_una;
-    if (peek_off_) SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, 0);
+    if (c->sack_ok) {
+      c->in_recovery = true;
+      c->recovery_point = c->snd_high;
+      c->rexmit_next = c->snd_una;
+    } else {
+      c->snd_nxt = c->snd_una;
+      if (peek_off_) SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, 0);
+    }
     c->tx_due = true;
   }
+  if (c->in_recovery && acked > 0) c->tx_due = true;  // A partial ACK: the next hole.
   if (wnd > old_wnd) c->tx_due = true;
   if (c->tx_due) MarkPending(id, c);
 }
@@ -517,6 +503,107 @@ bool TcpTranslator::Discard(Conn* c, size_t n) {
   return true;
 }
 
+void TcpTranslator::Hold(Conn* c, absl::Span<const iovec> frame, const ParsedFrame& parsed) {
+  const size_t len = parsed.payload_len;
+  if (len == 0) return;  // A FIN past a hole: the guest sends it again.
+  const uint32_t seq = parsed.tcp.seq;
+  // Within the window we offered (the socket will take what we hold).
+  if (SeqGt(seq + static_cast<uint32_t>(len), c->rcv_nxt + c->wnd_sent)) {
+    ++stats_.ooo_beyond_window;
+    return;
+  }
+  switch (reorder_->Insert(&c->ooo, c->rcv_nxt, seq, frame, parsed.payload_offset, len)) {
+    case TcpReorder::Result::kHeld:
+      ++stats_.ooo_held;
+      break;
+    case TcpReorder::Result::kDuplicate:
+      break;
+    case TcpReorder::Result::kNoRoom:
+      ++stats_.ooo_dropped;
+      VUNET_LOG_RATELIMITED(kInfo, "tcp: out-of-order pool full (%d bytes held): segment dropped",
+                            reorder_->stats().bytes_now);
+      break;
+  }
+}
+
+bool TcpTranslator::DeliverHeld(FlowId id, Conn* c) {
+  for (;;) {
+    size_t n = 0;
+    const size_t bytes = reorder_->Contiguous(c->ooo, c->rcv_nxt, send_iov_.get(), kMaxSendIov, &n);
+    if (bytes == 0) return true;
+    msghdr msg{};
+    msg.msg_iov = send_iov_.get();
+    msg.msg_iovlen = n;
+    ssize_t r;
+    do {
+      r = sendmsg(c->fd.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == ENOMEM) {
+        return true;  // EPOLLOUT brings us back.
+      }
+      VUNET_LOG_RATELIMITED(kInfo, "tcp: %s: send: %s", env_.flows->Key(id)->ToString(),
+                            strerror(errno));
+      ++stats_.host_resets;
+      ResetGuest(id, c);
+      Close(id, c, true);
+      return false;
+    }
+    const size_t taken = static_cast<size_t>(r);
+    c->rcv_nxt += static_cast<uint32_t>(taken);
+    stats_.bytes_from_guest += taken;
+    stats_.ooo_delivered += taken;
+    reorder_->Advance(&c->ooo, c->rcv_nxt);
+    c->ack_due = true;
+    MarkPending(id, c);
+    if (taken < bytes) return true;  // The socket is full: EPOLLOUT.
+  }
+}
+
+void TcpTranslator::UpdateScoreboard(Conn* c, const TcpOptions& options) {
+  // The ranges as offsets past snd_una, old and new together.
+  Conn::Range all[kMaxSacked + 4];
+  size_t n = 0;
+  const uint32_t una = c->snd_una;
+  const uint32_t span = c->snd_high - una;
+  for (uint8_t i = 0; i < c->sacked_count; ++i) {
+    const uint32_t a = c->sacked[i].start - una;
+    const uint32_t b = c->sacked[i].end - una;
+    // Acknowledged since: gone, or cut at snd_una.
+    if (static_cast<int32_t>(b) <= 0) continue;
+    all[n++] = {static_cast<int32_t>(a) < 0 ? 0 : a, b};
+  }
+  for (uint8_t i = 0; i < options.sack_count && i < 4; ++i) {
+    const uint32_t a = options.sack[i].left - una;
+    const uint32_t b = options.sack[i].right - una;
+    // A duplicate report (D-SACK, RFC 2883) lies at or below snd_una: no news.
+    if (static_cast<int32_t>(b) <= 0) continue;
+    // Within what we sent, and not reversed: else the guest is confused or
+    // hostile, and the block says nothing we can use.
+    if (static_cast<int32_t>(a) < 0 || a >= b || b > span) {
+      ++stats_.sack_invalid;
+      continue;
+    }
+    all[n++] = {a, b};
+  }
+  std::sort(all, all + n,
+            [](const Conn::Range& x, const Conn::Range& y) { return x.start < y.start; });
+  size_t out = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (out > 0 && all[i].start <= c->sacked[out - 1].end) {
+      c->sacked[out - 1].end = std::max(c->sacked[out - 1].end, all[i].end);
+      continue;
+    }
+    if (out == kMaxSacked) break;  // The lowest matter: they bound the holes.
+    c->sacked[out++] = all[i];
+  }
+  for (size_t i = 0; i < out; ++i) {
+    c->sacked[i].start += una;
+    c->sacked[i].end += una;
+  }
+  c->sacked_count = static_cast<uint8_t>(out);
+}
+
 void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> frame,
                                 const ParsedFrame& parsed, int64_t now) {
   const bool fin = parsed.tcp.flags & kTcpFin;
@@ -525,14 +612,12 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
   const uint32_t seq = parsed.tcp.seq;
   if (c->guest_fin || SeqGt(seq, c->rcv_nxt)) {
     // After the guest's FIN, or out of order: an ACK of what we expect. Out
-    // of order, it is tried again at the end of the batch (see Deferred).
+    // of order, the segment is held until the hole fills, and owes the guest
+    // a duplicate ACK (with SACK blocks for what we hold).
     if (!c->guest_fin) {
       ++stats_.out_of_order;
-      if (deferred_count_ < kMaxDeferred && !retrying_) {
-        deferred_[deferred_count_++] = Deferred{id, frame, parsed};
-      } else if (c->holes_dropped < 3) {
-        ++c->holes_dropped;
-      }
+      Hold(c, frame, parsed);
+      if (c->dups_owed < 3) ++c->dups_owed;
     }
     c->ack_due = true;
     MarkPending(id, c);
@@ -579,6 +664,13 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
     SendAck(id, c, now, 4);
     return;
   }
+  // What this segment joined to what is held goes on at once.
+  if (c->ooo.count > 0 && !DeliverHeld(id, c)) return;
+  if (fin && c->ooo.count > 0) {
+    // A FIN while bytes past it are held (or a hole before them remains):
+    // the guest's stream ends here; what it sent beyond is not data.
+    reorder_->Clear(&c->ooo);
+  }
   if (fin) {
     (void)shutdown(c->fd.get(), SHUT_WR);
     c->guest_fin = true;
@@ -596,6 +688,7 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
 
 void TcpTranslator::Close(FlowId id, Conn* c, bool reset_host) {
   RemoveRxWait(c);
+  reorder_->Clear(&c->ooo);
   if (c->fd.valid()) {
     if (c->watched) env_.watcher->Unwatch(c->fd.get());
     if (reset_host) SetLingerZero(c->fd.get());
@@ -627,15 +720,18 @@ std::string TcpTranslator::StatsLine() const {
       "tcp: %d connects (%d failed), %d accepted (%d refused by the guest), %d established, "
       "%d closed; refused: %d table full, %d destination; resets: %d from the guest, %d from "
       "the host, %d for no flow; %d timeouts; bytes %d from the guest, %d to it in %d segments; "
-      "%d partial sends, %d out of order (%d taken at the end of their batch); retransmits %d "
-      "fast, %d on timer; %d window updates, "
+      "%d partial sends; %d out of order: %d held, %d dropped (pool full), %d past the window, "
+      "%d bytes delivered once the hole filled; %d ACKs with SACK; retransmits %d fast, %d into "
+      "SACK holes over %d recoveries, %d on timer; %d SACK blocks refused; %d window updates, "
       "%d zero-window probes, %d waits for rx buffers, %d control segments dropped, "
       "%d malformed; SO_PEEK_OFF %s",
       s.connects, s.connect_failures, s.accepted, s.refused_by_guest, s.established, s.closed,
       s.refused_full, s.refused_destination, s.guest_resets, s.host_resets, s.no_flow_resets,
       s.timeouts, s.bytes_from_guest, s.bytes_to_guest, s.frames_to_guest, s.partial_sends,
-      s.out_of_order, s.reordered, s.fast_retransmits, s.timer_retransmits, s.window_updates,
-      s.zero_window_probes, s.rx_waits, s.control_dropped, s.malformed, peek_off_ ? "on" : "off");
+      s.out_of_order, s.ooo_held, s.ooo_dropped, s.ooo_beyond_window, s.ooo_delivered, s.sack_sent,
+      s.fast_retransmits, s.sack_retransmits, s.recoveries, s.timer_retransmits, s.sack_invalid,
+      s.window_updates, s.zero_window_probes, s.rx_waits, s.control_dropped, s.malformed,
+      peek_off_ ? "on" : "off");
 }
 
 }  // namespace vunet::net

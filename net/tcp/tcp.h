@@ -9,19 +9,23 @@
 // mean the host's loopback, DNS to the gateway the host's resolver; refused
 // destinations get an RST). The guest gets our SYN-ACK only once connect() succeeded, an RST when
 // it failed. The SYN-ACK carries an MSS derived from the MTU (MTU - 40 for
-// IPv4, - 60 for IPv6) and our window scale when the guest offered one; SACK
-// and timestamps are declined (the guest sends neither afterwards).
+// IPv4, - 60 for IPv6), our window scale when the guest offered one, and SACK
+// permitted when it offered that; timestamps are declined.
 //
 // Guest to host: each segment's payload is sent with sendmsg straight from
 // the guest-memory iovecs. Only what the socket took is acknowledged; when it
 // took less, the guest gets the acknowledgement at once, repeated as
 // duplicate ACKs so that it retransmits from there without waiting for a
 // timeout. Segments already taken are dropped and answered with an ACK of
-// what we expect; segments past it are tried again at the end of their
-// transmit batch (a retransmission later in the batch may fill the hole),
-// then dropped (nothing is kept past the batch), each answered with a
-// duplicate ACK, up to three a batch, so that the guest retransmits the
-// hole at once rather than after its timeout. The window advertised to the guest is the
+// what we expect. Segments past a hole (a frame was lost) are held: their
+// payload is copied into the out-of-order pool (TcpReorder, tcp_reorder.h;
+// bounded per flow by the window we offered and by the pool in all, counted
+// when refused), each answered with a duplicate ACK (up to three a batch)
+// carrying SACK blocks for what we hold, most recent first (RFC 2018), so the
+// guest resends the hole alone; when the hole fills, everything contiguous
+// goes to the socket in one sendmsg over the pool, and is acknowledged as the
+// socket takes it (what it does not take waits for EPOLLOUT, never for the
+// guest's next segment). The window advertised to the guest is the
 // socket's free send space: SO_SNDBUF minus the memory its queue is charged
 // (SO_MEMINFO), scaled by the share of that memory which is data (SIOCOUTQ),
 // so that the socket takes what we offer; while it is low we watch for it to
@@ -31,9 +35,15 @@
 // Host to guest: data is peeked from the socket (MSG_PEEK) straight into the
 // guest's receive buffers (TcpRxWriter, net/tcp_vu.h), in segments of the
 // guest's MSS, within the guest's window. It stays in the socket until the
-// guest acknowledges it, and is then discarded (recv with MSG_TRUNC). Three
-// duplicate ACKs, or the retransmission timer, rewind to the first unacked
-// byte and send again from the socket. A zero window is probed on a timer.
+// guest acknowledges it, and is then discarded (recv with MSG_TRUNC). With
+// SACK, the guest's blocks (checked against what we sent: blocks outside it,
+// reversed or overlapping are dropped or merged, counted) keep a small
+// scoreboard; the first SACK showing a later segment arrived, or three
+// duplicate ACKs, start a recovery in which only the holes below the highest
+// SACKed byte are peeked again and resent (a partial ACK resends the next),
+// while new data goes on. Without SACK, three duplicate ACKs rewind to the
+// first unacked byte; the retransmission timer always does (and forgets the
+// scoreboard, as RFC 2018 asks). A zero window is probed on a timer.
 // When the guest has no receive buffers the flow waits, its data in the
 // socket, until OnRxAvailable.
 //
@@ -84,6 +94,7 @@
 #include "net/config/port_forward.h"
 #include "net/flow/flow.h"
 #include "net/packet/frame.h"
+#include "net/tcp/tcp_reorder.h"
 #include "net/tcp/tcp_vu.h"
 #include "net/translate/translator.h"
 
@@ -125,6 +136,10 @@ struct TcpTranslatorOptions {
 
   // Our window scale (the shift of the windows we advertise), 0..14.
   uint8_t window_scale = 7;
+  // SACK (RFC 2018) offered to guests that offer it.
+  bool sack = true;
+  // The out-of-order pool: segments past a hole, held (all flows together).
+  TcpReorder::Options reorder;
   // Use SO_PEEK_OFF where the kernel has it; false forces the fallback
   // (for tests).
   bool use_peek_off = true;
@@ -149,7 +164,14 @@ struct TcpStats {
   uint64_t frames_to_guest = 0;      // Data segments.
   uint64_t partial_sends = 0;        // Guest segments the socket took part of.
   uint64_t out_of_order = 0;         // Guest segments past the expected sequence.
-  uint64_t reordered = 0;            // Of those, taken at the end of their batch.
+  uint64_t ooo_held = 0;             // Of those, held (new bytes in the pool).
+  uint64_t ooo_dropped = 0;          // Refused: the pool or the flow's share was full.
+  uint64_t ooo_beyond_window = 0;    // Refused: past the window we offered.
+  uint64_t ooo_delivered = 0;        // Held bytes the socket took once the hole filled.
+  uint64_t sack_sent = 0;            // ACKs that carried SACK blocks.
+  uint64_t sack_invalid = 0;         // The guest's SACK blocks dropped: outside what we sent.
+  uint64_t recoveries = 0;           // Recoveries from the guest's SACKs.
+  uint64_t sack_retransmits = 0;     // Segments resent into holes the guest's SACKs showed.
   uint64_t fast_retransmits = 0;
   uint64_t timer_retransmits = 0;
   uint64_t window_updates = 0;
@@ -212,6 +234,8 @@ class TcpTranslator : public Translator {
   int64_t Now() const { return env_.clock(); }
   uint64_t Tag(FlowId id) const;
   uint32_t NewIsn();
+  // The options of our SYN or SYN-ACK.
+  size_t SynOptions(bool v4, const Conn& c, uint8_t* out) const;
 
   // Guest segments.
   void NewFromGuest(const ParsedFrame& parsed, const FlowKey& key, int64_t now);
@@ -224,6 +248,13 @@ class TcpTranslator : public Translator {
                    int64_t now);
   // Discards `n` acknowledged bytes from the socket. False on a socket error.
   bool Discard(Conn* c, size_t n);
+  // Holds a segment past a hole (within the window we offered).
+  void Hold(Conn* c, absl::Span<const iovec> frame, const ParsedFrame& parsed);
+  // Sends the held bytes the hole's filling made contiguous. False if the
+  // flow ended (a socket error).
+  bool DeliverHeld(FlowId id, Conn* c);
+  // The guest's SACK blocks into the scoreboard.
+  void UpdateScoreboard(Conn* c, const TcpOptions& options);
 
   // Host side.
   void ConnectDone(FlowId id, Conn* c, int64_t now);
@@ -233,6 +264,9 @@ class TcpTranslator : public Translator {
   // Peeks host data into the guest's buffers within its window, and sends
   // our FIN after end of file. False if the flow ended (a host error).
   bool SendData(FlowId id, Conn* c, int64_t now);
+  // In a recovery, resends the holes the guest's SACKs show. False if the
+  // flow ended.
+  bool RetransmitHoles(FlowId id, Conn* c, int64_t now);
   void CheckWindow(FlowId id, Conn* c, int64_t now);
   // The retransmission timer: resends (SYN, data, FIN) or probes a zero
   // window. False if the flow ended.
@@ -250,6 +284,8 @@ class TcpTranslator : public Translator {
   void ResetGuest(FlowId id, Conn* c);
   // An RST answering a segment of no flow.
   void RefuseSegment(const ParsedFrame& parsed);
+  // Our SACK option (NOP, NOP, blocks) for what `c` holds; its length.
+  size_t SackOption(const Conn& c, uint8_t* out);
   // The window we can offer: the socket's free send space (bytes), and the
   // socket's send buffer size in *sndbuf.
   uint32_t FreeSendSpace(const Conn& c, uint32_t* sndbuf) const;
@@ -281,23 +317,7 @@ class TcpTranslator : public Translator {
   std::unique_ptr<iovec[]> send_iov_;
   std::unique_ptr<FlowId[]> pending_;
   size_t pending_count_ = 0;
-  // Guest segments past the expected sequence, retried at the end of their
-  // batch: after a retransmission timeout the guest sends new data together
-  // with the hole's retransmission, often later in the same batch, and
-  // their bytes stay in guest memory until the batch ends (the transmit
-  // handler returns the buffers after OnBatchEnd). Dropping them instead
-  // costs the guest another, doubled, timeout per hole (we offer no SACK).
-  struct Deferred {
-    FlowId id;
-    absl::Span<const iovec> frame;
-    ParsedFrame parsed;
-  };
-  static constexpr size_t kMaxDeferred = 64;
-  std::unique_ptr<Deferred[]> deferred_;
-  size_t deferred_count_ = 0;
-  // Takes the deferred segments that have become in order, repeatedly.
-  void RetryDeferred();
-  bool retrying_ = false;
+  std::unique_ptr<TcpReorder> reorder_;
   FlowId rx_wait_head_;
   FlowId rx_wait_tail_;
   std::unique_ptr<uint8_t[]> scratch_;  // For discards without MSG_TRUNC.

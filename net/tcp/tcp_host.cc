@@ -59,6 +59,11 @@ void TcpTranslator::OnSocketEvent(uint64_t tag, uint32_t events) {
   }
   if (c->state != Conn::State::kEstablished) return;  // Sent once established.
   c->last_activity = now;
+  if ((events & EPOLLOUT) && c->ooo.count > 0) {
+    // Held bytes the socket had no room for.
+    if (!DeliverHeld(id, c)) return;
+    if (c->ack_due) SendAck(id, c, now);
+  }
   if ((events & EPOLLOUT) && c->wnd_watch) CheckWindow(id, c, now);
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) {
     if (c->in_rx_wait) {
@@ -180,9 +185,92 @@ void TcpTranslator::Inbound(const Listener& l, UniqueFd fd, const sockaddr_stora
   UpdateTimer(id, c);
 }
 
+bool TcpTranslator::RetransmitHoles(FlowId id, Conn* c, int64_t now) {
+  // The holes: what lies below the highest SACKed byte and is not SACKed
+  // (RFC 6675's lost segments), from where the last pass stopped. Without
+  // blocks (three plain duplicate ACKs), the segment at snd_una.
+  uint32_t limit = c->sacked_count > 0 ? c->sacked[c->sacked_count - 1].end
+                                       : c->snd_una + SeqMin(c->mss, c->snd_high - c->snd_una);
+  limit = SeqMin(limit, c->recovery_point);
+  uint32_t from = SeqMax(c->rexmit_next, c->snd_una);
+  const FlowKey& key = *env_.flows->Key(id);
+  TcpSegments seg;
+  uint32_t sndbuf = 0;
+  const uint32_t space = FreeSendSpace(*c, &sndbuf);
+  seg.frame = SpecFor(key, *c);
+  seg.frame.tcp_flags = kTcpAck;
+  seg.frame.tcp_window = AdvertiseWindow(id, c, space, sndbuf, now);
+  seg.frame.tcp_ack = c->rcv_nxt;
+  seg.mss = c->mss;
+  uint8_t next_range = 0;
+  bool sent = false;
+  while (SeqLt(from, limit)) {
+    // Skip what the guest holds; the hole ends where its next range starts.
+    while (next_range < c->sacked_count && !SeqGt(c->sacked[next_range].end, from)) ++next_range;
+    uint32_t end = limit;
+    if (next_range < c->sacked_count) {
+      const Conn::Range& r = c->sacked[next_range];
+      if (!SeqGt(r.start, from)) {
+        from = r.end;
+        continue;
+      }
+      end = SeqMin(end, r.start);
+    }
+    const uint32_t offset = from - c->snd_una;
+    if (peek_off_) {
+      SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(offset));
+      seg.skip = 0;
+    } else if (offset > writer_->max_skip()) {
+      // Too deep to reach with the discard buffer: back to go-back-N.
+      c->in_recovery = false;
+      c->snd_nxt = c->snd_una;
+      return true;
+    } else {
+      seg.skip = offset;
+    }
+    seg.seq = from;
+    seg.max_bytes = end - from;
+    const TcpPeekResult r = writer_->PeekToGuest(env_.rx, c->fd.get(), seg);
+    if (peek_off_) {
+      SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(c->snd_nxt - c->snd_una));
+    }
+    if (r.error != 0 || r.eof) {
+      VUNET_LOG_RATELIMITED(kInfo, "tcp: %s: resending a hole: %s", key.ToString(),
+                            strerror(r.error != 0 ? r.error : EIO));
+      ++stats_.host_resets;
+      ResetGuest(id, c);
+      Close(id, c, /*reset_host=*/true);
+      return false;
+    }
+    if (r.no_room) {
+      ++stats_.rx_waits;
+      AddRxWait(id, c);
+      break;
+    }
+    stats_.sack_retransmits += r.frames;
+    stats_.bytes_to_guest += r.bytes;
+    stats_.frames_to_guest += r.frames;
+    from += static_cast<uint32_t>(r.bytes);
+    sent |= r.bytes > 0;
+    if (r.bytes < seg.max_bytes) break;  // The guest's buffers ran out.
+  }
+  c->rexmit_next = from;
+  if (sent) {
+    c->ack_due = false;  // The segments carried it.
+    c->rcv_acked = c->rcv_nxt;
+    c->rto_at = now + c->rto;
+    UpdateTimer(id, c);
+  }
+  return true;
+}
+
 bool TcpTranslator::SendData(FlowId id, Conn* c, int64_t now) {
   c->tx_due = false;
   if (c->state != Conn::State::kEstablished || c->fin_sent) return true;
+  if (c->in_recovery && SeqLt(c->rexmit_next, c->recovery_point)) {
+    if (!RetransmitHoles(id, c, now)) return false;
+    if (c->in_rx_wait) return true;
+  }
   const FlowKey& key = *env_.flows->Key(id);
   bool have_window = false;
   TcpSegments seg;
@@ -333,6 +421,10 @@ bool TcpTranslator::OnRto(FlowId id, Conn* c, int64_t now) {
     }
     c->snd_nxt = c->snd_una;
     if (peek_off_) SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, 0);
+    // After a timeout the guest's SACKs are not to be trusted (it may have
+    // dropped what it held, RFC 2018 8): everything goes again.
+    c->in_recovery = false;
+    c->sacked_count = 0;
     if (!SendData(id, c, now)) return false;
     // A guest with no receive buffers (stopped, or busy) lost nothing: its
     // wait counts towards giving up only once the timeout has backed off to

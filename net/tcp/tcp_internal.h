@@ -17,6 +17,7 @@
 #include "net/flow/flow.h"
 #include "net/packet/frame.h"
 #include "net/tcp/tcp.h"
+#include "net/tcp/tcp_reorder.h"
 
 namespace vunet::net {
 namespace tcp_internal {
@@ -25,8 +26,13 @@ namespace tcp_internal {
 inline constexpr size_t kMaxSendIov = 1024;
 inline constexpr size_t kScratchSize = 65536;
 inline constexpr int kAcceptBatch = 64;
-// Our SYN and SYN-ACK options: MSS (4 bytes), NOP and window scale (4).
-inline constexpr size_t kSynOptionsLen = 8;
+// Our SYN and SYN-ACK options at most: MSS (4 bytes), NOP and window scale
+// (4), NOP, NOP and SACK permitted (4).
+inline constexpr size_t kSynOptionsLen = 12;
+// SACK blocks we send at most (no timestamps: 4 fit beside two NOPs), and
+// the guest's blocks we keep.
+inline constexpr size_t kMaxSackBlocks = 4;
+inline constexpr size_t kMaxSacked = 4;
 // Events of a connection's socket. Edge-triggered: data peeked stays in the
 // socket until the guest acknowledges it, so level-triggered EPOLLIN would
 // fire for it again and again; new data, new send space and the peer's
@@ -94,11 +100,14 @@ struct TcpTranslator::Conn {
   uint8_t guest_ws = 0;    // Shift of the guest's windows.
   uint8_t our_ws = 0;      // Shift of ours.
   uint8_t dup_acks = 0;    // 3 once a fast retransmit was made, until the ACK moves.
-  // Segments past a hole dropped in this batch (up to 3): each owes the
-  // guest a duplicate ACK, so that it retransmits the hole at once (RFC 5681
-  // 4.2) rather than after a timeout.
-  uint8_t holes_dropped = 0;
-  uint8_t retries = 0;  // Retransmission timeouts in a row.
+  // Segments past a hole in this batch (up to 3): each owes the guest a
+  // duplicate ACK, so that it resends the hole at once (RFC 5681 4.2) rather
+  // than after a timeout.
+  uint8_t dups_owed = 0;
+  bool sack_ok = false;      // SACK agreed in the handshake.
+  bool in_recovery = false;  // Resending the holes the guest's SACKs show.
+  uint8_t sacked_count = 0;  // Ranges in `sacked`.
+  uint8_t retries = 0;       // Retransmission timeouts in a row.
   MacAddr guest_mac;
   uint16_t mss = 536;  // Payload per segment to the guest.
   // Host to guest: our initial sequence number; the first byte the guest has
@@ -122,6 +131,17 @@ struct TcpTranslator::Conn {
   int64_t timer_at = 0;      // The flow table's timer as armed; 0: none.
   FlowId wait_prev;          // The rx-wait list's links.
   FlowId wait_next;
+  // Guest to host: segments past a hole, held.
+  TcpReorder::Queue ooo;
+  // Host to guest: what the guest's SACKs say it holds beyond snd_una,
+  // sorted, merged, within (snd_una, snd_high]; the recovery's end (snd_high
+  // when it began) and the next byte it may resend.
+  struct Range {
+    uint32_t start;
+    uint32_t end;
+  } sacked[tcp_internal::kMaxSacked] = {};
+  uint32_t recovery_point = 0;
+  uint32_t rexmit_next = 0;
 };
 
 }  // namespace vunet::net

@@ -61,43 +61,90 @@ bool TcpTranslator::SendControl(const FlowKey& key, const Conn& c, uint32_t seq,
   return true;
 }
 
+size_t TcpTranslator::SackOption(const Conn& c, uint8_t* out) {
+  if (!c.sack_ok || c.ooo.count == 0) return 0;
+  TcpReorder::Block blocks[kMaxSackBlocks];
+  const size_t n = reorder_->Blocks(c.ooo, blocks, kMaxSackBlocks);
+  if (n == 0) return 0;
+  out[0] = 1;  // NOP, NOP: the blocks aligned on 4 bytes.
+  out[1] = 1;
+  out[2] = 5;
+  out[3] = static_cast<uint8_t>(2 + 8 * n);
+  uint8_t* p = out + 4;
+  for (size_t i = 0; i < n; ++i) {
+    for (const uint32_t edge : {blocks[i].start, blocks[i].end}) {
+      *p++ = static_cast<uint8_t>(edge >> 24);
+      *p++ = static_cast<uint8_t>(edge >> 16);
+      *p++ = static_cast<uint8_t>(edge >> 8);
+      *p++ = static_cast<uint8_t>(edge);
+    }
+  }
+  return 4 + 8 * n;
+}
+
 void TcpTranslator::SendAck(FlowId id, Conn* c, int64_t now, int copies) {
   uint32_t sndbuf = 0;
   const uint32_t space = FreeSendSpace(*c, &sndbuf);
   const uint16_t window = AdvertiseWindow(id, c, space, sndbuf, now);
   const uint32_t seq = c->snd_high + (c->fin_sent ? 1 : 0);
+  uint8_t sack[4 + 8 * kMaxSackBlocks];
+  const size_t sack_len = SackOption(*c, sack);
   for (int i = 0; i < copies; ++i) {
-    if (!SendControl(*env_.flows->Key(id), *c, seq, kTcpAck, window)) break;
+    if (!SendControl(*env_.flows->Key(id), *c, seq, kTcpAck, window,
+                     absl::MakeConstSpan(sack, sack_len))) {
+      break;
+    }
+    if (sack_len > 0) ++stats_.sack_sent;
   }
   c->rcv_acked = c->rcv_nxt;
   c->ack_due = false;
 }
 
-void TcpTranslator::SendSynAck(FlowId id, Conn* c) {
-  const bool v4 = env_.flows->Key(id)->is_v4();
+size_t TcpTranslator::SynOptions(bool v4, const Conn& c, uint8_t* out) const {
   const uint16_t mss = OurMss(v4, env_.guest->mtu);
-  uint8_t opts[kSynOptionsLen] = {
-      2, 4, static_cast<uint8_t>(mss >> 8), static_cast<uint8_t>(mss), 1, 3, 3, c->our_ws};
-  // Window scaling only if the guest offered it (RFC 7323 2.2).
-  const bool ws = c->guest_ws != 0 || c->our_ws != 0;
+  size_t n = 0;
+  out[n++] = 2;
+  out[n++] = 4;
+  out[n++] = static_cast<uint8_t>(mss >> 8);
+  out[n++] = static_cast<uint8_t>(mss);
+  // Window scaling only if the guest offered it (RFC 7323 2.2): in our SYN,
+  // our_ws says we offer it.
+  if (c.guest_ws != 0 || c.our_ws != 0) {
+    out[n++] = 1;
+    out[n++] = 3;
+    out[n++] = 3;
+    out[n++] = c.our_ws;
+  }
+  // SACK permitted: in a SYN-ACK if the guest offered it, in our SYN if we
+  // offer it.
+  if (c.state == Conn::State::kSynSent ? options_.sack : c.sack_ok) {
+    out[n++] = 1;
+    out[n++] = 1;
+    out[n++] = 4;
+    out[n++] = 2;
+  }
+  return n;
+}
+
+void TcpTranslator::SendSynAck(FlowId id, Conn* c) {
+  uint8_t opts[kSynOptionsLen];
+  const size_t len = SynOptions(env_.flows->Key(id)->is_v4(), *c, opts);
   uint32_t sndbuf = 0;
   const uint32_t space = FreeSendSpace(*c, &sndbuf);
   c->wnd_sent = std::min<uint32_t>(space, 65535);
   SendControl(*env_.flows->Key(id), *c, c->isn, kTcpSyn | kTcpAck,
-              static_cast<uint16_t>(c->wnd_sent),
-              absl::MakeConstSpan(opts, ws ? kSynOptionsLen : 4));
+              static_cast<uint16_t>(c->wnd_sent), absl::MakeConstSpan(opts, len));
   c->rcv_acked = c->rcv_nxt;
 }
 
 void TcpTranslator::SendSyn(FlowId id, Conn* c) {
-  const bool v4 = env_.flows->Key(id)->is_v4();
-  const uint16_t mss = OurMss(v4, env_.guest->mtu);
-  const uint8_t opts[kSynOptionsLen] = {
-      2, 4, static_cast<uint8_t>(mss >> 8), static_cast<uint8_t>(mss), 1, 3, 3, c->our_ws};
+  uint8_t opts[kSynOptionsLen];
+  const size_t len = SynOptions(env_.flows->Key(id)->is_v4(), *c, opts);
   uint32_t sndbuf = 0;
   const uint32_t space = FreeSendSpace(*c, &sndbuf);
   c->wnd_sent = std::min<uint32_t>(space, 65535);
-  SendControl(*env_.flows->Key(id), *c, c->isn, kTcpSyn, static_cast<uint16_t>(c->wnd_sent), opts);
+  SendControl(*env_.flows->Key(id), *c, c->isn, kTcpSyn, static_cast<uint16_t>(c->wnd_sent),
+              absl::MakeConstSpan(opts, len));
 }
 
 void TcpTranslator::SendFin(FlowId id, Conn* c, int64_t now) {
@@ -212,13 +259,13 @@ void TcpTranslator::FlushPending() {
     // an acknowledgement the guest already had: after our data segments (a
     // guest does not count those), and after one more ACK if the
     // acknowledgement moved in this batch.
-    if (c->holes_dropped > 0) {
+    if (c->dups_owed > 0) {
       const bool moved = c->ack_due && c->rcv_acked != c->rcv_nxt;
-      SendAck(pending_[i], c, now, (moved ? 1 : 0) + c->holes_dropped);
+      SendAck(pending_[i], c, now, (moved ? 1 : 0) + c->dups_owed);
     } else if (c->ack_due) {
       SendAck(pending_[i], c, now);
     }
-    c->holes_dropped = 0;
+    c->dups_owed = 0;
     UpdateTimer(pending_[i], c);
   }
   pending_count_ = 0;

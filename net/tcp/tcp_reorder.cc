@@ -10,12 +10,11 @@ namespace vunet::net {
 
 absl::StatusOr<std::unique_ptr<TcpReorder>> TcpReorder::Create(const Options& options) {
   if (options.bytes == 0 || options.chunk_size == 0 || options.chunk_size > 65536 ||
-      options.max_segments == 0 || options.max_per_flow == 0 ||
-      options.max_segments >= kNil || options.bytes / options.chunk_size >= kNil) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("TCP reorder pool: %d bytes in chunks of %d, %d segments, %d per flow",
-                        options.bytes, options.chunk_size, options.max_segments,
-                        options.max_per_flow));
+      options.max_segments == 0 || options.max_per_flow == 0 || options.max_segments >= kNil ||
+      options.bytes / options.chunk_size >= kNil) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "TCP reorder pool: %d bytes in chunks of %d, %d segments, %d per flow", options.bytes,
+        options.chunk_size, options.max_segments, options.max_per_flow));
   }
   std::unique_ptr<TcpReorder> r(new TcpReorder(options));
   if (!r->data_ || !r->chunk_next_ || !r->records_) {
@@ -73,8 +72,7 @@ void TcpReorder::FreeRecord(uint32_t r) {
 }
 
 TcpReorder::Result TcpReorder::Insert(Queue* q, uint32_t rcv_nxt, uint32_t seq,
-                                      absl::Span<const iovec> payload, size_t offset,
-                                      size_t len) {
+                                      absl::Span<const iovec> payload, size_t offset, size_t len) {
   // Offsets from rcv_nxt: the held bytes all lie within the window after it.
   uint32_t a = seq - rcv_nxt;
   uint32_t b = a + static_cast<uint32_t>(len);

@@ -55,12 +55,12 @@ class TcpReorder {
   };
 
   struct Stats {
-    uint64_t held = 0;          // Segments taken (all or part of them new).
-    uint64_t duplicates = 0;    // Segments whose bytes were all held already.
-    uint64_t refused = 0;       // Segments refused: the pool or a limit was full.
-    uint64_t delivered = 0;     // Bytes handed on (Advance).
-    uint64_t discarded = 0;     // Bytes freed unused (Clear).
-    size_t bytes_now = 0;       // Held now.
+    uint64_t held = 0;        // Segments taken (all or part of them new).
+    uint64_t duplicates = 0;  // Segments whose bytes were all held already.
+    uint64_t refused = 0;     // Segments refused: the pool or a limit was full.
+    uint64_t delivered = 0;   // Bytes handed on (Advance).
+    uint64_t discarded = 0;   // Bytes freed unused (Clear).
+    size_t bytes_now = 0;     // Held now.
     size_t peak_bytes = 0;
     size_t segments_now = 0;
   };
@@ -101,8 +101,7 @@ class TcpReorder {
   // Iovecs over the bytes held contiguously from `rcv_nxt` (nothing if a
   // hole still comes first), at most `max` entries: writes *count and
   // returns their bytes.
-  size_t Contiguous(const Queue& q, uint32_t rcv_nxt, iovec* out, size_t max,
-                    size_t* count) const;
+  size_t Contiguous(const Queue& q, uint32_t rcv_nxt, iovec* out, size_t max, size_t* count) const;
 
   // Frees what lies before `rcv_nxt` (a segment it cuts is trimmed).
   void Advance(Queue* q, uint32_t rcv_nxt);

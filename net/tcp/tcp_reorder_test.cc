@@ -120,7 +120,7 @@ TEST(TcpReorder, LimitsRefuseAndClearFreesEverything) {
   EXPECT_EQ(Put(*r, &a, 0, 0, s, 100, 200), Result::kHeld);
   EXPECT_EQ(Put(*r, &a, 0, 0, s, 300, 400), Result::kHeld);
   EXPECT_EQ(Put(*r, &a, 0, 0, s, 500, 600), Result::kHeld);
-  EXPECT_EQ(Put(*r, &a, 0, 0, s, 700, 800), Result::kNoRoom);  // Three per flow.
+  EXPECT_EQ(Put(*r, &a, 0, 0, s, 700, 800), Result::kNoRoom);    // Three per flow.
   EXPECT_EQ(Put(*r, &b, 0, 0, s, 1000, 3000), Result::kNoRoom);  // One chunk left.
   EXPECT_EQ(Put(*r, &b, 0, 0, s, 1000, 1500), Result::kHeld);
   EXPECT_EQ(r->stats().refused, 2u);
@@ -137,7 +137,7 @@ TEST(TcpReorder, RefusesWhatIsNotPastTheNextExpectedByte) {
   const std::vector<uint8_t> s = Stream(100, 5);
   Queue q;
   EXPECT_EQ(Put(*r, &q, 50, 50, s, 0, 10), Result::kNoRoom);  // At rcv_nxt: in order.
-  EXPECT_EQ(Put(*r, &q, 100, 50, s, 0, 0), Result::kNoRoom);   // Empty.
+  EXPECT_EQ(Put(*r, &q, 100, 50, s, 0, 0), Result::kNoRoom);  // Empty.
   EXPECT_EQ(q.count, 0);
 }
 

@@ -401,7 +401,7 @@ TEST_P(TcpTest, SynAckAfterConnectWithOptions) {
   EXPECT_EQ(synack->options.mss, 65520 - 40);
   EXPECT_TRUE(synack->options.has_window_scale);
   EXPECT_EQ(synack->options.window_scale, 7);
-  EXPECT_FALSE(synack->options.sack_permitted);
+  EXPECT_TRUE(synack->options.sack_permitted);  // The guest offered it.
   EXPECT_FALSE(synack->options.has_timestamps);
   EXPECT_GT(synack->window, 0);
 
@@ -485,14 +485,16 @@ TEST_P(TcpTest, OutOfOrderAndDuplicateSegmentsAreAckedNotSent) {
   HostListener host;
   UniqueFd h = Establish(host);
   ASSERT_TRUE(h.valid());
-  // Ahead of what we expect: dropped, ACK of the expected sequence.
-  Send(Frame(kTcpAck, guest_seq_ + 100, guest_ack_, Pattern(50, 3)));
+  const std::vector<uint8_t> d = Pattern(200, 4);
+  // Ahead of what we expect: held, not sent; an ACK of the expected sequence.
+  Send(Frame(kTcpAck, guest_seq_ + 100, guest_ack_,
+             std::vector<uint8_t>(d.begin() + 100, d.begin() + 150)));
   std::vector<Seg> segs = Segments();
   ASSERT_EQ(segs.size(), 1u);
   EXPECT_EQ(segs[0].ack, guest_seq_);
   EXPECT_EQ(tcp_->stats().out_of_order, 1u);
+  EXPECT_EQ(tcp_->stats().bytes_from_guest, 0u);
   // In order, then again (retransmitted), then overlapping.
-  const std::vector<uint8_t> d = Pattern(200, 4);
   Send(Frame(kTcpAck, guest_seq_, guest_ack_, std::vector<uint8_t>(d.begin(), d.begin() + 100)));
   Send(Frame(kTcpAck, guest_seq_, guest_ack_, std::vector<uint8_t>(d.begin(), d.begin() + 100)));
   Send(Frame(kTcpAck, guest_seq_ + 50, guest_ack_, std::vector<uint8_t>(d.begin() + 50, d.end())));
@@ -505,32 +507,38 @@ TEST_P(TcpTest, OutOfOrderAndDuplicateSegmentsAreAckedNotSent) {
   EXPECT_EQ(tcp_->stats().bytes_from_guest, 200u);
 }
 
-TEST_P(TcpTest, SegmentsAheadAreTakenWhenTheirBatchFillsTheHole) {
+TEST_P(TcpTest, SegmentsAheadAreHeldUntilTheHoleFills) {
   HostListener host;
   UniqueFd h = Establish(host);
   ASSERT_TRUE(h.valid());
-  const std::vector<uint8_t> d = Pattern(300, 6);
+  const std::vector<uint8_t> d = Pattern(1010, 6);
   auto piece = [&](size_t from, size_t to) {
     return Frame(kTcpAck, guest_seq_ + from, guest_ack_,
                  std::vector<uint8_t>(d.begin() + from, d.begin() + to));
   };
   // As a guest sends after a retransmission timeout: new data first, the
   // hole's retransmission after it, in one batch; and a segment whose hole
-  // is never filled.
-  SendBatch({piece(200, 300), piece(100, 200), piece(0, 100),
-             Frame(kTcpAck, guest_seq_ + 1000, guest_ack_, Pattern(10, 7))});
+  // stays open.
+  SendBatch({piece(200, 300), piece(100, 200), piece(0, 100), piece(1000, 1010)});
   std::vector<uint8_t> got(300);
   ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 300);
-  EXPECT_EQ(got, d);
+  EXPECT_EQ(got, std::vector<uint8_t>(d.begin(), d.begin() + 300));
   EXPECT_EQ(tcp_->stats().out_of_order, 3u);
-  EXPECT_EQ(tcp_->stats().reordered, 2u);
+  EXPECT_EQ(tcp_->stats().ooo_held, 3u);
   EXPECT_EQ(tcp_->stats().bytes_from_guest, 300u);
   std::vector<Seg> segs = Segments();
   ASSERT_FALSE(segs.empty());
   EXPECT_EQ(segs.back().ack, guest_seq_ + 300);
-  // Nothing is kept past the batch: the far segment is gone.
-  SendBatch({});
-  EXPECT_EQ(tcp_->stats().bytes_from_guest, 300u);
+  // The far segment is held: once the hole before it fills, it goes on with
+  // the segment that filled it, and the ACK covers both.
+  SendBatch({piece(300, 1000)});
+  got.resize(710);
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 710);
+  EXPECT_EQ(got, std::vector<uint8_t>(d.begin() + 300, d.end()));
+  EXPECT_EQ(tcp_->stats().ooo_delivered, 210u);
+  segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().ack, guest_seq_ + 1010);
 }
 
 TEST_P(TcpTest, DuplicateAcksForAHoleFollowDataTakenAndDataSent) {
@@ -580,8 +588,8 @@ TEST_P(TcpTest, EachSegmentDroppedPastAHoleGetsADuplicateAck) {
   UniqueFd h = Establish(host);
   ASSERT_TRUE(h.valid());
   // The first segment of the window was lost: the four after it are
-  // dropped, and the guest gets three duplicate ACKs of the hole (enough
-  // for its fast retransmit) in the same batch rather than one.
+  // held, and the guest gets three duplicate ACKs of the hole (enough for
+  // its fast retransmit) in the same batch rather than one.
   std::vector<std::vector<uint8_t>> batch;
   for (uint32_t i = 1; i <= 4; ++i) {
     batch.push_back(Frame(kTcpAck, guest_seq_ + 100 * i, guest_ack_, Pattern(100, i)));
@@ -594,11 +602,12 @@ TEST_P(TcpTest, EachSegmentDroppedPastAHoleGetsADuplicateAck) {
     EXPECT_EQ(s.window, segs[0].window) << "duplicates carry the same window";
   }
   EXPECT_EQ(tcp_->stats().out_of_order, 4u);
-  // The hole's retransmission: in order again, one ACK.
+  // The hole's retransmission: in order again, one ACK of everything.
   Send(Frame(kTcpAck, guest_seq_, guest_ack_, Pattern(100, 0)));
   segs = Segments();
   ASSERT_EQ(segs.size(), 1u);
-  EXPECT_EQ(segs[0].ack, guest_seq_ + 100);
+  EXPECT_EQ(segs[0].ack, guest_seq_ + 500);
+  EXPECT_EQ(tcp_->stats().ooo_delivered, 400u);
 }
 
 TEST_P(TcpTest, ThreeDuplicateAcksRetransmitFromTheSocket) {
