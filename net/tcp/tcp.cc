@@ -434,7 +434,20 @@ void TcpTranslator::ProcessAck(FlowId id, Conn* c, const ParsedFrame& parsed, in
   }
   c->guest_wnd = wnd;
   if (c->sack_ok) {
+    const uint32_t sacked_high =
+        c->sacked_count > 0 ? c->sacked[c->sacked_count - 1].end : c->snd_una;
     UpdateScoreboard(c, parsed.tcp.options);
+    // In a recovery, a SACK above what was known shows more holes to resend.
+    if (c->in_recovery && c->sacked_count > 0 &&
+        SeqGt(c->sacked[c->sacked_count - 1].end, sacked_high)) {
+      c->tx_due = true;
+      // Data sent after our last resend has arrived, and the first hole is
+      // still open: that resend was lost too (the link keeps order).
+      if (SeqGt(c->rexmit_next, c->snd_una) &&
+          SeqGt(c->sacked[c->sacked_count - 1].end, c->rexmit_mark)) {
+        c->rexmit_next = c->snd_una;
+      }
+    }
     // The first SACK that shows a later segment arrived: what lies in the
     // holes before it was lost; resend those alone.
     if (!c->in_recovery && c->sacked_count > 0 && c->snd_una != c->snd_high) {
@@ -586,8 +599,14 @@ void TcpTranslator::UpdateScoreboard(Conn* c, const TcpOptions& options) {
     }
     all[n++] = {a, b};
   }
-  std::sort(all, all + n,
-            [](const Conn::Range& x, const Conn::Range& y) { return x.start < y.start; });
+  // A handful: an insertion sort (std::sort's unrolled paths trip gcc's -O2
+  // array-bounds analysis on so small an array).
+  for (size_t i = 1; i < n; ++i) {
+    const Conn::Range r = all[i];
+    size_t j = i;
+    for (; j > 0 && all[j - 1].start > r.start; --j) all[j] = all[j - 1];
+    all[j] = r;
+  }
   size_t out = 0;
   for (size_t i = 0; i < n; ++i) {
     if (out > 0 && all[i].start <= c->sacked[out - 1].end) {

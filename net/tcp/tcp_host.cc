@@ -256,6 +256,7 @@ bool TcpTranslator::RetransmitHoles(FlowId id, Conn* c, int64_t now) {
   }
   c->rexmit_next = from;
   if (sent) {
+    c->rexmit_mark = c->snd_nxt;
     c->ack_due = false;  // The segments carried it.
     c->rcv_acked = c->rcv_nxt;
     c->rto_at = now + c->rto;

@@ -30,9 +30,11 @@ inline constexpr int kAcceptBatch = 64;
 // (4), NOP, NOP and SACK permitted (4).
 inline constexpr size_t kSynOptionsLen = 12;
 // SACK blocks we send at most (no timestamps: 4 fit beside two NOPs), and
-// the guest's blocks we keep.
+// the guest's SACKed ranges we keep (the lowest: they bound the holes; a
+// range a guest reported once and we let go could look like a hole later,
+// and be resent for nothing).
 inline constexpr size_t kMaxSackBlocks = 4;
-inline constexpr size_t kMaxSacked = 4;
+inline constexpr size_t kMaxSacked = 10;
 // Events of a connection's socket. Edge-triggered: data peeked stays in the
 // socket until the guest acknowledges it, so level-triggered EPOLLIN would
 // fire for it again and again; new data, new send space and the peer's
@@ -142,6 +144,9 @@ struct TcpTranslator::Conn {
   } sacked[tcp_internal::kMaxSacked] = {};
   uint32_t recovery_point = 0;
   uint32_t rexmit_next = 0;
+  // snd_nxt when holes were last resent: a SACK of data sent after that,
+  // with the first hole still open, says the resent segment was lost too.
+  uint32_t rexmit_mark = 0;
 };
 
 }  // namespace vunet::net

@@ -80,8 +80,13 @@ TcpReorder::Result TcpReorder::Insert(Queue* q, uint32_t rcv_nxt, uint32_t seq,
     ++stats_.refused;
     return Result::kNoRoom;
   }
-  // Trim against what is held; records the new segment covers whole go.
+  // Past everything held (the common case once a hole opened): no walk.
   uint32_t* link = &q->head;
+  if (q->tail != kNil) {
+    const Record& t = records_[q->tail];
+    if (t.seq + t.len - rcv_nxt <= a) link = &records_[q->tail].next;
+  }
+  // Trim against what is held; records the new segment covers whole go.
   while (*link != kNil) {
     Record& r = records_[*link];
     const uint32_t ra = r.seq - rcv_nxt;
@@ -100,6 +105,7 @@ TcpReorder::Result TcpReorder::Insert(Queue* q, uint32_t rcv_nxt, uint32_t seq,
       *link = r.next;
       q->bytes -= r.len;
       --q->count;
+      if (q->tail == gone) q->tail = kNil;  // Set again below: the new one follows.
       FreeRecord(gone);
       continue;
     }
@@ -141,6 +147,7 @@ TcpReorder::Result TcpReorder::Insert(Queue* q, uint32_t rcv_nxt, uint32_t seq,
              .next = *link,
              .arrival = ++arrivals_};
   *link = index;
+  if (r.next == kNil) q->tail = index;
   q->bytes += static_cast<uint32_t>(n);
   ++q->count;
   ++stats_.held;
@@ -180,6 +187,7 @@ void TcpReorder::Advance(Queue* q, uint32_t rcv_nxt) {
     if (static_cast<int32_t>(end - rcv_nxt) <= 0) {
       const uint32_t gone = q->head;
       q->head = r.next;
+      if (q->tail == gone) q->tail = kNil;
       q->bytes -= r.len;
       --q->count;
       stats_.delivered += r.len;
@@ -215,6 +223,7 @@ void TcpReorder::Clear(Queue* q) {
     stats_.discarded += records_[gone].len;
     FreeRecord(gone);
   }
+  q->tail = kNil;
   q->bytes = 0;
   q->count = 0;
 }

@@ -48,10 +48,13 @@ class TcpReorder {
   static constexpr uint32_t kNil = 0xffffffff;
 
   struct Options {
-    size_t bytes = size_t{16} << 20;  // Payload held in all, at most.
+    size_t bytes = size_t{32} << 20;  // Payload held in all, at most.
     size_t chunk_size = 2048;
-    size_t max_segments = 16384;
-    size_t max_per_flow = 128;
+    size_t max_segments = 32768;
+    // Segments one flow holds at most (its bytes are bounded by the window
+    // it was offered, which the caller checks): a window's worth of
+    // full-sized segments.
+    size_t max_per_flow = 8192;
   };
 
   struct Stats {
@@ -69,6 +72,7 @@ class TcpReorder {
   // pool. Zero-initialised state is an empty queue only through Queue{}.
   struct Queue {
     uint32_t head = kNil;
+    uint32_t tail = kNil;  // The highest: segments mostly arrive in order after a hole.
     uint32_t bytes = 0;
     uint16_t count = 0;
   };
