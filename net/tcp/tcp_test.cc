@@ -337,10 +337,11 @@ class TcpTest : public ::testing::TestWithParam<bool> {
 
   // The guest connects to dst_:dport_ and the host accepts. Returns the
   // host's end.
-  UniqueFd Establish(HostListener& host, uint8_t ws = 7) {
+  UniqueFd Establish(HostListener& host, uint8_t ws = 7, bool sack = false) {
     dport_ = host.port;
     std::vector<uint8_t> opts = {2, 4, 0x05, 0xb4};  // MSS 1460.
     if (ws != 0xff) opts.insert(opts.end(), {1, 3, 3, ws});
+    if (sack) opts.insert(opts.end(), {1, 1, 4, 2});
     Send(Frame(kTcpSyn, guest_isn_, 0, {}, 65535, 0, opts));
     std::optional<Seg> synack = WaitFor(kTcpSyn | kTcpAck);
     EXPECT_TRUE(synack.has_value());
@@ -649,6 +650,173 @@ TEST_P(TcpTest, ThreeDuplicateAcksRetransmitFromTheSocket) {
   // New data continues the sequence.
   ASSERT_EQ(send(h.get(), "more", 4, 0), 4);
   EXPECT_EQ(ReceiveData(4), std::vector<uint8_t>({'m', 'o', 'r', 'e'}));
+}
+
+// A SACK option with these [left, right) blocks, behind two NOPs.
+std::vector<uint8_t> SackOption(std::initializer_list<std::pair<uint32_t, uint32_t>> blocks) {
+  std::vector<uint8_t> o = {1, 1, 5, static_cast<uint8_t>(2 + 8 * blocks.size())};
+  for (const auto& [left, right] : blocks) {
+    for (const uint32_t edge : {left, right}) {
+      for (int shift = 24; shift >= 0; shift -= 8) o.push_back(static_cast<uint8_t>(edge >> shift));
+    }
+  }
+  return o;
+}
+
+TEST_P(TcpTest, SackPermittedOnlyWhenTheGuestOffersIt) {
+  HostListener host;
+  dport_ = host.port;
+  Send(Frame(kTcpSyn, 7000, 0, {}, 29200, 0, {2, 4, 0x05, 0xb4}));
+  std::optional<Seg> synack = WaitFor(kTcpSyn | kTcpAck);
+  ASSERT_TRUE(synack.has_value());
+  EXPECT_FALSE(synack->options.sack_permitted);
+}
+
+TEST_P(TcpTest, DuplicateAcksCarrySackBlocksForWhatIsHeld) {
+  HostListener host;
+  UniqueFd h = Establish(host, 7, /*sack=*/true);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> d = Pattern(1000, 8);
+  auto piece = [&](size_t from, size_t to) {
+    return Frame(kTcpAck, guest_seq_ + from, guest_ack_,
+                 std::vector<uint8_t>(d.begin() + from, d.begin() + to));
+  };
+  // Two holes: [0, 100) and [300, 500); the latest segment taken is [800, 900).
+  SendBatch({piece(100, 300), piece(500, 700), piece(700, 800), piece(800, 900)});
+  std::vector<Seg> segs = Segments();
+  ASSERT_EQ(segs.size(), 3u);
+  for (const Seg& seg : segs) {
+    EXPECT_EQ(seg.ack, guest_seq_);
+    ASSERT_EQ(seg.options.sack_count, 2);
+    EXPECT_EQ(seg.options.sack[0].left, guest_seq_ + 500);  // Holds the latest.
+    EXPECT_EQ(seg.options.sack[0].right, guest_seq_ + 900);
+    EXPECT_EQ(seg.options.sack[1].left, guest_seq_ + 100);
+    EXPECT_EQ(seg.options.sack[1].right, guest_seq_ + 300);
+  }
+  EXPECT_GE(tcp_->stats().sack_sent, 3u);
+  // The first hole fills: the ACK moves to the second, its SACK shows the rest.
+  SendBatch({piece(0, 100)});
+  segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().ack, guest_seq_ + 300);
+  ASSERT_EQ(segs.back().options.sack_count, 1);
+  EXPECT_EQ(segs.back().options.sack[0].left, guest_seq_ + 500);
+  // The second: everything goes to the socket, no SACK left.
+  SendBatch({piece(300, 500), piece(900, 1000)});
+  segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().ack, guest_seq_ + 1000);
+  EXPECT_EQ(segs.back().options.sack_count, 0);
+  std::vector<uint8_t> got(1000);
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 1000);
+  EXPECT_EQ(got, d);
+}
+
+TEST_P(TcpTest, TheGuestsSackResendsOnlyTheHoles) {
+  HostListener host;
+  UniqueFd h = Establish(host, 7, /*sack=*/true);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(14600, 9);  // Ten segments of 1460.
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), static_cast<ssize_t>(b.size()));
+  std::vector<Seg> segs;
+  size_t bytes = 0;
+  Pump(&segs, [&] {
+    bytes = 0;
+    for (const Seg& seg : segs) bytes += seg.payload.size();
+    return bytes >= b.size();
+  });
+  ASSERT_EQ(bytes, b.size());
+  // Segments 0 and 3-4 "lost": the guest acks nothing, SACKs 1-2 and 5-9.
+  const uint32_t base = guest_ack_;
+  Send(Frame(kTcpAck, guest_seq_, base, {}, 65535, 0,
+             SackOption({{base + 5 * 1460, base + 10 * 1460}, {base + 1460, base + 3 * 1460}})));
+  EXPECT_EQ(tcp_->stats().recoveries, 1u);
+  std::vector<std::pair<uint32_t, size_t>> resent;
+  for (const Seg& seg : Segments()) {
+    if (!seg.payload.empty()) resent.push_back({seg.seq - base, seg.payload.size()});
+  }
+  const std::vector<std::pair<uint32_t, size_t>> holes = {{0, 1460}, {3 * 1460, 1460},
+                                                          {4 * 1460, 1460}};
+  EXPECT_EQ(resent, holes);
+  EXPECT_EQ(tcp_->stats().sack_retransmits, 3u);
+  // A partial ACK (the first hole arrived) resends nothing more: the other
+  // hole went already.
+  Send(Frame(kTcpAck, guest_seq_, base + 3 * 1460, {}, 65535, 0,
+             SackOption({{base + 5 * 1460, base + 10 * 1460}})));
+  for (const Seg& seg : Segments()) EXPECT_TRUE(seg.payload.empty());
+  // Everything acknowledged: the recovery ends, new data goes on.
+  guest_ack_ = base + static_cast<uint32_t>(b.size());
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  ASSERT_EQ(send(h.get(), "next", 4, 0), 4);
+  EXPECT_EQ(ReceiveData(4), std::vector<uint8_t>({'n', 'e', 'x', 't'}));
+}
+
+TEST_P(TcpTest, HostileSackBlocksAreRefusedAndCounted) {
+  HostListener host;
+  UniqueFd h = Establish(host, 7, /*sack=*/true);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> b = Pattern(2920, 10);
+  ASSERT_EQ(send(h.get(), b.data(), b.size(), 0), static_cast<ssize_t>(b.size()));
+  std::vector<Seg> segs;
+  Pump(&segs, [&] {
+    size_t n = 0;
+    for (const Seg& seg : segs) n += seg.payload.size();
+    return n >= b.size();
+  });
+  const uint32_t base = guest_ack_;
+  // Past what we sent, reversed, straddling the end, absurdly long.
+  Send(Frame(kTcpAck, guest_seq_, base, {}, 65535, 0,
+             SackOption({{base + 5000, base + 6000},
+                         {base + 2000, base + 1000},
+                         {base + 2000, base + 3000},
+                         {base - 0x40000000u, base + 100}})));
+  EXPECT_EQ(tcp_->stats().sack_invalid, 4u);
+  EXPECT_EQ(tcp_->stats().recoveries, 0u);
+  for (const Seg& seg : Segments()) EXPECT_TRUE(seg.payload.empty()) << "nothing resent";
+  // A duplicate report below snd_una (D-SACK) is no news, not an error.
+  Send(Frame(kTcpAck, guest_seq_, base + 1460, {}, 65535, 0, SackOption({{base, base + 1460}})));
+  EXPECT_EQ(tcp_->stats().sack_invalid, 4u);
+  // Malformed option lengths are ignored by the parser: no blocks at all.
+  Send(Frame(kTcpAck, guest_seq_, base + 1460, {}, 65535, 0, {1, 1, 5, 9, 0, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(tcp_->stats().malformed, 0u);
+  guest_ack_ = base + 2920;
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+}
+
+TEST_P(TcpTest, OutOfOrderFloodsSpendTheBudgetAndTheMemoryComesBack) {
+  TcpTranslatorOptions o;
+  o.reorder = {.bytes = 8 * 2048, .chunk_size = 2048, .max_segments = 64, .max_per_flow = 64};
+  Make({.peek_off = GetParam()}, o);
+  HostListener host;
+  UniqueFd h = Establish(host, 7, /*sack=*/true);
+  ASSERT_TRUE(h.valid());
+  // Segments past a hole that never fills, far more than the pool holds.
+  std::vector<std::vector<uint8_t>> batch;
+  for (uint32_t i = 1; i <= 40; ++i) {
+    batch.push_back(Frame(kTcpAck, guest_seq_ + 1000 * i, guest_ack_, Pattern(1000, i)));
+  }
+  SendBatch(batch);
+  EXPECT_EQ(tcp_->stats().ooo_held, 8u);  // One 2 KiB chunk each: the pool's eight.
+  EXPECT_EQ(tcp_->stats().ooo_dropped, 32u);
+  // Past the window we offered: refused before the pool is asked.
+  Send(Frame(kTcpAck, guest_seq_ + 0x10000000u, guest_ack_, Pattern(100, 1)));
+  EXPECT_EQ(tcp_->stats().ooo_beyond_window, 1u);
+  Segments();
+  // The guest resets the flow: what it held is freed.
+  Send(Frame(kTcpRst | kTcpAck, guest_seq_, guest_ack_));
+  EXPECT_EQ(flows().size(), 0u);
+  // A new flow has the whole pool again.
+  HostListener host2;
+  guest_isn_ = 50000;
+  UniqueFd h2 = Establish(host2, 7, /*sack=*/true);
+  ASSERT_TRUE(h2.valid());
+  batch.clear();
+  for (uint32_t i = 1; i <= 8; ++i) {
+    batch.push_back(Frame(kTcpAck, guest_seq_ + 1000 * i, guest_ack_, Pattern(1000, i)));
+  }
+  SendBatch(batch);
+  EXPECT_EQ(tcp_->stats().ooo_held, 16u);
+  EXPECT_EQ(tcp_->stats().ooo_dropped, 32u);
 }
 
 TEST_P(TcpTest, RetransmissionTimerResendsAndBacksOff) {
