@@ -79,6 +79,33 @@ def tcp_reset_and_loss():
     return s
 
 
+SACK_SYN_OPTS = SYN_OPTS + bytes([1, 1, 4, 2])
+
+
+def sack_blocks(*blocks):
+    return bytes([1, 1, 5, 2 + 8 * len(blocks)]) + b"".join(struct.pack("!II", a, b)
+                                                            for a, b in blocks)
+
+
+def tcp_sack_and_holes():
+    b = lambda l4: f.ipv4(6, l4, GUEST4, GW4)
+    s = frame(b(tcp(40004, 80, 6000, 0, 0x02, opts=SACK_SYN_OPTS))) + loop() + loop()
+    s += frame(b(tcp(40004, 80, 6001, 0, 0x10)), answer=True) + loop()
+    # Guest data past two holes (held, SACKed), then the holes, out of order.
+    s += frame(b(tcp(40004, 80, 7001, 0, 0x18, bytes(range(200)) * 5)), answer=True)
+    s += frame(b(tcp(40004, 80, 9001, 0, 0x18, bytes(500))), answer=True) + op(END) + loop()
+    s += frame(b(tcp(40004, 80, 6001, 0, 0x18, bytes(1000))), answer=True)
+    s += frame(b(tcp(40004, 80, 8001, 0, 0x18, bytes(1000))), answer=True) + op(END) + loop()
+    # Host data, and ACKs from the guest with SACK blocks (its own view, and
+    # nonsense), so the scoreboard and its checks run.
+    s += op(PEER, 0, 1) + loop()
+    s += frame(b(tcp(40004, 80, 9501, 0, 0x10, opts=sack_blocks((1, 2), (0xFFFFFF00, 10)))),
+               answer=True) + loop()
+    s += op(CLOCK, 0xE8, 0x03) + loop()
+    s += frame(b(tcp(40004, 80, 9501, 0, 0x14)), answer=True) + loop()
+    return s
+
+
 def udp_flows():
     s = frame(udp4(41000, 53, bytes(12) + b"\x07example\x03org\x00\x00\x01\x00\x01")) + loop()
     s += frame(udp4(41001, 7, b"echo me" * 100)) + loop()
@@ -111,6 +138,7 @@ SEEDS = {
     "written_tcp4_small_buffers": bytes([0x00]) + tcp_conversation(False),
     "written_tcp6_csum": bytes([0x03]) + tcp_conversation(True),
     "written_tcp_loss_reset": bytes([0x09]) + tcp_reset_and_loss(),
+    "written_tcp_sack": bytes([0x21]) + tcp_sack_and_holes(),
     "written_udp": bytes([0x01]) + udp_flows(),
     "written_udp_single_buffers": bytes([0x18]) + udp_flows(),
     "written_inbound": bytes([0x01]) + inbound(),
