@@ -208,6 +208,12 @@ class TcpTranslator : public Translator {
   void OnSocketEvent(uint64_t tag, uint32_t events) override;
   void OnTimer(FlowId id, int64_t now_ns) override;
   void OnRxAvailable() override;
+  // Flows with data in flight send it again at once (from the first byte
+  // the guest has not acknowledged, the retransmission timeout back at its
+  // start), and every established flow sends the guest an ACK: one the old
+  // ring swallowed would otherwise leave a guest waiting out its own
+  // backed-off timer.
+  void OnRxStart() override;
   void Shutdown() override;
   std::string StatsLine() const override;
 

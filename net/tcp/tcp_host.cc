@@ -466,6 +466,29 @@ void TcpTranslator::RemoveRxWait(Conn* c) {
   c->in_rx_wait = false;
 }
 
+void TcpTranslator::OnRxStart() {
+  const int64_t now = Now();
+  env_.flows->ForEach([&](FlowId id) {
+    const FlowKey* key = env_.flows->Key(id);
+    if (key == nullptr || key->proto != FlowProto::kTcp) return;
+    Conn* c = env_.flows->Data<Conn>(id);
+    if (c == nullptr || c->state != Conn::State::kEstablished) return;
+    if (c->snd_una != c->snd_high && !c->fin_sent) {
+      c->snd_nxt = c->snd_una;
+      if (peek_off_) SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, 0);
+      c->in_recovery = false;
+      c->sacked_count = 0;
+      c->retries = 0;
+      c->rto = options_.rto_initial_ns;
+      c->rto_at = now + c->rto;
+      c->tx_due = true;
+    }
+    c->ack_due = true;
+    MarkPending(id, c);
+  });
+  FlushPending();
+}
+
 void TcpTranslator::OnRxAvailable() {
   const int64_t now = Now();
   // From the head, until a flow finds the buffers gone again (it goes back

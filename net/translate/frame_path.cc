@@ -122,6 +122,15 @@ void FramePath::OnRxAvailable() {
   }
 }
 
+void FramePath::OnRxStart() {
+  for (Translator* t : {static_cast<Translator*>(tcp_.get()),
+                        static_cast<Translator*>(udp_.get()),
+                        static_cast<Translator*>(icmp_.get())}) {
+    if (t != nullptr) t->OnRxStart();
+  }
+  OnRxAvailable();
+}
+
 void FramePath::Shutdown() {
   if (tcp_) tcp_->Shutdown();
   if (udp_) udp_->Shutdown();

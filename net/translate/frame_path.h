@@ -88,6 +88,9 @@ class FramePath {
   void OnTimer(FlowId id, int64_t now_ns);
   // The guest may have posted receive buffers: every translator resumes.
   void OnRxAvailable();
+  // The receive queue (re)started: every translator's OnRxStart, then
+  // OnRxAvailable.
+  void OnRxStart();
   // Closes every flow and socket.
   void Shutdown();
   // One line per translator, for the exit log.

@@ -101,6 +101,11 @@ class Translator : public ParsedFrameSink {
   // The guest may have posted receive buffers (rx kick, the rx queue
   // started, or a flush freed what others held): resume data that waited.
   virtual void OnRxAvailable() = 0;
+  // The guest's receive queue (re)started with flows alive: frames of theirs
+  // that were in flight may have gone with the old ring (a frontend that
+  // died, a driver that reset its device). Called before OnRxAvailable. The
+  // default does nothing.
+  virtual void OnRxStart() {}
   // Closes every flow and socket (the owner is shutting down).
   virtual void Shutdown() = 0;
   // One line of counters for the owner's exit log.

@@ -222,11 +222,37 @@ def connect(args, timeout=None):
     return sock
 
 
+def tcp_bytes_acked(sock):
+    """tcpi_bytes_acked of struct tcp_info (Linux): the bytes sent the peer has acknowledged."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("Q", info, 120)[0] if len(info) >= 128 else 0
+
+
+def watch_progress(sock, path, received, done):
+    """Appends a line each 50 ms in which the acknowledged or received bytes moved."""
+    last = None
+    with open(path, "a", buffering=1) as out:
+        while not done.is_set():
+            try:
+                now = (tcp_bytes_acked(sock), received[0])
+            except OSError:
+                return
+            if now != last:
+                out.write(f"{time.monotonic():.3f} {now[0]} {now[1]}\n")
+                last = now
+            done.wait(0.05)
+
+
 def client_bulk(args):
     start = time.monotonic()
     sock = connect(args)
     sock.sendall(HEADER.pack(MAGIC, BULK, args.seed, args.up, args.down, args.rate))
     error = []
+    received = [0]
+    done = threading.Event()
+    if args.progress:
+        threading.Thread(target=watch_progress, args=(sock, args.progress, received, done),
+                         daemon=True).start()
 
     def sender():
         try:
@@ -246,7 +272,9 @@ def client_bulk(args):
         at = pattern.offset
         if not pattern.check(data) and bad_at is None:
             bad_at = at
+        received[0] = pattern.offset
     thread.join()
+    done.set()
     if error:
         print(f"bulk FAILED: sending: {error[0]}")
         return 1
@@ -490,6 +518,8 @@ def main():
             c.add_argument("--down", type=int, default=0)
         if name == "bulk":
             c.add_argument("--rate", type=int, default=0)
+            c.add_argument("--progress", help="every 50 ms while bytes move: a line "
+                           "'MONOTONIC_S UP_ACKED DOWN_RECEIVED' appended to this file")
         if name == "reset":
             c.add_argument("--after", type=int, required=True)
         if name == "hold":

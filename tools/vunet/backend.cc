@@ -388,7 +388,7 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
     ra_pending_ = true;
     SendRouterAdvertisement();
   }
-  if (index == kRx) path_->OnRxAvailable();
+  if (index == kRx) path_->OnRxStart();
 }
 
 void Backend::OnQueueStop(uint32_t index) {
