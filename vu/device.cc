@@ -71,6 +71,8 @@ bool Supported(Request r) {
     case Request::kRemMemReg:
     case Request::kSetStatus:
     case Request::kGetStatus:
+    case Request::kSetDeviceStateFd:
+    case Request::kCheckDeviceState:
       return true;
     default:
       return false;
@@ -107,10 +109,20 @@ absl::Status PrepareEventFd(int fd) {
 
 }  // namespace
 
+absl::Status DataPlane::BeginStateTransfer(StateDirection, UniqueFd) {
+  return absl::UnimplementedError("this data plane keeps no state to transfer");
+}
+
+absl::Status DataPlane::CheckStateTransfer() {
+  return absl::UnimplementedError("this data plane keeps no state to transfer");
+}
+
 Device::Device(DataPlane* data_plane, const Options& options)
     : data_plane_(data_plane),
       num_queues_(options.num_queues == 0 || options.num_queues > kMaxQueues ? 2
-                                                                             : options.num_queues) {
+                                                                             : options.num_queues),
+      offered_protocol_features_(kOfferedProtocolFeatures |
+                                 (options.device_state ? kDeviceStateProtocolFeature : 0)) {
   if (num_queues_ != options.num_queues) {
     VUNET_LOG(kWarning, "vhost-user: %d queues asked for, 1 to %d possible; using %d",
               options.num_queues, kMaxQueues, num_queues_);
@@ -173,7 +185,7 @@ absl::Status Device::Dispatch(Message& m, std::optional<Message>* reply) {
     case Request::kSetFeatures:
       return SetFeatures(Payload<uint64_t>(m));
     case Request::kGetProtocolFeatures:
-      reply->emplace(Reply(m.header, kOfferedProtocolFeatures));
+      reply->emplace(Reply(m.header, offered_protocol_features_));
       return absl::OkStatus();
     case Request::kSetProtocolFeatures:
       return SetProtocolFeatures(Payload<uint64_t>(m));
@@ -232,9 +244,75 @@ absl::Status Device::Dispatch(Message& m, std::optional<Message>* reply) {
       return absl::OkStatus();
     case Request::kSendRarp:
       return SendRarp(Payload<uint64_t>(m));
+    case Request::kSetDeviceStateFd: {
+      const uint64_t result = SetDeviceStateFd(m);
+      reply->emplace(Reply(m.header, result));
+      return (result & kDeviceStateErrorMask) == 0
+                 ? absl::OkStatus()
+                 : absl::FailedPreconditionError("state transfer refused");
+    }
+    case Request::kCheckDeviceState: {
+      const uint64_t result = CheckDeviceState();
+      reply->emplace(Reply(m.header, result));
+      return result == 0 ? absl::OkStatus() : absl::DataLossError("state transfer failed");
+    }
     default:
       return absl::UnimplementedError("request not supported");
   }
+}
+
+uint64_t Device::SetDeviceStateFd(Message& m) {
+  // We never hand back a channel of our own: the invalid-fd flag is always
+  // set, with an error in the low byte or none.
+  constexpr uint64_t kFailed = kDeviceStateNoFd | 1;
+  if (!has_protocol_feature(kProtocolFDeviceState)) {
+    VUNET_LOG_RATELIMITED(kWarning,
+                          "vhost-user: SET_DEVICE_STATE_FD without the DEVICE_STATE "
+                          "protocol feature negotiated");
+    return kFailed;
+  }
+  const DeviceStateTransfer t = Payload<DeviceStateTransfer>(m);
+  if (t.direction > 1 || t.phase != 0) {
+    VUNET_LOG_RATELIMITED(kWarning,
+                          "vhost-user: SET_DEVICE_STATE_FD direction %d phase %d: only save (0) "
+                          "and load (1) in the stopped phase (0) exist",
+                          t.direction, t.phase);
+    return kFailed;
+  }
+  for (uint32_t i = 0; i < num_queues_; ++i) {
+    if (queues_[i].vq.started()) {
+      VUNET_LOG_RATELIMITED(kWarning,
+                            "vhost-user: SET_DEVICE_STATE_FD with queue %d running: the "
+                            "device must be suspended",
+                            i);
+      return kFailed;
+    }
+  }
+  const auto direction = static_cast<DataPlane::StateDirection>(t.direction);
+  transfer_.reset();
+  if (absl::Status s = data_plane_->BeginStateTransfer(direction, std::move(m.fds[0])); !s.ok()) {
+    VUNET_LOG_RATELIMITED(kWarning, "vhost-user: state %s refused: %s",
+                          direction == DataPlane::StateDirection::kSave ? "save" : "load",
+                          s.message());
+    return kFailed;
+  }
+  transfer_ = direction;
+  return kDeviceStateNoFd;
+}
+
+uint64_t Device::CheckDeviceState() {
+  if (!transfer_.has_value()) {
+    VUNET_LOG_RATELIMITED(kWarning, "vhost-user: CHECK_DEVICE_STATE with no transfer begun");
+    return 1;
+  }
+  const DataPlane::StateDirection direction = *transfer_;
+  transfer_.reset();
+  if (absl::Status s = data_plane_->CheckStateTransfer(); !s.ok()) {
+    VUNET_LOG(kWarning, "vhost-user: state %s failed: %s",
+              direction == DataPlane::StateDirection::kSave ? "save" : "load", s.message());
+    return 1;
+  }
+  return 0;
 }
 
 absl::Status Device::SetFeatures(uint64_t features) {
@@ -255,10 +333,10 @@ absl::Status Device::SetFeatures(uint64_t features) {
 }
 
 absl::Status Device::SetProtocolFeatures(uint64_t features) {
-  if (features & ~kOfferedProtocolFeatures) {
+  if (features & ~offered_protocol_features_) {
     return absl::InvalidArgumentError(
         absl::StrFormat("protocol features 0x%x include 0x%x, never offered", features,
-                        features & ~kOfferedProtocolFeatures));
+                        features & ~offered_protocol_features_));
   }
   acked_protocol_features_ = features;
   return absl::OkStatus();

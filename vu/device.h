@@ -62,6 +62,21 @@ class DataPlane {
   virtual void OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) = 0;
   // Queue `index` must no longer be touched.
   virtual void OnQueueStop(uint32_t index) = 0;
+
+  // Back-end state transfer for live migration
+  // (VHOST_USER_PROTOCOL_F_DEVICE_STATE, offered when Options::device_state
+  // says the data plane implements these). SET_DEVICE_STATE_FD: every queue
+  // is stopped (the device is suspended). kSave: write the state into `fd`
+  // and close it, which ends the transfer; kLoad: read the state from `fd`
+  // until end of file. Either may go on after this returns (the frontend
+  // reads or writes the other end once it has the reply). An error refuses
+  // the transfer.
+  enum class StateDirection : uint32_t { kSave = 0, kLoad = 1 };
+  virtual absl::Status BeginStateTransfer(StateDirection direction, UniqueFd fd);
+  // CHECK_DEVICE_STATE: finishes the transfer begun last (the frontend has
+  // read everything, or written and closed its end) and says whether it
+  // succeeded; on the destination, whether the state was loaded in full.
+  virtual absl::Status CheckStateTransfer();
 };
 
 using virtio::kVirtioNetFCsum;
@@ -86,10 +101,15 @@ class Device {
   static constexpr uint64_t kOfferedProtocolFeatures =
       (1ull << kProtocolFReplyAck) | (1ull << kProtocolFConfigureMemSlots) |
       (1ull << kProtocolFLogShmfd) | (1ull << kProtocolFStatus);
+  // Offered besides kOfferedProtocolFeatures with Options::device_state.
+  static constexpr uint64_t kDeviceStateProtocolFeature = 1ull << kProtocolFDeviceState;
 
   struct Options {
     // Queues the device has: rx 0, tx 1 for one queue pair. 1 to kMaxQueues.
     uint32_t num_queues = 2;
+    // The data plane transfers its state for migration (BeginStateTransfer,
+    // CheckStateTransfer): VHOST_USER_PROTOCOL_F_DEVICE_STATE is offered.
+    bool device_state = false;
   };
 
   // `data_plane` must outlive the device.
@@ -121,6 +141,8 @@ class Device {
   const absl::Status& last_status() const { return last_status_; }
 
   uint32_t num_queues() const { return num_queues_; }
+  // What GET_PROTOCOL_FEATURES answers.
+  uint64_t offered_protocol_features() const { return offered_protocol_features_; }
   uint64_t acked_features() const { return acked_features_; }
   uint64_t acked_protocol_features() const { return acked_protocol_features_; }
   bool has_feature(unsigned bit) const { return acked_features_ & (1ull << bit); }
@@ -173,6 +195,10 @@ class Device {
   absl::Status SetVringEnable(const VringState& s);
   absl::Status SetLogBase(Message& m);
   absl::Status SendRarp(uint64_t mac);
+  // SET_DEVICE_STATE_FD's u64 reply (no fd of ours: bit 8 always set) and
+  // CHECK_DEVICE_STATE's.
+  uint64_t SetDeviceStateFd(Message& m);
+  uint64_t CheckDeviceState();
   void Reset();
   // Logs once per memory table that a region's file could shrink under us.
   void WarnIfUnsealed() const;
@@ -189,6 +215,7 @@ class Device {
 
   DataPlane* const data_plane_;
   const uint32_t num_queues_;
+  const uint64_t offered_protocol_features_;
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;
   bool features_set_ = false;
@@ -198,6 +225,8 @@ class Device {
   std::unique_ptr<virtio::DirtyLog> log_;
   UniqueFd log_fd_;
   std::optional<std::array<uint8_t, 6>> rarp_;
+  // The state transfer SET_DEVICE_STATE_FD began, until CHECK_DEVICE_STATE.
+  std::optional<DataPlane::StateDirection> transfer_;
   absl::Status last_status_;
   std::array<Queue, kMaxQueues> queues_;
 };

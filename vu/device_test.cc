@@ -48,6 +48,15 @@ class FakeDataPlane : public DataPlane {
     kick_fds.erase(index);
     events.push_back("stop " + std::to_string(index));
   }
+  absl::Status BeginStateTransfer(StateDirection direction, UniqueFd fd) override {
+    events.push_back(direction == StateDirection::kSave ? "save" : "load");
+    transfer_fd = std::move(fd);
+    return begin_result;
+  }
+  absl::Status CheckStateTransfer() override {
+    events.push_back("check");
+    return check_result;
+  }
   std::string Events() {
     std::string all;
     for (const std::string& e : events) all += (all.empty() ? "" : ", ") + e;
@@ -58,6 +67,9 @@ class FakeDataPlane : public DataPlane {
   std::map<uint32_t, virtio::Virtqueue*> queues;
   std::map<uint32_t, int> kick_fds;
   std::vector<std::string> events;
+  UniqueFd transfer_fd;
+  absl::Status begin_result;
+  absl::Status check_result;
 };
 
 UniqueFd EventFd() { return UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)); }
@@ -110,7 +122,7 @@ class DeviceTest : public ::testing::Test {
   void Negotiate(uint64_t features = kAllFeatures,
                  uint64_t protocol_features = kAllProtocolFeatures) {
     ASSERT_EQ(U64(SendEmpty(Request::kGetFeatures)), kAllFeatures);
-    ASSERT_EQ(U64(SendEmpty(Request::kGetProtocolFeatures)), kAllProtocolFeatures);
+    ASSERT_EQ(U64(SendEmpty(Request::kGetProtocolFeatures)), device_->offered_protocol_features());
     ASSERT_FALSE(Send(Request::kSetProtocolFeatures, protocol_features, {}, 0).has_value());
     const bool acks = protocol_features & (1ull << kProtocolFReplyAck);
     ASSERT_EQ(SendEmpty(Request::kSetOwner).has_value(), acks);
@@ -725,6 +737,123 @@ TEST_F(DeviceTest, FeatureChangesRestartRunningRings) {
   EXPECT_EQ(data_plane_.Events(), "");
   Send(Request::kSetFeatures, kAllFeatures & ~(1ull << virtio::kVirtioRingFIndirectDesc), {}, 0);
   EXPECT_EQ(data_plane_.Events(), "stop 0, stop 1, start 0, start 1");
+}
+
+// A device whose data plane transfers state, negotiated like QEMU 10 does.
+class DeviceStateTest : public DeviceTest {
+ protected:
+  void SetUp() override {
+    memory_ = DriverMemory::Create(16 * kMiB, 2).value();
+    device_ = std::make_unique<Device>(&data_plane_, Device::Options{.device_state = true});
+  }
+  static constexpr uint64_t kWithState = kAllProtocolFeatures | Device::kDeviceStateProtocolFeature;
+
+  void NegotiateState() {
+    ASSERT_EQ(U64(SendEmpty(Request::kGetProtocolFeatures)), kWithState);
+    ASSERT_FALSE(Send(Request::kSetProtocolFeatures, kWithState, {}, 0).has_value());
+    Send(Request::kSetFeatures, kAllFeatures, {}, 0);
+    ASSERT_TRUE(device_->last_status().ok());
+  }
+  // SET_DEVICE_STATE_FD's reply; *other_end gets the pipe's other end.
+  uint64_t SetStateFd(uint32_t direction, uint32_t phase = 0, UniqueFd* other_end = nullptr) {
+    int p[2];
+    EXPECT_EQ(pipe2(p, O_CLOEXEC), 0);
+    UniqueFd read_end(p[0]), write_end(p[1]);
+    std::vector<UniqueFd> fds;
+    // Save: the back-end writes; load: it reads.
+    fds.push_back(direction == 0 ? std::move(write_end) : std::move(read_end));
+    const uint64_t reply = U64(
+        Send(Request::kSetDeviceStateFd, DeviceStateTransfer{direction, phase}, std::move(fds)));
+    if (other_end != nullptr)
+      *other_end = direction == 0 ? std::move(read_end) : std::move(write_end);
+    return reply;
+  }
+};
+
+TEST_F(DeviceStateTest, OfferedOnlyWhenTheDataPlaneTransfersState) {
+  EXPECT_EQ(U64(SendEmpty(Request::kGetProtocolFeatures)), kWithState);
+  EXPECT_EQ(kWithState & ~kAllProtocolFeatures, 1ull << 19);
+  // The plain device does not offer it, and refuses it when set.
+  Device plain(&data_plane_);
+  EXPECT_EQ(plain.offered_protocol_features(), kAllProtocolFeatures);
+  Message m;
+  m.header = {.request = static_cast<uint32_t>(Request::kSetProtocolFeatures),
+              .flags = kVersion,
+              .size = 0};
+  m.SetPayload(kWithState);
+  ASSERT_TRUE(plain.Handle(m).ok());
+  EXPECT_FALSE(plain.last_status().ok());
+}
+
+TEST_F(DeviceStateTest, SaveAndCheckReachTheDataPlane) {
+  NegotiateState();
+  UniqueFd frontend_end;
+  // Bit 8: no fd of ours; low byte 0: success.
+  EXPECT_EQ(SetStateFd(0, 0, &frontend_end), 0x100u);
+  EXPECT_EQ(data_plane_.Events(), "save");
+  ASSERT_TRUE(data_plane_.transfer_fd.valid());
+  // The data plane holds the write end: what it writes, the frontend reads.
+  ASSERT_EQ(write(data_plane_.transfer_fd.get(), "state", 5), 5);
+  data_plane_.transfer_fd.reset();
+  char buf[8];
+  EXPECT_EQ(read(frontend_end.get(), buf, sizeof(buf)), 5);
+  EXPECT_EQ(U64(SendEmpty(Request::kCheckDeviceState)), 0u);
+  EXPECT_EQ(data_plane_.Events(), "check");
+}
+
+TEST_F(DeviceStateTest, LoadFailureIsReportedByCheck) {
+  NegotiateState();
+  EXPECT_EQ(SetStateFd(1), 0x100u);
+  data_plane_.check_result = absl::DataLossError("truncated");
+  EXPECT_EQ(U64(SendEmpty(Request::kCheckDeviceState)), 1u);
+  EXPECT_EQ(data_plane_.Events(), "load, check");
+  // A second check has no transfer to look at.
+  EXPECT_EQ(U64(SendEmpty(Request::kCheckDeviceState)), 1u);
+  EXPECT_EQ(data_plane_.Events(), "");
+}
+
+TEST_F(DeviceStateTest, BadRequestsFailWithoutReachingTheDataPlane) {
+  // Not negotiated.
+  EXPECT_EQ(SetStateFd(0), 0x101u);
+  NegotiateState();
+  EXPECT_EQ(SetStateFd(2), 0x101u);     // No such direction.
+  EXPECT_EQ(SetStateFd(0, 1), 0x101u);  // No such phase.
+  EXPECT_EQ(U64(SendEmpty(Request::kCheckDeviceState)), 1u);
+  EXPECT_EQ(data_plane_.Events(), "");
+  // The data plane refuses: reported, and no check passes afterwards.
+  data_plane_.begin_result = absl::FailedPreconditionError("busy");
+  EXPECT_EQ(SetStateFd(0), 0x101u);
+  EXPECT_EQ(data_plane_.Events(), "save");
+  EXPECT_EQ(U64(SendEmpty(Request::kCheckDeviceState)), 1u);
+}
+
+TEST_F(DeviceStateTest, RefusedWhileQueuesRun) {
+  Negotiate(kAllFeatures, kWithState);
+  ASSERT_TRUE(SendMemTable());
+  rx_ = std::make_unique<DriverQueue>(memory_.get(), 256, true);
+  SetUpRing(0, *rx_);
+  ASSERT_TRUE(Ack(Request::kSetVringEnable, VringState{0, 1}));
+  ASSERT_EQ(data_plane_.Events(), "start 0");
+  EXPECT_EQ(SetStateFd(0), 0x101u);
+  EXPECT_EQ(data_plane_.Events(), "");
+  // Stopped (as QEMU does before saving): accepted.
+  Send(Request::kGetVringBase, VringState{0, 0});
+  EXPECT_EQ(data_plane_.Events(), "stop 0");
+  EXPECT_EQ(SetStateFd(0), 0x100u);
+}
+
+TEST_F(DeviceStateTest, MissingFdOrShortPayloadDropsTheConnection) {
+  NegotiateState();
+  Message m;
+  m.header = {
+      .request = static_cast<uint32_t>(Request::kSetDeviceStateFd), .flags = kVersion, .size = 0};
+  m.SetPayload(DeviceStateTransfer{0, 0});
+  // Its own reply cannot say which fd: the connection goes.
+  EXPECT_FALSE(device_->Handle(m).ok());
+  m.fds.push_back(EventFd());
+  m.header.size = 4;
+  EXPECT_FALSE(device_->Handle(m).ok());
+  EXPECT_EQ(data_plane_.Events(), "");
 }
 
 }  // namespace

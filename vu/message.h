@@ -178,9 +178,13 @@ struct DeviceConfigSpace {
   uint8_t region[kMaxSize] = {};
 };
 struct DeviceStateTransfer {
-  uint32_t direction = 0;
-  uint32_t phase = 0;
+  uint32_t direction = 0;  // 0 save (back-end to front-end), 1 load.
+  uint32_t phase = 0;      // 0: the device is stopped (the only phase).
 };
+// SET_DEVICE_STATE_FD's reply: an error in bits 0-7, and bit 8 set when the
+// back-end returns no fd of its own.
+inline constexpr uint64_t kDeviceStateErrorMask = 0xff;
+inline constexpr uint64_t kDeviceStateNoFd = 1ull << 8;
 
 // One message as read or to be written. Fds are owned: whatever the receiver
 // does not take is closed with the message.
