@@ -110,6 +110,18 @@ const char* RefusalName(Refusal refusal) {
 GuestIdentity::GuestIdentity(const MacAddr& mac, const InetAddr& addr4, const InetAddr& addr6)
     : mac_(mac), addr4_(addr4), addr6_(addr6) {}
 
+void GuestIdentity::Restore(const MacAddr& mac, const InetAddr& addr4, const InetAddr& addr6,
+                            const InetAddr& link_local6) {
+  mac_ = mac;
+  addr4_ = addr4;
+  addr6_ = addr6;
+  link_local6_ = link_local6;
+  VUNET_LOG(kInfo, "the guest's identity as the migration's source knew it: %s, %s, %s, %s",
+            MacString(mac), addr4.empty() ? "no IPv4" : addr4.ToString(),
+            addr6.empty() ? "no IPv6" : addr6.ToString(),
+            link_local6.empty() ? "no link-local IPv6" : link_local6.ToString());
+}
+
 void GuestIdentity::Learn(const ParsedFrame& p) {
   const MacAddr& src = p.src_mac;
   if (!src.IsMulticast() && !(src == MacAddr{}) && !(src == mac_)) {

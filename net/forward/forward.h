@@ -118,6 +118,9 @@ class GuestIdentity {
   // from an address not yet assigned (0.0.0.0) change no address. Logs each
   // change, rate-limited.
   void Learn(const ParsedFrame& parsed);
+  // Everything at once, as a migration's source knew it.
+  void Restore(const MacAddr& mac, const InetAddr& addr4, const InetAddr& addr6,
+               const InetAddr& link_local6);
 
   const MacAddr& mac() const { return mac_; }
   // Its address of `family` (AF_INET, AF_INET6); empty if it has none.

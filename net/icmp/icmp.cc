@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "base/log.h"
 #include "base/unique_fd.h"
+#include "net/migrate/flow_fields.h"
 #include "net/packet/checksum.h"
 
 namespace vunet::net {
@@ -185,8 +186,8 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
   ++stats_.requests;
 }
 
-FlowId IcmpEcho::Open(const FlowKey& key, const Endpoint& to) {
-  if (!TakeSocketToken()) {
+FlowId IcmpEcho::Open(const FlowKey& key, const Endpoint& to, bool rate_limited) {
+  if (rate_limited && !TakeSocketToken()) {
     ++stats_.rate_limited;
     VUNET_LOG_RATELIMITED(kInfo, "ICMP echo: new ping sockets over %d/s, request dropped",
                           options_.new_sockets_per_second);
@@ -359,6 +360,61 @@ void IcmpEcho::Shutdown() {
     if (env_.flows->Key(id)->proto != FlowProto::kIcmp) return;
     if (Echo* e = env_.flows->Data<Echo>(id)) Close(id, e);
   });
+}
+
+absl::Status IcmpEcho::SaveState(StateWriter& out, RepairControl*) {
+  const int64_t now = Now();
+  env_.flows->ForEach([&](FlowId id) {
+    const Echo* e = env_.flows->Data<Echo>(id);
+    if (e == nullptr) return;
+    const size_t r = out.Begin(RecordType::kIcmpFlow);
+    WriteKey(out, *env_.flows->Key(id));
+    WriteMac(out, e->guest_mac);
+    WriteTimeLeft(out, e->last_used_ns + options_.idle_timeout_ns, now);
+    out.End(r);
+  });
+  return absl::OkStatus();
+}
+
+absl::Status IcmpEcho::StageRecord(const RecordHeader& header, StateReader& in) {
+  if (header.type != static_cast<uint16_t>(RecordType::kIcmpFlow)) {
+    return Translator::StageRecord(header, in);
+  }
+  if (staged_.size() >= options_.max_sockets) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("more than %d ICMP echo flows", options_.max_sockets));
+  }
+  const int64_t now = Now();
+  Staged f{.key = ReadKey(in), .guest_mac = ReadMac(in), .idle_left_ns = 0};
+  const int64_t deadline = ReadTimeLeft(in, now, options_.idle_timeout_ns);
+  f.idle_left_ns = deadline == 0 ? options_.idle_timeout_ns : deadline - now;
+  if (in.ok() && (f.key.proto != FlowProto::kIcmp || f.key.remote_port != 0)) {
+    in.Fail("an ICMP echo flow key that is not one");
+  }
+  if (absl::Status s = in.Done(); !s.ok()) return s;
+  staged_.push_back(f);
+  return absl::OkStatus();
+}
+
+void IcmpEcho::ApplyStaged(RepairControl*) {
+  size_t restored = 0;
+  for (const Staged& f : staged_) {
+    if ((f.key.is_v4() && !ipv4_) || (!f.key.is_v4() && !ipv6_)) continue;
+    const std::optional<Endpoint> to =
+        env_.forward->Outbound(FlowProto::kIcmp, Endpoint{f.key.remote(), 0});
+    if (!to.has_value() || env_.flows->Find(f.key).valid()) continue;
+    const FlowId id = Open(f.key, *to, /*rate_limited=*/false);
+    if (!id.valid()) continue;
+    Echo* e = env_.flows->Data<Echo>(id);
+    e->guest_id = f.key.local_port;
+    e->guest_mac = f.guest_mac;
+    Touch(id, e);
+    e->last_used_ns = Now() + f.idle_left_ns - options_.idle_timeout_ns;
+    env_.flows->SetTimer(id, Now() + f.idle_left_ns);
+    ++restored;
+  }
+  VUNET_LOG(kInfo, "ICMP echo: %d of %d migrated flows restored", restored, staged_.size());
+  staged_.clear();
 }
 
 std::string IcmpEcho::StatsLine() const {

@@ -43,6 +43,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -110,6 +111,13 @@ class IcmpEcho : public Translator {
   void OnRxAvailable() override {}  // A reply without room is dropped, as on a wire.
   void Shutdown() override;
   std::string StatsLine() const override;
+  // Migration: each flow travels as its key (the guest's identifier in
+  // it), the guest's MAC and its idle time left; the destination opens a
+  // ping socket of its own for it (outside the new-socket rate).
+  absl::Status SaveState(StateWriter& out, RepairControl* repair) override;
+  absl::Status StageRecord(const RecordHeader& header, StateReader& in) override;
+  void ApplyStaged(RepairControl* repair) override;
+  void DiscardStaged() override { staged_.clear(); }
 
   const Stats& stats() const { return stats_; }
   bool ipv6_enabled() const { return ipv6_; }
@@ -122,7 +130,8 @@ class IcmpEcho : public Translator {
   int64_t Now() const { return env_.clock(); }
   // Spends one new-socket token; false when none is left.
   bool TakeSocketToken();
-  FlowId Open(const FlowKey& key, const Endpoint& to);
+  // With `rate_limited`, spends a new-socket token (none left: no flow).
+  FlowId Open(const FlowKey& key, const Endpoint& to, bool rate_limited = true);
   // Reads up to kReadBatch replies of flow `id` into the guest.
   void ReadReplies(FlowId id, Echo* e);
   // The least recently used list, oldest first.
@@ -147,6 +156,13 @@ class IcmpEcho : public Translator {
   // message an IP packet holds, behind the frame's headers.
   std::unique_ptr<uint8_t[]> request_;
   std::unique_ptr<uint8_t[]> reply_;
+  // Flows read from a migration stream, not yet opened.
+  struct Staged {
+    FlowKey key;
+    MacAddr guest_mac;
+    int64_t idle_left_ns;
+  };
+  std::vector<Staged> staged_;
 };
 
 }  // namespace vunet::net

@@ -289,6 +289,8 @@ void TcpTranslator::NewFromGuest(const ParsedFrame& parsed, const FlowKey& key, 
 void TcpTranslator::Segment(FlowId id, Conn* c, absl::Span<const iovec> frame,
                             const ParsedFrame& parsed, int64_t now) {
   const uint8_t flags = parsed.tcp.flags;
+  // Migrated here, its socket not restored yet: the guest sends again.
+  if (c->restoring && !c->fd.valid()) return;
   switch (c->state) {
     case Conn::State::kConnecting:
       // Retransmitted SYNs wait for connect(); an RST means the guest gave up.
@@ -628,6 +630,12 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
   const bool fin = parsed.tcp.flags & kTcpFin;
   const size_t len = parsed.payload_len;
   if (len == 0 && !fin) return;
+  if (c->restoring) {
+    // The bytes the source had taken go to the new socket first.
+    c->ack_due = true;
+    MarkPending(id, c);
+    return;
+  }
   const uint32_t seq = parsed.tcp.seq;
   if (c->guest_fin || SeqGt(seq, c->rcv_nxt)) {
     // After the guest's FIN, or out of order: an ACK of what we expect. Out
@@ -706,6 +714,7 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
 }
 
 void TcpTranslator::Close(FlowId id, Conn* c, bool reset_host) {
+  if (c->restoring) EndRestore(id);
   RemoveRxWait(c);
   reorder_->Clear(&c->ooo);
   if (c->fd.valid()) {

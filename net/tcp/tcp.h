@@ -143,6 +143,11 @@ struct TcpTranslatorOptions {
   // Use SO_PEEK_OFF where the kernel has it; false forces the fallback
   // (for tests).
   bool use_peek_off = true;
+  // Migration's destination: how long a connection whose source socket
+  // still holds its addresses (a source on this host, lingering) is retried
+  // before it is reset, and how often.
+  int64_t restore_wait_ns = 10'000'000'000;
+  int64_t restore_retry_ns = 5'000'000;
 };
 
 struct TcpStats {
@@ -179,6 +184,13 @@ struct TcpStats {
   uint64_t rx_waits = 0;         // Flows that found no receive buffers.
   uint64_t control_dropped = 0;  // Control segments the guest had no room for.
   uint64_t malformed = 0;        // Segments refused by the checks.
+  // Migration: connections sent to the destination, reset for want of a
+  // helper (or because they were in their handshake), restored here, and
+  // restores that failed (reset).
+  uint64_t migrated_out = 0;
+  uint64_t migration_resets = 0;
+  uint64_t migrated_in = 0;
+  uint64_t restore_failures = 0;
 };
 
 class TcpTranslator : public Translator {
@@ -216,6 +228,20 @@ class TcpTranslator : public Translator {
   void OnRxStart() override;
   void Shutdown() override;
   std::string StatsLine() const override;
+  // Migration (tcp_migrate.cc). Source: established connections have their
+  // sockets frozen in repair mode (through `repair`) and dumped with the
+  // flow's sequence state; the rest (handshakes, or all of them without a
+  // helper) are recorded to be reset. Destination: each connection's socket
+  // is made anew in repair mode and restored (retried while a source on this
+  // host still holds it, for up to restore_wait_ns), its unsent bytes
+  // written as the socket takes them; resets go to the guest once its
+  // receive queue runs.
+  absl::Status SaveState(StateWriter& out, RepairControl* repair) override;
+  absl::Status StageRecord(const RecordHeader& header, StateReader& in) override;
+  void ApplyStaged(RepairControl* repair) override;
+  void DiscardStaged() override;
+  void OnMigratedOut(bool linger) override;
+  void OnMigrationAborted(RepairControl* repair) override;
 
   const TcpStats& stats() const { return stats_; }
   // Whether SO_PEEK_OFF is in use (probed at Create).
@@ -311,8 +337,33 @@ class TcpTranslator : public Translator {
   // Ends the flow; with reset_host the socket is closed with SO_LINGER 0.
   void Close(FlowId id, Conn* c, bool reset_host);
 
+  // Migration (tcp_migrate.cc).
+  struct Staged;
+  struct Restore;
+  struct PendingReset {
+    FlowKey key;
+    MacAddr guest_mac;
+    uint32_t seq;
+    uint32_t ack;
+  };
+  // Sends the guest an RST for a connection it cannot keep, or keeps it
+  // for OnRxStart while its receive queue is stopped.
+  void ResetLater(const FlowKey& key, const MacAddr& mac, uint32_t seq, uint32_t ack);
+  // Makes and restores the sockets of flows in restores_ that have none
+  // yet (all due at once, one request to the helper each way).
+  void RestoreSockets(RepairControl* repair, int64_t now);
+  // Writes a restored socket's unsent bytes as far as it takes them; done
+  // (or failed, and the flow reset) when it returns true.
+  bool ContinueRestore(FlowId id, Conn* c);
+  Restore* FindRestore(FlowId id);
+  void EndRestore(FlowId id);
+
   TranslatorEnv env_;
   TcpTranslatorOptions options_;
+  std::vector<std::unique_ptr<Staged>> staged_;
+  std::vector<std::unique_ptr<Restore>> restores_;
+  std::vector<PendingReset> pending_resets_;
+  RepairControl* restore_repair_ = nullptr;  // For retries; the backend's, outlives us.
   bool peek_off_ = false;
   bool trunc_discard_ = true;   // recv(MSG_TRUNC) discards; else read into scratch.
   bool shutting_down_ = false;  // Flows closed by Shutdown are not counted as closed.

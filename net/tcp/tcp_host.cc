@@ -37,8 +37,13 @@ void TcpTranslator::OnSocketEvent(uint64_t tag, uint32_t events) {
   if (kind != kSocketKind) return;
   const FlowId id = env_.flows->FindByRef(ref);
   Conn* c = id.valid() ? env_.flows->Data<Conn>(id) : nullptr;
-  if (c == nullptr) return;
+  if (c == nullptr || c->frozen) return;
   const int64_t now = Now();
+  if (c->restoring && (events & EPOLLOUT) && ContinueRestore(id, c)) {
+    EndRestore(id);
+    c = env_.flows->Data<Conn>(id);
+    if (c == nullptr) return;
+  }
   // Edge-triggered: a shutdown seen now is not reported again.
   if (events & (EPOLLRDHUP | EPOLLHUP)) c->host_rdhup = true;
   if (c->state == Conn::State::kConnecting) {
@@ -468,11 +473,16 @@ void TcpTranslator::RemoveRxWait(Conn* c) {
 
 void TcpTranslator::OnRxStart() {
   const int64_t now = Now();
+  // Connections a migration could not bring here end first.
+  for (const PendingReset& r : pending_resets_) ResetLater(r.key, r.guest_mac, r.seq, r.ack);
+  pending_resets_.clear();
   env_.flows->ForEach([&](FlowId id) {
     const FlowKey* key = env_.flows->Key(id);
     if (key == nullptr || key->proto != FlowProto::kTcp) return;
     Conn* c = env_.flows->Data<Conn>(id);
-    if (c == nullptr || c->state != Conn::State::kEstablished) return;
+    if (c == nullptr || c->state != Conn::State::kEstablished || c->frozen || !c->fd.valid()) {
+      return;
+    }
     if (c->snd_una != c->snd_high && !c->fin_sent) {
       c->snd_nxt = c->snd_una;
       if (peek_off_) SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, 0);

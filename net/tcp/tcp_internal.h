@@ -16,6 +16,7 @@
 #include "base/unique_fd.h"
 #include "net/flow/flow.h"
 #include "net/packet/frame.h"
+#include "net/repair/tcp_socket_image.h"
 #include "net/tcp/tcp.h"
 #include "net/tcp/tcp_reorder.h"
 
@@ -106,6 +107,12 @@ struct TcpTranslator::Conn {
   // duplicate ACK, so that it resends the hole at once (RFC 5681 4.2) rather
   // than after a timeout.
   uint8_t dups_owed = 0;
+  // Migration. Source: the socket is in repair mode and its image went to
+  // the destination; the flow waits, unwatched, for the outcome. Destination:
+  // the socket is not restored yet (its source still holds the connection),
+  // or not all its unsent bytes are written: the guest's data waits.
+  bool frozen = false;
+  bool restoring = false;
   bool sack_ok = false;      // SACK agreed in the handshake.
   bool in_recovery = false;  // Resending the holes the guest's SACKs show.
   uint8_t sacked_count = 0;  // Ranges in `sacked`.
@@ -147,6 +154,30 @@ struct TcpTranslator::Conn {
   // snd_nxt when holes were last resent: a SACK of data sent after that,
   // with the first hole still open, says the resent segment was lost too.
   uint32_t rexmit_mark = 0;
+};
+
+// A connection read from the stream, not yet restored.
+struct TcpTranslator::Staged {
+  FlowKey key;
+  MacAddr guest_mac;
+  uint8_t flags = 0;
+  uint8_t guest_ws = 0;
+  uint8_t our_ws = 0;
+  uint16_t mss = 0;
+  uint32_t isn = 0, snd_una = 0, snd_nxt = 0, snd_high = 0;
+  uint32_t rcv_nxt = 0, rcv_acked = 0, guest_wnd = 0, wnd_sent = 0;
+  int64_t idle_left_ns = 0;
+  TcpSocketImage image;
+};
+
+// A connection being restored here: its image until the socket holds all
+// of it.
+struct TcpTranslator::Restore {
+  FlowId id;
+  TcpSocketImage image;
+  size_t unsent_done = 0;  // Bytes of image.unsent the new socket took.
+  int64_t give_up_at = 0;  // While the source still holds the addresses.
+  bool inbound = false;
 };
 
 }  // namespace vunet::net

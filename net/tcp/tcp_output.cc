@@ -293,8 +293,13 @@ void TcpTranslator::UpdateTimer(FlowId id, Conn* c) {
 
 void TcpTranslator::OnTimer(FlowId id, int64_t now_ns) {
   Conn* c = env_.flows->Data<Conn>(id);
-  if (c == nullptr) return;
+  if (c == nullptr || c->frozen) return;
   c->timer_at = 0;
+  if (c->restoring && !c->fd.valid()) {
+    // A migrated connection whose source socket held its addresses.
+    RestoreSockets(restore_repair_, now_ns);
+    return;
+  }
   if (c->rto_at != 0 && now_ns >= c->rto_at) {
     c->rto_at = 0;
     if (!OnRto(id, c, now_ns)) {

@@ -735,8 +735,8 @@ TEST_P(TcpTest, TheGuestsSackResendsOnlyTheHoles) {
   for (const Seg& seg : Segments()) {
     if (!seg.payload.empty()) resent.push_back({seg.seq - base, seg.payload.size()});
   }
-  const std::vector<std::pair<uint32_t, size_t>> holes = {{0, 1460}, {3 * 1460, 1460},
-                                                          {4 * 1460, 1460}};
+  const std::vector<std::pair<uint32_t, size_t>> holes = {
+      {0, 1460}, {3 * 1460, 1460}, {4 * 1460, 1460}};
   EXPECT_EQ(resent, holes);
   EXPECT_EQ(tcp_->stats().sack_retransmits, 3u);
   // A partial ACK (the first hole arrived) resends nothing more: the other

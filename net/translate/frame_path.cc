@@ -2,6 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
+#include "net/migrate/flow_fields.h"
+#include "net/migrate/state_stream.h"
 
 namespace vunet::net {
 
@@ -123,8 +125,7 @@ void FramePath::OnRxAvailable() {
 }
 
 void FramePath::OnRxStart() {
-  for (Translator* t : {static_cast<Translator*>(tcp_.get()),
-                        static_cast<Translator*>(udp_.get()),
+  for (Translator* t : {static_cast<Translator*>(tcp_.get()), static_cast<Translator*>(udp_.get()),
                         static_cast<Translator*>(icmp_.get())}) {
     if (t != nullptr) t->OnRxStart();
   }
@@ -135,6 +136,97 @@ void FramePath::Shutdown() {
   if (tcp_) tcp_->Shutdown();
   if (udp_) udp_->Shutdown();
   if (icmp_) icmp_->Shutdown();
+}
+
+std::vector<Translator*> FramePath::Translators() const {
+  std::vector<Translator*> all;
+  for (Translator* t : {static_cast<Translator*>(tcp_.get()), static_cast<Translator*>(udp_.get()),
+                        static_cast<Translator*>(icmp_.get())}) {
+    if (t != nullptr) all.push_back(t);
+  }
+  return all;
+}
+
+Translator* FramePath::ByRecordType(uint16_t type) const {
+  switch (static_cast<RecordType>(type)) {
+    case RecordType::kTcpFlow:
+    case RecordType::kTcpReset:
+      return tcp_.get();
+    case RecordType::kUdpFlow:
+      return udp_.get();
+    case RecordType::kIcmpFlow:
+      return icmp_.get();
+    default:
+      return nullptr;
+  }
+}
+
+absl::StatusOr<std::string> FramePath::SaveState(RepairControl* repair) {
+  StateWriter out;
+  const GuestIdentity& guest = env_.forward->guest();
+  const size_t r = out.Begin(RecordType::kIdentity);
+  WriteMac(out, guest.mac());
+  WriteAddr(out, guest.address(AF_INET));
+  WriteAddr(out, guest.address(AF_INET6));
+  WriteAddr(out, guest.link_local6());
+  out.End(r);
+  for (Translator* t : Translators()) {
+    if (absl::Status s = t->SaveState(out, repair); !s.ok()) {
+      // Whatever it froze resumes: the source goes on serving the guest.
+      for (Translator* u : Translators()) u->OnMigrationAborted(repair);
+      return s;
+    }
+  }
+  return out.Finish();
+}
+
+absl::Status FramePath::LoadState(absl::Span<const uint8_t> stream, RepairControl* repair) {
+  struct Identity {
+    MacAddr mac;
+    InetAddr addr4, addr6, link_local6;
+  };
+  std::optional<Identity> identity;
+  absl::Status s = ForEachRecord(stream, [&](const RecordHeader& h, StateReader& in) {
+    if (h.type == static_cast<uint16_t>(RecordType::kIdentity)) {
+      if (identity.has_value()) return absl::InvalidArgumentError("a second identity");
+      Identity id{.mac = ReadMac(in),
+                  .addr4 = ReadAddr(in),
+                  .addr6 = ReadAddr(in),
+                  .link_local6 = ReadAddr(in)};
+      if (in.ok() &&
+          ((!id.addr4.empty() && !id.addr4.is_v4()) || (!id.addr6.empty() && !id.addr6.is_v6()) ||
+           (!id.link_local6.empty() && !id.link_local6.IsLinkLocal()))) {
+        in.Fail("the guest's addresses are of the wrong kinds");
+      }
+      if (absl::Status d = in.Done(); !d.ok()) return d;
+      identity = id;
+      return absl::OkStatus();
+    }
+    Translator* owner = ByRecordType(h.type);
+    if (owner == nullptr) {
+      if (h.flags & kRecordOptional) return absl::OkStatus();
+      // A protocol turned off here, or a record of a newer vunet.
+      return absl::InvalidArgumentError("no translator here takes this record");
+    }
+    return owner->StageRecord(h, in);
+  });
+  if (s.ok() && !identity.has_value()) s = absl::DataLossError("the stream has no identity record");
+  if (!s.ok()) {
+    for (Translator* t : Translators()) t->DiscardStaged();
+    return s;
+  }
+  env_.forward->guest().Restore(identity->mac, identity->addr4, identity->addr6,
+                                identity->link_local6);
+  for (Translator* t : Translators()) t->ApplyStaged(repair);
+  return absl::OkStatus();
+}
+
+void FramePath::OnMigratedOut(bool linger) {
+  for (Translator* t : Translators()) t->OnMigratedOut(linger);
+}
+
+void FramePath::OnMigrationAborted(RepairControl* repair) {
+  for (Translator* t : Translators()) t->OnMigrationAborted(repair);
 }
 
 std::vector<std::string> FramePath::StatsLines() const {

@@ -96,6 +96,20 @@ class FramePath {
   // One line per translator, for the exit log.
   std::vector<std::string> StatsLines() const;
 
+  // Live migration (net/migrate/state_stream.h). Source, with the guest's
+  // queues stopped: the guest's identity (MAC, addresses) and every
+  // translator's flows, as one stream. TCP connections need `repair` (null
+  // without a helper: they are recorded to be reset instead).
+  absl::StatusOr<std::string> SaveState(RepairControl* repair);
+  // Destination: checks the stream whole, stages every record with its
+  // owner, and applies them only once all passed. On an error nothing has
+  // changed (what was staged is dropped), and the error names the record.
+  absl::Status LoadState(absl::Span<const uint8_t> stream, RepairControl* repair);
+  // Source: the frontend has the state (see Translator::OnMigratedOut).
+  void OnMigratedOut(bool linger);
+  // Source: the guest runs here again after a save.
+  void OnMigrationAborted(RepairControl* repair);
+
   // The NDP responder (unsolicited router advertisements), or null.
   const NdpResponder* ndp() const { return ndp_ ? &*ndp_ : nullptr; }
 
@@ -107,6 +121,10 @@ class FramePath {
  private:
   FramePath() = default;
   Translator* ByKind(uint8_t kind) const;
+  // The translators that are on.
+  std::vector<Translator*> Translators() const;
+  // The translator that owns records of `type`, or null.
+  Translator* ByRecordType(uint16_t type) const;
 
   FramePathEnv env_;
   ArpConfig arp_;

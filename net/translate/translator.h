@@ -45,6 +45,8 @@
 #include "net/flow/flow.h"
 #include "net/forward/forward.h"
 #include "net/gateway/dispatch.h"
+#include "net/migrate/repair_control.h"
+#include "net/migrate/state_stream.h"
 #include "vu/rx_queue.h"
 
 namespace vunet::net {
@@ -108,6 +110,31 @@ class Translator : public ParsedFrameSink {
   virtual void OnRxStart() {}
   // Closes every flow and socket (the owner is shutting down).
   virtual void Shutdown() = 0;
+
+  // Live migration (net/migrate/state_stream.h). The defaults move nothing.
+  //
+  // Source, with the guest's queues stopped: writes a record for each flow
+  // that can go on at the destination (TCP sockets are frozen through
+  // `repair`, null without a helper). The flows stay here, quiet, until
+  // OnMigratedOut or OnMigrationAborted.
+  virtual absl::Status SaveState(StateWriter& out, RepairControl* repair);
+  // Destination: one record of this translator's types, checked and kept
+  // aside; nothing takes effect yet. An error fails the whole load.
+  virtual absl::Status StageRecord(const RecordHeader& header, StateReader& in);
+  // Destination: every record of the stream was staged: the staged flows
+  // start (a flow that cannot, ends and is logged; TCP ones with an RST to
+  // the guest).
+  virtual void ApplyStaged(RepairControl* repair);
+  // Destination: the load failed: the staged flows are dropped.
+  virtual void DiscardStaged() {}
+  // Source: the frontend has the state (CHECK_DEVICE_STATE passed): the
+  // flows saved are the destination's. With `linger` they stay frozen until
+  // OnMigrationAborted, or Shutdown, which then closes them without a word
+  // to their peers; without, they are closed so now.
+  virtual void OnMigratedOut(bool linger);
+  // Source: the guest runs here again after a save (the migration failed):
+  // frozen flows resume.
+  virtual void OnMigrationAborted(RepairControl* repair);
   // One line of counters for the owner's exit log.
   virtual std::string StatsLine() const = 0;
 };

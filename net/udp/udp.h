@@ -136,6 +136,16 @@ class UdpTranslator : public Translator {
   void OnRxAvailable() override;
   void Shutdown() override;
   std::string StatsLine() const override;
+  // Migration (udp_migrate.cc): each flow travels as its guest-side key,
+  // the guest's MAC, its idle time left and its host side (an outbound
+  // flow's socket's local and peer endpoints, an inbound one's host key).
+  // The destination opens a new socket bound to the same local port where
+  // it is free (another where not), or finds the forward's listener.
+  absl::Status SaveState(StateWriter& out, RepairControl* repair) override;
+  absl::Status StageRecord(const RecordHeader& header, StateReader& in) override;
+  void ApplyStaged(RepairControl* repair) override;
+  void DiscardStaged() override { staged_.clear(); }
+  void OnMigratedOut(bool linger) override;
 
   const Stats& stats() const { return stats_; }
   const UdpVuReceiver::Stats& rx_stats() const { return receiver_.stats(); }
@@ -205,6 +215,22 @@ class UdpTranslator : public Translator {
                        uint8_t code, const uint8_t* quote, size_t quote_len);
 
   void Close(FlowId id);
+
+  // A flow read from a migration stream, not yet opened.
+  struct StagedFlow {
+    FlowKey key;
+    FlowKey host_key;  // Inbound: the listener's address and port, the peer.
+    Endpoint local;    // Outbound: the source's socket's address and port.
+    Endpoint peer;     // And its peer (where the flow goes on the host).
+    MacAddr guest_mac;
+    int64_t idle_left_ns = 0;
+    bool inbound = false;
+    bool dns = false;
+    bool answered = false;
+  };
+  bool RestoreOutbound(const StagedFlow& f);
+  bool RestoreInbound(const StagedFlow& f);
+  std::vector<StagedFlow> staged_;
 
   const TranslatorEnv env_;
   const UdpTranslatorOptions options_;

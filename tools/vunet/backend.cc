@@ -1,5 +1,6 @@
 #include "tools/vunet/backend.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -13,10 +14,12 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "base/errno_status.h"
 #include "base/eventfd.h"
 #include "base/log.h"
 #include "base/static_status.h"
+#include "net/migrate/state_stream.h"
 #include "virtio/virtio_net.h"
 
 namespace vunet::tools {
@@ -25,7 +28,18 @@ namespace {
 // Epoll tags: the kind in the top byte, an index or fd below, the layout of
 // net::FlowRef (whose kind byte the flow translators will use from
 // kFirstFlowKind up, so both kinds of tag share one epoll set).
-enum Kind : uint8_t { kListen = 1, kConnection, kKick, kTimer, kSignal, kStop, kFlowTimer };
+enum Kind : uint8_t {
+  kListen = 1,
+  kConnection,
+  kKick,
+  kTimer,
+  kSignal,
+  kStop,
+  kFlowTimer,
+  kTransfer,
+  kRepairListen,
+  kRepairHelper,
+};
 constexpr uint8_t kFirstFlowKind = 64;
 
 uint64_t Tag(Kind kind, uint32_t value = 0) { return (uint64_t{kind} << 56) | value; }
@@ -42,12 +56,31 @@ void StopSignals(sigset_t* mask) {
   for (int signal : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigaddset(mask, signal);
 }
 
+// How long CHECK_DEVICE_STATE waits for a transfer the frontend left
+// unfinished (its end not closed, or not read).
+constexpr int kTransferTimeoutMs = 10'000;
+
 bool Readable(int fd) {
   pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR));
 }
 
 }  // namespace
+
+// The repair helper as the translators see it.
+class Backend::RepairAdapter : public net::RepairControl {
+ public:
+  RepairAdapter(net::RepairChannel* channel, std::chrono::milliseconds timeout)
+      : channel_(channel), timeout_(absl::Milliseconds(timeout.count())) {}
+  bool available() const override { return channel_->connected(); }
+  absl::Status SetRepair(absl::Span<const int> fds, net::RepairMode mode) override {
+    return channel_->Set(fds, mode, timeout_);
+  }
+
+ private:
+  net::RepairChannel* channel_;
+  absl::Duration timeout_;
+};
 
 Backend::Backend(const BackendOptions& options) : options_(options), rx_(options.rx) {}
 
@@ -106,9 +139,21 @@ absl::Status Backend::Init() {
     tx_sink_ = &*pcap_sink_;
   }
 
+  if (!options_.repair_path.empty()) {
+    absl::StatusOr<net::RepairChannel> repair = net::RepairChannel::Listen(options_.repair_path);
+    if (!repair.ok()) {
+      return absl::Status(repair.status().code(),
+                          absl::StrCat("--repair-path: ", repair.status().message()));
+    }
+    repair_.emplace(std::move(*repair));
+    repair_control_ = std::make_unique<RepairAdapter>(&*repair_, options_.repair_timeout);
+    VUNET_LOG(kInfo, "migration: waiting for a TCP_REPAIR helper on %s", options_.repair_path);
+  }
+
   vu::Server::Options server_options;
   server_options.socket_path = options_.socket_path;
   server_options.one_off = options_.one_off;
+  server_options.device.device_state = true;
   absl::StatusOr<std::unique_ptr<vu::Server>> server = vu::Server::Listen(server_options, this);
   if (!server.ok()) return server.status();
   server_ = std::move(*server);
@@ -138,6 +183,9 @@ absl::Status Backend::SetUpLoop() {
   flow_timer_fd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!flow_timer_fd_.valid()) return ErrnoStatus("timerfd_create");
   if (absl::Status s = Add(flow_timer_fd_.get(), Tag(kFlowTimer)); !s.ok()) return s;
+  if (repair_.has_value()) {
+    if (absl::Status s = Add(repair_->listen_fd(), Tag(kRepairListen)); !s.ok()) return s;
+  }
   return absl::OkStatus();
 }
 
@@ -233,7 +281,8 @@ absl::Status Backend::Run() {
   if (absl::Status s = SetUpLoop(); !s.ok()) return s;
   constexpr int kMaxEvents = 64;
   epoll_event events[kMaxEvents];
-  while (!stopping_ && !server_->done()) {
+  while (!stopping_ && !server_->done() &&
+         !(migrated_out_ && options_.migrate_exit && server_->connection_fd() < 0)) {
     int timeout = -1;
     if (tx_pending_) timeout = 0;
     if (listen_paused_) {
@@ -293,6 +342,13 @@ absl::Status Backend::Run() {
         case kFlowTimer:
           HandleFlowTimers();
           break;
+        case kTransfer:
+          ContinueTransfer(false);
+          break;
+        case kRepairListen:
+        case kRepairHelper:
+          HandleRepair(static_cast<Kind>(tag >> 56) == kRepairListen);
+          break;
         default:
           (void)path_->OnSocketEvent(tag, events[i].events);
           break;
@@ -305,6 +361,9 @@ absl::Status Backend::Run() {
   }
   path_->Shutdown();
   if (server_->done()) VUNET_LOG(kInfo, "the frontend left (--one-off): exiting");
+  if (migrated_out_ && options_.migrate_exit) {
+    VUNET_LOG(kInfo, "the guest moved and its frontend left (--migrate-exit): exiting");
+  }
   LogCounters();
   return absl::OkStatus();
 }
@@ -356,7 +415,10 @@ void Backend::SyncConnection() {
   const int fd = server_->connection_fd();
   const uint64_t serial = server_->connections_served();
   if (fd == registered_conn_ && (fd < 0 || serial == registered_conn_serial_)) return;
-  if (registered_conn_ >= 0) Remove(registered_conn_);
+  if (registered_conn_ >= 0) {
+    Remove(registered_conn_);
+    OnFrontendGone();
+  }
   registered_conn_ = -1;
   if (fd >= 0) {
     if (absl::Status s = Add(fd, Tag(kConnection, static_cast<uint32_t>(serial))); !s.ok()) {
@@ -372,6 +434,12 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
   if (index >= kQueues) {
     VUNET_LOG_RATELIMITED(kWarning, "queue %d started: only one queue pair is served", index);
     return;
+  }
+  if (saved_) {
+    // The guest runs here again: the migration failed (or was cancelled).
+    VUNET_LOG(kInfo, "migration: the guest runs here again; its flows resume");
+    saved_ = migrated_out_ = false;
+    path_->OnMigrationAborted(repair_control_.get());
   }
   vu::Device* device = server_ != nullptr ? server_->device() : nullptr;
   net_config_ = vu::NetConfig::FromFeatures(device != nullptr ? device->acked_features() : 0);
@@ -463,6 +531,175 @@ void Backend::SendRouterAdvertisement() {
   }
   ++stats_.ra_sent;
   ra_pending_ = false;
+}
+
+// ---------------------------------------------------------------------------
+// Migration.
+
+absl::Status Backend::BeginStateTransfer(StateDirection direction, UniqueFd fd) {
+  if (transfer_fd_.valid()) EndTransfer(absl::AbortedError("a new transfer began"));
+  const int flags = fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+    return ErrnoStatus("the transfer fd");
+  }
+  transfer_direction_ = direction;
+  transfer_buf_.clear();
+  transfer_pos_ = 0;
+  transfer_status_ = absl::OkStatus();
+  transfer_started_ns_ = net::MonotonicNowNs();
+  if (direction == StateDirection::kSave) {
+    absl::StatusOr<std::string> state = path_->SaveState(repair_control_.get());
+    if (!state.ok()) return state.status();
+    transfer_buf_ = std::move(*state);
+    saved_ = true;
+    ++stats_.states_saved;
+    stats_.state_bytes = transfer_buf_.size();
+    stats_.state_ns = net::MonotonicNowNs() - transfer_started_ns_;
+    VUNET_LOG(kInfo, "migration: saved %d flows, %d bytes in %.1f ms", flows_->size(),
+              transfer_buf_.size(), stats_.state_ns / 1e6);
+  }
+  transfer_ = direction == StateDirection::kSave ? Transfer::kSaving : Transfer::kLoading;
+  transfer_fd_ = std::move(fd);
+  epoll_event ev{};
+  ev.events = direction == StateDirection::kSave ? EPOLLOUT : EPOLLIN;
+  ev.data.u64 = Tag(kTransfer);
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, transfer_fd_.get(), &ev) != 0) {
+    // Done in CheckStateTransfer, blocking then.
+    VUNET_LOG(kWarning, "migration: the transfer fd is not watched: %s", strerror(errno));
+  }
+  ContinueTransfer(false);
+  return absl::OkStatus();
+}
+
+void Backend::ContinueTransfer(bool wait) {
+  const int64_t deadline = net::MonotonicNowNs() + int64_t{kTransferTimeoutMs} * 1'000'000;
+  while (transfer_ == Transfer::kSaving || transfer_ == Transfer::kLoading) {
+    if (transfer_ == Transfer::kSaving) {
+      if (transfer_pos_ == transfer_buf_.size()) {
+        EndTransfer(absl::OkStatus());  // Closing the fd ends the stream.
+        return;
+      }
+      const ssize_t n = write(transfer_fd_.get(), transfer_buf_.data() + transfer_pos_,
+                              transfer_buf_.size() - transfer_pos_);
+      if (n > 0) {
+        transfer_pos_ += static_cast<size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno != EAGAIN) {
+        EndTransfer(ErrnoStatus("writing the state"));
+        return;
+      }
+    } else {
+      char buf[65536];
+      const ssize_t n = read(transfer_fd_.get(), buf, sizeof(buf));
+      if (n > 0) {
+        if (transfer_buf_.size() + static_cast<size_t>(n) > net::kMaxStateBytes) {
+          EndTransfer(absl::ResourceExhaustedError("the state is larger than any vunet makes"));
+          return;
+        }
+        transfer_buf_.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n == 0) {
+        // The whole stream: checked, then applied, or nothing is.
+        const absl::Status s = path_->LoadState(
+            {reinterpret_cast<const uint8_t*>(transfer_buf_.data()), transfer_buf_.size()},
+            repair_control_.get());
+        stats_.state_bytes = transfer_buf_.size();
+        stats_.state_ns = net::MonotonicNowNs() - transfer_started_ns_;
+        if (s.ok()) {
+          ++stats_.states_loaded;
+          VUNET_LOG(kInfo, "migration: loaded %d flows, %d bytes in %.1f ms", flows_->size(),
+                    transfer_buf_.size(), stats_.state_ns / 1e6);
+        } else {
+          ++stats_.loads_failed;
+        }
+        EndTransfer(s);
+        return;
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) {
+        EndTransfer(ErrnoStatus("reading the state"));
+        return;
+      }
+    }
+    // Would block.
+    if (!wait) return;
+    const int64_t left_ms = (deadline - net::MonotonicNowNs()) / 1'000'000;
+    if (left_ms <= 0) {
+      EndTransfer(absl::DeadlineExceededError(
+          transfer_ == Transfer::kSaving ? "the frontend stopped reading the state"
+                                         : "the frontend neither finished nor closed the state"));
+      return;
+    }
+    pollfd p{.fd = transfer_fd_.get(),
+             .events = static_cast<short>(transfer_ == Transfer::kSaving ? POLLOUT : POLLIN),
+             .revents = 0};
+    (void)poll(&p, 1, static_cast<int>(left_ms));
+  }
+}
+
+void Backend::EndTransfer(absl::Status status) {
+  if (transfer_fd_.valid()) {
+    Remove(transfer_fd_.get());
+    transfer_fd_.reset();
+  }
+  if (!status.ok()) {
+    VUNET_LOG(kWarning, "migration: state %s failed: %s",
+              transfer_direction_ == StateDirection::kSave ? "save" : "load", status.message());
+  }
+  transfer_status_ = std::move(status);
+  transfer_ = Transfer::kDone;
+  transfer_buf_.clear();
+  transfer_buf_.shrink_to_fit();
+}
+
+absl::Status Backend::CheckStateTransfer() {
+  if (transfer_ == Transfer::kNone) return absl::FailedPreconditionError("no transfer began");
+  ContinueTransfer(true);
+  transfer_ = Transfer::kNone;
+  const absl::Status status = transfer_status_;
+  if (transfer_direction_ == StateDirection::kSave && saved_) {
+    if (status.ok()) {
+      // The frontend has every flow: they are the destination's now.
+      migrated_out_ = true;
+      path_->OnMigratedOut(options_.migrate_linger);
+      VUNET_LOG(kInfo, "migration: the state went out%s",
+                options_.migrate_linger ? "; its sockets are kept, silent, until the frontend "
+                                          "leaves or the guest runs here again"
+                                        : "");
+    } else {
+      saved_ = false;
+      path_->OnMigrationAborted(repair_control_.get());
+    }
+  }
+  return status;
+}
+
+void Backend::OnFrontendGone() {
+  if (!saved_) return;
+  // A guest that moved: what it left frozen here goes, without a word to
+  // the host peers (they talk to the destination now).
+  VUNET_LOG(kInfo, "migration: the frontend left after the state went out: its flows end here");
+  path_->OnMigratedOut(/*linger=*/false);
+  saved_ = false;
+}
+
+void Backend::HandleRepair(bool listen) {
+  if (!repair_.has_value()) return;
+  if (!listen) {
+    // A helper has nothing to say between requests: a hang-up, or garbage,
+    // drops it (closing its fd takes it out of the epoll set).
+    repair_->OnHelperReadable();
+    return;
+  }
+  if (repair_->OnListenReadable()) {
+    VUNET_LOG(kInfo, "migration: a TCP_REPAIR helper connected");
+    if (absl::Status s = Add(repair_->helper_fd(), Tag(kRepairHelper)); !s.ok()) {
+      VUNET_LOG(kWarning, "migration: the repair helper is not watched: %s", s.message());
+    }
+  }
 }
 
 }  // namespace vunet::tools

@@ -41,6 +41,8 @@
 #include "net/config/config.h"
 #include "net/flow/flow.h"
 #include "net/forward/forward.h"
+#include "net/migrate/repair_control.h"
+#include "net/repair/repair_channel.h"
 #include "net/translate/frame_path.h"
 #include "net/translate/translator.h"
 #include "tools/vunet/capture.h"
@@ -73,6 +75,20 @@ struct BackendOptions {
   // The flow table all translators share.
   size_t max_flows = net::FlowTable::kDefaultCapacity;
   vu::RxQueue::Options rx;
+
+  // Live migration (VHOST_USER_PROTOCOL_F_DEVICE_STATE). The TCP_REPAIR
+  // helper's socket (passt-repair's protocol; created by Create, before any
+  // sandbox); empty: none, and TCP connections are reset when the guest
+  // moves. How long the helper may take to answer.
+  std::string repair_path;
+  std::chrono::milliseconds repair_timeout{5000};
+  // passt's --migrate-no-linger: the source closes (silently) the sockets
+  // it handed over as soon as the frontend has the state, rather than keep
+  // them until the frontend leaves, in case the migration fails.
+  bool migrate_linger = true;
+  // passt's --migrate-exit: once the guest has moved and its frontend left,
+  // Run returns.
+  bool migrate_exit = false;
 };
 
 class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net::SocketWatcher {
@@ -89,6 +105,13 @@ class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net
     // a flush let writers that waited for room write again.
     uint64_t rx_iterations = 0;
     uint64_t rx_flushes = 0;
+    // Migration: states saved and loaded (and loads refused), the last
+    // one's size and how long it took to make or to load.
+    uint64_t states_saved = 0;
+    uint64_t states_loaded = 0;
+    uint64_t loads_failed = 0;
+    uint64_t state_bytes = 0;
+    int64_t state_ns = 0;
   };
 
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const BackendOptions& options);
@@ -114,6 +137,12 @@ class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net
   // vu::DataPlane (called inside HandleReadable, on the loop thread).
   void OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) override;
   void OnQueueStop(uint32_t index) override;
+  // Saving: the state is made at once (every flow frozen where it stands)
+  // and written into `fd` as the frontend reads; loading: read as the
+  // frontend writes, checked and applied when it ends. CheckStateTransfer
+  // finishes either, waiting at most kTransferTimeout.
+  absl::Status BeginStateTransfer(StateDirection direction, UniqueFd fd) override;
+  absl::Status CheckStateTransfer() override;
 
  private:
   explicit Backend(const BackendOptions& options);
@@ -146,6 +175,14 @@ class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net
   void OnTick();
   void SendRouterAdvertisement();
   void LogCounters() const;
+  // The state transfer's fd is ready: moves what it can without blocking.
+  // With `wait`, until the transfer ends or the deadline passes.
+  void ContinueTransfer(bool wait);
+  void EndTransfer(absl::Status status);
+  // The repair helper's sockets in the epoll set.
+  void HandleRepair(bool listen);
+  // The frontend left: a guest that moved away leaves nothing behind.
+  void OnFrontendGone();
 
   const BackendOptions options_;
   // Before everything that writes to it.
@@ -177,6 +214,23 @@ class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net
   uint64_t registered_conn_serial_ = 0;
   bool listen_paused_ = false;
   std::chrono::steady_clock::time_point listen_resume_;
+
+  // Migration.
+  class RepairAdapter;
+  std::optional<net::RepairChannel> repair_;
+  std::unique_ptr<net::RepairControl> repair_control_;
+  enum class Transfer { kNone, kSaving, kLoading, kDone };
+  Transfer transfer_ = Transfer::kNone;
+  StateDirection transfer_direction_ = StateDirection::kSave;
+  UniqueFd transfer_fd_;
+  std::string transfer_buf_;
+  size_t transfer_pos_ = 0;
+  absl::Status transfer_status_;
+  int64_t transfer_started_ns_ = 0;
+  // Flows were saved for a destination and wait frozen; after the frontend
+  // confirmed, the guest has moved.
+  bool saved_ = false;
+  bool migrated_out_ = false;
 
   static constexpr uint32_t kQueues = 2;
   std::array<virtio::Virtqueue*, kQueues> vq_{};
