@@ -148,11 +148,17 @@ absl::Status TcpTranslator::SaveState(StateWriter& out, RepairControl* repair) {
   for (size_t i = 0; i < movable.size(); ++i) {
     const FlowId id = movable[i];
     Conn* c = env_.flows->Data<Conn>(id);
+    // The dump peeks at the whole receive queue: from its start, and
+    // without moving a peek offset.
+    if (peek_off_) SetInt(fds[i], SOL_SOCKET, SO_PEEK_OFF, -1);
     absl::StatusOr<TcpSocketImage> image = DumpTcpSocket(fds[i]);
     if (!image.ok()) {
       VUNET_LOG_RATELIMITED(kWarning, "tcp: migration: %s: %s: reset",
                             env_.flows->Key(id)->ToString(), image.status().message());
       thaw.push_back(fds[i]);
+      if (peek_off_) {
+        SetInt(fds[i], SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(c->snd_nxt - c->snd_una));
+      }
       write_reset(id, *c);
       continue;
     }
@@ -473,6 +479,8 @@ void TcpTranslator::OnMigrationAborted(RepairControl* repair) {
       continue;
     }
     c->watched = true;
+    if (peek_off_)
+      SetInt(c->fd.get(), SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(c->snd_nxt - c->snd_una));
     c->last_activity = now;
     c->tx_due = true;
     c->ack_due = true;

@@ -20,8 +20,11 @@
 #include "net/config/config.h"
 #include "net/config/port_forward.h"
 #include "net/flow/flow.h"
+#include "net/migrate/repair_control.h"
+#include "net/migrate/state_stream.h"
 #include "net/packet/checksum.h"
 #include "net/packet/frame.h"
+#include "net/repair/testing/repair_testing.h"
 #include "net/testing/test_frames.h"
 #include "net/testing/world.h"
 #include "net/translate/translator.h"
@@ -1710,6 +1713,302 @@ TEST(TcpCreateTest, RefusesBadEnvAndOptions) {
   EXPECT_FALSE(TcpTranslator::Create(env, o).ok());
   env.first_kind = 10;
   EXPECT_FALSE(TcpTranslator::Create(env, {}).ok());
+}
+
+// ---------------------------------------------------------------------------
+// Live migration: the connection's flow state and its socket's repair image
+// go from this translator (the source) to a new one in a new world (the
+// destination), as FramePath carries them in the state stream.
+
+// Sets repair mode itself (the test runs as root), as the helper would.
+class DirectRepair : public RepairControl {
+ public:
+  bool available() const override { return available_; }
+  absl::Status SetRepair(absl::Span<const int> fds, RepairMode mode) override {
+    ++calls;
+    for (const int fd : fds) {
+      const int v = static_cast<int>(mode);
+      if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &v, sizeof(v)) != 0) {
+        return absl::ErrnoToStatus(errno, "TCP_REPAIR");
+      }
+    }
+    return absl::OkStatus();
+  }
+  bool available_ = true;
+  int calls = 0;
+};
+
+class TcpMigrationTest : public TcpTest {
+ protected:
+  void SetUp() override {
+    // A network namespace of the process's own, where it may use repair
+    // mode (Bazel's sandbox grants no CAP_NET_ADMIN over the host's).
+    const std::string& why = testing::RepairUnavailableReason();
+    if (!why.empty()) GTEST_SKIP() << why;
+    TcpTest::SetUp();
+  }
+  void TearDown() override {
+    source_tcp_.reset();
+    if (source_world_ != nullptr) {
+      EXPECT_EQ(source_world_->watcher.watching(), 0u);
+    }
+    TcpTest::TearDown();
+  }
+
+  // The source's state as a stream, its guest's queue stopped first (the
+  // device is suspended when the frontend saves).
+  std::string Save(RepairControl* repair) {
+    ring().StopQueue();
+    StateWriter out;
+    EXPECT_TRUE(tcp_->SaveState(out, repair).ok());
+    return out.Finish();
+  }
+
+  // A destination: a new world and translator take the stream; the old ones
+  // stay as source_world_ and source_tcp_.
+  absl::Status Load(const std::string& stream, RepairControl* repair,
+                    TcpTranslatorOptions topts = {}) {
+    source_world_ = std::move(world_);
+    source_tcp_ = std::move(tcp_);
+    TranslatorWorld::Options w;
+    w.clock = ManualClock::Now;
+    world_ = std::make_unique<TranslatorWorld>(w);
+    topts.use_peek_off = GetParam();
+    tcp_ = TcpTranslator::Create(world_->Env(), topts).value();
+    ring().StopQueue();  // Not running until the guest resumes.
+    const absl::Status s = ForEachRecord(
+        {reinterpret_cast<const uint8_t*>(stream.data()), stream.size()},
+        [&](const RecordHeader& h, StateReader& in) { return tcp_->StageRecord(h, in); });
+    if (!s.ok()) {
+      tcp_->DiscardStaged();
+      return s;
+    }
+    tcp_->ApplyStaged(repair);
+    return absl::OkStatus();
+  }
+
+  // The guest runs at the destination.
+  void Resume() {
+    ring().StartQueue();
+    ring().Post(64, 2048);
+    tcp_->OnRxStart();
+    tcp_->OnRxAvailable();
+  }
+
+  // Reads what the host peer has, until `n` bytes or a second of quiet.
+  static std::vector<uint8_t> HostReads(int fd, size_t n) {
+    std::vector<uint8_t> got;
+    uint8_t buf[65536];
+    while (got.size() < n) {
+      pollfd p{fd, POLLIN, 0};
+      if (poll(&p, 1, 1000) != 1) break;
+      const ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+      if (r <= 0) break;
+      got.insert(got.end(), buf, buf + r);
+    }
+    return got;
+  }
+
+  std::unique_ptr<TranslatorWorld> source_world_;
+  std::unique_ptr<TcpTranslator> source_tcp_;
+};
+
+INSTANTIATE_TEST_SUITE_P(PeekOffset, TcpMigrationTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "PeekOff" : "Fallback";
+                         });
+
+// Data queued both ways at the switch-over: the guest's bytes the host peer
+// has not read (in the socket's send queue), the host's bytes the guest has
+// been sent but not acknowledged (in its receive queue, past the peek
+// offset) and more it has not been sent. After the move every byte arrives
+// once, in order, both ways, and the peer sees neither FIN nor RST.
+TEST_P(TcpMigrationTest, AnEstablishedConnectionMovesWithItsQueues) {
+  HostListener host;
+  UniqueFd h = Establish(host, 7, /*sack=*/true);
+  ASSERT_TRUE(h.valid());
+  // Guest to host, unread by the host.
+  const std::vector<uint8_t> up = Pattern(60000, 21);
+  for (size_t off = 0; off < up.size(); off += 1400) {
+    const size_t n = std::min<size_t>(1400, up.size() - off);
+    Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_,
+               std::vector<uint8_t>(up.begin() + off, up.begin() + off + n)));
+    guest_seq_ += static_cast<uint32_t>(n);
+  }
+  // Host to guest: some taken and acknowledged, some in flight unacknowledged.
+  const std::vector<uint8_t> down = Pattern(200000, 22);
+  ASSERT_EQ(send(h.get(), down.data(), down.size(), 0), 200000);
+  std::vector<uint8_t> got = ReceiveData(30000);
+  ASSERT_GE(got.size(), 30000u);
+  uint32_t received = guest_ack_;
+  for (const Seg& s : Segments()) {
+    if (s.payload.empty() || s.seq != received) continue;
+    got.insert(got.end(), s.payload.begin(), s.payload.end());
+    received += static_cast<uint32_t>(s.payload.size());
+  }
+  DirectRepair repair;
+  const std::string stream = Save(&repair);
+  EXPECT_EQ(tcp_->stats().migrated_out, 1u);
+  EXPECT_EQ(tcp_->stats().migration_resets, 0u);
+  tcp_->OnMigratedOut(/*linger=*/false);  // Closed in repair mode: silently.
+  ASSERT_TRUE(Load(stream, &repair).ok());
+  EXPECT_EQ(tcp_->stats().migrated_in, 1u);
+  EXPECT_EQ(flows().size(), 1u);
+  // The peer noticed nothing.
+  char c;
+  EXPECT_EQ(recv(h.get(), &c, 1, MSG_PEEK | MSG_DONTWAIT), 1) << "its data is there to read";
+  int err = 0;
+  socklen_t len = sizeof(err);
+  getsockopt(h.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+  EXPECT_EQ(err, 0);
+  // The guest resumes: it had taken `received`, acknowledged less.
+  Resume();
+  guest_ack_ = received;
+  int out_of_order = 0;
+  std::vector<uint8_t> rest = GuestReceives(down.size() - got.size(), &out_of_order);
+  got.insert(got.end(), rest.begin(), rest.end());
+  EXPECT_EQ(Compare(got, down), "");
+  // And sends more, after what the source had taken.
+  const std::vector<uint8_t> more = Pattern(3000, 23);
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, more));
+  std::vector<uint8_t> want = up;
+  want.insert(want.end(), more.begin(), more.end());
+  EXPECT_EQ(Compare(HostReads(h.get(), want.size()), want), "");
+  EXPECT_EQ(tcp_->stats().host_resets, 0u);
+  EXPECT_EQ(tcp_->stats().restore_failures, 0u);
+}
+
+// No helper: the connection cannot move. The guest, at the destination,
+// gets an RST that fits its sequence space once its queue runs; the host
+// peer gets one when the source lets the flow go.
+TEST_P(TcpMigrationTest, WithoutAHelperBothEndsAreReset) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::string stream = Save(nullptr);
+  EXPECT_EQ(tcp_->stats().migration_resets, 1u);
+  tcp_->OnMigratedOut(false);
+  char c;
+  EXPECT_EQ(recv(h.get(), &c, 1, 0), -1);
+  EXPECT_EQ(errno, ECONNRESET);
+  ASSERT_TRUE(Load(stream, nullptr).ok());
+  EXPECT_EQ(flows().size(), 0u);
+  Resume();
+  std::vector<Seg> segs = Segments();
+  ASSERT_EQ(segs.size(), 1u);
+  EXPECT_EQ(segs[0].flags & kTcpRst, kTcpRst);
+  EXPECT_EQ(segs[0].seq, our_isn_ + 1);
+  EXPECT_EQ(segs[0].ack, guest_seq_);
+  EXPECT_EQ(segs[0].dport, kGuestPort);
+}
+
+// Both ends on one host: while the source holds the connection (lingering
+// in case the migration fails), the destination cannot restore it, and
+// waits; once the source lets go (its frontend left) it does, and the
+// guest's stream goes on.
+TEST_P(TcpMigrationTest, TheDestinationWaitsForALingeringSourceOnTheSameHost) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  DirectRepair repair;
+  const std::string stream = Save(&repair);
+  tcp_->OnMigratedOut(/*linger=*/true);
+  TcpTranslator* source = tcp_.get();
+  ASSERT_TRUE(Load(stream, &repair).ok());
+  EXPECT_EQ(tcp_->stats().migrated_in, 0u);
+  EXPECT_EQ(flows().size(), 1u) << "waiting";
+  Resume();
+  // Segments of the guest meanwhile are dropped: it sends them again.
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, Pattern(100, 1)));
+  fake_now += 20'000'000;
+  Expire();
+  EXPECT_EQ(tcp_->stats().migrated_in, 0u);
+  source->OnMigratedOut(false);  // The source's frontend left.
+  fake_now += 20'000'000;
+  Expire();
+  EXPECT_EQ(tcp_->stats().migrated_in, 1u);
+  const std::vector<uint8_t> data = Pattern(5000, 2);
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, data));
+  EXPECT_EQ(Compare(HostReads(h.get(), data.size()), data), "");
+  ASSERT_EQ(send(h.get(), "ok", 2, 0), 2);
+  EXPECT_EQ(ReceiveData(2), (std::vector<uint8_t>{'o', 'k'}));
+}
+
+// The migration failed after the save: the source's guest runs again and
+// the frozen connection goes on where it stood.
+TEST_P(TcpMigrationTest, AnAbortedMigrationResumesAtTheSource) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  DirectRepair repair;
+  (void)Save(&repair);
+  tcp_->OnMigratedOut(/*linger=*/true);
+  ASSERT_EQ(send(h.get(), "late", 4, 0), 4);  // Arrives while frozen.
+  watcher().Poll(tcp_.get(), 20);
+  ring().StartQueue();
+  tcp_->OnMigrationAborted(&repair);
+  tcp_->OnRxAvailable();
+  EXPECT_EQ(ReceiveData(4), (std::vector<uint8_t>{'l', 'a', 't', 'e'}));
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, Pattern(10, 3)));
+  EXPECT_EQ(Compare(HostReads(h.get(), 10), Pattern(10, 3)), "");
+}
+
+// Records a hostile stream could carry: refused at staging, nothing applied.
+TEST_P(TcpMigrationTest, HostileRecordsAreRefusedAndNothingIsApplied) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  DirectRepair repair;
+  const std::string good = Save(&repair);
+  tcp_->OnMigratedOut(false);
+  // Every single-byte change inside the flow record that the checksum is
+  // recomputed for: either refused, or a flow that is still self-consistent.
+  const size_t body = kStateHeaderLen + kRecordHeaderLen;
+  const size_t end = good.size() - kRecordHeaderLen - 8;
+  int refused = 0;
+  for (size_t i = body; i < end; i += 7) {
+    std::string bad = good.substr(0, end);
+    bad[i] = static_cast<char>(bad[i] ^ 0x5a);
+    // Re-frame with a valid end record, as an attacker would.
+    StateWriter w;
+    std::string resealed(bad.substr(kStateHeaderLen));
+    const std::string header = w.Finish().substr(0, kStateHeaderLen);
+    std::string stream = header + resealed;
+    const uint32_t crc = Crc32c({reinterpret_cast<const uint8_t*>(stream.data()), stream.size()});
+    const uint8_t end_record[16] = {0xff,
+                                    0xff,
+                                    0,
+                                    0,
+                                    8,
+                                    0,
+                                    0,
+                                    0,
+                                    1,
+                                    0,
+                                    0,
+                                    0,
+                                    static_cast<uint8_t>(crc),
+                                    static_cast<uint8_t>(crc >> 8),
+                                    static_cast<uint8_t>(crc >> 16),
+                                    static_cast<uint8_t>(crc >> 24)};
+    stream.append(reinterpret_cast<const char*>(end_record), sizeof(end_record));
+    TranslatorWorld::Options wo;
+    wo.clock = ManualClock::Now;
+    TranslatorWorld dest(wo);
+    auto t = TcpTranslator::Create(dest.Env(), {}).value();
+    const absl::Status s = ForEachRecord(
+        {reinterpret_cast<const uint8_t*>(stream.data()), stream.size()},
+        [&](const RecordHeader& hd, StateReader& in) { return t->StageRecord(hd, in); });
+    if (!s.ok()) {
+      ++refused;
+      t->DiscardStaged();
+      EXPECT_EQ(dest.flows->size(), 0u);
+    } else {
+      t->ApplyStaged(&repair);  // The kernel may refuse it: then a reset.
+    }
+    t->Shutdown();
+  }
+  EXPECT_GT(refused, 0);
 }
 
 TEST(TcpCreateTest, ListenFailureNamesThePort) {
