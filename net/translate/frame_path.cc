@@ -186,6 +186,7 @@ absl::Status FramePath::LoadState(absl::Span<const uint8_t> stream, RepairContro
     InetAddr addr4, addr6, link_local6;
   };
   std::optional<Identity> identity;
+  size_t skipped = 0;
   absl::Status s = ForEachRecord(stream, [&](const RecordHeader& h, StateReader& in) {
     if (h.type == static_cast<uint16_t>(RecordType::kIdentity)) {
       if (identity.has_value()) return absl::InvalidArgumentError("a second identity");
@@ -203,12 +204,15 @@ absl::Status FramePath::LoadState(absl::Span<const uint8_t> stream, RepairContro
       return absl::OkStatus();
     }
     Translator* owner = ByRecordType(h.type);
-    if (owner == nullptr) {
-      if (h.flags & kRecordOptional) return absl::OkStatus();
-      // A protocol turned off here, or a record of a newer vunet.
-      return absl::InvalidArgumentError("no translator here takes this record");
+    if (owner != nullptr) return owner->StageRecord(h, in);
+    if (h.type >= static_cast<uint16_t>(RecordType::kTcpFlow) &&
+        h.type <= static_cast<uint16_t>(RecordType::kIcmpFlow)) {
+      // A flow of a protocol turned off here: it ends with the move.
+      ++skipped;
+      return absl::OkStatus();
     }
-    return owner->StageRecord(h, in);
+    if (h.flags & kRecordOptional) return absl::OkStatus();
+    return absl::InvalidArgumentError("a record of a type this vunet does not know");
   });
   if (s.ok() && !identity.has_value()) s = absl::DataLossError("the stream has no identity record");
   if (!s.ok()) {
@@ -218,6 +222,9 @@ absl::Status FramePath::LoadState(absl::Span<const uint8_t> stream, RepairContro
   env_.forward->guest().Restore(identity->mac, identity->addr4, identity->addr6,
                                 identity->link_local6);
   for (Translator* t : Translators()) t->ApplyStaged(repair);
+  if (skipped > 0) {
+    VUNET_LOG(kWarning, "migration: %d flows of protocols turned off here were dropped", skipped);
+  }
   return absl::OkStatus();
 }
 

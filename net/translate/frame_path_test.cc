@@ -119,10 +119,12 @@ TEST(FramePath, InterleavesControlTcpAndUdpInOneSmallRing) {
   o.arp = ToArpConfig(world.guest);
   o.dhcp = ToDhcpConfig(world.guest);
   o.icmp.reset();
-  auto path = FramePath::Create(
-      {.flows = world.flows.get(), .rx = &world.ring.rx(), .watcher = &world.watcher,
-       .forward = world.forward.get(), .guest = &world.guest},
-      o);
+  auto path = FramePath::Create({.flows = world.flows.get(),
+                                 .rx = &world.ring.rx(),
+                                 .watcher = &world.watcher,
+                                 .forward = world.forward.get(),
+                                 .guest = &world.guest},
+                                o);
   ASSERT_TRUE(path.ok()) << path.status();
   FramePath& p = **path;
   Guest guest(world.guest);
@@ -201,9 +203,8 @@ TEST(FramePath, InterleavesControlTcpAndUdpInOneSmallRing) {
     }
     world.ring.Post(taken, 2048);
     if (established && written < data.size()) {
-      const ssize_t n =
-          ::send(peer.get(), data.data() + written, std::min<size_t>(data.size() - written, 20000),
-                 MSG_DONTWAIT);
+      const ssize_t n = ::send(peer.get(), data.data() + written,
+                               std::min<size_t>(data.size() - written, 20000), MSG_DONTWAIT);
       if (n > 0) written += static_cast<size_t>(n);
     }
     char echo[2048];
@@ -221,8 +222,8 @@ TEST(FramePath, InterleavesControlTcpAndUdpInOneSmallRing) {
       ++udp_sent;
     }
     if (established) {
-      batch.push_back(guest.Tcp(tcp_port, kTcpAck, isn + 1,
-                                our_seq + static_cast<uint32_t>(got_tcp.size())));
+      batch.push_back(
+          guest.Tcp(tcp_port, kTcpAck, isn + 1, our_seq + static_cast<uint32_t>(got_tcp.size())));
     }
     send(batch);
   }

@@ -15,7 +15,15 @@
 //
 // Input: one byte of set-up (bit 0 mergeable receive buffers, bit 1
 // GUEST_CSUM, bit 2 the receive queue starts stopped, bits 3-4 the receive
-// buffer size, bit 5 MTU 1500 rather than 65520), then operations until the
+// buffer size, bit 5 MTU 1500 rather than 65520, bit 6 a migration state
+// to load first, bit 7 that state raw), then, with bit 6, a u16 length
+// (little-endian) and that many bytes of state: the records of a stream
+// (net/migrate/state_stream.h), which the harness seals with a header and
+// an end record of the right count and checksum (so the fuzzer explores
+// what the translators make of records, not CRC-32C), or with bit 7 the
+// whole stream as given. FramePath::LoadState loads it, TCP connections
+// restored in repair mode (the harness's namespace lets it set TCP_REPAIR
+// itself, as the privileged helper would); then operations until the
 // input ends, each one byte:
 //   low 3 bits  what
 //   0  a guest frame: u16 length (little-endian), the frame. Bit 3: make it
@@ -42,6 +50,7 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -69,6 +78,8 @@
 #include "net/flow/flow.h"
 #include "net/forward/forward.h"
 #include "net/gateway/from_config.h"
+#include "net/migrate/repair_control.h"
+#include "net/migrate/state_stream.h"
 #include "net/packet/frame.h"
 #include "net/translate/frame_path.h"
 #include "net/translate/translator.h"
@@ -313,6 +324,7 @@ struct World {
       ring.StopQueue();
     } else {
       ring.StartQueue();
+      path->OnRxStart();  // As the backend does when the queue starts.
       Pump();
     }
   }
@@ -435,6 +447,45 @@ void Answer(std::vector<uint8_t>* frame) {
   std::memcpy(tcp + 8, &ack, 4);
 }
 
+// Sets TCP_REPAIR itself: the harness owns its network namespace.
+class DirectRepair : public RepairControl {
+ public:
+  bool available() const override { return true; }
+  absl::Status SetRepair(absl::Span<const int> fds, RepairMode mode) override {
+    for (const int fd : fds) {
+      const int v = static_cast<int>(mode);
+      if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &v, sizeof(v)) != 0) {
+        return absl::InternalError("TCP_REPAIR");
+      }
+    }
+    return absl::OkStatus();
+  }
+};
+
+// The records in `body` as a whole stream: the header before them, an end
+// record after them that counts the records the framing walks and sums
+// everything.
+std::string Seal(absl::Span<const uint8_t> body) {
+  StateWriter w;
+  std::string stream = w.Finish();
+  stream.resize(kStateHeaderLen);
+  stream.append(reinterpret_cast<const char*>(body.data()), body.size());
+  uint32_t count = 0;
+  for (size_t pos = 0; pos + kRecordHeaderLen <= body.size();) {
+    const uint32_t len = body[pos + 4] | body[pos + 5] << 8 | body[pos + 6] << 16 |
+                         static_cast<uint32_t>(body[pos + 7]) << 24;
+    if (len > body.size() - pos - kRecordHeaderLen) break;
+    pos += kRecordHeaderLen + len;
+    ++count;
+  }
+  const uint32_t crc = Crc32c({reinterpret_cast<const uint8_t*>(stream.data()), stream.size()});
+  // The end record: type 0xffff, flags 0, length 8, the count, the sum.
+  for (const uint32_t v : {uint32_t{0xffff}, uint32_t{8}, count, crc}) {
+    for (int b = 0; b < 4; ++b) stream.push_back(static_cast<char>(v >> (8 * b)));
+  }
+  return stream;
+}
+
 size_t OpenFds() {
   size_t n = 0;
   DIR* d = opendir("/proc/self/fd");
@@ -504,6 +555,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       batch_iov.clear();
     };
     size_t pos = 1;
+    if ((data[0] & 0x40) && size - pos >= 2) {
+      size_t len = data[pos] | size_t{data[pos + 1]} << 8;
+      pos += 2;
+      len = std::min(len, size - pos);
+      const absl::Span<const uint8_t> state(data + pos, len);
+      pos += len;
+      const std::string sealed = (data[0] & 0x80) ? std::string() : Seal(state);
+      DirectRepair repair;
+      const absl::Status loaded = world.path->LoadState(
+          (data[0] & 0x80)
+              ? state
+              : absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(sealed.data()), sealed.size()),
+          &repair);
+      if (g_stats) std::fprintf(stderr, "state: %s\n", loaded.ToString().c_str());
+    }
     while (pos < size) {
       const uint8_t op = data[pos++];
       switch (op & 7) {

@@ -133,6 +133,76 @@ def services():
     return s + loop() + op(TOGGLE) + loop() + op(TOGGLE) + loop()
 
 
+# Migration state (setup bit 6): records of the stream, sealed by the harness.
+STATE, RAW = 0x40, 0x80
+MAC = bytes([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])
+LO4 = bytes([127, 0, 0, 1])
+
+
+def record(rtype, body):
+    return struct.pack("<HHI", rtype, 0, len(body)) + body
+
+
+def addr(a):
+    return bytes([4 if len(a) == 4 else 6]) + a
+
+
+def key(proto, local, lport, remote, rport):
+    return bytes([proto]) + addr(local) + addr(remote) + struct.pack("<HH", lport, rport)
+
+
+def blob(b):
+    return struct.pack("<I", len(b)) + b
+
+
+def tcp_flow(lport, received=b"", unacked=b"", unsent=b"", in_flight=0):
+    isn = 50000
+    una = isn + 1
+    # flags (SACK), guest and our window scales, MSS, then the sequence state:
+    # isn, snd_una, snd_nxt, snd_high, rcv_nxt, rcv_acked, guest_wnd, wnd_sent.
+    b = key(6, GUEST4, lport, GW4, 80) + MAC + bytes([0x20, 7, 7]) + struct.pack("<H", 1460)
+    b += struct.pack("<8I", isn, una, una + in_flight, una + in_flight, 9001, 9001, 65535 << 7,
+                     65535 << 7)
+    b += struct.pack("<q", 10**9)
+    # The host socket's image: 127.0.0.1:lport+1000 to the harness's listener on port 80.
+    b += bytes([4]) + addr(LO4) + struct.pack("<H", lport + 1000) + addr(LO4) + struct.pack("<H", 80)
+    b += struct.pack("<II", 7000, 8000) + blob(unacked) + blob(unsent) + blob(received)
+    b += bytes([0, 0]) + struct.pack("<I", 65483) + bytes([1, 7, 7, 1, 0]) + struct.pack("<I", 0)
+    b += struct.pack("<5I", 8000, 65535, 65535, 65535, 8000)
+    return record(2, b)
+
+
+def migration_state():
+    s = record(1, MAC + addr(GUEST4) + addr(GUEST6) +
+               addr(bytes.fromhex("fe800000000000000000000000000015")))
+    s += tcp_flow(40010, received=bytes(range(256)) * 8, unacked=b"up" * 300, unsent=b"x" * 900,
+                  in_flight=1000)
+    s += tcp_flow(40011)
+    s += record(3, key(6, GUEST4, 40012, GW4, 80) + MAC + struct.pack("<II", 1, 2))
+    s += record(4, bytes([0]) + key(17, GUEST4, 41010, GW4, 53) + MAC + bytes([1, 0]) +
+                struct.pack("<q", 5 * 10**9) + addr(LO4) + struct.pack("<H", 41010) + addr(LO4) +
+                struct.pack("<H", 53))
+    s += record(5, key(1, GUEST4, 7, GW4, 0) + MAC + struct.pack("<q", -1))
+    return s
+
+
+def with_state(state, setup=STATE | 0x05):
+    return bytes([setup]) + struct.pack("<H", len(state)) + state
+
+
+def after_migration():
+    # The guest runs at the destination: the queue starts, the guest acks
+    # what it was sent and sends more; the host peers act.
+    b = lambda l4: f.ipv4(6, l4, GUEST4, GW4)
+    s = op(TOGGLE) + loop()
+    s += frame(b(tcp(40010, 80, 9001, 51001, 0x10))) + loop()
+    s += frame(b(tcp(40010, 80, 9001, 51001, 0x18, b"after the move"))) + loop()
+    s += op(PEER, 0, 0) + loop() + op(CLOCK, 0xE8, 0x03) + loop()
+    s += frame(udp4(41010, 53, bytes(12) + b"\x07example\x03org\x00\x00\x01\x00\x01")) + loop()
+    s += frame(f.FRAMES["icmp4_echo"]) + loop()
+    return s
+
+
 SEEDS = {
     "written_tcp4": bytes([0x01]) + tcp_conversation(False),
     "written_tcp4_small_buffers": bytes([0x00]) + tcp_conversation(False),
@@ -143,6 +213,9 @@ SEEDS = {
     "written_udp_single_buffers": bytes([0x18]) + udp_flows(),
     "written_inbound": bytes([0x01]) + inbound(),
     "written_services": bytes([0x05]) + services(),
+    "written_state": with_state(migration_state()) + after_migration(),
+    "written_state_raw": with_state(b"VUNETMIG\x01\x00" + bytes(6) + migration_state(),
+                                    STATE | RAW | 0x05) + after_migration(),
 }
 
 
