@@ -1,5 +1,6 @@
 #include "tools/vu_frontend/frontend.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -426,6 +427,83 @@ absl::StatusOr<uint32_t> Frontend::GetVringBase(uint32_t index) {
   if (!state.ok()) return state.status();
   if (index < kNumQueues) ring_running_[index] = false;
   return state->num;
+}
+
+namespace {
+
+// The u64 of a SET_DEVICE_STATE_FD or CHECK_DEVICE_STATE reply.
+absl::StatusOr<uint64_t> U64Of(const absl::StatusOr<vu::Message>& reply) {
+  if (!reply.ok()) return reply.status();
+  absl::StatusOr<uint64_t> v = reply->PayloadAs<uint64_t>();
+  if (!v.ok()) return absl::DataLossError("a device state reply without its u64");
+  return *v;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Frontend::SaveDeviceState() {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe2");
+  UniqueFd read_end(p[0]), write_end(p[1]);
+  const vu::DeviceStateTransfer t{.direction = 0, .phase = 0};
+  const int fd = write_end.get();
+  if (absl::Status s = SendRequest(vu::Request::kSetDeviceStateFd, AsBytes(t), {&fd, 1}); !s.ok()) {
+    return s;
+  }
+  write_end.reset();  // Ours: the backend's copy is the writer now.
+  absl::StatusOr<uint64_t> r = U64Of(ReadReply());
+  if (!r.ok()) return r.status();
+  if (*r & vu::kDeviceStateErrorMask) {
+    return absl::FailedPreconditionError("SET_DEVICE_STATE_FD (save) refused");
+  }
+  std::string state;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = read(read_end.get(), buf, sizeof(buf));
+    if (n > 0) {
+      state.append(buf, static_cast<size_t>(n));
+    } else if (n == 0) {
+      break;
+    } else if (errno != EINTR) {
+      return absl::ErrnoToStatus(errno, "reading the device state");
+    }
+  }
+  if (absl::Status s = SendRequest(vu::Request::kCheckDeviceState, {}); !s.ok()) return s;
+  absl::StatusOr<uint64_t> check = U64Of(ReadReply());
+  if (!check.ok()) return check.status();
+  if (*check != 0) return absl::DataLossError("CHECK_DEVICE_STATE failed after the save");
+  return state;
+}
+
+absl::Status Frontend::LoadDeviceState(absl::string_view state) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe2");
+  UniqueFd read_end(p[0]), write_end(p[1]);
+  const vu::DeviceStateTransfer t{.direction = 1, .phase = 0};
+  const int fd = read_end.get();
+  if (absl::Status s = SendRequest(vu::Request::kSetDeviceStateFd, AsBytes(t), {&fd, 1}); !s.ok()) {
+    return s;
+  }
+  read_end.reset();
+  absl::StatusOr<uint64_t> r = U64Of(ReadReply());
+  if (!r.ok()) return r.status();
+  if (*r & vu::kDeviceStateErrorMask) {
+    return absl::FailedPreconditionError("SET_DEVICE_STATE_FD (load) refused");
+  }
+  for (size_t done = 0; done < state.size();) {
+    const ssize_t n = write(write_end.get(), state.data() + done, state.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n < 0 && errno != EINTR) {
+      return absl::ErrnoToStatus(errno, "writing the device state");
+    }
+  }
+  write_end.reset();  // The end of the state.
+  if (absl::Status s = SendRequest(vu::Request::kCheckDeviceState, {}); !s.ok()) return s;
+  absl::StatusOr<uint64_t> check = U64Of(ReadReply());
+  if (!check.ok()) return check.status();
+  if (*check != 0) return absl::DataLossError("CHECK_DEVICE_STATE failed after the load");
+  return absl::OkStatus();
 }
 
 absl::Status Frontend::Negotiate() {

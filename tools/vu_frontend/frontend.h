@@ -254,6 +254,15 @@ class Frontend {
   // index. The ring is not used again until SetUpRing().
   absl::StatusOr<uint32_t> GetVringBase(uint32_t index);
 
+  // Live migration's back-end state (VHOST_USER_PROTOCOL_F_DEVICE_STATE
+  // negotiated, every ring stopped), as QEMU moves it: SaveDeviceState
+  // hands the backend a pipe to write its state into, reads it to the end
+  // and asks CHECK_DEVICE_STATE; LoadDeviceState hands it the read end,
+  // writes `state` and closes, then asks. kDataLoss when the check fails,
+  // kFailedPrecondition when SET_DEVICE_STATE_FD is refused.
+  absl::StatusOr<std::string> SaveDeviceState();
+  absl::Status LoadDeviceState(absl::string_view state);
+
   // Raw messages. SendRequest writes a request with `payload`, asking for a
   // reply when `need_reply`; ReadReply reads one message (a reply or ack).
   absl::Status SendMessage(const vu::Header& header, absl::Span<const uint8_t> payload,

@@ -439,5 +439,200 @@ TEST_F(BackendTest, RefusesALiveSocket) {
   EXPECT_FALSE(second.ok());
 }
 
+// Live migration between two backends in this process, each with its own
+// frontend playing QEMU: the source's state saved through its pipe, the
+// destination's loaded through another, as QEMU 10 moves a vhost-user net
+// device's back-end state.
+class BackendMigrationTest : public BackendTest {
+ protected:
+  void SetUp() override {
+    BackendTest::SetUp();
+    host_.reset(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(host_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    socklen_t len = sizeof(a);
+    ASSERT_EQ(getsockname(host_.get(), reinterpret_cast<sockaddr*>(&a), &len), 0);
+    host_port_ = ntohs(a.sin_port);
+    timeval tv{5, 0};
+    setsockopt(host_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  }
+  void TearDown() override {
+    if (dest_ != nullptr) {
+      dest_->Stop();
+      if (dest_thread_.joinable()) dest_thread_.join();
+      dest_.reset();
+    }
+    BackendTest::TearDown();
+  }
+
+  BackendOptions Options(const std::string& path, bool linger) {
+    BackendOptions o = TestOptions(path, false);
+    o.path.udp = net::UdpTranslatorOptions();
+    o.migrate_linger = linger;
+    return o;
+  }
+  void StartSource(bool linger) {
+    absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(Options(path_, linger));
+    ASSERT_TRUE(b.ok()) << b.status();
+    backend_ = std::move(*b);
+    thread_ = std::thread([this] { run_status_ = backend_->Run(); });
+  }
+  void StartDestination() {
+    absl::StatusOr<std::unique_ptr<Backend>> b =
+        Backend::Create(Options(dir_ + "/dest.sock", true));
+    ASSERT_TRUE(b.ok()) << b.status();
+    dest_ = std::move(*b);
+    dest_thread_ = std::thread([this] { dest_status_ = dest_->Run(); });
+  }
+
+  // A frontend that negotiates the device state feature and, unless
+  // `rings`, leaves the rings for later (a destination before the load).
+  std::unique_ptr<vu_frontend::Frontend> Frontend(const std::string& path, bool rings) {
+    vu_frontend::FrontendOptions o;
+    o.protocol_features |= uint64_t{1} << vu::kProtocolFDeviceState;
+    std::unique_ptr<vu_frontend::Frontend> f = vu_frontend::Frontend::Create(o).value();
+    EXPECT_TRUE(f->Connect(path, absl::Seconds(5)).ok());
+    if (rings) {
+      EXPECT_TRUE(f->Negotiate().ok());
+    } else {
+      const uint64_t offered = f->GetFeatures().value();
+      EXPECT_TRUE(
+          f->SetProtocolFeatures(f->GetProtocolFeatures().value() & o.protocol_features).ok());
+      EXPECT_TRUE(f->SetOwner().ok());
+      EXPECT_TRUE(f->SetFeatures(offered & o.features).ok());
+    }
+    return f;
+  }
+  static void StartRings(vu_frontend::Frontend* f) {
+    ASSERT_TRUE(f->SetMemTable().ok());
+    for (uint32_t i = 0; i < 2; ++i) {
+      ASSERT_TRUE(f->SetUpRing(i).ok());
+      ASSERT_TRUE(f->EnableRing(i, true).ok());
+    }
+  }
+  static void StopRings(vu_frontend::Frontend* f) {
+    ASSERT_TRUE(f->GetVringBase(0).ok());
+    ASSERT_TRUE(f->GetVringBase(1).ok());
+  }
+
+  // The guest sends `payload` to the host socket; returns the host side's
+  // source port (the flow's socket).
+  uint16_t GuestSends(vu_frontend::Frontend* f, const std::string& payload) {
+    const std::vector<uint8_t> d = UdpTo("10.0.2.2", host_port_, payload);
+    const absl::Span<const uint8_t> frames[] = {d};
+    EXPECT_TRUE(f->SendFrames(frames).ok());
+    char buf[64];
+    sockaddr_in from{};
+    socklen_t len = sizeof(from);
+    const ssize_t n =
+        recvfrom(host_.get(), buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &len);
+    EXPECT_EQ(std::string(buf, std::max<ssize_t>(n, 0)), payload);
+    return ntohs(from.sin_port);
+  }
+  // The host answers to `port`; true if the guest behind `f` gets it.
+  bool GuestGets(vu_frontend::Frontend* f, uint16_t port, const std::string& payload) {
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    to.sin_port = htons(port);
+    EXPECT_EQ(sendto(host_.get(), payload.data(), payload.size(), 0,
+                     reinterpret_cast<sockaddr*>(&to), sizeof(to)),
+              static_cast<ssize_t>(payload.size()));
+    for (int i = 0; i < 10; ++i) {
+      absl::StatusOr<std::vector<uint8_t>> frame = f->ReceiveFrame(absl::Seconds(2));
+      if (!frame.ok()) return false;
+      // (Short frames are padded to 60 bytes.)
+      if (frame->size() >= 42 + payload.size() &&
+          std::string(frame->begin() + 42, frame->begin() + 42 + payload.size()) == payload) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  UniqueFd host_;
+  uint16_t host_port_ = 0;
+  std::unique_ptr<Backend> dest_;
+  std::thread dest_thread_;
+  absl::Status dest_status_;
+};
+
+TEST_F(BackendMigrationTest, AUdpFlowMovesWithItsPort) {
+  StartSource(/*linger=*/false);
+  std::unique_ptr<vu_frontend::Frontend> fa = Frontend(path_, true);
+  const uint16_t port = GuestSends(fa.get(), "one");
+  ASSERT_NE(port, 0);
+  StopRings(fa.get());
+  absl::StatusOr<std::string> state = fa->SaveDeviceState();
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(backend_->stats().states_saved, 1u);
+  EXPECT_EQ(backend_->flows()->size(), 0u) << "not lingering: the source let its flow go";
+
+  StartDestination();
+  std::unique_ptr<vu_frontend::Frontend> fb = Frontend(dir_ + "/dest.sock", false);
+  ASSERT_TRUE(fb->LoadDeviceState(*state).ok());
+  StartRings(fb.get());
+  EXPECT_EQ(dest_->stats().states_loaded, 1u);
+  EXPECT_EQ(dest_->stats().state_bytes, state->size());
+  // The host's answer to the old port reaches the guest at the destination,
+  // and the guest's next datagram leaves from that port.
+  EXPECT_TRUE(GuestGets(fb.get(), port, "two"));
+  EXPECT_EQ(GuestSends(fb.get(), "three"), port);
+}
+
+TEST_F(BackendMigrationTest, ACorruptStateFailsTheCheckAndLoadsNothing) {
+  StartSource(true);
+  std::unique_ptr<vu_frontend::Frontend> fa = Frontend(path_, true);
+  GuestSends(fa.get(), "one");
+  StopRings(fa.get());
+  std::string state = fa->SaveDeviceState().value();
+  StartDestination();
+  for (const bool truncate : {true, false}) {
+    std::string bad = state;
+    if (truncate) {
+      bad.resize(bad.size() - 5);
+    } else {
+      bad[bad.size() / 2] ^= 0x10;
+    }
+    std::unique_ptr<vu_frontend::Frontend> fb = Frontend(dir_ + "/dest.sock", false);
+    const absl::Status s = fb->LoadDeviceState(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_EQ(dest_->flows()->size(), 0u);
+    fb->Disconnect();
+  }
+  EXPECT_EQ(dest_->stats().loads_failed, 2u);
+  EXPECT_EQ(dest_->stats().states_loaded, 0u);
+}
+
+// The migration failed after the save: the source's guest runs again (its
+// rings restart) and its flow, kept meanwhile, goes on.
+TEST_F(BackendMigrationTest, TheSourceResumesWhenItsGuestRunsAgain) {
+  StartSource(/*linger=*/true);
+  std::unique_ptr<vu_frontend::Frontend> fa = Frontend(path_, true);
+  const uint16_t port = GuestSends(fa.get(), "one");
+  StopRings(fa.get());
+  ASSERT_TRUE(fa->SaveDeviceState().ok());
+  EXPECT_EQ(backend_->flows()->size(), 1u) << "lingering";
+  StartRings(fa.get());
+  EXPECT_TRUE(GuestGets(fa.get(), port, "back"));
+  EXPECT_EQ(GuestSends(fa.get(), "again"), port);
+}
+
+// A frontend that asks out of turn: a check with no transfer, a transfer
+// while the rings run.
+TEST_F(BackendMigrationTest, TransfersOutOfTurnAreRefused) {
+  StartSource(true);
+  std::unique_ptr<vu_frontend::Frontend> fa = Frontend(path_, true);
+  EXPECT_EQ(fa->SaveDeviceState().status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(fa->SendRequest(vu::Request::kCheckDeviceState, {}).ok());
+  absl::StatusOr<vu::Message> r = fa->ReadReply();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->PayloadAs<uint64_t>().value(), 1u);
+  EXPECT_EQ(backend_->stats().states_saved, 0u);
+  GuestSends(fa.get(), "still served");
+}
+
 }  // namespace
 }  // namespace vunet::tools
