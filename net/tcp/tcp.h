@@ -364,6 +364,7 @@ class TcpTranslator : public Translator {
   std::vector<std::unique_ptr<Restore>> restores_;
   std::vector<PendingReset> pending_resets_;
   RepairControl* restore_repair_ = nullptr;  // For retries; the backend's, outlives us.
+  bool in_restore_sockets_ = false;
   bool peek_off_ = false;
   bool trunc_discard_ = true;   // recv(MSG_TRUNC) discards; else read into scratch.
   bool shutting_down_ = false;  // Flows closed by Shutdown are not counted as closed.

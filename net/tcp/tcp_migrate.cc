@@ -332,7 +332,14 @@ TcpTranslator::Restore* TcpTranslator::FindRestore(FlowId id) {
 }
 
 void TcpTranslator::EndRestore(FlowId id) {
-  std::erase_if(restores_, [id](const std::unique_ptr<Restore>& r) { return r->id == id; });
+  // Marked, not erased: RestoreSockets may be walking the list (a flow it
+  // restores can end inside ContinueRestore); it erases the marked ones.
+  for (std::unique_ptr<Restore>& r : restores_) {
+    if (r->id == id) r->id = FlowId{};
+  }
+  if (!in_restore_sockets_) {
+    std::erase_if(restores_, [](const std::unique_ptr<Restore>& r) { return !r->id.valid(); });
+  }
 }
 
 void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
@@ -343,7 +350,9 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
     if (c != nullptr && !c->fd.valid()) todo.push_back(r.get());
   }
   if (todo.empty()) return;
+  in_restore_sockets_ = true;
   auto fail = [&](Restore* r, absl::string_view why) {
+    if (!r->id.valid()) return;  // Ended already.
     Conn* c = env_.flows->Data<Conn>(r->id);
     const FlowKey key = *env_.flows->Key(r->id);
     VUNET_LOG_RATELIMITED(kWarning, "tcp: migration: %s: %s: reset", key.ToString(), why);
@@ -355,6 +364,7 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
   };
   if (repair == nullptr || !repair->available()) {
     for (Restore* r : todo) fail(r, "no TCP_REPAIR helper is connected");
+    in_restore_sockets_ = false;
     std::erase_if(restores_, [](const std::unique_ptr<Restore>& r) { return !r->id.valid(); });
     return;
   }
@@ -418,8 +428,9 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
     ++stats_.migrated_in;
     c->timer_at = 0;
     UpdateTimer(r->id, c);
-    if (ContinueRestore(r->id, c)) r->id = FlowId{};  // Done (or failed).
+    if (r->id.valid() && ContinueRestore(r->id, c)) r->id = FlowId{};  // Done (or failed).
   }
+  in_restore_sockets_ = false;
   std::erase_if(restores_, [](const std::unique_ptr<Restore>& r) { return !r->id.valid(); });
 }
 
