@@ -417,6 +417,13 @@ void IcmpEcho::ApplyStaged(RepairControl*) {
   staged_.clear();
 }
 
+void IcmpEcho::OnMigratedOut(bool linger) {
+  if (linger || env_.flows == nullptr) return;
+  env_.flows->ForEach([&](FlowId id) {
+    if (Echo* e = env_.flows->Data<Echo>(id)) Close(id, e);
+  });
+}
+
 std::string IcmpEcho::StatsLine() const {
   const Stats& s = stats_;
   return absl::StrFormat(

@@ -118,6 +118,9 @@ class IcmpEcho : public Translator {
   absl::Status StageRecord(const RecordHeader& header, StateReader& in) override;
   void ApplyStaged(RepairControl* repair) override;
   void DiscardStaged() override { staged_.clear(); }
+  // Without linger the flows' sockets are closed: the guest echoes at the
+  // destination now.
+  void OnMigratedOut(bool linger) override;
 
   const Stats& stats() const { return stats_; }
   bool ipv6_enabled() const { return ipv6_; }

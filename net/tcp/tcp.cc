@@ -262,7 +262,7 @@ void TcpTranslator::NewFromGuest(const ParsedFrame& parsed, const FlowKey& key, 
     return;
   }
   const int fd = c->fd.get();
-  SetInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  SetUpConnectionSocket(fd);
   if (peek_off_) SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, 0);
   ++stats_.connects;
   const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&to), to_len);
@@ -629,7 +629,16 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
                                 const ParsedFrame& parsed, int64_t now) {
   const bool fin = parsed.tcp.flags & kTcpFin;
   const size_t len = parsed.payload_len;
-  if (len == 0 && !fin) return;
+  if (len == 0 && !fin) {
+    // A bare segment before what we expect: a keepalive probe (RFC 1122
+    // 4.2.3.6; Linux sends its last byte's sequence number, no data). It
+    // is answered here, the host socket none the wiser.
+    if (SeqLt(parsed.tcp.seq, c->rcv_nxt)) {
+      c->ack_due = true;
+      MarkPending(id, c);
+    }
+    return;
+  }
   if (c->restoring) {
     // The bytes the source had taken go to the new socket first.
     c->ack_due = true;

@@ -176,7 +176,7 @@ void TcpTranslator::Inbound(const Listener& l, UniqueFd fd, const sockaddr_stora
   c->last_activity = now;
   c->rto = options_.rto_initial_ns;
   const int sfd = c->fd.get();
-  SetInt(sfd, IPPROTO_TCP, TCP_NODELAY, 1);
+  SetUpConnectionSocket(sfd);
   if (peek_off_) SetInt(sfd, SOL_SOCKET, SO_PEEK_OFF, 0);
   if (absl::Status s = env_.watcher->Watch(sfd, kSocketEvents, Tag(id)); !s.ok()) {
     VUNET_LOG_RATELIMITED(kWarning, "tcp: %s: %s", key.ToString(), s.ToString());

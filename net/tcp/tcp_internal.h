@@ -6,6 +6,8 @@
 #ifndef VUNET_NET_TCP_TCP_INTERNAL_H_
 #define VUNET_NET_TCP_TCP_INTERNAL_H_
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
@@ -50,6 +52,15 @@ inline uint32_t SeqMax(uint32_t a, uint32_t b) { return SeqGt(a, b) ? a : b; }
 
 inline void SetInt(int fd, int level, int name, int value) {
   (void)setsockopt(fd, level, name, &value, sizeof(value));
+}
+
+// A connection's host socket: no Nagle (the guest's stack already chose its
+// segment sizes), and keepalives (a host peer that vanished is found, and
+// the guest reset, as the guest's own stack would find it: the kernel's
+// tcp_keepalive_* settings, two hours by default).
+inline void SetUpConnectionSocket(int fd) {
+  SetInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  SetInt(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
 }
 
 // Closes with a reset rather than a FIN.

@@ -412,7 +412,7 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
   for (Restore* r : ready) {
     Conn* c = env_.flows->Data<Conn>(r->id);
     const int fd = c->fd.get();
-    SetInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    SetUpConnectionSocket(fd);
     // The bytes the guest has been sent are peeked past.
     if (peek_off_) SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(c->snd_nxt - c->snd_una));
     if (r->inbound) {

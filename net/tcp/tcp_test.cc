@@ -459,6 +459,50 @@ TEST_P(TcpTest, DataBothWays) {
   EXPECT_GE(tcp_->stats().frames_to_guest, 4u);  // MSS 1460.
 }
 
+// The guest's keepalive probes (its last byte again: sequence rcv_nxt - 1,
+// no payload or one byte of it) get an ACK from us and never reach the host
+// socket; the host socket has keepalives of its own.
+TEST_P(TcpTest, KeepaliveProbesAreAnsweredHereAndHostSocketsKeepAlive) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, {'a'}));
+  guest_seq_ += 1;
+  Segments();
+  char c;
+  ASSERT_EQ(recv(h.get(), &c, 1, 0), 1);
+  for (const std::vector<uint8_t>& probe : {std::vector<uint8_t>{}, std::vector<uint8_t>{'z'}}) {
+    Send(Frame(kTcpAck, guest_seq_ - 1, guest_ack_, probe));
+    std::vector<Seg> segs = Segments();
+    ASSERT_EQ(segs.size(), 1u) << "the probe is answered";
+    EXPECT_EQ(segs[0].flags, kTcpAck);
+    EXPECT_EQ(segs[0].ack, guest_seq_);
+    EXPECT_TRUE(segs[0].payload.empty());
+  }
+  EXPECT_EQ(recv(h.get(), &c, 1, MSG_DONTWAIT), -1) << "nothing of the probes reached the host";
+  EXPECT_EQ(tcp_->stats().bytes_from_guest, 1u);
+  // The translator's socket: the fd in this process bound where the host's
+  // peer is.
+  sockaddr_in peer{};
+  socklen_t len = sizeof(peer);
+  ASSERT_EQ(getpeername(h.get(), reinterpret_cast<sockaddr*>(&peer), &len), 0);
+  int ours = -1;
+  for (int fd = 3; fd < 1024 && ours < 0; ++fd) {
+    sockaddr_in name{};
+    socklen_t n = sizeof(name);
+    if (fd != h.get() && getsockname(fd, reinterpret_cast<sockaddr*>(&name), &n) == 0 &&
+        name.sin_family == AF_INET && name.sin_port == peer.sin_port &&
+        name.sin_addr.s_addr == peer.sin_addr.s_addr) {
+      ours = fd;
+    }
+  }
+  ASSERT_GE(ours, 0);
+  int keepalive = 0;
+  len = sizeof(keepalive);
+  ASSERT_EQ(getsockopt(ours, SOL_SOCKET, SO_KEEPALIVE, &keepalive, &len), 0);
+  EXPECT_EQ(keepalive, 1);
+}
+
 TEST_P(TcpTest, GuestCsumLeavesChecksumToTheGuest) {
   Make({.peek_off = GetParam(), .guest_csum = true});
   HostListener host;
