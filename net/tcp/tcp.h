@@ -80,6 +80,7 @@
 #define VUNET_NET_TCP_H_
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/uio.h>
 
 #include <cstddef>
@@ -363,6 +364,10 @@ class TcpTranslator : public Translator {
   std::vector<std::unique_ptr<Staged>> staged_;
   std::vector<std::unique_ptr<Restore>> restores_;
   std::vector<PendingReset> pending_resets_;
+  // Source: what FreezeReceive changed on each frozen socket, to undo if
+  // the migration fails.
+  struct Frozen;
+  std::vector<std::unique_ptr<Frozen>> frozen_;
   RepairControl* restore_repair_ = nullptr;  // For retries; the backend's, outlives us.
   bool in_restore_sockets_ = false;
   bool peek_off_ = false;

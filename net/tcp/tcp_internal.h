@@ -87,6 +87,15 @@ inline uint16_t OurMss(bool v4, uint32_t mtu) {
 // The window below which we watch the socket for send space to open.
 inline uint32_t LowWindow(uint32_t sndbuf) { return std::min<uint32_t>(sndbuf / 4, 256 * 1024); }
 
+// What freezing a migrated socket's receive side changed (tcp_migrate.cc),
+// to undo if the migration fails: a socket filter dropping everything, or
+// a closed window and a shrunk receive buffer.
+struct FreezeUndo {
+  bool filter = false;
+  tcp_repair_window window{};
+  int rcvbuf = 0;
+};
+
 }  // namespace tcp_internal
 
 // A connection's state, in its flow's data slot.
@@ -179,6 +188,7 @@ struct TcpTranslator::Staged {
   uint32_t rcv_nxt = 0, rcv_acked = 0, guest_wnd = 0, wnd_sent = 0;
   int64_t idle_left_ns = 0;
   TcpSocketImage image;
+  int64_t dumped_at_ns = 0;  // CLOCK_REALTIME at the source's dump.
 };
 
 // A connection being restored here: its image until the socket holds all
@@ -189,6 +199,12 @@ struct TcpTranslator::Restore {
   size_t unsent_done = 0;  // Bytes of image.unsent the new socket took.
   int64_t give_up_at = 0;  // While the source still holds the addresses.
   bool inbound = false;
+};
+
+// Source: a socket frozen for the migration, and how to thaw it.
+struct TcpTranslator::Frozen {
+  FlowId id;
+  tcp_internal::FreezeUndo undo;
 };
 
 }  // namespace vunet::net

@@ -3,12 +3,15 @@
 // and its host socket's repair image (host side, net/repair); the host peer
 // sees neither a FIN nor a reset, and the guest sees its stream go on.
 
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -105,6 +108,63 @@ TcpSocketImage ReadImage(StateReader& r) {
   return im;
 }
 
+int64_t RealtimeNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Stops a socket in repair mode from taking (and acknowledging) anything
+// more from its peer: the kernel goes on receiving in repair mode, and
+// what it acknowledged after the dump would never reach the destination.
+// A socket filter that drops every segment keeps the peer's data (and its
+// window probes) unanswered: it sends them again to the destination. Where
+// filters are refused, the receive window is closed instead (a zero window
+// and a receive buffer too small to open it again), which a window probe
+// can still open by one segment while the receive queue is empty. Fills
+// *undo with what Thaw needs; false if neither worked.
+bool FreezeReceive(int fd, FreezeUndo* undo) {
+  socklen_t len = sizeof(undo->window);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo->window, &len) != 0) return false;
+  sock_filter drop_all[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
+  const sock_fprog program = {.len = 1, .filter = drop_all};
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) == 0) {
+    undo->filter = true;
+    return true;
+  }
+  len = sizeof(undo->rcvbuf);
+  if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &undo->rcvbuf, &len) != 0) return false;
+  // rcv_wup + rcv_wnd is the window's right edge: both at the next byte.
+  int q = TCP_RECV_QUEUE;
+  int seq = 0;
+  len = sizeof(seq);
+  if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &q, sizeof(q)) != 0 ||
+      getsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &seq, &len) != 0) {
+    return false;
+  }
+  q = TCP_NO_QUEUE;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &q, sizeof(q));
+  const uint32_t rcv_nxt = static_cast<uint32_t>(seq);
+  tcp_repair_window closed = undo->window;
+  closed.rcv_wup = rcv_nxt;
+  closed.rcv_wnd = 0;
+  if (SeqGt(closed.snd_wl1, rcv_nxt)) closed.snd_wl1 = rcv_nxt;
+  SetInt(fd, SOL_SOCKET, SO_RCVBUF, 1);  // The kernel's minimum.
+  return setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &closed, sizeof(closed)) == 0;
+}
+
+// Undoes FreezeReceive (a failed migration, the socket still in repair
+// mode).
+void ThawReceive(int fd, const FreezeUndo& undo) {
+  if (undo.filter) {
+    const int unused = 0;
+    (void)setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
+    return;
+  }
+  SetInt(fd, SOL_SOCKET, SO_RCVBUF, undo.rcvbuf / 2);  // getsockopt reports it doubled.
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo.window, sizeof(undo.window));
+}
+
 }  // namespace
 
 absl::Status TcpTranslator::SaveState(StateWriter& out, RepairControl* repair) {
@@ -151,11 +211,19 @@ absl::Status TcpTranslator::SaveState(StateWriter& out, RepairControl* repair) {
     // The dump peeks at the whole receive queue: from its start, and
     // without moving a peek offset.
     if (peek_off_) SetInt(fds[i], SOL_SOCKET, SO_PEEK_OFF, -1);
-    absl::StatusOr<TcpSocketImage> image = DumpTcpSocket(fds[i]);
+    FreezeUndo undo;
+    const bool frozen = FreezeReceive(fds[i], &undo);
+    absl::StatusOr<TcpSocketImage> image =
+        frozen ? DumpTcpSocket(fds[i])
+               : absl::InternalError("its socket cannot be stopped from receiving");
+    // The window as it was before any freeze closed it.
+    if (image.ok()) image->window = undo.window;
+    const int64_t dumped_at = RealtimeNs();
     if (!image.ok()) {
       VUNET_LOG_RATELIMITED(kWarning, "tcp: migration: %s: %s: reset",
                             env_.flows->Key(id)->ToString(), image.status().message());
       thaw.push_back(fds[i]);
+      if (frozen) ThawReceive(fds[i], undo);
       if (peek_off_) {
         SetInt(fds[i], SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(c->snd_nxt - c->snd_una));
       }
@@ -179,7 +247,13 @@ absl::Status TcpTranslator::SaveState(StateWriter& out, RepairControl* repair) {
     }
     WriteTimeLeft(out, c->last_activity + IdleTimeout(*c), now);
     WriteImage(out, *image);
+    // When it was dumped (the wall clock: the only one two hosts share), so
+    // the destination's TCP timestamps go on from where the source's got to
+    // meanwhile (its ACKs after the dump carried later ones; the peer drops
+    // segments with older ones, RFC 7323's PAWS).
+    out.I64(dumped_at);
     out.End(r);
+    frozen_.push_back(std::make_unique<Frozen>(Frozen{.id = id, .undo = undo}));
     bytes += image->unacked.size() + image->unsent.size() + image->received.size();
     // Frozen: nothing more happens to it here unless the migration fails.
     RemoveRxWait(c);
@@ -235,6 +309,7 @@ absl::Status TcpTranslator::StageRecord(const RecordHeader& header, StateReader&
   const int64_t deadline = ReadTimeLeft(in, now, options_.idle_timeout_ns);
   f->idle_left_ns = deadline == 0 ? options_.idle_timeout_ns : deadline - now;
   f->image = ReadImage(in);
+  f->dumped_at_ns = in.I64();
   if (in.ok()) {
     // What the flow's state says must agree with itself and with the socket:
     // the bytes sent to the guest and not acknowledged are in the socket's
@@ -313,6 +388,16 @@ void TcpTranslator::ApplyStaged(RepairControl* repair) {
     auto r = std::make_unique<Restore>();
     r->id = *added;
     r->image = std::move(f->image);
+    if (r->image.timestamps) {
+      // The source's timestamp clock ran on after the dump: as much time as
+      // the wall clocks say passed (bounded: two hosts' clocks may
+      // disagree), in its units (the low bit set: microseconds).
+      const int64_t elapsed_ns =
+          std::clamp<int64_t>(RealtimeNs() - f->dumped_at_ns, 0, int64_t{600} * 1'000'000'000);
+      const bool usec = r->image.timestamp & 1;
+      r->image.timestamp += static_cast<uint32_t>(elapsed_ns / (usec ? 1000 : 1'000'000)) + 1;
+      if (usec) r->image.timestamp |= 1;
+    }
     r->give_up_at = now + options_.restore_wait_ns;
     r->inbound = f->flags & kInbound;
     restores_.push_back(std::move(r));
@@ -457,6 +542,7 @@ bool TcpTranslator::ContinueRestore(FlowId id, Conn* c) {
 
 void TcpTranslator::OnMigratedOut(bool linger) {
   if (linger) return;
+  frozen_.clear();
   env_.flows->ForEach([&](FlowId id) {
     Conn* c = env_.flows->Data<Conn>(id);
     if (c == nullptr) return;
@@ -476,6 +562,12 @@ void TcpTranslator::OnMigrationAborted(RepairControl* repair) {
     fds.push_back(c->fd.get());
   });
   if (ids.empty()) return;
+  for (const std::unique_ptr<Frozen>& f : frozen_) {
+    if (const Conn* c = env_.flows->Data<Conn>(f->id); c != nullptr && c->frozen) {
+      ThawReceive(c->fd.get(), f->undo);
+    }
+  }
+  frozen_.clear();
   absl::Status s = repair != nullptr ? repair->SetRepair(fds, RepairMode::kOff)
                                      : absl::FailedPreconditionError("no repair helper");
   const int64_t now = Now();

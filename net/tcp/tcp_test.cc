@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1894,7 +1895,14 @@ TEST_P(TcpMigrationTest, AnEstablishedConnectionMovesWithItsQueues) {
   const std::string stream = Save(&repair);
   EXPECT_EQ(tcp_->stats().migrated_out, 1u);
   EXPECT_EQ(tcp_->stats().migration_resets, 0u);
+  // The host goes on sending while the frozen socket lingers: none of it
+  // may be taken (and acknowledged) there, or it would be lost.
+  const std::vector<uint8_t> late = Pattern(40000, 24);
+  ASSERT_EQ(send(h.get(), late.data(), late.size(), MSG_DONTWAIT), 40000);
+  usleep(50'000);
   tcp_->OnMigratedOut(/*linger=*/false);  // Closed in repair mode: silently.
+  std::vector<uint8_t> down_all = down;
+  down_all.insert(down_all.end(), late.begin(), late.end());
   ASSERT_TRUE(Load(stream, &repair).ok());
   EXPECT_EQ(tcp_->stats().migrated_in, 1u);
   EXPECT_EQ(flows().size(), 1u);
@@ -1909,9 +1917,9 @@ TEST_P(TcpMigrationTest, AnEstablishedConnectionMovesWithItsQueues) {
   Resume();
   guest_ack_ = received;
   int out_of_order = 0;
-  std::vector<uint8_t> rest = GuestReceives(down.size() - got.size(), &out_of_order);
+  std::vector<uint8_t> rest = GuestReceives(down_all.size() - got.size(), &out_of_order);
   got.insert(got.end(), rest.begin(), rest.end());
-  EXPECT_EQ(Compare(got, down), "");
+  EXPECT_EQ(Compare(got, down_all), "");
   // And sends more, after what the source had taken.
   const std::vector<uint8_t> more = Pattern(3000, 23);
   Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, more));
@@ -1920,6 +1928,34 @@ TEST_P(TcpMigrationTest, AnEstablishedConnectionMovesWithItsQueues) {
   EXPECT_EQ(Compare(HostReads(h.get(), want.size()), want), "");
   EXPECT_EQ(tcp_->stats().host_resets, 0u);
   EXPECT_EQ(tcp_->stats().restore_failures, 0u);
+}
+
+// After its dump the source's socket, kept in repair mode (lingering), still
+// receives from the host peer; it must not take (and acknowledge) anything,
+// or those bytes would be lost: they must reach the guest through the
+// destination, whose timestamps go on from the source's.
+TEST_P(TcpMigrationTest, NothingTheHostSendsAfterTheDumpIsLost) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> early = Pattern(3000, 31);
+  ASSERT_EQ(send(h.get(), early.data(), early.size(), 0), 3000);
+  std::vector<uint8_t> got = ReceiveData(early.size());  // Taken and acknowledged.
+  ASSERT_EQ(got.size(), early.size());
+  DirectRepair repair;
+  const std::string stream = Save(&repair);
+  const std::vector<uint8_t> late = Pattern(50000, 32);
+  ASSERT_EQ(send(h.get(), late.data(), late.size(), MSG_DONTWAIT), 50000);
+  usleep(700'000);  // The source's socket sees it go by, and answers a window probe.
+  tcp_->OnMigratedOut(false);
+  ASSERT_TRUE(Load(stream, &repair).ok());
+  Resume();
+  int out_of_order = 0;
+  std::vector<uint8_t> rest = GuestReceives(late.size(), &out_of_order);
+  EXPECT_EQ(Compare(rest, late), "");
+  // And the host hears the guest.
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, Pattern(100, 33)));
+  EXPECT_EQ(Compare(HostReads(h.get(), 100), Pattern(100, 33)), "");
 }
 
 // No helper: the connection cannot move. The guest, at the destination,

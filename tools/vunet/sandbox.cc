@@ -382,12 +382,15 @@ void AddMainRules(Filter& f) {
     }
   }
 
-  // Socket options, except those that attach programs to sockets (socket
-  // filters, reuseport BPF: kernel attack surface no translator needs) and
-  // upper-layer protocols on TCP (kTLS).
+  // Socket options, except those that attach eBPF programs to sockets
+  // (SO_ATTACH_BPF, reuseport programs: kernel attack surface no translator
+  // needs) and upper-layer protocols on TCP (kTLS). Classic socket filters
+  // are allowed: a migrating TCP socket gets one that drops everything, so
+  // that nothing more is taken (and acknowledged) after its state was
+  // dumped (net/tcp/tcp_migrate.cc).
   for (uint64_t opt = 0; opt < 128; ++opt) {
-    if (opt == SO_ATTACH_FILTER || opt == SO_DETACH_FILTER || opt == SO_ATTACH_BPF ||
-        opt == SO_ATTACH_REUSEPORT_CBPF || opt == SO_ATTACH_REUSEPORT_EBPF) {
+    if (opt == SO_ATTACH_BPF || opt == SO_ATTACH_REUSEPORT_CBPF ||
+        opt == SO_ATTACH_REUSEPORT_EBPF) {
       continue;
     }
     f.Allow("setsockopt", {SCMP_A1(SCMP_CMP_EQ, SOL_SOCKET), SCMP_A2(SCMP_CMP_EQ, opt)});

@@ -26,7 +26,7 @@
 //     and AF_INET6 stream and datagram sockets and ping sockets only; mmap
 //     and mprotect: never PROT_EXEC; ioctl: FIONREAD, TIOCOUTQ, SIOCOUTQNSD,
 //     FIONBIO, TCGETS; fcntl: flags, seals, F_DUPFD_CLOEXEC; setsockopt: no
-//     socket filters, no TCP_ULP; tgkill: this process only; no open or
+//     eBPF programs, no TCP_ULP; tgkill: this process only; no open or
 //     openat at all). Calls only an exploit
 //     makes (execve, ptrace, mount, unshare, bpf, io_uring_*, setuid...)
 //     kill the process. Any other call is refused: it fails with EPERM and a

@@ -224,9 +224,13 @@ TEST(SeccompFilter, AllowsWhatTheBackendNeedsAndRefusesTheRest) {
     CHILD_CHECK(setsockopt(tcp, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0);
     CHILD_CHECK(setsockopt(tcp, IPPROTO_IP, IP_TOS, &one, sizeof(one)) == 0);
     CHILD_CHECK(setsockopt(tcp, IPPROTO_TCP, TCP_ULP, "tls", 3) != 0 && errno == EPERM);
+    // Classic filters (a migrating socket's drop-everything one), not eBPF.
     sock_filter insn = BPF_STMT(BPF_RET | BPF_K, 0);
     sock_fprog prog = {1, &insn};
-    CHILD_CHECK(setsockopt(tcp, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) != 0 &&
+    CHILD_CHECK(setsockopt(tcp, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) == 0);
+    CHILD_CHECK(setsockopt(tcp, SOL_SOCKET, SO_DETACH_FILTER, &one, sizeof(one)) == 0);
+    const int bpf_fd = 3;
+    CHILD_CHECK(setsockopt(tcp, SOL_SOCKET, SO_ATTACH_BPF, &bpf_fd, sizeof(bpf_fd)) != 0 &&
                 errno == EPERM);
     int queued = -1;
     CHILD_CHECK(ioctl(tcp, FIONREAD, &queued) == 0 || errno != EPERM);
