@@ -24,9 +24,14 @@
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "net/repair/testing/repair_testing.h"
 
 namespace vunet::net {
 namespace {
+
+using ::vunet::net::testing::OpenFdCount;
+using ::vunet::net::testing::SocketSet;
+using ::vunet::net::testing::UnconnectedTcpSockets;
 
 // A directory of the test's own under /tmp: TEST_TMPDIR can be too long for
 // a UNIX socket address, and tests may run side by side.
@@ -55,15 +60,6 @@ class ScratchDir {
 bool Exists(const std::string& path) {
   struct stat st;
   return lstat(path.c_str(), &st) == 0;
-}
-
-size_t OpenFdCount() {
-  size_t count = 0;
-  if (DIR* d = opendir("/proc/self/fd")) {
-    while (dirent* e = readdir(d)) count += e->d_name[0] != '.';
-    closedir(d);
-  }
-  return count;
 }
 
 UniqueFd ConnectTo(const std::string& path) {
@@ -197,22 +193,6 @@ class FakeHelper {
   std::thread thread_;
 };
 
-// Sockets to send: any fds do for the channel, which only passes them on.
-std::vector<UniqueFd> Sockets(int count) {
-  std::vector<UniqueFd> sockets;
-  sockets.reserve(count);
-  for (int i = 0; i < count; ++i)
-    sockets.emplace_back(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  return sockets;
-}
-
-std::vector<int> FdsOf(const std::vector<UniqueFd>& sockets) {
-  std::vector<int> fds;
-  fds.reserve(sockets.size());
-  for (const UniqueFd& s : sockets) fds.push_back(s.get());
-  return fds;
-}
-
 ino_t InodeOf(int fd) {
   struct stat st;
   fstat(fd, &st);
@@ -299,8 +279,8 @@ TEST_F(RepairChannelTest, AMovedChannelKeepsItsFile) {
 }
 
 TEST_F(RepairChannelTest, SetWithoutAHelperFails) {
-  const std::vector<UniqueFd> sockets = Sockets(1);
-  const absl::Status s = channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Seconds(1));
+  const SocketSet sockets = UnconnectedTcpSockets(1);
+  const absl::Status s = channel_->Set(sockets.fds, RepairMode::kOn, absl::Seconds(1));
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_NE(s.message().find(path_), std::string::npos) << s;
   EXPECT_TRUE(channel_->Set({}, RepairMode::kOn, absl::Seconds(1)).ok());
@@ -311,10 +291,10 @@ TEST_F(RepairChannelTest, SetWithoutAHelperFails) {
 
 TEST_F(RepairChannelTest, SendsThreeHundredSocketsInTwoRequests) {
   std::unique_ptr<FakeHelper> helper = Helper({Answer::kEcho});
-  const std::vector<UniqueFd> sockets = Sockets(300);
-  ASSERT_TRUE(channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Seconds(5)).ok());
-  ASSERT_TRUE(channel_->Set(FdsOf(sockets), RepairMode::kOffNoWindowProbe, absl::Seconds(5)).ok());
-  ASSERT_TRUE(channel_->Set(FdsOf(sockets), RepairMode::kOff, absl::Seconds(5)).ok());
+  const SocketSet sockets = UnconnectedTcpSockets(300);
+  ASSERT_TRUE(channel_->Set(sockets.fds, RepairMode::kOn, absl::Seconds(5)).ok());
+  ASSERT_TRUE(channel_->Set(sockets.fds, RepairMode::kOffNoWindowProbe, absl::Seconds(5)).ok());
+  ASSERT_TRUE(channel_->Set(sockets.fds, RepairMode::kOff, absl::Seconds(5)).ok());
   EXPECT_TRUE(channel_->connected());
   channel_->DropHelper();
   helper->Join();  // It sees the end of the connection.
@@ -323,8 +303,8 @@ TEST_F(RepairChannelTest, SendsThreeHundredSocketsInTwoRequests) {
   ASSERT_EQ(requests.size(), 6u);
   const int8_t bytes[] = {1, 1, -1, -1, 0, 0};
   std::vector<ino_t> expected;
-  expected.reserve(sockets.size());
-  for (const UniqueFd& s : sockets) expected.push_back(InodeOf(s.get()));
+  expected.reserve(sockets.fds.size());
+  for (const int fd : sockets.fds) expected.push_back(InodeOf(fd));
   for (size_t i = 0; i < requests.size(); ++i) {
     EXPECT_EQ(requests[i].byte, bytes[i]);
     ASSERT_EQ(requests[i].sockets.size(), i % 2 == 0 ? 253u : 47u);
@@ -336,8 +316,8 @@ TEST_F(RepairChannelTest, SendsThreeHundredSocketsInTwoRequests) {
 
 TEST_F(RepairChannelTest, AWrongReplyFailsAndDropsTheHelper) {
   std::unique_ptr<FakeHelper> helper = Helper({Answer::kWrongByte});
-  const std::vector<UniqueFd> sockets = Sockets(3);
-  const absl::Status s = channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Seconds(5));
+  const SocketSet sockets = UnconnectedTcpSockets(3);
+  const absl::Status s = channel_->Set(sockets.fds, RepairMode::kOn, absl::Seconds(5));
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
   EXPECT_NE(s.message().find("replied 2 to 1"), std::string::npos) << s;
   EXPECT_FALSE(channel_->connected());
@@ -345,9 +325,9 @@ TEST_F(RepairChannelTest, AWrongReplyFailsAndDropsTheHelper) {
 
 TEST_F(RepairChannelTest, ASilentHelperTimesOut) {
   std::unique_ptr<FakeHelper> helper = Helper({Answer::kSilence});
-  const std::vector<UniqueFd> sockets = Sockets(3);
+  const SocketSet sockets = UnconnectedTcpSockets(3);
   const absl::Time start = absl::Now();
-  const absl::Status s = channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Milliseconds(200));
+  const absl::Status s = channel_->Set(sockets.fds, RepairMode::kOn, absl::Milliseconds(200));
   const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_GE(took, absl::Milliseconds(190));
@@ -357,8 +337,8 @@ TEST_F(RepairChannelTest, ASilentHelperTimesOut) {
 
 TEST_F(RepairChannelTest, AHelperThatFailsClosesAndSaysHowFarItGot) {
   std::unique_ptr<FakeHelper> helper = Helper({Answer::kEcho, Answer::kHangUp});
-  const std::vector<UniqueFd> sockets = Sockets(300);
-  const absl::Status s = channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Seconds(5));
+  const SocketSet sockets = UnconnectedTcpSockets(300);
+  const absl::Status s = channel_->Set(sockets.fds, RepairMode::kOn, absl::Seconds(5));
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_NE(s.message().find("253 of 300 sockets confirmed, the next 47 unknown"),
             std::string::npos)
@@ -368,9 +348,9 @@ TEST_F(RepairChannelTest, AHelperThatFailsClosesAndSaysHowFarItGot) {
 
 TEST_F(RepairChannelTest, FdsSentBackAreRefusedAndClosed) {
   std::unique_ptr<FakeHelper> helper = Helper({Answer::kFdsBack});
-  const std::vector<UniqueFd> sockets = Sockets(2);
+  const SocketSet sockets = UnconnectedTcpSockets(2);
   const size_t before = OpenFdCount();
-  const absl::Status s = channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Seconds(5));
+  const absl::Status s = channel_->Set(sockets.fds, RepairMode::kOn, absl::Seconds(5));
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
   helper->Join();
   // The helper's connection is gone on our side; its own end and its
@@ -381,8 +361,8 @@ TEST_F(RepairChannelTest, FdsSentBackAreRefusedAndClosed) {
 
 TEST_F(RepairChannelTest, ExtraBytesAreRefused) {
   std::unique_ptr<FakeHelper> helper = Helper({Answer::kExtraBytes});
-  const std::vector<UniqueFd> sockets = Sockets(1);
-  const absl::Status s = channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Seconds(5));
+  const SocketSet sockets = UnconnectedTcpSockets(1);
+  const absl::Status s = channel_->Set(sockets.fds, RepairMode::kOn, absl::Seconds(5));
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
   EXPECT_FALSE(channel_->connected());
 }
@@ -391,8 +371,8 @@ TEST_F(RepairChannelTest, BytesBeforeARequestAreRefused) {
   std::unique_ptr<FakeHelper> helper = Helper({Answer::kEcho});
   const int8_t unasked = 1;
   ASSERT_EQ(send(helper->fd(), &unasked, 1, MSG_NOSIGNAL), 1);
-  const std::vector<UniqueFd> sockets = Sockets(1);
-  const absl::Status s = channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Seconds(5));
+  const SocketSet sockets = UnconnectedTcpSockets(1);
+  const absl::Status s = channel_->Set(sockets.fds, RepairMode::kOn, absl::Seconds(5));
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
   EXPECT_TRUE(helper->requests().empty());
 }
@@ -402,8 +382,8 @@ TEST_F(RepairChannelTest, ANewHelperReplacesTheOldOne) {
   std::unique_ptr<FakeHelper> second = Helper({Answer::kEcho});
   first->Join();  // Dropped: it saw the end of its connection.
   EXPECT_NE(channel_->helper_fd(), -1);
-  const std::vector<UniqueFd> sockets = Sockets(5);
-  EXPECT_TRUE(channel_->Set(FdsOf(sockets), RepairMode::kOn, absl::Seconds(5)).ok());
+  const SocketSet sockets = UnconnectedTcpSockets(5);
+  EXPECT_TRUE(channel_->Set(sockets.fds, RepairMode::kOn, absl::Seconds(5)).ok());
   EXPECT_TRUE(first->requests().empty());
   EXPECT_EQ(second->requests().size(), 1u);
 }
@@ -423,7 +403,7 @@ TEST_F(RepairChannelTest, AnIdleHelperThatHangsUpOrTalksIsDropped) {
   absl::SleepFor(absl::Milliseconds(10));
   channel_->OnHelperReadable();
   EXPECT_FALSE(channel_->connected());
-  EXPECT_FALSE(channel_->Set(FdsOf(Sockets(1)), RepairMode::kOn, absl::Seconds(1)).ok());
+  EXPECT_FALSE(channel_->Set(UnconnectedTcpSockets(1).fds, RepairMode::kOn, absl::Seconds(1)).ok());
 }
 
 TEST(RepairModeNameTest, NamesTheThreeModes) {

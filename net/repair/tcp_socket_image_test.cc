@@ -32,7 +32,6 @@ using ::vunet::net::testing::FreezeReceiver;
 using ::vunet::net::testing::LoopbackCapture;
 using ::vunet::net::testing::LoopbackPair;
 using ::vunet::net::testing::RepairModeOf;
-using ::vunet::net::testing::RepairUnavailableReason;
 using ::vunet::net::testing::SetRepairMode;
 using ::vunet::net::testing::StreamBytes;
 using ::vunet::net::testing::UnfreezeReceiver;
@@ -40,11 +39,6 @@ using ::vunet::net::testing::UnfreezeReceiver;
 constexpr uint32_t kOursStream = 1;  // What the migrated side sends.
 constexpr uint32_t kPeerStream = 2;  // What its peer sends.
 constexpr size_t kMiB = size_t{1} << 20;
-
-#define SKIP_WITHOUT_REPAIR()                                                          \
-  do {                                                                                 \
-    if (!RepairUnavailableReason().empty()) GTEST_SKIP() << RepairUnavailableReason(); \
-  } while (0)
 
 int SendQueueBytes(int fd) {
   int bytes = -1;
@@ -175,7 +169,7 @@ class TcpSocketImageTest : public ::testing::TestWithParam<int> {
 // unread in our receive queue, ours unread in the peer's, ours sent and not
 // acknowledged (the peer drops segments meanwhile), ours not yet sent.
 TEST_P(TcpSocketImageTest, MigratesWithDataQueuedBothWays) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback(
       {.family = family(), .ours_rcvbuf = 8 * int{kMiB}, .ours_sndbuf = 16 * int{kMiB}});
   ASSERT_TRUE(pair.ok()) << pair.status();
@@ -255,7 +249,7 @@ TEST_P(TcpSocketImageTest, MigratesWithDataQueuedBothWays) {
 // Closing a socket in repair mode sends nothing: the peer sees neither a FIN
 // nor a reset, on the wire or at its socket.
 TEST_P(TcpSocketImageTest, CloseInRepairModeSendsNothing) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   Flow to_ours{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 2, .target = 1000};
@@ -294,7 +288,7 @@ TEST_P(TcpSocketImageTest, CloseInRepairModeSendsNothing) {
 // fails with EADDRNOTAVAIL (bind succeeds: repair mode forces reuse), in
 // repair mode or not; once that socket is closed, the restore succeeds.
 TEST_P(TcpSocketImageTest, RestoreWhileTheSourceSocketLivesFailsWithEaddrnotavail) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
@@ -324,7 +318,7 @@ TEST_P(TcpSocketImageTest, RestoreWhileTheSourceSocketLivesFailsWithEaddrnotavai
 // Several MiB not yet sent, a peer reading slowly: the restored socket cannot
 // take them at once, and FinishTcpRestore says how far it got until it has.
 TEST_P(TcpSocketImageTest, LargeUnsentQueueFinishesInSeveralCalls) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback(
       {.family = family(), .ours_sndbuf = 32 * int{kMiB}, .peer_rcvbuf = 64 * 1024});
   ASSERT_TRUE(pair.ok()) << pair.status();
@@ -378,7 +372,7 @@ TEST_P(TcpSocketImageTest, LargeUnsentQueueFinishesInSeveralCalls) {
 // The peer had shut down its side (CLOSE_WAIT): the restored socket gives the
 // data, then end of stream, and can still send.
 TEST_P(TcpSocketImageTest, MigratesAfterThePeerShutDown) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   Flow to_ours{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 9, .target = 5000};
@@ -412,7 +406,7 @@ TEST_P(TcpSocketImageTest, MigratesAfterThePeerShutDown) {
 // We had shut down our side with data still in flight (FIN_WAIT1): the data
 // and the FIN go again, and the peer can still send.
 TEST_P(TcpSocketImageTest, MigratesAfterWeShutDownWithDataInFlight) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   ASSERT_TRUE(FreezeReceiver(pair->peer.get()).ok());
@@ -447,7 +441,7 @@ TEST_P(TcpSocketImageTest, MigratesAfterWeShutDownWithDataInFlight) {
 // We had shut down and the peer acknowledged it (FIN_WAIT2): nothing is left
 // to send but the peer's data still comes in.
 TEST_P(TcpSocketImageTest, MigratesAfterOurFinWasAcknowledged) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   ASSERT_EQ(shutdown(pair->ours.get(), SHUT_WR), 0);
@@ -477,7 +471,7 @@ TEST_P(TcpSocketImageTest, MigratesAfterOurFinWasAcknowledged) {
 
 // An IPv6 socket talking to an IPv4 peer (v4-mapped) comes back as one.
 TEST(TcpSocketImageDualStackTest, MigratesAnIpv6SocketWithAnIpv4Peer) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   UniqueFd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in sin{};
   sin.sin_family = AF_INET;
@@ -511,7 +505,7 @@ TEST(TcpSocketImageDualStackTest, MigratesAnIpv6SocketWithAnIpv4Peer) {
 }
 
 TEST(TcpSocketImageRefusalTest, DumpRefusesSocketsItCannotMigrate) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = AF_INET});
   ASSERT_TRUE(pair.ok()) << pair.status();
   EXPECT_EQ(DumpTcpSocket(pair->ours.get()).status().code(),
@@ -529,7 +523,7 @@ TEST(TcpSocketImageRefusalTest, DumpRefusesSocketsItCannotMigrate) {
 }
 
 TEST(TcpSocketImageRefusalTest, DumpRefusesQueuesAboveTheLimit) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = AF_INET});
   ASSERT_TRUE(pair.ok()) << pair.status();
   Flow to_ours{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 17, .target = 50000};
@@ -556,7 +550,7 @@ TEST(TcpSocketImageRefusalTest, DumpRefusesQueuesAboveTheLimit) {
 }
 
 TEST(TcpSocketImageRefusalTest, RestoreRefusesImagesThatCannotBeRight) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = AF_INET});
   ASSERT_TRUE(pair.ok()) << pair.status();
   ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
@@ -617,7 +611,7 @@ TEST(TcpSocketImageEqualityTest, ComparesEveryField) {
 // The cost the issue asks about: 1000 idle connections dumped and restored,
 // timed, and each still carrying data both ways afterwards.
 TEST(TcpSocketImageScaleTest, DumpsAndRestoresAThousandConnections) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   constexpr int kConnections = 1000;
   std::vector<LoopbackPair> pairs;
   pairs.reserve(kConnections);

@@ -1,6 +1,7 @@
 #include "net/repair/testing/repair_testing.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/if_ether.h>
@@ -144,6 +145,26 @@ absl::Status UnfreezeReceiver(int fd) {
     return ErrnoStatus("SO_DETACH_FILTER");
   }
   return absl::OkStatus();
+}
+
+SocketSet UnconnectedTcpSockets(int count) {
+  SocketSet set;
+  set.sockets.reserve(count);
+  set.fds.reserve(count);
+  for (int i = 0; i < count; ++i) {
+    set.sockets.emplace_back(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    set.fds.push_back(set.sockets.back().get());
+  }
+  return set;
+}
+
+size_t OpenFdCount() {
+  size_t count = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (const dirent* e = readdir(d)) count += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return count;
 }
 
 uint8_t StreamByte(uint32_t stream, uint64_t offset) {
