@@ -584,6 +584,18 @@ TEST(TcpSocketImageRefusalTest, RestoreRefusesImagesThatCannotBeRight) {
   bad.received.resize(TcpSocketImage::kMaxQueueBytes + 1);
   EXPECT_EQ(refused(bad), absl::StatusCode::kInvalidArgument);
 
+  // An address this host does not have: bind says so.
+  bad = *good;
+  bad.local.addr = *InetAddr::Parse("192.0.2.1");
+  {
+    absl::StatusOr<UniqueFd> fd = NewTcpSocketForRestore(bad);
+    ASSERT_TRUE(fd.ok());
+    ASSERT_TRUE(SetRepairMode(fd->get(), TCP_REPAIR_ON).ok());
+    const absl::Status s = RestoreTcpSocket(fd->get(), bad);
+    EXPECT_NE(s.message().find("bind to 192.0.2.1:"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("Cannot assign requested address"), std::string::npos) << s;
+  }
+
   // A socket not in repair mode.
   absl::StatusOr<UniqueFd> fd = NewTcpSocketForRestore(*good);
   ASSERT_TRUE(fd.ok());
