@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -177,10 +178,37 @@ absl::Status ValidateImage(const TcpSocketImage& image) {
   return absl::OkStatus();
 }
 
+// The socket's send buffer as the kernel accounts it (SO_SNDBUF reads the
+// doubled value); 0 if it cannot be read.
+int SendBufferBytes(int fd) {
+  int bytes = 0;
+  socklen_t len = sizeof(bytes);
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, &len) != 0) return 0;
+  return bytes;
+}
+
+// Makes room for `remaining` more bytes in the send buffer of a socket in
+// repair mode, where nothing is acknowledged to free any: asks for what it
+// holds plus twice that (the kernel's bookkeeping per byte), and at least
+// `source_sndbuf`. True if the buffer grew (net.core.wmem_max caps it).
+bool GrowSendBuffer(int fd, size_t remaining, uint32_t source_sndbuf) {
+  const int before = SendBufferBytes(fd);
+  const size_t want = std::max<size_t>(source_sndbuf, static_cast<size_t>(before) + 2 * remaining);
+  // The kernel doubles what it is given.
+  const int ask = static_cast<int>(std::min<size_t>(want / 2 + 1, INT32_MAX / 2));
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &ask, sizeof(ask)) != 0) return false;
+  return SendBufferBytes(fd) > before;
+}
+
 // Writes all of `bytes` into the selected queue of a socket in repair mode.
 // The kernel takes a bounded amount per call (one buffer of at most
-// MAX_SKB_FRAGS pages for the receive queue), hence the loop.
-absl::Status WriteQueue(int fd, const std::vector<uint8_t>& bytes, const char* queue) {
+// MAX_SKB_FRAGS pages for the receive queue), hence the loop. A full send
+// buffer is grown (setting SO_SNDBUF fixes its size for the connection's
+// life, so only when it must): the bytes in flight must all be in the queue
+// in repair mode, or acknowledgements of them would be taken for
+// acknowledgements of data never sent, and dropped.
+absl::Status WriteQueue(int fd, const std::vector<uint8_t>& bytes, const char* queue,
+                        uint32_t grow_send_buffer_to = 0) {
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n =
@@ -190,10 +218,19 @@ absl::Status WriteQueue(int fd, const std::vector<uint8_t>& bytes, const char* q
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
+    const int error = n < 0 ? errno : EIO;
+    if (grow_send_buffer_to > 0 && (error == EAGAIN || error == EWOULDBLOCK) &&
+        GrowSendBuffer(fd, bytes.size() - done, grow_send_buffer_to)) {
+      continue;
+    }
     return absl::ErrnoToStatus(
-        n < 0 ? errno : EIO,
-        absl::StrFormat("writing the %s in repair mode: the kernel took %d of %d bytes", queue,
-                        done, bytes.size()));
+        error,
+        absl::StrFormat("writing the %s in repair mode: the kernel took %d of %d bytes%s", queue,
+                        done, bytes.size(),
+                        error == EAGAIN ? absl::StrFormat(" (the send buffer, %d bytes, is full: "
+                                                          "net.core.wmem_max caps it)",
+                                                          SendBufferBytes(fd))
+                                        : ""));
   }
   return absl::OkStatus();
 }
@@ -345,6 +382,7 @@ absl::StatusOr<TcpSocketImage> DumpTcpSocket(int fd, size_t max_queue_bytes) {
     return s;
   }
   image.timestamp = static_cast<uint32_t>(timestamp);
+  image.send_buffer = static_cast<uint32_t>(SendBufferBytes(fd));
   socklen_t len = sizeof(image.window);
   if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &image.window, &len) != 0) {
     return ErrnoStatus("getsockopt(TCP_REPAIR_WINDOW)");
@@ -435,7 +473,11 @@ absl::Status RestoreTcpSocket(int fd, const TcpSocketImage& image) {
   // Bytes written in repair mode count as sent: only the unacknowledged ones
   // go here. The peer gets them again when the retransmission timer fires.
   if (absl::Status s = SelectQueue(fd, TCP_SEND_QUEUE); !s.ok()) return s;
-  if (absl::Status s = WriteQueue(fd, image.unacked, "send queue"); !s.ok()) return s;
+  if (absl::Status s =
+          WriteQueue(fd, image.unacked, "send queue", std::max<uint32_t>(image.send_buffer, 1));
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = SelectQueue(fd, TCP_RECV_QUEUE); !s.ok()) return s;
   if (absl::Status s = WriteQueue(fd, image.received, "receive queue"); !s.ok()) return s;
   if (absl::Status s = SelectQueue(fd, TCP_NO_QUEUE); !s.ok()) return s;

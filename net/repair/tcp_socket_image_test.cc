@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -244,6 +245,47 @@ TEST_P(TcpSocketImageTest, MigratesWithDataQueuedBothWays) {
   }
   EXPECT_TRUE(to_peer.eof);
   EXPECT_EQ(to_peer.read, to_peer.target);
+}
+
+// Much in flight: a peer that offered a large window, then stopped
+// acknowledging. The restored socket takes all of it back into its send queue
+// in repair mode, however small its send buffer starts.
+TEST_P(TcpSocketImageTest, MigratesWithMuchDataUnacknowledged) {
+  VUNET_SKIP_WITHOUT_REPAIR();
+  absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback(
+      {.family = family(), .ours_sndbuf = 8 * int{kMiB}, .peer_rcvbuf = 8 * int{kMiB}});
+  ASSERT_TRUE(pair.ok()) << pair.status();
+  // Grow the congestion window first: a few MiB read by the peer.
+  Flow to_peer{.from = pair->ours.get(), .to = pair->peer.get(), .stream = 20, .target = 4 * kMiB};
+  Flow none{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 21};
+  Exchange(none, to_peer);
+  ASSERT_TRUE(FreezeReceiver(pair->peer.get()).ok());
+  to_peer.target += 2 * kMiB;
+  WriteSome(to_peer);
+  absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
+  absl::StatusOr<TcpSocketImage> image = DumpTcpSocket(pair->ours.get());
+  ASSERT_TRUE(image.ok()) << image.status();
+  printf("%s\n", image->ToString().c_str());
+  EXPECT_GT(image->unacked.size(), 256u * 1024);
+  // The restored socket's send buffer must grow to hold them, up to twice
+  // net.core.wmem_max.
+  std::ifstream wmem_max_file("/proc/sys/net/core/wmem_max");
+  size_t wmem_max = 0;
+  wmem_max_file >> wmem_max;
+  if (2 * wmem_max < 3 * image->unacked.size()) {
+    GTEST_SKIP() << "net.core.wmem_max " << wmem_max << " is too small to restore "
+                 << image->unacked.size() << " unacknowledged bytes";
+  }
+  pair->ours.reset();
+  ASSERT_TRUE(UnfreezeReceiver(pair->peer.get()).ok());
+
+  absl::StatusOr<UniqueFd> restored = Restore(*image);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  FinishWhileReading(restored->get(), *image, to_peer);
+  to_peer.from = restored->get();
+  none.to = restored->get();
+  Exchange(none, to_peer);
 }
 
 // Closing a socket in repair mode sends nothing: the peer sees neither a FIN
