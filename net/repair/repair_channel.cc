@@ -19,9 +19,29 @@
 namespace vunet::net {
 namespace {
 
-// Closes every fd an SCM_RIGHTS message brought in; returns how many.
-size_t CloseReceivedFds(msghdr& msg) {
-  size_t closed = 0;
+// What the helper sent: bytes, and how many fds came with them (closed at
+// once: the helper has no business sending any).
+struct Received {
+  ssize_t bytes;  // recvmsg's result: 0 at the end, -1 with errno.
+  size_t fds = 0;
+  bool truncated = false;  // More fds than there was room for.
+};
+
+// Reads what is there without waiting (EINTR retried).
+Received ReceiveFromHelper(int socket, char* buf, size_t len) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * RepairChannel::kMaxFdsPerMessage)];
+  iovec iov{.iov_base = buf, .iov_len = len};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  Received r;
+  do {
+    r.bytes = recvmsg(socket, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (r.bytes < 0 && errno == EINTR);
+  if (r.bytes <= 0) return r;
+  r.truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     const size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -29,17 +49,18 @@ size_t CloseReceivedFds(msghdr& msg) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(fd));
       close(fd);
-      ++closed;
     }
+    r.fds += n;
   }
-  return closed;
+  return r;
 }
 
 // Milliseconds until `deadline` for poll(), rounded up, never negative.
 int PollTimeoutMs(absl::Time deadline) {
   const absl::Duration left = deadline - absl::Now();
   if (left <= absl::ZeroDuration()) return 0;
-  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), 60'000));
+  return static_cast<int>(std::min<int64_t>(
+      absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), 60'000));
 }
 
 // Waits until `fd` reports `events` (or an error/hang-up) or `deadline`
@@ -179,22 +200,11 @@ bool RepairChannel::OnListenReadable() {
 void RepairChannel::OnHelperReadable() {
   if (!helper_.valid()) return;
   char byte;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  iovec iov{.iov_base = &byte, .iov_len = 1};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  do {
-    n = recvmsg(helper_.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-  if (n > 0) CloseReceivedFds(msg);
-  if (n == 0) {
+  const Received r = ReceiveFromHelper(helper_.get(), &byte, 1);
+  if (r.bytes < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+  if (r.bytes == 0) {
     VUNET_LOG(kInfo, "repair: helper disconnected");
-  } else if (n < 0) {
+  } else if (r.bytes < 0) {
     VUNET_LOG(kWarning, "repair: helper connection: %s; dropping it", strerror(errno));
   } else {
     VUNET_LOG(kWarning, "repair: helper sent data without a request; dropping it");
@@ -220,9 +230,10 @@ absl::Status RepairChannel::Set(absl::Span<const int> fds, RepairMode mode,
     if (!s.ok()) {
       helper_.reset();
       return absl::Status(
-          s.code(), absl::StrFormat("repair %s: %s; %d of %d sockets confirmed, the next %d unknown",
-                                    RepairModeName(static_cast<int8_t>(mode)), s.message(), done,
-                                    fds.size(), batch.size()));
+          s.code(),
+          absl::StrFormat("repair %s: %s; %d of %d sockets confirmed, the next %d unknown",
+                          RepairModeName(static_cast<int8_t>(mode)), s.message(), done, fds.size(),
+                          batch.size()));
     }
   }
   return absl::OkStatus();
@@ -268,31 +279,25 @@ absl::Status RepairChannel::AwaitReply(RepairMode mode, absl::Time deadline) {
     absl::StatusOr<bool> ready = WaitFor(helper_.get(), POLLIN, deadline);
     if (!ready.ok()) return ready.status();
     if (!*ready) return absl::DeadlineExceededError("no reply from the helper in time");
-    // Room for more than the one byte expected, and for fds, so that a
-    // helper sending either is caught rather than left in the socket.
+    // Room for more than the one byte expected, so that a helper sending
+    // more is caught rather than left in the socket.
     char reply[16];
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-    iovec iov{.iov_base = reply, .iov_len = sizeof(reply)};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    const ssize_t n = recvmsg(helper_.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    const Received r = ReceiveFromHelper(helper_.get(), reply, sizeof(reply));
+    const ssize_t n = r.bytes;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
     if (n < 0) return absl::UnavailableError(absl::StrCat("helper connection: ", strerror(errno)));
     if (n == 0) {
       return absl::UnavailableError(
           "the helper closed the connection (it could not set repair mode on a socket)");
     }
-    if (const size_t fds_back = CloseReceivedFds(msg); fds_back > 0 || (msg.msg_flags & MSG_CTRUNC)) {
-      return absl::DataLossError(absl::StrFormat("the helper sent %d fds back", fds_back));
+    if (r.fds > 0 || r.truncated) {
+      return absl::DataLossError(absl::StrFormat("the helper sent %d fds back", r.fds));
     }
-    if (n != 1) return absl::DataLossError(absl::StrFormat("the helper replied %d bytes, not 1", n));
+    if (n != 1)
+      return absl::DataLossError(absl::StrFormat("the helper replied %d bytes, not 1", n));
     if (static_cast<int8_t>(reply[0]) != static_cast<int8_t>(mode)) {
-      return absl::DataLossError(absl::StrFormat("the helper replied %d to %d",
-                                                 static_cast<int8_t>(reply[0]),
-                                                 static_cast<int8_t>(mode)));
+      return absl::DataLossError(absl::StrFormat(
+          "the helper replied %d to %d", static_cast<int8_t>(reply[0]), static_cast<int8_t>(mode)));
     }
     return absl::OkStatus();
   }

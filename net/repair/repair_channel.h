@@ -101,8 +101,8 @@ class RepairChannel {
   // or may not be, the rest were not asked for.
   absl::Status Set(absl::Span<const int> fds, RepairMode mode, absl::Duration timeout);
 
-  // Closes the helper's connection, if any: "the server closes the
-  // connection on error or completion"; the helper then exits.
+  // Closes the helper's connection, if any: how the backend says that
+  // migration is over (the helper then exits).
   void DropHelper();
 
   // Drops the helper, closes the listening socket and removes the socket

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -46,8 +47,8 @@ absl::Status SelectQueue(int fd, int queue) {
 
 absl::StatusOr<uint32_t> QueueSeq(int fd) {
   int seq;
-  if (absl::Status s = GetIntOption(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "getsockopt(TCP_QUEUE_SEQ)",
-                                    &seq);
+  if (absl::Status s =
+          GetIntOption(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "getsockopt(TCP_QUEUE_SEQ)", &seq);
       !s.ok()) {
     return s;
   }
@@ -107,9 +108,8 @@ bool FinsOfState(uint8_t state, bool* fin_sent, bool* peer_fin) {
 
 const char* StateName(uint8_t state) {
   static constexpr const char* kNames[] = {
-      "none",      "ESTABLISHED", "SYN_SENT", "SYN_RECV",   "FIN_WAIT1", "FIN_WAIT2",
-      "TIME_WAIT", "CLOSE",       "CLOSE_WAIT", "LAST_ACK", "LISTEN",    "CLOSING",
-      "NEW_SYN_RECV"};
+      "none",  "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",   "TIME_WAIT",
+      "CLOSE", "CLOSE_WAIT",  "LAST_ACK", "LISTEN",   "CLOSING",   "NEW_SYN_RECV"};
   return state < std::size(kNames) ? kNames[state] : "unknown";
 }
 
@@ -160,14 +160,15 @@ absl::Status ValidateImage(const TcpSocketImage& image) {
   }
   if (image.window_scaling &&
       (image.send_window_scale > kMaxWindowScale || image.recv_window_scale > kMaxWindowScale)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "image: window scales %d and %d (at most %d)", image.send_window_scale,
-        image.recv_window_scale, kMaxWindowScale));
+    return absl::InvalidArgumentError(absl::StrFormat("image: window scales %d and %d (at most %d)",
+                                                      image.send_window_scale,
+                                                      image.recv_window_scale, kMaxWindowScale));
   }
   if (image.mss == 0 || image.mss > 65535) {
     return absl::InvalidArgumentError(absl::StrFormat("image: MSS %d", image.mss));
   }
-  if (absl::Status s = CheckQueueSize(image.unacked.size() + image.unsent.size(), "image: send queue");
+  if (absl::Status s =
+          CheckQueueSize(image.unacked.size() + image.unsent.size(), "image: send queue");
       !s.ok()) {
     return absl::InvalidArgumentError(s.message());
   }
@@ -177,10 +178,37 @@ absl::Status ValidateImage(const TcpSocketImage& image) {
   return absl::OkStatus();
 }
 
+// The socket's send buffer as the kernel accounts it (SO_SNDBUF reads the
+// doubled value); 0 if it cannot be read.
+int SendBufferBytes(int fd) {
+  int bytes = 0;
+  socklen_t len = sizeof(bytes);
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, &len) != 0) return 0;
+  return bytes;
+}
+
+// Makes room for `remaining` more bytes in the send buffer of a socket in
+// repair mode, where nothing is acknowledged to free any: asks for what it
+// holds plus twice that (the kernel's bookkeeping per byte), and at least
+// `source_sndbuf`. True if the buffer grew (net.core.wmem_max caps it).
+bool GrowSendBuffer(int fd, size_t remaining, uint32_t source_sndbuf) {
+  const int before = SendBufferBytes(fd);
+  const size_t want = std::max<size_t>(source_sndbuf, static_cast<size_t>(before) + 2 * remaining);
+  // The kernel doubles what it is given.
+  const int ask = static_cast<int>(std::min<size_t>(want / 2 + 1, INT32_MAX / 2));
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &ask, sizeof(ask)) != 0) return false;
+  return SendBufferBytes(fd) > before;
+}
+
 // Writes all of `bytes` into the selected queue of a socket in repair mode.
 // The kernel takes a bounded amount per call (one buffer of at most
-// MAX_SKB_FRAGS pages for the receive queue), hence the loop.
-absl::Status WriteQueue(int fd, const std::vector<uint8_t>& bytes, const char* queue) {
+// MAX_SKB_FRAGS pages for the receive queue), hence the loop. A full send
+// buffer is grown (setting SO_SNDBUF fixes its size for the connection's
+// life, so only when it must): the bytes in flight must all be in the queue
+// in repair mode, or acknowledgements of them would be taken for
+// acknowledgements of data never sent, and dropped.
+absl::Status WriteQueue(int fd, const std::vector<uint8_t>& bytes, const char* queue,
+                        uint32_t grow_send_buffer_to = 0) {
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n =
@@ -190,10 +218,19 @@ absl::Status WriteQueue(int fd, const std::vector<uint8_t>& bytes, const char* q
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
+    const int error = n < 0 ? errno : EIO;
+    if (grow_send_buffer_to > 0 && (error == EAGAIN || error == EWOULDBLOCK) &&
+        GrowSendBuffer(fd, bytes.size() - done, grow_send_buffer_to)) {
+      continue;
+    }
     return absl::ErrnoToStatus(
-        n < 0 ? errno : EIO,
-        absl::StrFormat("writing the %s in repair mode: the kernel took %d of %d bytes", queue,
-                        done, bytes.size()));
+        error,
+        absl::StrFormat("writing the %s in repair mode: the kernel took %d of %d bytes%s", queue,
+                        done, bytes.size(),
+                        error == EAGAIN ? absl::StrFormat(" (the send buffer, %d bytes, is full: "
+                                                          "net.core.wmem_max caps it)",
+                                                          SendBufferBytes(fd))
+                                        : ""));
   }
   return absl::OkStatus();
 }
@@ -205,12 +242,11 @@ bool operator==(const TcpSocketImage& a, const TcpSocketImage& b) {
          a.send_seq == b.send_seq && a.recv_seq == b.recv_seq && a.unacked == b.unacked &&
          a.unsent == b.unsent && a.received == b.received && a.fin_sent == b.fin_sent &&
          a.peer_fin == b.peer_fin && a.mss == b.mss && a.window_scaling == b.window_scaling &&
-         a.send_window_scale == b.send_window_scale &&
-         a.recv_window_scale == b.recv_window_scale && a.sack_permitted == b.sack_permitted &&
-         a.timestamps == b.timestamps && a.timestamp == b.timestamp &&
-         a.window.snd_wl1 == b.window.snd_wl1 && a.window.snd_wnd == b.window.snd_wnd &&
-         a.window.max_window == b.window.max_window && a.window.rcv_wnd == b.window.rcv_wnd &&
-         a.window.rcv_wup == b.window.rcv_wup;
+         a.send_window_scale == b.send_window_scale && a.recv_window_scale == b.recv_window_scale &&
+         a.sack_permitted == b.sack_permitted && a.timestamps == b.timestamps &&
+         a.timestamp == b.timestamp && a.window.snd_wl1 == b.window.snd_wl1 &&
+         a.window.snd_wnd == b.window.snd_wnd && a.window.max_window == b.window.max_window &&
+         a.window.rcv_wnd == b.window.rcv_wnd && a.window.rcv_wup == b.window.rcv_wup;
 }
 
 std::string TcpSocketImage::ToString() const {
@@ -221,16 +257,16 @@ std::string TcpSocketImage::ToString() const {
       send_seq, unacked.size(), unsent.size(), fin_sent ? ", FIN" : "", recv_seq, received.size(),
       peer_fin ? ", FIN" : "", mss,
       window_scaling ? absl::StrFormat("%d/%d", send_window_scale, recv_window_scale) : "off",
-      sack_permitted, timestamps ? absl::StrCat(timestamp) : "off", window.snd_wl1,
-      window.snd_wnd, window.max_window, window.rcv_wnd, window.rcv_wup);
+      sack_permitted, timestamps ? absl::StrCat(timestamp) : "off", window.snd_wl1, window.snd_wnd,
+      window.max_window, window.rcv_wnd, window.rcv_wup);
 }
 
 absl::StatusOr<TcpSocketImage> DumpTcpSocket(int fd, size_t max_queue_bytes) {
   max_queue_bytes = std::min(max_queue_bytes, TcpSocketImage::kMaxQueueBytes);
   TcpSocketImage image;
   int type = 0, protocol = 0;
-  if (absl::Status s = GetIntOption(fd, SOL_SOCKET, SO_DOMAIN, "getsockopt(SO_DOMAIN)",
-                                    &image.family);
+  if (absl::Status s =
+          GetIntOption(fd, SOL_SOCKET, SO_DOMAIN, "getsockopt(SO_DOMAIN)", &image.family);
       !s.ok()) {
     return s;
   }
@@ -323,8 +359,7 @@ absl::StatusOr<TcpSocketImage> DumpTcpSocket(int fd, size_t max_queue_bytes) {
   size_t unsent = *not_sent;
   if (image.fin_sent && unsent > 0) --unsent;
   unsent = std::min(unsent, *queued);
-  image.send_seq =
-      *write_seq - (image.fin_sent ? 1 : 0) - static_cast<uint32_t>(*queued);
+  image.send_seq = *write_seq - (image.fin_sent ? 1 : 0) - static_cast<uint32_t>(*queued);
   image.unacked.assign(send_queue.begin(), send_queue.begin() + (*queued - unsent));
   image.unsent.assign(send_queue.begin() + (*queued - unsent), send_queue.begin() + *queued);
 
@@ -347,6 +382,7 @@ absl::StatusOr<TcpSocketImage> DumpTcpSocket(int fd, size_t max_queue_bytes) {
     return s;
   }
   image.timestamp = static_cast<uint32_t>(timestamp);
+  image.send_buffer = static_cast<uint32_t>(SendBufferBytes(fd));
   socklen_t len = sizeof(image.window);
   if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &image.window, &len) != 0) {
     return ErrnoStatus("getsockopt(TCP_REPAIR_WINDOW)");
@@ -360,8 +396,8 @@ absl::StatusOr<UniqueFd> NewTcpSocketForRestore(const TcpSocketImage& image) {
   }
   UniqueFd fd(socket(image.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP));
   if (!fd.valid()) return ErrnoStatus("socket for a restored connection");
-  if (absl::Status s = SetIntOption(fd.get(), SOL_SOCKET, SO_REUSEADDR,
-                                    "setsockopt(SO_REUSEADDR)", 1);
+  if (absl::Status s =
+          SetIntOption(fd.get(), SOL_SOCKET, SO_REUSEADDR, "setsockopt(SO_REUSEADDR)", 1);
       !s.ok()) {
     return s;
   }
@@ -418,8 +454,8 @@ absl::Status RestoreTcpSocket(int fd, const TcpSocketImage& image) {
   size_t count = 0;
   options[count++] = {TCPOPT_MAXSEG, image.mss};
   if (image.window_scaling) {
-    options[count++] = {
-        TCPOPT_WINDOW, image.send_window_scale | (uint32_t{image.recv_window_scale} << 16)};
+    options[count++] = {TCPOPT_WINDOW,
+                        image.send_window_scale | (uint32_t{image.recv_window_scale} << 16)};
   }
   if (image.sack_permitted) options[count++] = {TCPOPT_SACK_PERMITTED, 0};
   if (image.timestamps) options[count++] = {TCPOPT_TIMESTAMP, 0};
@@ -437,7 +473,11 @@ absl::Status RestoreTcpSocket(int fd, const TcpSocketImage& image) {
   // Bytes written in repair mode count as sent: only the unacknowledged ones
   // go here. The peer gets them again when the retransmission timer fires.
   if (absl::Status s = SelectQueue(fd, TCP_SEND_QUEUE); !s.ok()) return s;
-  if (absl::Status s = WriteQueue(fd, image.unacked, "send queue"); !s.ok()) return s;
+  if (absl::Status s =
+          WriteQueue(fd, image.unacked, "send queue", std::max<uint32_t>(image.send_buffer, 1));
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = SelectQueue(fd, TCP_RECV_QUEUE); !s.ok()) return s;
   if (absl::Status s = WriteQueue(fd, image.received, "receive queue"); !s.ok()) return s;
   if (absl::Status s = SelectQueue(fd, TCP_NO_QUEUE); !s.ok()) return s;

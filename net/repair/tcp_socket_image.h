@@ -92,6 +92,11 @@ struct TcpSocketImage {
   // the largest it ever offered, what we offered it.
   tcp_repair_window window{};
 
+  // The source socket's send buffer (SO_SNDBUF, as the kernel accounts it):
+  // the least the restored socket is given if its own cannot hold `unacked`
+  // (see RestoreTcpSocket).
+  uint32_t send_buffer = 0;
+
   friend bool operator==(const TcpSocketImage& a, const TcpSocketImage& b);
   friend bool operator!=(const TcpSocketImage& a, const TcpSocketImage& b) { return !(a == b); }
 
@@ -121,7 +126,12 @@ absl::StatusOr<UniqueFd> NewTcpSocketForRestore(const TcpSocketImage& image);
 // timestamps, the timestamp clock, the sent-but-unacknowledged bytes and the
 // received bytes into their queues, the windows. The not-yet-sent bytes are
 // left to FinishTcpRestore, after repair mode is off, so they are sent at
-// once rather than after a retransmission timeout.
+// once rather than after a retransmission timeout. Nothing is acknowledged
+// in repair mode, so a new socket's send buffer may be too small for the
+// unacknowledged bytes: it is then set (SO_SNDBUF) to hold them, and to at
+// least image.send_buffer, which fixes it for the connection's life (the
+// kernel no longer tunes it); net.core.wmem_max caps it, and a queue that
+// still does not fit fails (kUnavailable, saying so).
 //
 // Errors: kInvalidArgument for an image that cannot be right (families that
 // do not match, no addresses, a window scale above 14, queues above

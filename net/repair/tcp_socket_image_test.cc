@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -32,7 +33,6 @@ using ::vunet::net::testing::FreezeReceiver;
 using ::vunet::net::testing::LoopbackCapture;
 using ::vunet::net::testing::LoopbackPair;
 using ::vunet::net::testing::RepairModeOf;
-using ::vunet::net::testing::RepairUnavailableReason;
 using ::vunet::net::testing::SetRepairMode;
 using ::vunet::net::testing::StreamBytes;
 using ::vunet::net::testing::UnfreezeReceiver;
@@ -40,11 +40,6 @@ using ::vunet::net::testing::UnfreezeReceiver;
 constexpr uint32_t kOursStream = 1;  // What the migrated side sends.
 constexpr uint32_t kPeerStream = 2;  // What its peer sends.
 constexpr size_t kMiB = size_t{1} << 20;
-
-#define SKIP_WITHOUT_REPAIR()                                                          \
-  do {                                                                                 \
-    if (!RepairUnavailableReason().empty()) GTEST_SKIP() << RepairUnavailableReason(); \
-  } while (0)
 
 int SendQueueBytes(int fd) {
   int bytes = -1;
@@ -100,8 +95,7 @@ void WriteSome(Flow& f) {
 void ReadSome(Flow& f, size_t at_most = SIZE_MAX) {
   std::vector<uint8_t> buffer(256 * 1024);
   while (at_most > 0) {
-    const ssize_t n =
-        recv(f.to, buffer.data(), std::min(buffer.size(), at_most), MSG_DONTWAIT);
+    const ssize_t n = recv(f.to, buffer.data(), std::min(buffer.size(), at_most), MSG_DONTWAIT);
     if (n == 0) {
       f.eof = true;
       return;
@@ -123,8 +117,8 @@ void Exchange(Flow& a, Flow& b, bool until_eof = false) {
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   auto done = [&](const Flow& f) { return f.read == f.target && (!until_eof || f.eof); };
   while (!done(a) || !done(b)) {
-    ASSERT_LT(absl::Now(), deadline) << "stalled: " << a.read << "/" << a.target << " and "
-                                     << b.read << "/" << b.target;
+    ASSERT_LT(absl::Now(), deadline)
+        << "stalled: " << a.read << "/" << a.target << " and " << b.read << "/" << b.target;
     for (Flow* f : {&a, &b}) {
       WriteSome(*f);
       ReadSome(*f);
@@ -176,7 +170,7 @@ class TcpSocketImageTest : public ::testing::TestWithParam<int> {
 // unread in our receive queue, ours unread in the peer's, ours sent and not
 // acknowledged (the peer drops segments meanwhile), ours not yet sent.
 TEST_P(TcpSocketImageTest, MigratesWithDataQueuedBothWays) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback(
       {.family = family(), .ours_rcvbuf = 8 * int{kMiB}, .ours_sndbuf = 16 * int{kMiB}});
   ASSERT_TRUE(pair.ok()) << pair.status();
@@ -253,10 +247,51 @@ TEST_P(TcpSocketImageTest, MigratesWithDataQueuedBothWays) {
   EXPECT_EQ(to_peer.read, to_peer.target);
 }
 
+// Much in flight: a peer that offered a large window, then stopped
+// acknowledging. The restored socket takes all of it back into its send queue
+// in repair mode, however small its send buffer starts.
+TEST_P(TcpSocketImageTest, MigratesWithMuchDataUnacknowledged) {
+  VUNET_SKIP_WITHOUT_REPAIR();
+  absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback(
+      {.family = family(), .ours_sndbuf = 8 * int{kMiB}, .peer_rcvbuf = 8 * int{kMiB}});
+  ASSERT_TRUE(pair.ok()) << pair.status();
+  // Grow the congestion window first: a few MiB read by the peer.
+  Flow to_peer{.from = pair->ours.get(), .to = pair->peer.get(), .stream = 20, .target = 4 * kMiB};
+  Flow none{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 21};
+  Exchange(none, to_peer);
+  ASSERT_TRUE(FreezeReceiver(pair->peer.get()).ok());
+  to_peer.target += 2 * kMiB;
+  WriteSome(to_peer);
+  absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
+  absl::StatusOr<TcpSocketImage> image = DumpTcpSocket(pair->ours.get());
+  ASSERT_TRUE(image.ok()) << image.status();
+  printf("%s\n", image->ToString().c_str());
+  EXPECT_GT(image->unacked.size(), 256u * 1024);
+  // The restored socket's send buffer must grow to hold them, up to twice
+  // net.core.wmem_max.
+  std::ifstream wmem_max_file("/proc/sys/net/core/wmem_max");
+  size_t wmem_max = 0;
+  wmem_max_file >> wmem_max;
+  if (2 * wmem_max < 3 * image->unacked.size()) {
+    GTEST_SKIP() << "net.core.wmem_max " << wmem_max << " is too small to restore "
+                 << image->unacked.size() << " unacknowledged bytes";
+  }
+  pair->ours.reset();
+  ASSERT_TRUE(UnfreezeReceiver(pair->peer.get()).ok());
+
+  absl::StatusOr<UniqueFd> restored = Restore(*image);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  FinishWhileReading(restored->get(), *image, to_peer);
+  to_peer.from = restored->get();
+  none.to = restored->get();
+  Exchange(none, to_peer);
+}
+
 // Closing a socket in repair mode sends nothing: the peer sees neither a FIN
 // nor a reset, on the wire or at its socket.
 TEST_P(TcpSocketImageTest, CloseInRepairModeSendsNothing) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   Flow to_ours{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 2, .target = 1000};
@@ -281,6 +316,13 @@ TEST_P(TcpSocketImageTest, CloseInRepairModeSendsNothing) {
   ASSERT_EQ(getsockopt(pair->peer.get(), SOL_SOCKET, SO_ERROR, &error, &len), 0);
   EXPECT_EQ(error, 0);
   EXPECT_EQ(TcpState(pair->peer.get()), TCP_ESTABLISHED);
+
+  // The capture does see a FIN when one is sent: the peer's, closing normally.
+  len = sizeof(ss);
+  ASSERT_EQ(getsockname(pair->peer.get(), reinterpret_cast<sockaddr*>(&ss), &len), 0);
+  const uint16_t peer_port = ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  pair->peer.reset();
+  ASSERT_TRUE(WaitUntil([&] { return capture->SawFinOrRstFrom(peer_port); }));
 }
 
 // The fact a same-host migration is ordered by: while a socket holds the
@@ -288,7 +330,7 @@ TEST_P(TcpSocketImageTest, CloseInRepairModeSendsNothing) {
 // fails with EADDRNOTAVAIL (bind succeeds: repair mode forces reuse), in
 // repair mode or not; once that socket is closed, the restore succeeds.
 TEST_P(TcpSocketImageTest, RestoreWhileTheSourceSocketLivesFailsWithEaddrnotavail) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
@@ -318,7 +360,7 @@ TEST_P(TcpSocketImageTest, RestoreWhileTheSourceSocketLivesFailsWithEaddrnotavai
 // Several MiB not yet sent, a peer reading slowly: the restored socket cannot
 // take them at once, and FinishTcpRestore says how far it got until it has.
 TEST_P(TcpSocketImageTest, LargeUnsentQueueFinishesInSeveralCalls) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback(
       {.family = family(), .ours_sndbuf = 32 * int{kMiB}, .peer_rcvbuf = 64 * 1024});
   ASSERT_TRUE(pair.ok()) << pair.status();
@@ -372,7 +414,7 @@ TEST_P(TcpSocketImageTest, LargeUnsentQueueFinishesInSeveralCalls) {
 // The peer had shut down its side (CLOSE_WAIT): the restored socket gives the
 // data, then end of stream, and can still send.
 TEST_P(TcpSocketImageTest, MigratesAfterThePeerShutDown) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   Flow to_ours{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 9, .target = 5000};
@@ -406,7 +448,7 @@ TEST_P(TcpSocketImageTest, MigratesAfterThePeerShutDown) {
 // We had shut down our side with data still in flight (FIN_WAIT1): the data
 // and the FIN go again, and the peer can still send.
 TEST_P(TcpSocketImageTest, MigratesAfterWeShutDownWithDataInFlight) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   ASSERT_TRUE(FreezeReceiver(pair->peer.get()).ok());
@@ -441,7 +483,7 @@ TEST_P(TcpSocketImageTest, MigratesAfterWeShutDownWithDataInFlight) {
 // We had shut down and the peer acknowledged it (FIN_WAIT2): nothing is left
 // to send but the peer's data still comes in.
 TEST_P(TcpSocketImageTest, MigratesAfterOurFinWasAcknowledged) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
   ASSERT_EQ(shutdown(pair->ours.get(), SHUT_WR), 0);
@@ -471,7 +513,7 @@ TEST_P(TcpSocketImageTest, MigratesAfterOurFinWasAcknowledged) {
 
 // An IPv6 socket talking to an IPv4 peer (v4-mapped) comes back as one.
 TEST(TcpSocketImageDualStackTest, MigratesAnIpv6SocketWithAnIpv4Peer) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   UniqueFd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in sin{};
   sin.sin_family = AF_INET;
@@ -505,7 +547,7 @@ TEST(TcpSocketImageDualStackTest, MigratesAnIpv6SocketWithAnIpv4Peer) {
 }
 
 TEST(TcpSocketImageRefusalTest, DumpRefusesSocketsItCannotMigrate) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = AF_INET});
   ASSERT_TRUE(pair.ok()) << pair.status();
   EXPECT_EQ(DumpTcpSocket(pair->ours.get()).status().code(),
@@ -523,33 +565,34 @@ TEST(TcpSocketImageRefusalTest, DumpRefusesSocketsItCannotMigrate) {
 }
 
 TEST(TcpSocketImageRefusalTest, DumpRefusesQueuesAboveTheLimit) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = AF_INET});
   ASSERT_TRUE(pair.ok()) << pair.status();
-  Flow to_ours{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 18, .target = 50000};
+  Flow to_ours{.from = pair->peer.get(), .to = pair->ours.get(), .stream = 17, .target = 50000};
   WriteSome(to_ours);
   ASSERT_TRUE(WaitUntil([&] { return SendQueueBytes(pair->peer.get()) == 0; }));
-  ASSERT_TRUE(FreezeReceiver(pair->peer.get()).ok());
-  Flow to_peer{.from = pair->ours.get(), .to = pair->peer.get(), .stream = 17, .target = 300000};
-  WriteSome(to_peer);
-  ASSERT_EQ(to_peer.written, to_peer.target);
   ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
-
-  absl::Status s = DumpTcpSocket(pair->ours.get(), 299999).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
-  EXPECT_NE(s.message().find("send queue of 300000 bytes"), std::string::npos) << s;
-  ASSERT_TRUE(UnfreezeReceiver(pair->peer.get()).ok());
-  ASSERT_TRUE(WaitUntil([&] { return SendQueueBytes(pair->ours.get()) == 0; }));
-  s = DumpTcpSocket(pair->ours.get(), 49999).status();
+  absl::Status s = DumpTcpSocket(pair->ours.get(), 49999).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_NE(s.message().find("receive queue of 50000 bytes"), std::string::npos) << s;
   absl::StatusOr<TcpSocketImage> image = DumpTcpSocket(pair->ours.get(), 50000);
   ASSERT_TRUE(image.ok()) << image.status();
   EXPECT_EQ(image->received.size(), 50000u);
+
+  pair = ConnectOverLoopback({.family = AF_INET});
+  ASSERT_TRUE(pair.ok()) << pair.status();
+  ASSERT_TRUE(FreezeReceiver(pair->peer.get()).ok());
+  Flow to_peer{.from = pair->ours.get(), .to = pair->peer.get(), .stream = 18, .target = 300000};
+  WriteSome(to_peer);
+  ASSERT_EQ(to_peer.written, to_peer.target);
+  ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
+  s = DumpTcpSocket(pair->ours.get(), 299999).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("send queue of 300000 bytes"), std::string::npos) << s;
 }
 
 TEST(TcpSocketImageRefusalTest, RestoreRefusesImagesThatCannotBeRight) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = AF_INET});
   ASSERT_TRUE(pair.ok()) << pair.status();
   ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
@@ -583,6 +626,18 @@ TEST(TcpSocketImageRefusalTest, RestoreRefusesImagesThatCannotBeRight) {
   bad.received.resize(TcpSocketImage::kMaxQueueBytes + 1);
   EXPECT_EQ(refused(bad), absl::StatusCode::kInvalidArgument);
 
+  // An address this host does not have: bind says so.
+  bad = *good;
+  bad.local.addr = *InetAddr::Parse("192.0.2.1");
+  {
+    absl::StatusOr<UniqueFd> fd = NewTcpSocketForRestore(bad);
+    ASSERT_TRUE(fd.ok());
+    ASSERT_TRUE(SetRepairMode(fd->get(), TCP_REPAIR_ON).ok());
+    const absl::Status s = RestoreTcpSocket(fd->get(), bad);
+    EXPECT_NE(s.message().find("bind to 192.0.2.1:"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("Cannot assign requested address"), std::string::npos) << s;
+  }
+
   // A socket not in repair mode.
   absl::StatusOr<UniqueFd> fd = NewTcpSocketForRestore(*good);
   ASSERT_TRUE(fd.ok());
@@ -610,7 +665,7 @@ TEST(TcpSocketImageEqualityTest, ComparesEveryField) {
 // The cost the issue asks about: 1000 idle connections dumped and restored,
 // timed, and each still carrying data both ways afterwards.
 TEST(TcpSocketImageScaleTest, DumpsAndRestoresAThousandConnections) {
-  SKIP_WITHOUT_REPAIR();
+  VUNET_SKIP_WITHOUT_REPAIR();
   constexpr int kConnections = 1000;
   std::vector<LoopbackPair> pairs;
   pairs.reserve(kConnections);
@@ -637,12 +692,13 @@ TEST(TcpSocketImageScaleTest, DumpsAndRestoresAThousandConnections) {
     pairs[i].ours = *std::move(restored);
   }
   const absl::Duration restore_time = absl::Now() - restore_start;
-  printf("%d idle connections: repair on + dump + close %s (%s each), new socket + repair on + "
-         "restore + repair off %s (%s each); %zu bytes of fixed state each\n",
-         kConnections, absl::FormatDuration(dump_time).c_str(),
-         absl::FormatDuration(dump_time / kConnections).c_str(),
-         absl::FormatDuration(restore_time).c_str(),
-         absl::FormatDuration(restore_time / kConnections).c_str(), sizeof(TcpSocketImage));
+  printf(
+      "%d idle connections: repair on + dump + close %s (%s each), new socket + repair on + "
+      "restore + repair off %s (%s each); %zu bytes of fixed state each\n",
+      kConnections, absl::FormatDuration(dump_time).c_str(),
+      absl::FormatDuration(dump_time / kConnections).c_str(),
+      absl::FormatDuration(restore_time).c_str(),
+      absl::FormatDuration(restore_time / kConnections).c_str(), sizeof(TcpSocketImage));
   for (LoopbackPair& pair : pairs) {
     Flow to_ours{.from = pair.peer.get(), .to = pair.ours.get(), .stream = 18, .target = 100};
     Flow to_peer{.from = pair.ours.get(), .to = pair.peer.get(), .stream = 19, .target = 100};

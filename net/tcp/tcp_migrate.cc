@@ -62,6 +62,7 @@ void WriteImage(StateWriter& w, const TcpSocketImage& im) {
   w.U32(im.window.max_window);
   w.U32(im.window.rcv_wnd);
   w.U32(im.window.rcv_wup);
+  w.U32(im.send_buffer);
 }
 
 std::vector<uint8_t> ReadQueue(StateReader& r) {
@@ -95,6 +96,7 @@ TcpSocketImage ReadImage(StateReader& r) {
   im.window.max_window = r.U32();
   im.window.rcv_wnd = r.U32();
   im.window.rcv_wup = r.U32();
+  im.send_buffer = r.U32();
   if (!r.ok()) return im;
   // The kernel checks what it is given too; these are what we rely on.
   if (im.local.addr.empty() || im.remote.addr.empty() || im.local.port == 0 ||

@@ -1,6 +1,7 @@
 #include "net/repair/testing/repair_testing.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/if_ether.h>
@@ -100,8 +101,7 @@ absl::StatusOr<LoopbackPair> ConnectOverLoopback(const LoopbackPairOptions& opti
   if (!listener.valid()) return ErrnoStatus("socket");
   // Accepted sockets inherit the listener's buffers, and the window scale
   // is chosen from them at the handshake.
-  if (absl::Status s =
-          ForceBuffer(listener.get(), SO_RCVBUFFORCE, SO_RCVBUF, options.peer_rcvbuf);
+  if (absl::Status s = ForceBuffer(listener.get(), SO_RCVBUFFORCE, SO_RCVBUF, options.peer_rcvbuf);
       !s.ok()) {
     return s;
   }
@@ -113,13 +113,11 @@ absl::StatusOr<LoopbackPair> ConnectOverLoopback(const LoopbackPairOptions& opti
   LoopbackPair pair;
   pair.ours.reset(socket(options.family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!pair.ours.valid()) return ErrnoStatus("socket");
-  if (absl::Status s =
-          ForceBuffer(pair.ours.get(), SO_RCVBUFFORCE, SO_RCVBUF, options.ours_rcvbuf);
+  if (absl::Status s = ForceBuffer(pair.ours.get(), SO_RCVBUFFORCE, SO_RCVBUF, options.ours_rcvbuf);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s =
-          ForceBuffer(pair.ours.get(), SO_SNDBUFFORCE, SO_SNDBUF, options.ours_sndbuf);
+  if (absl::Status s = ForceBuffer(pair.ours.get(), SO_SNDBUFFORCE, SO_SNDBUF, options.ours_sndbuf);
       !s.ok()) {
     return s;
   }
@@ -147,6 +145,26 @@ absl::Status UnfreezeReceiver(int fd) {
     return ErrnoStatus("SO_DETACH_FILTER");
   }
   return absl::OkStatus();
+}
+
+SocketSet UnconnectedTcpSockets(int count) {
+  SocketSet set;
+  set.sockets.reserve(count);
+  set.fds.reserve(count);
+  for (int i = 0; i < count; ++i) {
+    set.sockets.emplace_back(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    set.fds.push_back(set.sockets.back().get());
+  }
+  return set;
+}
+
+size_t OpenFdCount() {
+  size_t count = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (const dirent* e = readdir(d)) count += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return count;
 }
 
 uint8_t StreamByte(uint32_t stream, uint64_t offset) {

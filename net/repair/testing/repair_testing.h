@@ -24,6 +24,15 @@ namespace vunet::net::testing {
 // skip with.
 const std::string& RepairUnavailableReason();
 
+// The first line of a test that needs repair mode: skips it, saying why,
+// where repair mode is not to be had.
+#define VUNET_SKIP_WITHOUT_REPAIR()                                                  \
+  do {                                                                               \
+    const std::string& vunet_repair_unavailable =                                    \
+        ::vunet::net::testing::RepairUnavailableReason();                            \
+    if (!vunet_repair_unavailable.empty()) GTEST_SKIP() << vunet_repair_unavailable; \
+  } while (0)
+
 // Sets TCP_REPAIR on `fd` directly (mode 1, 0 or -1).
 absl::Status SetRepairMode(int fd, int mode);
 // TCP_REPAIR as getsockopt reads it (0 or 1).
@@ -50,6 +59,17 @@ absl::StatusOr<LoopbackPair> ConnectOverLoopback(const LoopbackPairOptions& opti
 // 0), so that what is sent to it stays unacknowledged; Unfreeze undoes it.
 absl::Status FreezeReceiver(int fd);
 absl::Status UnfreezeReceiver(int fd);
+
+// `count` TCP sockets, not connected: enough for a helper to set repair mode
+// on, or for a channel to pass on. `fds` lists what `sockets` own.
+struct SocketSet {
+  std::vector<UniqueFd> sockets;
+  std::vector<int> fds;
+};
+SocketSet UnconnectedTcpSockets(int count);
+
+// How many fds this process has open (to see that nothing leaked).
+size_t OpenFdCount();
 
 // Byte `offset` of the test stream `stream`: not periodic in any small
 // power of two, so a byte lost, repeated or moved shows.
