@@ -47,6 +47,8 @@
 #                  checks; shows the frontend's side of it, and lets the failure cases be tried,
 #                  while vunet carries none.
 #   MIG_VUNET_ARGS more vunet arguments (words), e.g. --debug.
+#   MIG_PCAP=yes   each vunet captures the guest's frames in vunet-N.pcap (--pcap), and tcpdump
+#                  (where installed) the host side, the server's port on the loopback, in host.pcap.
 #   MIG_KEEP=yes   keep $MIG_DIR.
 #   GUEST_MEMORY   defaults to 256M here (less to copy).
 # Everything started here is stopped on every exit path.
@@ -146,6 +148,9 @@ mig_start_server() {
   MIG_PORT=$(e2e_free_port) || mig_fail "no free port"
   e2e_host_bg server.log "$MIG_TRAFFIC" server --port "$MIG_PORT" --phase-file "$MIG_DIR/phase"
   _mig_wait_for "grep -q listening '$MIG_DIR/server.log'" 5 || mig_fail "the server did not start"
+  if [[ ${MIG_PCAP:-} == yes ]] && command -v tcpdump >/dev/null; then
+    e2e_host_bg tcpdump.log tcpdump -i lo -s 128 -w "$MIG_DIR/host.pcap" "tcp port $MIG_PORT"
+  fi
 }
 
 # mig_start_vunet N [ARGS...]: vunet N (-f --one-off, the addressing every vunet here gives, then
@@ -157,6 +162,7 @@ mig_start_vunet() {
   local socket=$MIG_DIR/vunet-$i.sock log=$MIG_DIR/vunet-$i.log
   # shellcheck disable=SC2206  # MIG_VUNET_ARGS is words.
   local args=(-f --one-off -s "$socket" "${MIG_ADDRESSING[@]}" ${MIG_VUNET_ARGS:-} "$@")
+  [[ ${MIG_PCAP:-} == yes ]] && args+=(--pcap "$MIG_DIR/vunet-$i.pcap")
   # nsenter execs vunet: $! is vunet's pid.
   ${MIG_NS[@]+"${MIG_NS[@]}"} "$MIG_VUNET" "${args[@]}" </dev/null >"$log" 2>&1 &
   MIG_VUNET_PIDS[i]=$!

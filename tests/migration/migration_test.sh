@@ -113,8 +113,10 @@ expect_udp_flow() {
 # server_line SEED: the server's line for the stream of SEED.
 server_line() { grep -m 1 " stream seed=$1 " "$MIG_DIR/server.log" || true; }
 
-# expect_server SEED NAME: the server saw stream SEED end in order with every byte right (its line
-# comes when the connection ends: up to 30 s are given for that).
+# expect_server SEED NAME [GUEST_LINE]: the server saw stream SEED end in order with every byte
+# right (its line comes when the connection ends: up to 30 s are given for that); with the guest's
+# STREAM line, as many bytes each way as the guest counted (an endless stream's length is known
+# only to its sender).
 expect_server() {
   local line
   _mig_wait_for "grep -q ' stream seed=$1 ' '$MIG_DIR/server.log'" 30 || true
@@ -123,6 +125,11 @@ expect_server() {
   echo "server: ${line#conn * }"
   [[ $line == *" result=ok"* && $line == *" rx_end=eof "* ]] ||
     mig_fail "the $2 stream, as the host saw it: $line"
+  [[ -z ${3:-} ]] && return 0
+  [[ $(mig_field "$line" rx) == "$(mig_field "$3" up)" ]] ||
+    mig_fail "the guest sent $(mig_field "$3" up) bytes on the $2 stream, the host got $(mig_field "$line" rx)"
+  [[ $(mig_field "$line" tx) == "$(mig_field "$3" down)" ]] ||
+    mig_fail "the host sent $(mig_field "$line" tx) bytes on the $2 stream, the guest got $(mig_field "$3" down)"
 }
 
 # No virtio error in the guest's kernel log, no queue broken in any vunet's log.
@@ -378,9 +385,9 @@ EOF
   mig_wait_guest 240
   expect_result "STREAM name=paced "
   paced=$RESULT
+  expect_server 100 paced "$paced"
   expect_result "STREAM name=queued "
-  expect_server 100 paced
-  expect_server 200 queued
+  expect_server 200 queued "$RESULT"
   expect_result "HOLD " "the idle connections did not echo after the migration"
   expect_udp_flow
   ping=$(mig_guest_line '^GUEST: ping ')
@@ -541,8 +548,7 @@ EOF
   mig_phase 2
   mig_wait_guest 180
   expect_result "STREAM name=paced "
-  paced=$RESULT
-  expect_server 500 paced
+  expect_server 500 paced "$RESULT"
   expect_result "HOLD " "the held connections did not echo after the failed migrations"
   expect_udp_flow
   expect_healthy
