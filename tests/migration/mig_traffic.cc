@@ -465,7 +465,7 @@ void ServeEcho(int fd, uint64_t id) {
   Say("conn %" PRIu64 " echo bytes=%" PRIu64 " end=%s", id, total, EndName(end).c_str());
 }
 
-void ServeConnection(int fd, std::string phase_file) {
+void ServeConnection(int fd, const std::string& phase_file) {
   const uint64_t id = next_connection++;
   timeval tv{10, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));

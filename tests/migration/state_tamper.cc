@@ -204,7 +204,7 @@ class Pump {
   // checked instead: `valid` says whether it was the fake state.
   static std::shared_ptr<std::atomic<bool>> Start(
       Trace* trace, Mode mode, bool tamper, const char* what, UniqueFd from, UniqueFd to,
-      std::shared_ptr<std::atomic<bool>> valid = nullptr) {
+      const std::shared_ptr<std::atomic<bool>>& valid = nullptr) {
     auto done = std::make_shared<std::atomic<bool>>(false);
     std::thread([trace, mode = tamper ? mode : Mode::kCount, what, from = std::move(from),
                  to = std::move(to), done, valid]() mutable {
