@@ -16,7 +16,9 @@
 #
 # Settings (environment): GUEST_MAC (52:54:00:12:34:56), GUEST_MEMORY (512M),
 # GUEST_APPEND (more kernel parameters), GUEST_REBOOT (yes: a guest reboot resets the machine and QEMU
-# goes on; by default QEMU exits on reboot), VUNET_CACHE (the cache's parent, as fetch_guest.sh).
+# goes on; by default QEMU exits on reboot), VUNET_CACHE (the cache's parent, as fetch_guest.sh),
+# GUEST_QMP (a path: a QMP socket there, -qmp unix:PATH,server=on,wait=off), GUEST_INCOMING (QEMU's
+# -incoming value, e.g. defer: a migration destination, started with the same arguments).
 
 # Bazel runs tests without HOME: the cache is then the account's, shared by every run and checkout.
 if [[ -z ${VUNET_CACHE:-} ]]; then
@@ -62,6 +64,9 @@ guest_start() {
   local socket=$1 initrd=$2 console=$3 qemu_log=$4 timeout=${5:-120}
   local memory=${GUEST_MEMORY:-512M} no_reboot=-no-reboot
   [[ ${GUEST_REBOOT:-no} == yes ]] && no_reboot=
+  local extra=()
+  [[ -n ${GUEST_QMP:-} ]] && extra+=(-qmp "unix:$GUEST_QMP,server=on,wait=off")
+  [[ -n ${GUEST_INCOMING:-} ]] && extra+=(-incoming "$GUEST_INCOMING")
   qemu-system-x86_64 \
     -accel tcg -machine pc -smp 1 -m "$memory" \
     -object "memory-backend-memfd,id=mem,size=$memory,share=on" -numa node,memdev=mem \
@@ -71,7 +76,7 @@ guest_start() {
     -chardev "socket,id=chr0,path=$socket" \
     -netdev vhost-user,id=net0,chardev=chr0 \
     -device "virtio-net-pci,netdev=net0,vectors=0,mac=${GUEST_MAC:-52:54:00:12:34:56},romfile=" \
-    </dev/null >"$qemu_log" 2>&1 &
+    ${extra[@]+"${extra[@]}"} </dev/null >"$qemu_log" 2>&1 &
   GUEST_QEMU_PID=$!
 }
 
