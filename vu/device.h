@@ -98,9 +98,13 @@ class Device {
       (1ull << virtio::kVirtioRingFEventIdx) | (1ull << virtio::kVirtioRingFIndirectDesc) |
       (1ull << kVirtioNetFGuestCsum) | (1ull << kVirtioNetFCsum) | (1ull << kVhostFLogAll) |
       (1ull << kVhostUserFProtocolFeatures);
+  // RARP: after a migration QEMU asks the back-end to announce the guest's
+  // MAC (SEND_RARP) to the switches of its network; vunet's network is the
+  // guest's link alone, so there is no one to tell, and taking the request
+  // spares QEMU's warning that nobody would.
   static constexpr uint64_t kOfferedProtocolFeatures =
       (1ull << kProtocolFReplyAck) | (1ull << kProtocolFConfigureMemSlots) |
-      (1ull << kProtocolFLogShmfd) | (1ull << kProtocolFStatus);
+      (1ull << kProtocolFLogShmfd) | (1ull << kProtocolFStatus) | (1ull << kProtocolFRarp);
   // Offered besides kOfferedProtocolFeatures with Options::device_state.
   static constexpr uint64_t kDeviceStateProtocolFeature = 1ull << kProtocolFDeviceState;
 

@@ -207,7 +207,7 @@ TEST_F(DeviceTest, OffersFeaturesAndProtocolFeatures) {
   EXPECT_EQ(kAllFeatures, (1ull << 32) | (1ull << 30) | (1ull << 29) | (1ull << 28) | (1ull << 26) |
                               (1ull << 15) | (1ull << 1) | (1ull << 0));
   EXPECT_EQ(U64(SendEmpty(Request::kGetProtocolFeatures)),
-            (1ull << 3) | (1ull << 15) | (1ull << 1) | (1ull << 16));
+            (1ull << 3) | (1ull << 15) | (1ull << 1) | (1ull << 16) | (1ull << 2));
   EXPECT_EQ(U64(SendEmpty(Request::kGetQueueNum)), 1u);
   EXPECT_EQ(U64(SendEmpty(Request::kGetMaxMemSlots)), virtio::GuestMemory::kMaxRegions);
 }

@@ -245,6 +245,9 @@ class TcpTranslator : public Translator {
   void OnMigrationAborted(RepairControl* repair) override;
 
   const TcpStats& stats() const { return stats_; }
+  // Migrated connections not restored yet (their source on this host still
+  // holds them) or with unsent bytes still to write.
+  size_t restores_pending() const { return restores_.size(); }
   // Whether SO_PEEK_OFF is in use (probed at Create).
   bool peek_offset() const { return peek_off_; }
   // The listening sockets' local ports, in the order opened (for tests that

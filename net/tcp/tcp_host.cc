@@ -491,8 +491,11 @@ void TcpTranslator::OnRxStart() {
       c->retries = 0;
       c->rto = options_.rto_initial_ns;
       c->rto_at = now + c->rto;
-      c->tx_due = true;
     }
+    // Data may sit in the socket with no edge to come for it (a socket
+    // restored by a migration with its receive queue full; a queue that
+    // stopped while the guest's window was full).
+    c->tx_due = true;
     c->ack_due = true;
     MarkPending(id, c);
   });

@@ -513,12 +513,21 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
     }
     c->watched = true;
     ++stats_.migrated_in;
+    // What its receive queue holds gets no EPOLLIN edge: send it (if the
+    // guest's queue runs; else OnRxStart will), and tell the guest our
+    // window. Bytes in flight to the guest go again if it does not
+    // acknowledge them.
+    c->tx_due = true;
+    c->ack_due = true;
+    MarkPending(r->id, c);
+    if (c->snd_una != c->snd_high) c->rto_at = now + c->rto;
     c->timer_at = 0;
     UpdateTimer(r->id, c);
     if (r->id.valid() && ContinueRestore(r->id, c)) r->id = FlowId{};  // Done (or failed).
   }
   in_restore_sockets_ = false;
   std::erase_if(restores_, [](const std::unique_ptr<Restore>& r) { return !r->id.valid(); });
+  if (env_.rx->running()) FlushPending();
 }
 
 bool TcpTranslator::ContinueRestore(FlowId id, Conn* c) {

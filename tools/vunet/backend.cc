@@ -358,6 +358,14 @@ absl::Status Backend::Run() {
     if (tx_pending_ && !stopping_) ProcessTx();
     FlushRx();
     ArmFlowTimer();
+    if (drop_helper_when_restored_ &&
+        (path_->tcp() == nullptr || path_->tcp()->restores_pending() == 0)) {
+      // A load's connections are all restored: the helper is done here (a
+      // helper started for this migration, passt-repair's way, exits when
+      // we hang up).
+      repair_->DropHelper();
+      drop_helper_when_restored_ = false;
+    }
   }
   path_->Shutdown();
   if (server_->done()) VUNET_LOG(kInfo, "the frontend left (--one-off): exiting");
@@ -610,6 +618,9 @@ void Backend::ContinueTransfer(bool wait) {
         stats_.state_ns = net::MonotonicNowNs() - transfer_started_ns_;
         if (s.ok()) {
           ++stats_.states_loaded;
+          // The helper is done here too, unless a connection still waits
+          // for its source on this host to let go.
+          drop_helper_when_restored_ = repair_.has_value();
           VUNET_LOG(kInfo, "migration: loaded %d flows, %d bytes in %.1f ms", flows_->size(),
                     transfer_buf_.size(), stats_.state_ns / 1e6);
         } else {
@@ -684,6 +695,9 @@ void Backend::OnFrontendGone() {
   VUNET_LOG(kInfo, "migration: the frontend left after the state went out: its flows end here");
   path_->OnMigratedOut(/*linger=*/false);
   saved_ = false;
+  // Its work is done: a helper started for this migration (passt-repair's
+  // way) exits when we hang up.
+  if (repair_.has_value()) repair_->DropHelper();
 }
 
 void Backend::HandleRepair(bool listen) {

@@ -231,6 +231,7 @@ class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net
   // confirmed, the guest has moved.
   bool saved_ = false;
   bool migrated_out_ = false;
+  bool drop_helper_when_restored_ = false;
 
   static constexpr uint32_t kQueues = 2;
   std::array<virtio::Virtqueue*, kQueues> vq_{};
