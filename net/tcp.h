@@ -205,9 +205,12 @@ class TcpTranslator : public Translator {
   };
 
   TcpTranslator(const TranslatorEnv& env, const TcpTranslatorOptions& options);
-  absl::Status Listen(const PortForward& forward);
-  absl::Status ListenOne(int family, const sockaddr* addr, socklen_t len, const std::string& ifname,
-                         uint16_t guest_port, bool v6only);
+  // Listens on every port of `forward`; `*bound` counts the ports it could
+  // (a weak forward skips those in use or privileged).
+  absl::Status Listen(const PortForward& forward, uint32_t* bound);
+  absl::Status ListenOne(int family, const sockaddr* addr, socklen_t len,
+                         const PortForward& forward, uint16_t guest_port, bool v6only,
+                         bool* skipped);
 
   int64_t Now() const { return env_.clock(); }
   uint64_t Tag(FlowId id) const;

@@ -215,8 +215,10 @@ class UdpTranslator : public Translator {
   absl::Status OpenListeners();
   // IP_RECVERR / IPV6_RECVERR, buffer sizes, and the peek offset where usable.
   void SetUpSocket(int fd, int family, UdpRxSocketState* rx);
+  // `*skipped`: a weak forward's port that is in use or privileged was left
+  // out (OK status).
   absl::Status OpenListener(const PortForward& forward, int family, uint16_t host_port,
-                            uint16_t guest_port);
+                            uint16_t guest_port, bool* skipped);
 
   int64_t Now() const { return clock_(); }
   uint64_t FlowTag(FlowId id) const;

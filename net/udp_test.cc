@@ -970,6 +970,56 @@ TEST_F(UdpTest, OtherProtocolsPassOn) {
   EXPECT_EQ(udp_->stats().tx_datagrams, 0u);
 }
 
+// "all" and exclusion-only specs (PortForward::weak) skip ports in use; a
+// weak forward that binds nothing fails. --freebind binds an address the
+// host does not have.
+TEST_F(UdpTest, WeakForwardsSkipPortsInUseAndFreebind) {
+  HostSocket busy;
+  uint16_t free_port;
+  {
+    HostSocket probe;
+    free_port = probe.port;  // Free a moment ago.
+  }
+  UdpTranslatorOptions o;
+  PortForward f;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  f.weak = true;
+  f.host_port = f.guest_port = busy.port;
+  o.forwards.push_back(f);
+  f.host_port = f.guest_port = free_port;
+  o.forwards.push_back(f);
+  f.weak = false;
+  f.freebind = true;
+  f.bind4 = Ip4("192.0.2.1");  // TEST-NET-1: not the host's.
+  o.forwards.push_back(f);
+  Start({}, o);
+  EXPECT_EQ(udp_->listener_count(), 2u);
+}
+
+TEST_F(UdpTest, WeakForwardBindingNothingFails) {
+  HostSocket busy;
+  auto flows = FlowTable::Create({.capacity = 4}).value();
+  GuestConfig guest = TestGuest();
+  TestRx rx({});
+  TranslatorEnv env{.flows = flows.get(),
+                    .rx = &rx,
+                    .watcher = &watcher_,
+                    .replies = &replies_,
+                    .guest = &guest,
+                    .clock = &FakeClock};
+  UdpTranslatorOptions o;
+  PortForward f;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  f.weak = true;
+  f.host_port = f.guest_port = busy.port;
+  o.forwards.push_back(f);
+  absl::StatusOr<std::unique_ptr<UdpTranslator>> udp = UdpTranslator::Create(env, o);
+  ASSERT_FALSE(udp.ok());
+  EXPECT_NE(udp.status().message().find("none of the 1 ports"), std::string::npos) << udp.status();
+}
+
 TEST(UdpDnsForwardsTest, LoopbackResolversBehindTheGateway) {
   GuestConfig g = TestGuest();
   g.gateway6 = Ip6("fd00::1");
