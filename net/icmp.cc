@@ -235,6 +235,13 @@ void IcmpEcho::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fram
       VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", strerror(errno));
       return;
     }
+    if (absl::Status s = BindOutbound(fd, reinterpret_cast<const sockaddr*>(&to), config_.outbound);
+        !s.ok()) {
+      close(fd);
+      ++stats_.socket_errors;
+      VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", s.message());
+      return;
+    }
     e = Slot();
     e->fd.reset(fd);
     e->v6 = v6;

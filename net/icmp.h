@@ -52,6 +52,7 @@
 #include "base/unique_fd.h"
 #include "net/dispatch.h"
 #include "net/frame.h"
+#include "net/outbound.h"
 #include "vu/common.h"
 
 namespace vunet::net {
@@ -65,6 +66,9 @@ struct IcmpEchoConfig {
   in6_addr gateway_ll6{};  // Its link-local address, or ::.
   bool ipv4 = true;        // Families answered; the other's requests are ignored.
   bool ipv6 = true;
+  // Source address and interface of echo requests to other hosts (-o,
+  // --outbound-if4, --outbound-if6).
+  OutboundBinding outbound;
   size_t max_sockets = 128;  // 1..kMaxIcmpSockets.
   // New sockets opened per second (a burst of as many, then this rate): a
   // guest cycling identifiers or destinations cannot make every frame cost a

@@ -534,6 +534,13 @@ void TcpTranslator::NewFromGuest(const ParsedFrame& parsed, const FlowKey& key, 
   const int fd = c->fd.get();
   SetInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   if (peek_off_) SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, 0);
+  if (absl::Status s = BindOutbound(fd, reinterpret_cast<const sockaddr*>(&to), options_.outbound);
+      !s.ok()) {
+    VUNET_LOG_RATELIMITED(kWarning, "tcp: %s: %s", key.ToString(), s.message());
+    RefuseSegment(parsed);
+    Close(id, c, false);
+    return;
+  }
   ++stats_.connects;
   const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&to), to_len);
   if (rc != 0 && errno != EINPROGRESS) {

@@ -82,6 +82,7 @@
 #include "net/dispatch.h"
 #include "net/flow.h"
 #include "net/frame.h"
+#include "net/outbound.h"
 #include "net/tcp_vu.h"
 #include "net/translator.h"
 
@@ -90,6 +91,9 @@ namespace vunet::net {
 struct TcpTranslatorOptions {
   // Inbound forwards (-t).
   std::vector<PortForward> forwards;
+  // Source address and interface of connections to other hosts (-o,
+  // --outbound-if4, --outbound-if6).
+  OutboundBinding outbound;
   int listen_backlog = 128;
 
   // Timeouts.

@@ -523,6 +523,13 @@ FlowId UdpTranslator::OpenOutbound(const FlowKey& key, const ParsedFrame& parsed
   SetUpSocket(fd, to.family, &flow->rx);
   sockaddr_storage addr;
   const socklen_t len = ToSockaddr(to, &addr);
+  if (absl::Status s = BindOutbound(fd, reinterpret_cast<sockaddr*>(&addr), options_.outbound);
+      !s.ok()) {
+    ++stats_.socket_errors;
+    VUNET_LOG_RATELIMITED(kWarning, "udp: %s: %s", key.ToString(), s.message());
+    Close(id);
+    return {};
+  }
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     const int err = errno;
     ++stats_.unreachable;

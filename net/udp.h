@@ -73,6 +73,7 @@
 #include "net/config.h"
 #include "net/flow.h"
 #include "net/frame.h"
+#include "net/outbound.h"
 #include "net/translator.h"
 #include "net/udp_vu.h"
 
@@ -111,6 +112,9 @@ config_internal::Resolver HostResolvers(const std::string& resolv_conf = "/etc/r
 
 struct UdpTranslatorOptions {
   std::vector<PortForward> forwards;  // -u.
+  // Source address and interface of flows to other hosts (-o,
+  // --outbound-if4, --outbound-if6).
+  OutboundBinding outbound;
   std::vector<UdpDnsForward> dns;
   int64_t idle_timeout_ns = int64_t{180} * 1'000'000'000;
   // DNS flows (to port 53, or mapped by `dns`), once answered.
