@@ -221,7 +221,10 @@ absl::Status Backend::Init() {
   vu::Server::Options server_options;
   server_options.socket_path = options_.socket_path;
   server_options.one_off = options_.one_off;
-  absl::StatusOr<std::unique_ptr<vu::Server>> server = vu::Server::Listen(server_options, this);
+  absl::StatusOr<std::unique_ptr<vu::Server>> server =
+      options_.inherited_fd >= 0
+          ? vu::Server::Adopt(server_options, UniqueFd(options_.inherited_fd), this)
+          : vu::Server::Listen(server_options, this);
   if (!server.ok()) return server.status();
   server_ = std::move(*server);
   return absl::OkStatus();
@@ -242,7 +245,11 @@ absl::Status Backend::SetUpLoop() {
   tick.it_value.tv_sec = 1;
   if (timerfd_settime(timer_fd_.get(), 0, &tick, nullptr) != 0) return Errno("timerfd_settime");
 
-  if (absl::Status s = Add(server_->listen_fd(), Tag(kListen)); !s.ok()) return s;
+  // None when serving an inherited connected socket: its connection is all.
+  if (server_->listen_fd() >= 0) {
+    if (absl::Status s = Add(server_->listen_fd(), Tag(kListen)); !s.ok()) return s;
+  }
+  SyncConnection();
   if (absl::Status s = Add(signal_fd_.get(), Tag(kSignal)); !s.ok()) return s;
   if (absl::Status s = Add(timer_fd_.get(), Tag(kTimer)); !s.ok()) return s;
   if (absl::Status s = Add(stop_fd_.get(), Tag(kStop)); !s.ok()) return s;
@@ -451,6 +458,11 @@ absl::Status Backend::Run() {
   }
   for (const std::unique_ptr<net::Translator>& t : translators_) t->Shutdown();
   if (server_->done()) VUNET_LOG(kInfo, "the frontend left (--one-off): exiting");
+  LogCounters();
+  return absl::OkStatus();
+}
+
+void Backend::LogCounters() {
   VUNET_LOG(kInfo,
             "counters: %d frames from the guest (%d replies, %d malformed), dropped: tcp %d, "
             "udp %d, icmp %d, other %d; %d router advertisements; icmp echo: %d requests, "
@@ -470,7 +482,6 @@ absl::Status Backend::Run() {
               "%d past the size limit)",
               p.frames, pcap_->path(), p.truncated, kPcapSnapLen, p.errors, p.over_limit);
   }
-  return absl::OkStatus();
 }
 
 void Backend::HandleServer(int fd) {
@@ -612,6 +623,9 @@ void Backend::OnTick() {
     SendRouterAdvertisement();
   }
   if (icmp_ != nullptr && ticks_ % kIcmpSweepTicks == 0) icmp_->Sweep(net::IcmpEcho::NowNs());
+  if (options_.stats_interval.count() > 0 && ticks_ % options_.stats_interval.count() == 0) {
+    LogCounters();
+  }
 }
 
 void Backend::SendRouterAdvertisement() {

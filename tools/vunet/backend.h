@@ -64,7 +64,13 @@ using TranslatorFactory =
 
 struct BackendOptions {
   std::string socket_path;
+  // An inherited socket (--fd) to serve instead of socket_path: a listening
+  // or connected UNIX stream socket (vu::Server::Adopt); -1: none. The
+  // backend owns it from Create on.
+  int inherited_fd = -1;
   bool one_off = false;
+  // A counters line every stats_interval (--stats); zero: only at exit.
+  std::chrono::seconds stats_interval{0};
   // The services; a missing one is off.
   net::ArpConfig arp;
   std::optional<net::DhcpConfig> dhcp;
@@ -209,6 +215,8 @@ class Backend : public vu::DataPlane,
   void ProcessTx();
   void OnTick();
   void SendRouterAdvertisement();
+  // The counters, one line, then each translator's.
+  void LogCounters();
 
   const BackendOptions options_;
   const std::optional<net::DhcpServer> dhcp_;
