@@ -434,6 +434,7 @@ void UdpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
     return;
   }
   guest_mac_ = parsed.src_mac;
+  guest_mac_seen_ = true;
   if (v6) {
     if (!IN6_IS_ADDR_LINKLOCAL(&parsed.ip.src6)) guest6_ = parsed.ip.src6;
   } else {
@@ -843,7 +844,9 @@ FlowId UdpTranslator::OpenInbound(size_t index, const FlowKey& host_key) {
   ++flow_count_;
   flow->inbound = true;
   flow->listener = static_cast<uint32_t>(index);
-  flow->guest_mac = guest_mac_;
+  // The MAC of the guest's own UDP frames; before any, the owner's notion of
+  // it (the backend learns it from every frame: libvirt's MACs are random).
+  flow->guest_mac = guest_mac_seen_ ? guest_mac_ : env_.guest->guest_mac;
   flow->last_active_ns = Now();
   env_.flows->SetTimer(id, flow->last_active_ns + options_.idle_timeout_ns);
   ++stats_.flows_inbound;

@@ -262,6 +262,7 @@ class UdpTranslator : public Translator {
   std::vector<Listener> listeners_;
   // Observed from the guest's frames: where inbound flows go.
   MacAddr guest_mac_;
+  bool guest_mac_seen_ = false;  // guest_mac_ is from a guest frame.
   in_addr guest4_{};
   in6_addr guest6_{};
   uint16_t ipv4_id_ = 0;

@@ -829,6 +829,34 @@ TEST_F(UdpTest, InboundForwardAndReplyToTheSender) {
   EXPECT_EQ(udp_->stats().flows_opened, 0u);  // The forward's flow, not a new one.
 }
 
+// A datagram forwarded in before the guest sent any UDP goes to the MAC the
+// owner learned from the guest's other frames (libvirt's MACs are random),
+// not to the one configured at start.
+TEST_F(UdpTest, InboundForwardGoesToTheOwnersLearnedMac) {
+  uint16_t port;
+  {
+    HostSocket probe;
+    port = probe.port;  // Free a moment ago.
+  }
+  UdpTranslatorOptions o;
+  PortForward f;
+  f.host_port = port;
+  f.guest_port = 5353;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  o.forwards = {f};
+  Start({}, o);
+  rx_->Post();
+  const MacAddr learned = {{0x52, 0x54, 0x00, 0xab, 0xcd, 0xef}};
+  guest_.guest_mac = learned;  // What the backend's MAC learner does.
+  HostSocket peer;
+  peer.SendTo(Loopback(AF_INET, port), Pattern(77, 1));
+  std::vector<TestRx::Frame> frames = ReceiveFrames(1);
+  ASSERT_EQ(frames.size(), 1u);
+  GuestDatagram d = ParseGuest(frames[0].data, true);
+  EXPECT_EQ(d.parsed.dst_mac, learned);
+}
+
 // An unqualified spec binds both versions; an IPv6 peer on the host's
 // loopback reaches the guest from the gateway, and an answer to a peer that
 // has gone comes back as ICMPv6 port unreachable.
