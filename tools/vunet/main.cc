@@ -304,6 +304,20 @@ int Main(int argc, char** argv) {
 
   net::HostSources host;
   host.interface = options->interface;  // -i
+  // Without -i, --outbound-if4/6 name the interface addresses and routes
+  // come from too, as in passt; one interface for both versions here.
+  if (host.interface.empty()) {
+    const std::string& if4 = options->outbound.ifname4;
+    const std::string& if6 = options->outbound.ifname6;
+    if (if4.empty() || if6.empty() || if4 == if6) {
+      host.interface = if4.empty() ? if6 : if4;
+    } else {
+      VUNET_LOG(kInfo,
+                "--outbound-if4 %s, --outbound-if6 %s: addresses and routes come from each "
+                "default route's interface (give -i to choose one)",
+                if4, if6);
+    }
+  }
   absl::StatusOr<net::GuestConfig> guest = net::MirrorHost(host);
   if (!guest.ok()) return Fail(absl::StrCat("host addressing: ", guest.status().message()));
   if (absl::Status s = net::ApplyOverrides(&*guest, options->overrides); !s.ok()) {
