@@ -2,6 +2,8 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 
 namespace vunet::tools {
@@ -22,14 +24,18 @@ uint64_t SoftFdLimit() {
   return limit.rlim_cur == RLIM_INFINITY ? UINT64_MAX : limit.rlim_cur;
 }
 
+uint64_t FdReserve(uint64_t fd_limit) { return std::min(kFdReserve, fd_limit / 2); }
+
 absl::Status CheckFdBudget(const ListenerCount& listeners, uint64_t fd_limit) {
-  const uint64_t needed = listeners.total() + kFdReserve;
+  const uint64_t reserve = FdReserve(fd_limit);
+  const uint64_t needed = listeners.total() + reserve;
   if (needed <= fd_limit) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrFormat(
       "-t/-u: %d listening sockets (TCP %d, UDP %d) and %d more for flows do not fit the "
       "open-file limit (RLIMIT_NOFILE %d): raise it to at least %d (ulimit -n, prlimit "
       "--nofile, LimitNOFILE=), or forward ranges of ports rather than all",
-      listeners.total(), listeners.tcp, listeners.udp, kFdReserve, fd_limit, needed));
+      listeners.total(), listeners.tcp, listeners.udp, reserve, fd_limit,
+      listeners.total() + kFdReserve));
 }
 
 }  // namespace vunet::tools

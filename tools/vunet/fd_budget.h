@@ -20,10 +20,12 @@
 
 namespace vunet::tools {
 
-// File descriptors kept for everything but the listeners: the vhost-user
-// connection, guest memory, eventfds, ping sockets, and at least some
-// hundreds of flows.
+// File descriptors kept for everything but the listeners (the vhost-user
+// connection, guest memory, eventfds, ping sockets, and flows): this many,
+// or half the limit where that is less (a small limit is someone's choice,
+// as tests/faults makes it, not a reason to refuse a few forwards).
 inline constexpr uint64_t kFdReserve = 1024;
+uint64_t FdReserve(uint64_t fd_limit);
 
 struct ListenerCount {
   uint64_t tcp = 0;
@@ -41,7 +43,7 @@ ListenerCount CountListeners(absl::Span<const net::PortForward> tcp,
 // The soft RLIMIT_NOFILE (vunet raises it to the hard one at start).
 uint64_t SoftFdLimit();
 
-// OK if `listeners` plus kFdReserve fit in `fd_limit`; otherwise
+// OK if `listeners` plus FdReserve(fd_limit) fit in `fd_limit`; otherwise
 // kResourceExhausted, one line: how many sockets, the limit, the least that
 // would do, and how to get there (raise the limit, or forward ranges).
 absl::Status CheckFdBudget(const ListenerCount& listeners, uint64_t fd_limit);

@@ -36,5 +36,18 @@ TEST(FdBudget, RefusesWhatTheLimitCannotHoldInOneLine) {
   EXPECT_GE(SoftFdLimit(), 3u);
 }
 
+// A small limit keeps half for the rest: a few forwards still start (the
+// fault tests run vunet with 64 descriptors).
+TEST(FdBudget, SmallLimitsKeepHalf) {
+  EXPECT_EQ(FdReserve(64), 32u);
+  EXPECT_EQ(FdReserve(1'000'000), kFdReserve);
+  EXPECT_TRUE(CheckFdBudget({.tcp = 1}, 64).ok());
+  EXPECT_TRUE(CheckFdBudget({.tcp = 32}, 64).ok());
+  const absl::Status s = CheckFdBudget({.tcp = 33}, 64);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("and 32 more for flows"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("at least 1057"), std::string::npos) << s;
+}
+
 }  // namespace
 }  // namespace vunet::tools
