@@ -93,6 +93,7 @@
 #include "base/unique_fd.h"
 #include "net/config/port_forward.h"
 #include "net/flow/flow.h"
+#include "net/forward/outbound.h"
 #include "net/packet/frame.h"
 #include "net/tcp/tcp_reorder.h"
 #include "net/tcp/tcp_vu.h"
@@ -103,6 +104,9 @@ namespace vunet::net {
 struct TcpTranslatorOptions {
   // Inbound forwards (-t).
   std::vector<PortForward> forwards;
+  // Source address and interface of connections to other hosts (-o,
+  // --outbound-if4, --outbound-if6).
+  OutboundBinding outbound = {};
   int listen_backlog = 128;
 
   // Timeouts.
@@ -259,9 +263,12 @@ class TcpTranslator : public Translator {
   };
 
   TcpTranslator(const TranslatorEnv& env, const TcpTranslatorOptions& options);
-  absl::Status Listen(const PortForward& forward);
-  absl::Status ListenOne(int family, const sockaddr* addr, socklen_t len, const std::string& ifname,
-                         uint16_t guest_port, bool v6only);
+  // Listens on every port of `forward`; `*bound` counts the ports it could
+  // (a weak forward skips those in use or privileged).
+  absl::Status Listen(const PortForward& forward, uint32_t* bound);
+  absl::Status ListenOne(int family, const sockaddr* addr, socklen_t len,
+                         const PortForward& forward, uint16_t guest_port, bool v6only,
+                         bool* skipped);
 
   int64_t Now() const { return env_.clock(); }
   uint64_t Tag(FlowId id) const;

@@ -1728,5 +1728,49 @@ TEST(TcpCreateTest, ListenFailureNamesThePort) {
   EXPECT_EQ(world.watcher.watching(), 0u);
 }
 
+// "all" and exclusion-only specs (PortForward::weak) skip ports in use; a
+// weak forward that binds nothing fails.
+TEST(TcpCreateTest, WeakForwardsSkipPortsInUse) {
+  HostListener busy;
+  const uint16_t free_port = ClosedPort();
+  TranslatorWorld world;
+  const TranslatorEnv env = world.Env();
+  PortForward f;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  f.weak = true;
+  TcpTranslatorOptions o;
+  f.host_port = f.guest_port = busy.port;
+  o.forwards.push_back(f);
+  f.host_port = f.guest_port = free_port;
+  o.forwards.push_back(f);
+  absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(env, o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->listen_ports(), std::vector<uint16_t>{free_port});
+  t->reset();
+
+  o.forwards.pop_back();
+  t = TcpTranslator::Create(env, o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("none of the 1 ports"), std::string::npos) << t.status();
+  EXPECT_EQ(world.watcher.watching(), 0u);
+}
+
+// --freebind: a bind address the host does not have (TEST-NET-1) is taken.
+TEST(TcpCreateTest, FreebindListensOnAnAddressNotConfigured) {
+  TranslatorWorld world;
+  const TranslatorEnv env = world.Env();
+  PortForward f;
+  f.family = AF_INET;
+  f.bind4 = Ip4("192.0.2.1");
+  f.host_port = f.guest_port = ClosedPort();
+  TcpTranslatorOptions o;
+  o.forwards.push_back(f);
+  EXPECT_FALSE(TcpTranslator::Create(env, o).ok());
+  o.forwards[0].freebind = true;
+  absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(env, o);
+  EXPECT_TRUE(t.ok()) << t.status();
+}
+
 }  // namespace
 }  // namespace vunet::net
