@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -41,7 +42,13 @@ struct OutboundBinding {
 // is bound with port 0, the port picked at connect() (IP_BIND_ADDRESS_NO_PORT,
 // so that bound flows do not use up ephemeral ports early). Errors carry the
 // address or interface and errno's text; the caller drops the flow.
-absl::Status BindOutbound(int fd, const sockaddr* destination, const OutboundBinding& binding);
+//
+// A non-zero `port` (a migrated flow keeping its local port) is bound
+// whatever the destination: at the binding's source address where one
+// applies, else at the wildcard address; where the port is taken the error
+// is the bind's (EADDRINUSE), and the caller may try again with port 0.
+absl::Status BindOutbound(int fd, const sockaddr* destination, const OutboundBinding& binding,
+                          uint16_t port = 0);
 
 }  // namespace vunet::net
 

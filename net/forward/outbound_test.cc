@@ -79,5 +79,46 @@ TEST(BindOutbound, ErrorsNameWhatFailed) {
   EXPECT_NE(s.message().find("192.0.2.77"), std::string::npos) << s;
 }
 
+uint16_t Port4(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
+// A migrated flow keeps its port: bound whatever the destination, at the
+// binding's address where one applies; a taken port is the bind's error.
+TEST(BindOutbound, APortIsBoundForAnyDestination) {
+  UniqueFd taken(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  const sockaddr_in any = To4("0.0.0.0", 0);
+  ASSERT_EQ(bind(taken.get(), reinterpret_cast<const sockaddr*>(&any), sizeof(any)), 0);
+  const uint16_t port = Port4(taken.get());
+  taken.reset();  // Free again, for the first socket below.
+
+  UniqueFd first(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  const sockaddr_in host = To4("127.0.0.1", 53);
+  ASSERT_TRUE(BindOutbound(first.get(), reinterpret_cast<const sockaddr*>(&host), {}, port).ok());
+  EXPECT_EQ(Port4(first.get()), port);
+  EXPECT_EQ(Source4(first.get()), "0.0.0.0");
+
+  UniqueFd second(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  const absl::Status s =
+      BindOutbound(second.get(), reinterpret_cast<const sockaddr*>(&host), {}, port);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("port " + std::to_string(port)), std::string::npos) << s;
+  // Again without the port: as a new flow.
+  EXPECT_TRUE(BindOutbound(second.get(), reinterpret_cast<const sockaddr*>(&host), {}).ok());
+
+  OutboundBinding b;
+  in_addr a4;
+  inet_pton(AF_INET, "127.0.0.1", &a4);
+  b.addr4 = a4;
+  UniqueFd third(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  const sockaddr_in other = To4("192.0.2.1", 53);
+  ASSERT_TRUE(BindOutbound(third.get(), reinterpret_cast<const sockaddr*>(&other), b, 0).ok());
+  EXPECT_EQ(Source4(third.get()), "127.0.0.1");
+  EXPECT_EQ(Port4(third.get()), 0);  // Picked at connect().
+}
+
 }  // namespace
 }  // namespace vunet::net

@@ -391,6 +391,28 @@ TEST_P(TcpTest, ConnectRefusedIsReset) {
   EXPECT_EQ(tcp_->stats().connect_failures, 1u);
 }
 
+// -o/--outbound-if4: connections to other hosts leave from the binding
+// (here an interface that does not exist: the guest gets an RST and no flow
+// stays); connections to the host's loopback (the gateway) are left alone.
+TEST_P(TcpTest, OutboundBindingAppliesToOtherHostsOnly) {
+  TcpTranslatorOptions o;
+  o.outbound.ifname4 = "nosuch0";
+  Make({.peek_off = GetParam()}, o);
+  dst_ = Ip4("192.0.2.1");
+  dport_ = 80;
+  Send(Frame(kTcpSyn, 5000, 0));
+  std::optional<Seg> rst = WaitFor(kTcpRst);
+  ASSERT_TRUE(rst.has_value());
+  EXPECT_EQ(rst->ack, 5001u);
+  EXPECT_EQ(flows().size(), 0u);
+  EXPECT_EQ(tcp_->stats().connects, 0u);
+
+  dst_ = guest().gateway4;
+  HostListener host;
+  EXPECT_TRUE(Establish(host).valid());
+  EXPECT_EQ(tcp_->stats().connects, 1u);
+}
+
 TEST_P(TcpTest, SynAckAfterConnectWithOptions) {
   HostListener host;
   dport_ = host.port;

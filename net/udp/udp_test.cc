@@ -17,6 +17,7 @@
 #include "net/config/config.h"
 #include "net/flow/flow.h"
 #include "net/forward/forward.h"
+#include "net/migrate/state_stream.h"
 #include "net/packet/checksum.h"
 #include "net/packet/frame.h"
 #include "net/packet/inet.h"
@@ -849,6 +850,50 @@ TEST_F(UdpTest, OutboundBindingAppliesToOtherHostsOnly) {
   Send(GuestSpec(guest_.gateway4, 48011, host.port), {2});
   ASSERT_TRUE(host.Receive().has_value());
   EXPECT_EQ(udp_->flow_count(), 1u);
+  EXPECT_EQ(udp_->stats().socket_errors, 1u);
+}
+
+// A migrated flow (RestoreOutbound) keeps its local port where this host has
+// it free, and leaves from -o/--outbound-if4's binding as a new flow would:
+// to the host's loopback the binding does not apply; to another host (here
+// the gateway itself, with --no-map-gw) through an interface that does not
+// exist, the flow is not restored.
+TEST_F(UdpTest, MigratedFlowsKeepTheirPortAndFollowTheOutboundBinding) {
+  Start();
+  Post();
+  HostSocket host;
+  Send(GuestSpec(guest_.gateway4, 48020, host.port), {1});
+  sockaddr_storage from;
+  ASSERT_TRUE(host.Receive(&from).has_value());
+  const uint16_t port = PortOf(from);
+  StateWriter w;
+  ASSERT_TRUE(udp_->SaveState(w, nullptr).ok());
+  const std::string stream = w.Finish();
+  udp_->OnMigratedOut(/*linger=*/false);
+
+  // Stages every record of `stream` with the translator, then applies them.
+  auto restore = [&] {
+    ASSERT_TRUE(ForEachRecord(
+                    absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(stream.data()),
+                                              stream.size()),
+                    [&](const RecordHeader& h, StateReader& r) { return udp_->StageRecord(h, r); })
+                    .ok());
+    udp_->ApplyStaged(nullptr);
+  };
+  UdpTranslatorOptions bound;
+  bound.outbound.ifname4 = "nosuch0";
+  Start({}, bound);  // The source's socket is gone with its world.
+  Post();
+  restore();
+  ASSERT_EQ(udp_->flow_count(), 1u);
+  Send(GuestSpec(guest_.gateway4, 48020, host.port), {2});
+  ASSERT_TRUE(host.Receive(&from).has_value());
+  EXPECT_EQ(PortOf(from), port);
+  EXPECT_EQ(udp_->stats().flows_opened, 0u);  // The migrated flow, not a new one.
+
+  Start({}, bound, 64, RulesFromConfig(testing::TestGuest(), {}, /*map_gateway=*/false));
+  restore();
+  EXPECT_EQ(udp_->flow_count(), 0u);
   EXPECT_EQ(udp_->stats().socket_errors, 1u);
 }
 
