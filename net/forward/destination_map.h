@@ -1,14 +1,13 @@
 // How the guest's destinations map to the host, as passt's options give it
 // (--map-host-loopback, --no-map-gw, --map-guest-addr, --dns-forward,
 // --dns-host): parsed and checked by the backend's command line
-// (tools/vunet/cli.cc), for the one forwarding module that decides, for
-// every protocol alike, which guest destinations are refused and how the
-// gateway's addresses map to the host (docs/design.md, "Next shape").
+// (tools/vunet/cli.cc), turned into the forwarding rules every translator
+// follows by RulesFromConfig (net/forward/forward.h).
 //
-// Of this struct only the DNS forward is in effect (TCP and UDP, through
-// ForwardRules::dns, made by the backend's main); the rest waits for
-// net/forward's RulesFromConfig to take it: it is logged at start as not
-// yet in effect.
+//   DestinationMap map;
+//   map.map_gateway = false;                  // --no-map-gw
+//   map.host_loopback4 = ...;                 // --map-host-loopback 10.0.2.3
+//   ForwardRules rules = RulesFromConfig(guest, HostResolvers(), map);
 
 #ifndef VUNET_NET_FORWARD_DESTINATION_MAP_H_
 #define VUNET_NET_FORWARD_DESTINATION_MAP_H_
@@ -21,21 +20,23 @@ namespace vunet::net {
 
 struct DestinationMap {
   // --map-host-loopback ADDR, per IP version: the guest destination that
-  // stands for the host's loopback (127.0.0.1 or ::1 as the host sees it).
-  // Unset: the gateway's address, unless map_gateway is false.
+  // stands for the host's loopback (127.0.0.1 or ::1 as the host sees it),
+  // in place of the gateway's addresses of that version. Unset: the
+  // gateway's addresses, unless map_gateway is false.
   std::optional<in_addr> host_loopback4;
   std::optional<in6_addr> host_loopback6;
-  // False with --no-map-gw, or --map-host-loopback none: no destination
-  // stands for the host's loopback by default; the gateway's address is
-  // translated like any other.
+  // False with --no-map-gw, or --map-host-loopback none: the gateway's
+  // addresses do not stand for the host's loopback; they are translated
+  // like any other.
   bool map_gateway = true;
   // --map-guest-addr ADDR, per IP version ("none": unset): this destination
   // stands for the address the guest was given (-a), as the host sees it
   // (by default the host's own global address, which the guest's shadows).
   std::optional<in_addr> guest_addr4;
   std::optional<in6_addr> guest_addr6;
-  // --dns-forward ADDR, per IP version: DNS to this address goes to the host
-  // resolver of that version (dns_host, else resolv.conf's first).
+  // --dns-forward ADDR, per IP version: DNS (TCP and UDP, ports 53 and 853)
+  // to this address goes to the host resolver of that version (dns_host,
+  // else resolv.conf's first).
   std::optional<in_addr> dns_forward4;
   std::optional<in6_addr> dns_forward6;
   // --dns-host ADDR, per IP version: where dns_forward's queries go.

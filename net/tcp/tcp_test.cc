@@ -20,6 +20,7 @@
 #include "net/config/config.h"
 #include "net/config/port_forward.h"
 #include "net/flow/flow.h"
+#include "net/forward/forward.h"
 #include "net/packet/checksum.h"
 #include "net/packet/frame.h"
 #include "net/testing/test_frames.h"
@@ -141,7 +142,10 @@ class TcpTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override { Make({.peek_off = GetParam()}); }
 
-  void Make(const Options& o, TcpTranslatorOptions topts = {}, size_t capacity = 64) {
+  // `rules`, if set, replaces the forwarding rules the guest's
+  // configuration gives.
+  void Make(const Options& o, TcpTranslatorOptions topts = {}, size_t capacity = 64,
+            std::optional<ForwardRules> rules = std::nullopt) {
     tcp_.reset();
     TranslatorWorld::Options w;
     w.rx.queue_size = o.queue_size;
@@ -150,6 +154,9 @@ class TcpTest : public ::testing::TestWithParam<bool> {
     w.flows = capacity;
     w.clock = ManualClock::Now;
     world_ = std::make_unique<TranslatorWorld>(w);
+    if (rules.has_value()) {
+      world_->forward = std::make_unique<Forwarding>(*rules, world_->guest.guest_mac);
+    }
     topts.use_peek_off = o.peek_off;
     absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(world_->Env(), topts);
     ASSERT_TRUE(t.ok()) << t.status();
@@ -411,6 +418,34 @@ TEST_P(TcpTest, OutboundBindingAppliesToOtherHostsOnly) {
   HostListener host;
   EXPECT_TRUE(Establish(host).valid());
   EXPECT_EQ(tcp_->stats().connects, 1u);
+}
+
+// DNS over TCP follows the forwarding rules' DNS forwards as UDP does (the
+// gateway standing for a resolver on the host's loopback, --dns-forward):
+// here the gateway's port 53 to a listener of the test's in the resolver's
+// place; the guest sees the gateway's port 53 answer.
+TEST_P(TcpTest, DnsGoesWhereTheRulesSendIt) {
+  HostListener resolver;
+  ForwardRules rules = RulesFromConfig(testing::TestGuest(), {});
+  rules.dns = {{Endpoint{InetAddr::V4(testing::TestGuest().gateway4), 53},
+                Endpoint{InetAddr::V4(Ip4("127.0.0.1")), resolver.port}}};
+  Make({.peek_off = GetParam()}, {}, 64, rules);
+  dst_ = guest().gateway4;
+  dport_ = 53;
+  Send(Frame(kTcpSyn, guest_isn_, 0));
+  std::optional<Seg> synack = WaitFor(kTcpSyn | kTcpAck);
+  ASSERT_TRUE(synack.has_value());
+  EXPECT_EQ(synack->sport, 53);
+  guest_seq_ = guest_isn_ + 1;
+  guest_ack_ = synack->seq + 1;
+  UniqueFd h = resolver.Accept();
+  ASSERT_TRUE(h.valid());
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  const std::vector<uint8_t> query = Pattern(40, 53);
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, query));
+  std::vector<uint8_t> got(query.size());
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(got.size()));
+  EXPECT_EQ(got, query);
 }
 
 TEST_P(TcpTest, SynAckAfterConnectWithOptions) {

@@ -891,7 +891,9 @@ TEST_F(UdpTest, MigratedFlowsKeepTheirPortAndFollowTheOutboundBinding) {
   EXPECT_EQ(PortOf(from), port);
   EXPECT_EQ(udp_->stats().flows_opened, 0u);  // The migrated flow, not a new one.
 
-  Start({}, bound, 64, RulesFromConfig(testing::TestGuest(), {}, /*map_gateway=*/false));
+  DestinationMap no_map_gw;
+  no_map_gw.map_gateway = false;
+  Start({}, bound, 64, RulesFromConfig(testing::TestGuest(), {}, no_map_gw));
   restore();
   EXPECT_EQ(udp_->flow_count(), 0u);
   EXPECT_EQ(udp_->stats().socket_errors, 1u);

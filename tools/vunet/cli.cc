@@ -809,13 +809,19 @@ host ports to the guest.
   -o, --outbound ADDR   source address of outbound flows (once per family)
   --outbound-if4 NAME   the interface IPv4 outbound flows leave from
   --outbound-if6 NAME   the interface IPv6 outbound flows leave from
-  --dns-forward ADDR    guest DNS (UDP) to ADDR goes to the host's resolver
-                        (--dns-host, else resolv.conf's first); once per
-                        family; advertise ADDR with -D
+  --dns-forward ADDR    guest DNS (TCP and UDP, ports 53 and 853) to ADDR goes
+                        to the host's resolver (--dns-host, else
+                        resolv.conf's first); once per family; advertise
+                        ADDR with -D
   --dns-host ADDR       the resolver --dns-forward's queries go to
-  --map-host-loopback ADDR, --no-map-gw, --map-guest-addr ADDR
-                        accepted and checked as passt does; not in effect
-                        yet (the gateway's address stands for the host)
+  --map-host-loopback ADDR
+                        ADDR, in place of the gateway's address, stands for
+                        the host's loopback (once per family; "none": no
+                        address does)
+  --no-map-gw           the gateway's address is the gateway's, not the host
+  --map-guest-addr ADDR ADDR stands for the guest's own address on the host
+                        (by default the host's, which the guest's shadows);
+                        once per family; "none": no address
   -c, --conf-path PATH  accepted; no configuration socket is served
   --repair-path PATH, --migrate-exit, --migrate-no-linger
                         accepted for live migration, not implemented yet

@@ -132,7 +132,7 @@ struct CliOptions {
   // leave from (interfaces checked to exist).
   net::OutboundBinding outbound;
   // --map-host-loopback, --no-map-gw, --map-guest-addr, --dns-forward,
-  // --dns-host. Only the DNS forward is in effect yet (see its header).
+  // --dns-host: the forwarding rules are made of them (net::RulesFromConfig).
   net::DestinationMap destinations;
 
   // -c, --conf-path: the socket passt serves pesto(1) on, to change

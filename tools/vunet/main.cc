@@ -224,14 +224,16 @@ std::string CommandLine(int argc, char** argv) {
   return absl::StrJoin(parts, " ");
 }
 
+// True if `rules` send the guest's DNS to `guest` somewhere.
+bool ForwardsDns(const net::ForwardRules& rules, const net::InetAddr& guest) {
+  for (const net::DnsForward& d : rules.dns) {
+    if (d.guest.addr == guest) return true;
+  }
+  return false;
+}
+
 // What is accepted with passt's meaning but not in effect yet: one line each.
 void LogNotYetInEffect(const CliOptions& o) {
-  const net::DestinationMap& d = o.destinations;
-  if (d.host_loopback4 || d.host_loopback6 || !d.map_gateway || d.guest_addr4 || d.guest_addr6) {
-    VUNET_LOG(kWarning,
-              "--map-host-loopback, --no-map-gw, --map-guest-addr: accepted, not in effect yet: "
-              "the gateway's address still stands for the host's loopback");
-  }
   if (!o.conf_path.empty()) {
     VUNET_LOG(kWarning,
               "-c/--conf-path %s: no configuration socket is served (pesto's protocol "
@@ -364,37 +366,23 @@ int Main(int argc, char** argv) {
     path.icmp->outbound = options->outbound;
   }
   backend_options.guest = g;
-  // DNS to the gateway, where it stands for a resolver on the host's loopback.
-  const net::config_internal::Resolver resolvers = net::HostResolvers();
-  backend_options.forward = net::RulesFromConfig(g, resolvers);
-  // --dns-forward: its address's port 53 to --dns-host, else the first
-  // resolver of that version, as passt maps it (TCP and UDP alike), before
-  // the gateway's.
+  // Where guest flows go (net/forward): the gateway's addresses, or
+  // --map-host-loopback's, for the host's loopback, --map-guest-addr's for
+  // the guest's own address on the host; DNS to --dns-forward's address and
+  // to the gateway (where it stands for a resolver on the host's loopback)
+  // to the host's resolver, TCP and UDP alike.
   const net::DestinationMap& map = options->destinations;
-  std::vector<net::DnsForward> dns;
-  if (map.dns_forward4) {
-    std::optional<in_addr> host = map.dns_host4;
-    if (!host && !resolvers.dns4.empty()) host = resolvers.dns4.front();
-    if (host) {
-      dns.push_back({.guest = {net::InetAddr::V4(*map.dns_forward4), 53},
-                     .host = {net::InetAddr::V4(*host), 53}});
-    } else {
-      VUNET_LOG(kWarning, "--dns-forward %s: no IPv4 resolver to send it to (--dns-host)",
-                Ntop(*map.dns_forward4));
-    }
+  backend_options.forward = net::RulesFromConfig(g, net::HostResolvers(), map);
+  if (map.dns_forward4 &&
+      !ForwardsDns(backend_options.forward, net::InetAddr::V4(*map.dns_forward4))) {
+    VUNET_LOG(kWarning, "--dns-forward %s: no IPv4 resolver to send it to (--dns-host)",
+              Ntop(*map.dns_forward4));
   }
-  if (map.dns_forward6) {
-    std::optional<in6_addr> host = map.dns_host6;
-    if (!host && !resolvers.dns6.empty()) host = resolvers.dns6.front();
-    if (host) {
-      dns.push_back({.guest = {net::InetAddr::V6(*map.dns_forward6), 53},
-                     .host = {net::InetAddr::V6(*host), 53}});
-    } else {
-      VUNET_LOG(kWarning, "--dns-forward %s: no IPv6 resolver to send it to (--dns-host)",
-                Ntop(*map.dns_forward6));
-    }
+  if (map.dns_forward6 &&
+      !ForwardsDns(backend_options.forward, net::InetAddr::V6(*map.dns_forward6))) {
+    VUNET_LOG(kWarning, "--dns-forward %s: no IPv6 resolver to send it to (--dns-host)",
+              Ntop(*map.dns_forward6));
   }
-  backend_options.forward.dns.insert(backend_options.forward.dns.begin(), dns.begin(), dns.end());
   for (const net::DnsForward& d : backend_options.forward.dns) {
     VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
               d.host.ToString());
