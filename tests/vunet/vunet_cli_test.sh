@@ -215,7 +215,8 @@ grep -q 'Guest TCP and UDP are dropped (--no-tcp, --no-udp). ICMP echo is off (-
   "$dir/off.log" || fail "--no-tcp --no-udp --no-icmp: $(cat "$dir/off.log")"
 
 # passt's newer options, all at once: they start, serve and end as the rest. --freebind binds a
-# forward to an address the host does not have (TEST-NET-3); the log names what is not in effect yet.
+# forward to an address the host does not have (TEST-NET-3); the log names what is not in effect yet
+# and the DNS forwards made.
 accepted "$dir/new.sock" "$dir/new.log" --socket-path "$dir/new.sock" -f -e --trace -H vm1 \
   --fqdn vm1.example.org -S "example.org example.net" -m 0 --log-size 65536 -c "$dir/conf.sock" \
   --repair-path "$dir/repair.sock" --migrate-exit --migrate-no-linger -o 127.0.0.1 \
@@ -223,9 +224,9 @@ accepted "$dir/new.sock" "$dir/new.log" --socket-path "$dir/new.sock" -f -e --tr
   --no-map-gw --map-guest-addr 192.0.2.2 --freebind -t "203.0.113.77/$port" \
   -t "$((port + 10))-$((port + 20)),~$((port + 15))" -u "~1-$((port - 1)),~$((port + 1))-65535"
 for want in "started as: $vunet -s $dir/new.sock --socket-path $dir/new.sock -f -e --trace -H vm1" \
-  "--map-host-loopback, --no-map-gw, --map-guest-addr: accepted, not in effect yet" \
   "-c/--conf-path $dir/conf.sock: no configuration socket is served" \
-  "DNS: the guest's queries to 192.0.2.53:53 go to 127.0.0.53:53" "vunet debug:"; do
+  "DNS: the guest's queries to 192.0.2.53:53 go to 127.0.0.53:53" \
+  "DNS: the guest's queries to 192.0.2.53:853 go to 127.0.0.53:853" "vunet debug:"; do
   grep -qF -- "$want" "$dir/new.log" || fail "'$want' not in the log: $(cat "$dir/new.log")"
 done
 [[ ! -e $dir/repair.sock && ! -e $dir/conf.sock ]] || fail "a repair or configuration socket was made"
