@@ -321,8 +321,8 @@ writable() {
   chown libvirt-qemu "$1"
 }
 
-# The passt directory libvirt keeps vunet's socket and pid file in: what is left there.
-leftovers() { in_ns sh -c 'ls /run/libvirt/qemu/passt/ 2>/dev/null | grep -E "\.(socket|pid)$"' || true; }
+# The passt directory libvirt keeps vunet's socket, repair socket and pid file in: what is left there.
+leftovers() { in_ns sh -c 'ls /run/libvirt/qemu/passt/ 2>/dev/null | grep -E "\.(socket|pid|repair)$"' || true; }
 
 # Waits up to SECONDS for every vunet and QEMU of ours to be gone.
 wait_gone() {

@@ -174,8 +174,11 @@ bad "option '--config-net' is pasta's" --config-net
 bad "option '--dhcp-dns' is pasta's" --dhcp-dns
 
 # Every option at once (passt's spellings), in three runs: each starts, serves its socket, and exits 0
-# on SIGTERM. Forwarded ports are high and random (they bind once forwarding is served).
-port=$((20000 + RANDOM % 20000))
+# on SIGTERM. Forwarded ports are high and random (they bind once forwarding is served), below the
+# ephemeral ports ("~" exclusions alone forward what is left of the others).
+ephemeral_first=$(cut -f 1 /proc/sys/net/ipv4/ip_local_port_range)
+((ephemeral_first > 12000)) || fail "ephemeral ports from $ephemeral_first: no room below them for this test"
+port=$((10000 + RANDOM % (ephemeral_first - 10100)))
 accepted() {
   local sock=$1 log=$2
   shift 2
@@ -229,7 +232,39 @@ for want in "started as: $vunet -s $dir/new.sock --socket-path $dir/new.sock -f 
   "DNS: the guest's queries to 192.0.2.53:853 go to 127.0.0.53:853" "vunet debug:"; do
   grep -qF -- "$want" "$dir/new.log" || fail "'$want' not in the log: $(cat "$dir/new.log")"
 done
-[[ ! -e $dir/repair.sock && ! -e $dir/conf.sock ]] || fail "a repair or configuration socket was made"
+[[ ! -e $dir/repair.sock && ! -e $dir/conf.sock ]] ||
+  fail "a repair or configuration socket was left, or made"
+
+# --repair-path (live migration): by default the socket path + ".repair", as passt's, listened on
+# while vunet runs (for the TCP_REPAIR helper) and removed at exit; "none": no repair socket; a path
+# given: that one.
+repair_run() {
+  local sock=$1 want=$2
+  shift 2
+  "$vunet" -f -s "$sock" "$@" >"$dir/repair.log" 2>&1 </dev/null &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 100); do
+    [[ -S $sock ]] && break
+    sleep 0.05
+  done
+  [[ -S $sock ]] || fail "'$*' did not start: $(cat "$dir/repair.log")"
+  if [[ -n $want ]]; then
+    [[ -S $want ]] || fail "'$*': no repair socket $want: $(cat "$dir/repair.log")"
+    grep -qF "migration: waiting for a TCP_REPAIR helper on $want" "$dir/repair.log" ||
+      fail "'$*': the repair socket not logged: $(cat "$dir/repair.log")"
+  else
+    ! grep -q "TCP_REPAIR helper" "$dir/repair.log" || fail "'$*': a repair socket: $(cat "$dir/repair.log")"
+  fi
+  kill -TERM "$pid"
+  wait "$pid" || fail "'$*': exit $? after SIGTERM: $(cat "$dir/repair.log")"
+  [[ -z $want || ! -e $want ]] || fail "'$*': $want left behind"
+  echo "ok: repair socket '$want' for $*"
+}
+repair_run "$dir/mig.sock" "$dir/mig.sock.repair"
+repair_run "$dir/mig.sock" "" --repair-path none
+[[ ! -e $dir/mig.sock.repair ]] || fail "--repair-path none: $dir/mig.sock.repair made"
+repair_run "$dir/mig.sock" "$dir/r.sock" --repair-path "$dir/r.sock" --migrate-no-linger --migrate-exit
 
 # --stats DELAY: a line of counters every DELAY seconds in the foreground, and one at the end.
 "$vunet" -f -s "$dir/stats.sock" --stats 1 >"$dir/stats.log" 2>&1 </dev/null &
@@ -284,6 +319,9 @@ if p.wait(10) != 0:
     sys.exit(f"--fd (listening): exit {p.returncode}")
 if not os.path.exists(path):
     sys.exit("--fd (listening): vunet removed a socket file that is not its own")
+if "TCP_REPAIR helper" in open(os.path.join(d, "fd_listen.log")).read() or \
+        os.path.exists(path + ".repair"):
+    sys.exit("--fd without --repair-path: a repair socket was made")
 
 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 p = run(theirs.fileno(), os.path.join(d, "fd_conn.log"))

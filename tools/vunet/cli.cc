@@ -84,9 +84,9 @@ DEFINE_bool(trace, false, "log debugging lines too (as -d)");
 DEFINE_string(stats, "", "log counters every this many seconds (foreground)");
 DEFINE_string(log_size, "", "the -l file's size limit in bytes");
 DEFINE_string(conf_path, "", "pesto's configuration socket (accepted, not served)");
-DEFINE_string(repair_path, "", "the passt-repair socket (for migration; not yet in effect)");
-DEFINE_bool(migrate_exit, false, "exit after migrating away (not yet in effect)");
-DEFINE_bool(migrate_no_linger, false, "close sockets on migration (not yet in effect)");
+DEFINE_string(repair_path, "", "the TCP_REPAIR helper's socket, for live migration");
+DEFINE_bool(migrate_exit, false, "exit once the guest has moved away and its frontend left");
+DEFINE_bool(migrate_no_linger, false, "close the sockets handed over once the guest has moved");
 
 namespace vunet::tools {
 namespace {
@@ -823,8 +823,16 @@ host ports to the guest.
                         (by default the host's, which the guest's shadows);
                         once per family; "none": no address
   -c, --conf-path PATH  accepted; no configuration socket is served
-  --repair-path PATH, --migrate-exit, --migrate-no-linger
-                        accepted for live migration, not implemented yet
+  --repair-path PATH    live migration: the socket the TCP_REPAIR helper
+                        (passt-repair's protocol) connects to; default
+                        the socket path + ".repair" (none with --fd);
+                        "none": none, and TCP connections are reset when
+                        the guest moves (docs/MIGRATION.md)
+  --migrate-exit        exit once the guest has moved away and its frontend
+                        left
+  --migrate-no-linger   close the sockets handed over as soon as the guest
+                        has moved (default: kept until the frontend leaves,
+                        in case the migration fails)
   --runas USER[:GROUP]  started as root, run as USER (default nobody) once
                         the socket and files are open; ignored otherwise
   --max-flows N         at most N TCP and UDP flows at a time (default 65536);

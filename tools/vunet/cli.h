@@ -138,9 +138,11 @@ struct CliOptions {
   // -c, --conf-path: the socket passt serves pesto(1) on, to change
   // forwards at run time. Checked and accepted; vunet serves no such socket.
   std::string conf_path;
-  // --repair-path (default: the socket path + ".repair"; "none": none),
-  // --migrate-exit, --migrate-no-linger: checked and kept for live
-  // migration, which is not implemented yet; no repair socket is made.
+  // Live migration (BackendOptions::repair_path, migrate_linger,
+  // migrate_exit): --repair-path, the TCP_REPAIR helper's socket (default:
+  // the socket path + ".repair", as passt's; none with --fd, or where that
+  // path would not fit a socket address; "none": none); --migrate-exit;
+  // --migrate-no-linger.
   struct Migration {
     std::string repair_path;
     bool exit_after = false;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <string>
@@ -683,8 +684,33 @@ TEST_F(OptionsFromFlagsTest, ConfAndMigrationPaths) {
   FLAGS_repair_path = "/" + std::string(120, 'r');
   ExpectRefused("--repair-path: not a socket path");
   FLAGS_repair_path = "";
+  // A socket path too long for ".repair" to fit a socket address: none.
+  FLAGS_socket = "/" + std::string(sizeof(sockaddr_un{}.sun_path) - 5, 's');
+  o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->migration.repair_path.empty());
+  FLAGS_socket = "";
   FLAGS_conf_path = "/" + std::string(120, 'c');
   ExpectRefused("-c/--conf-path: not a socket path");
+}
+
+// --fd: no socket path, so no repair socket unless --repair-path names one.
+TEST_F(OptionsFromFlagsTest, InheritedSocketHasNoDefaultRepairPath) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  FLAGS_fd = std::to_string(pair[0]);
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->socket_path.empty());
+  EXPECT_TRUE(o->migration.repair_path.empty());
+  FLAGS_repair_path = "/run/vunet/r.sock";
+  o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->migration.repair_path, "/run/vunet/r.sock");
+  FLAGS_repair_path = "";
+  FLAGS_fd = "";
+  close(pair[0]);
+  close(pair[1]);
 }
 
 TEST(Texts, CapabilitiesVersionUsage) {

@@ -191,6 +191,9 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Confine(const CliOptions& options,
   SandboxOptions sandbox;
   sandbox.runas = runas;
   if (!options.socket_path.empty()) sandbox.remove_at_exit.push_back(options.socket_path);
+  if (!options.migration.repair_path.empty()) {
+    sandbox.remove_at_exit.push_back(options.migration.repair_path);
+  }
   if (!options.pid_file.empty()) sandbox.remove_at_exit.push_back(options.pid_file);
   // With -l, a daemon's stderr is the log file (DetachStdio).
   sandbox.syslog = !options.foreground && options.log_file.empty();
@@ -239,15 +242,6 @@ void LogNotYetInEffect(const CliOptions& o) {
               "-c/--conf-path %s: no configuration socket is served (pesto's protocol "
               "is not implemented); forwards stay as given",
               o.conf_path);
-  }
-  if (o.migration.exit_after || o.migration.no_linger) {
-    VUNET_LOG(kInfo,
-              "--migrate-exit, --migrate-no-linger: for live migration, not implemented "
-              "yet");
-  }
-  if (!o.migration.repair_path.empty()) {
-    VUNET_LOG(kDebug, "repair path %s: for live migration (not implemented yet): no socket made",
-              o.migration.repair_path);
   }
 }
 
@@ -341,6 +335,11 @@ int Main(int argc, char** argv) {
   backend_options.socket_path = options->socket_path;
   backend_options.inherited_fd = options->inherited_fd;
   backend_options.one_off = options->one_off;
+  // Live migration (docs/MIGRATION.md): the TCP_REPAIR helper's socket, and
+  // what the source does once the guest has moved.
+  backend_options.repair_path = options->migration.repair_path;
+  backend_options.migrate_linger = !options->migration.no_linger;
+  backend_options.migrate_exit = options->migration.exit_after;
   backend_options.stats_interval = std::chrono::seconds(options->stats_interval);
   backend_options.pcap_path = options->pcap_file;
   net::FramePathOptions& path = backend_options.path;
