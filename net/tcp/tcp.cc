@@ -60,9 +60,13 @@ absl::StatusOr<std::unique_ptr<TcpTranslator>> TcpTranslator::Create(
   if (getrandom(&t->isn_state_, sizeof(t->isn_state_), 0) != sizeof(t->isn_state_)) {
     return absl::InternalError(absl::StrFormat("getrandom: %s", strerror(errno)));
   }
-  absl::StatusOr<std::unique_ptr<TcpReorder>> reorder = TcpReorder::Create(o.reorder);
-  if (!reorder.ok()) return reorder.status();
-  t->reorder_ = std::move(*reorder);
+  if (o.reorder.bytes > 0) {
+    absl::StatusOr<std::unique_ptr<TcpReorder>> reorder = TcpReorder::Create(o.reorder);
+    if (!reorder.ok()) return reorder.status();
+    t->reorder_ = std::move(*reorder);
+  } else {
+    VUNET_LOG(kInfo, "tcp: no out-of-order pool: segments past a hole are dropped, and sent again");
+  }
   t->reserve_fd_.reset(eventfd(0, EFD_CLOEXEC));
   // "all" and exclusion-only specs are weak: ports that cannot be bound are
   // skipped, as long as some can.
@@ -563,6 +567,10 @@ void TcpTranslator::Hold(Conn* c, absl::Span<const iovec> frame, const ParsedFra
     ++stats_.ooo_beyond_window;
     return;
   }
+  if (reorder_ == nullptr) {  // No pool: the guest sends it again.
+    ++stats_.ooo_dropped;
+    return;
+  }
   switch (reorder_->Insert(&c->ooo, c->rcv_nxt, seq, frame, parsed.payload_offset, len)) {
     case TcpReorder::Result::kHeld:
       ++stats_.ooo_held;
@@ -752,7 +760,7 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
 void TcpTranslator::Close(FlowId id, Conn* c, bool reset_host) {
   if (c->restoring) EndRestore(id);
   RemoveRxWait(c);
-  reorder_->Clear(&c->ooo);
+  if (reorder_ != nullptr) reorder_->Clear(&c->ooo);
   if (c->fd.valid()) {
     if (c->watched) env_.watcher->Unwatch(c->fd.get());
     if (reset_host) SetLingerZero(c->fd.get());

@@ -143,6 +143,8 @@ struct TcpTranslatorOptions {
   // SACK (RFC 2018) offered to guests that offer it.
   bool sack = true;
   // The out-of-order pool: segments past a hole, held (all flows together).
+  // reorder.bytes 0: no pool; such segments are dropped (counted in
+  // ooo_dropped) and the guest sends them again.
   TcpReorder::Options reorder;
   // Use SO_PEEK_OFF where the kernel has it; false forces the fallback
   // (for tests).
@@ -174,7 +176,7 @@ struct TcpStats {
   uint64_t partial_sends = 0;        // Guest segments the socket took part of.
   uint64_t out_of_order = 0;         // Guest segments past the expected sequence.
   uint64_t ooo_held = 0;             // Of those, held (new bytes in the pool).
-  uint64_t ooo_dropped = 0;          // Refused: the pool or the flow's share was full.
+  uint64_t ooo_dropped = 0;          // Refused: the pool or the flow's share was full (or no pool).
   uint64_t ooo_beyond_window = 0;    // Refused: past the window we offered.
   uint64_t ooo_delivered = 0;        // Held bytes the socket took once the hole filled.
   uint64_t sack_sent = 0;            // ACKs that carried SACK blocks.

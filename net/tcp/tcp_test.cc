@@ -599,6 +599,39 @@ TEST_P(TcpTest, SegmentsAheadAreHeldUntilTheHoleFills) {
   EXPECT_EQ(segs.back().ack, guest_seq_ + 1010);
 }
 
+// reorder.bytes 0 (--tcp-reorder-bytes 0): no pool; a segment past a hole is
+// dropped and answered with a duplicate ACK, and the stream goes on when the
+// guest sends it again.
+TEST_P(TcpTest, WithoutAPoolSegmentsAheadAreDroppedAndSentAgain) {
+  TcpTranslatorOptions o;
+  o.reorder.bytes = 0;
+  Make({.peek_off = GetParam()}, o);
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> d = Pattern(300, 7);
+  auto piece = [&](size_t from, size_t to) {
+    return Frame(kTcpAck, guest_seq_ + from, guest_ack_,
+                 std::vector<uint8_t>(d.begin() + from, d.begin() + to));
+  };
+  SendBatch({piece(100, 200), piece(0, 100)});
+  std::vector<uint8_t> got(100);
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 100);
+  EXPECT_EQ(got, std::vector<uint8_t>(d.begin(), d.begin() + 100));
+  EXPECT_EQ(tcp_->stats().ooo_held, 0u);
+  EXPECT_EQ(tcp_->stats().ooo_dropped, 1u);
+  std::vector<Seg> segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().ack, guest_seq_ + 100);
+  SendBatch({piece(100, 300)});
+  got.resize(200);
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 200);
+  EXPECT_EQ(got, std::vector<uint8_t>(d.begin() + 100, d.end()));
+  segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().ack, guest_seq_ + 300);
+}
+
 TEST_P(TcpTest, DuplicateAcksForAHoleFollowDataTakenAndDataSent) {
   HostListener host;
   UniqueFd h = Establish(host);

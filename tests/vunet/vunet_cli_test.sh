@@ -146,6 +146,9 @@ bad "-S/--search 'a.example none': none stands alone" -S "a.example none"
 # Log size, stats, descriptors, socket paths.
 bad "--log-size: not a size in bytes from 4096" --log-size 0
 bad "--log-size: not a size in bytes from 4096" --log-size 1k
+bad "--tcp-reorder-bytes: not 0 (no pool) or a size from 65536 to 1073741824 bytes (K, M, G: KiB, MiB, GiB): 1000" --tcp-reorder-bytes 1000
+bad "--tcp-reorder-bytes: not 0 (no pool) or a size from 65536 to 1073741824 bytes" --tcp-reorder-bytes 2G
+bad "--tcp-reorder-bytes: not 0 (no pool) or a size from 65536 to 1073741824 bytes" --tcp-reorder-bytes=lots
 bad "--stats: counters go to the terminal: needs -f/--foreground" --stats 5
 bad "--stats: not a delay in seconds from 1 to 86400: 0" -f --stats 0
 bad "-q and --trace cannot be given together" -q --trace
@@ -213,6 +216,12 @@ grep -q 'config: interface nosuch0 has no routable IPv4 address' "$vlog" ||
 grep -q 'UDP is dropped (--no-udp)' "$vlog" || fail "--no-udp: $(cat "$vlog")"
 [[ $(stat -c %a "$vlog") == 600 ]] || fail "-l created its file mode $(stat -c %a "$vlog")"
 [[ ! -s $dir/all6.log ]] || fail "-l: lines on stderr: $(cat "$dir/all6.log")"
+# --tcp-reorder-bytes (vunet's): 0 starts without the TCP out-of-order pool, and says so; a size starts
+# with a pool of that size.
+accepted "$dir/ooo.sock" "$dir/ooo.log" -f --tcp-reorder-bytes 0
+grep -q 'tcp: no out-of-order pool' "$dir/ooo.log" || fail "--tcp-reorder-bytes 0: $(cat "$dir/ooo.log")"
+accepted "$dir/ooo.sock" "$dir/ooo.log" -f --tcp-reorder-bytes 4M
+! grep -q 'no out-of-order pool' "$dir/ooo.log" || fail "--tcp-reorder-bytes 4M: $(cat "$dir/ooo.log")"
 accepted "$dir/off.sock" "$dir/off.log" -f --no-tcp --no-udp --no-icmp -t none -u none
 grep -q 'Guest TCP and UDP are dropped (--no-tcp, --no-udp). ICMP echo is off (--no-icmp).' \
   "$dir/off.log" || fail "--no-tcp --no-udp --no-icmp: $(cat "$dir/off.log")"

@@ -43,6 +43,7 @@ DEFINE_bool(print_capabilities, false, "print the vhost-user capabilities and ex
 DEFINE_string(runas, "", "USER[:GROUP] to run as when started as root (default nobody)");
 DEFINE_bool(no_sandbox, false, "no confinement (identity, namespaces, seccomp): debugging");
 DEFINE_string(max_flows, "", "TCP and UDP flows at a time, at most");
+DEFINE_string(tcp_reorder_bytes, "", "the TCP out-of-order pool's size in bytes (0: none)");
 DEFINE_string(interface, "", "the host interface whose addresses and routes are mirrored");
 // Comma-separated lists (ExpandArgs gathers repeated options into one).
 DEFINE_string(address, "", "the guest's addresses (IPv4 or IPv6)");
@@ -147,6 +148,7 @@ constexpr OptionSpec kOptions[] = {
     {"runas", 0, true},
     {"no_sandbox", 0, false},
     {"max_flows", 0, true},
+    {"tcp_reorder_bytes", 0, true},
     {"print_capabilities", 0, false},
     {"version", 0, false},
     {"help", 'h', false},
@@ -444,6 +446,36 @@ bool ParseUnsigned(const std::string& text, uint64_t* out) {
   return absl::SimpleAtoi(text, out);
 }
 
+// A size: "N" bytes, or with a suffix K, M or G (KiB, MiB, GiB).
+bool ParseSize(const std::string& text, uint64_t* out) {
+  if (text.empty()) return false;
+  int shift = 0;
+  switch (text.back()) {
+    case 'k':
+    case 'K':
+      shift = 10;
+      break;
+    case 'm':
+    case 'M':
+      shift = 20;
+      break;
+    case 'g':
+    case 'G':
+      shift = 30;
+      break;
+    default:
+      break;
+  }
+  const std::string digits = shift == 0 ? text : text.substr(0, text.size() - 1);
+  uint64_t n = 0;
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(digits, &n) || n > (uint64_t{1} << (63 - shift))) {
+    return false;
+  }
+  *out = n << shift;
+  return true;
+}
+
 // A socket path (vhost-user, repair, configuration): 1..107 bytes.
 absl::Status CheckSocketPath(absl::string_view option, const std::string& path) {
   if (path.empty() || path.size() >= sizeof(sockaddr_un{}.sun_path)) {
@@ -593,6 +625,16 @@ absl::StatusOr<CliOptions> OptionsFromFlags() {
     if (!absl::SimpleAtoi(m, &o.max_flows) || o.max_flows < 1 || o.max_flows > kMax) {
       return Error(absl::StrCat("--max-flows: not a number of flows from 1 to ", kMax, ": ", m));
     }
+  }
+  if (const std::string& r = FLAGS_tcp_reorder_bytes; !r.empty()) {
+    uint64_t bytes = 0;
+    if (!ParseSize(r, &bytes) ||
+        (bytes != 0 && (bytes < kMinTcpReorderBytes || bytes > kMaxTcpReorderBytes))) {
+      return Error(absl::StrCat("--tcp-reorder-bytes: not 0 (no pool) or a size from ",
+                                kMinTcpReorderBytes, " to ", kMaxTcpReorderBytes,
+                                " bytes (K, M, G: KiB, MiB, GiB): ", r));
+    }
+    o.tcp_reorder_bytes = bytes;
   }
   o.interface = FLAGS_interface;
   if (o.interface.size() >= IFNAMSIZ) {
@@ -837,6 +879,12 @@ host ports to the guest.
                         the socket and files are open; ignored otherwise
   --max-flows N         at most N TCP and UDP flows at a time (default 65536);
                         new ones beyond are refused (TCP: an RST) and counted
+  --tcp-reorder-bytes SIZE
+                        the pool holding TCP segments a guest sent past a
+                        lost one, for all flows, allocated at start: SIZE
+                        bytes, or with K, M, G (default 32M; 64K to 1G); 0:
+                        no pool, such segments are dropped and the guest
+                        sends them again
   --no-sandbox          no confinement, for debugging: by default vunet
                         drops root (--runas), sets no_new_privs, enters new
                         user and mount namespaces with an empty root where

@@ -69,6 +69,10 @@ enum class LogLevel { kNormal, kQuiet, kDebug };
 inline constexpr uint64_t kDefaultLogSize = uint64_t{1} << 20;
 inline constexpr uint64_t kMinLogSize = 4096;
 
+// --tcp-reorder-bytes' bounds (besides 0).
+inline constexpr uint64_t kMinTcpReorderBytes = uint64_t{64} << 10;
+inline constexpr uint64_t kMaxTcpReorderBytes = uint64_t{1} << 30;
+
 // What the flags ask for, checked.
 struct CliOptions {
   // -s, --socket, --socket-path; empty with --fd.
@@ -98,6 +102,10 @@ struct CliOptions {
   // --max-flows: TCP and UDP flows at a time (the shared flow table's
   // capacity); 0 keeps the backend's default.
   size_t max_flows = 0;
+  // --tcp-reorder-bytes: the TCP out-of-order pool's size
+  // (net::TcpTranslatorOptions::reorder.bytes; 0: none); unset keeps the
+  // translator's default (32 MiB).
+  std::optional<uint64_t> tcp_reorder_bytes;
   // -i, --interface: the host interface whose addresses and default routes
   // the guest's addressing mirrors (net::HostSources::interface). Empty:
   // each default route's.

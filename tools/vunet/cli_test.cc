@@ -29,6 +29,7 @@ DECLARE_bool(ipv4_only);
 DECLARE_string(pcap);
 DECLARE_string(log_file);
 DECLARE_string(max_flows);
+DECLARE_string(tcp_reorder_bytes);
 DECLARE_string(interface);
 DECLARE_bool(no_tcp);
 DECLARE_bool(no_udp);
@@ -339,6 +340,32 @@ TEST_F(OptionsFromFlagsTest, MaxFlows) {
     absl::StatusOr<CliOptions> o = OptionsFromFlags();
     ASSERT_FALSE(o.ok()) << bad;
     EXPECT_THAT(o.status().message(), HasSubstr("--max-flows")) << bad;
+  }
+}
+
+TEST_F(OptionsFromFlagsTest, TcpReorderBytes) {
+  EXPECT_FALSE(OptionsFromFlags()->tcp_reorder_bytes.has_value());  // The translator's default.
+  for (const auto& [text, bytes] :
+       std::vector<std::pair<const char*, uint64_t>>{{"0", 0},
+                                                     {"65536", 65536},
+                                                     {"64K", 65536},
+                                                     {"32M", uint64_t{32} << 20},
+                                                     {"1g", uint64_t{1} << 30}}) {
+    FLAGS_tcp_reorder_bytes = text;
+    absl::StatusOr<CliOptions> o = OptionsFromFlags();
+    ASSERT_TRUE(o.ok()) << text << ": " << o.status();
+    EXPECT_EQ(o->tcp_reorder_bytes, bytes) << text;
+  }
+  for (const char* bad : {"x", "-1", "65535", "63K", "1025M", "2G", "1T", "M", " 1M", "1.5M",
+                          "0x10000", "99999999999G"}) {
+    FLAGS_tcp_reorder_bytes = bad;
+    absl::StatusOr<CliOptions> o = OptionsFromFlags();
+    ASSERT_FALSE(o.ok()) << bad;
+    EXPECT_THAT(o.status().message(),
+                HasSubstr("--tcp-reorder-bytes: not 0 (no pool) or a size from 65536 to "
+                          "1073741824 bytes"))
+        << bad;
+    EXPECT_THAT(o.status().message(), HasSubstr(bad));
   }
 }
 

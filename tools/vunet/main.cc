@@ -392,6 +392,7 @@ int Main(int argc, char** argv) {
   } else {
     path.tcp->forwards = options->tcp_ports;
     path.tcp->outbound = options->outbound;
+    if (options->tcp_reorder_bytes) path.tcp->reorder.bytes = *options->tcp_reorder_bytes;
   }
   if (options->no_udp) {
     path.udp.reset();
