@@ -96,6 +96,7 @@ TEST(ParsePortForwards, RefusesNonsense) {
 // The runs a result lists, as "host-last:guest" strings.
 std::vector<std::string> Runs(const std::vector<PortForward>& forwards) {
   std::vector<std::string> out;
+  out.reserve(forwards.size());
   for (const PortForward& f : forwards) {
     out.push_back(std::to_string(f.host_port) + "-" + std::to_string(f.host_port + f.count - 1) +
                   ":" + std::to_string(f.guest_port) + (f.weak ? " weak" : ""));

@@ -245,6 +245,84 @@ void LogNotYetInEffect(const CliOptions& o) {
   }
 }
 
+// What the backend is to serve, from the command line and the guest's
+// addressing `g`.
+BackendOptions BackendOptionsFor(const CliOptions& options, const net::GuestConfig& g) {
+  const bool v4 = !g.ipv6_only;
+  const bool v6 = !g.ipv4_only;
+  BackendOptions backend_options;
+  backend_options.socket_path = options.socket_path;
+  backend_options.inherited_fd = options.inherited_fd;
+  backend_options.one_off = options.one_off;
+  // Live migration (docs/MIGRATION.md): the TCP_REPAIR helper's socket, and
+  // what the source does once the guest has moved.
+  backend_options.repair_path = options.migration.repair_path;
+  backend_options.migrate_linger = !options.migration.no_linger;
+  backend_options.migrate_exit = options.migration.exit_after;
+  backend_options.stats_interval = std::chrono::seconds(options.stats_interval);
+  backend_options.pcap_path = options.pcap_file;
+  net::FramePathOptions& path = backend_options.path;
+  path.arp = net::ToArpConfig(g);
+  if (v4 && !g.no_dhcp) {
+    path.dhcp = net::ToDhcpConfig(g);
+    path.dhcp->hostname = options.hostname;
+    path.dhcp->fqdn = options.fqdn;
+    if (!options.advertise_mtu) path.dhcp->mtu = 0;  // -m 0.
+  }
+  if (v6 && !g.no_ndp) {
+    path.ndp = net::ToNdpConfig(g);
+    if (!options.advertise_mtu) path.ndp->mtu = 0;
+  }
+  backend_options.send_ra = v6 && !g.no_ndp && !g.no_ra;
+  if (v6 && !g.no_dhcpv6) {
+    path.dhcpv6 = net::ToDhcpv6Config(g);
+    path.dhcpv6->fqdn = options.fqdn;
+  }
+  if (options.no_icmp) {
+    path.icmp.reset();
+  } else {
+    path.icmp->outbound = options.outbound;
+  }
+  backend_options.guest = g;
+  // Where guest flows go (net/forward): the gateway's addresses, or
+  // --map-host-loopback's, for the host's loopback, --map-guest-addr's for
+  // the guest's own address on the host; DNS to --dns-forward's address and
+  // to the gateway (where it stands for a resolver on the host's loopback)
+  // to the host's resolver, TCP and UDP alike.
+  const net::DestinationMap& map = options.destinations;
+  backend_options.forward = net::RulesFromConfig(g, net::HostResolvers(), map);
+  if (map.dns_forward4 &&
+      !ForwardsDns(backend_options.forward, net::InetAddr::V4(*map.dns_forward4))) {
+    VUNET_LOG(kWarning, "--dns-forward %s: no IPv4 resolver to send it to (--dns-host)",
+              Ntop(*map.dns_forward4));
+  }
+  if (map.dns_forward6 &&
+      !ForwardsDns(backend_options.forward, net::InetAddr::V6(*map.dns_forward6))) {
+    VUNET_LOG(kWarning, "--dns-forward %s: no IPv6 resolver to send it to (--dns-host)",
+              Ntop(*map.dns_forward6));
+  }
+  for (const net::DnsForward& d : backend_options.forward.dns) {
+    VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
+              d.host.ToString());
+  }
+  if (options.max_flows != 0) backend_options.max_flows = options.max_flows;
+  if (options.no_tcp) {
+    path.tcp.reset();
+  } else {
+    path.tcp->forwards = options.tcp_ports;
+    path.tcp->outbound = options.outbound;
+    if (options.tcp_reorder_bytes) path.tcp->reorder.bytes = *options.tcp_reorder_bytes;
+  }
+  if (options.no_udp) {
+    path.udp.reset();
+  } else {
+    path.udp->forwards = options.udp_ports;
+    path.udp->outbound = options.outbound;
+  }
+
+  return backend_options;
+}
+
 int Main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   RaiseFdLimit();
@@ -331,75 +409,7 @@ int Main(int argc, char** argv) {
   const bool v4 = !g.ipv6_only;
   const bool v6 = !g.ipv4_only;
 
-  BackendOptions backend_options;
-  backend_options.socket_path = options->socket_path;
-  backend_options.inherited_fd = options->inherited_fd;
-  backend_options.one_off = options->one_off;
-  // Live migration (docs/MIGRATION.md): the TCP_REPAIR helper's socket, and
-  // what the source does once the guest has moved.
-  backend_options.repair_path = options->migration.repair_path;
-  backend_options.migrate_linger = !options->migration.no_linger;
-  backend_options.migrate_exit = options->migration.exit_after;
-  backend_options.stats_interval = std::chrono::seconds(options->stats_interval);
-  backend_options.pcap_path = options->pcap_file;
-  net::FramePathOptions& path = backend_options.path;
-  path.arp = net::ToArpConfig(g);
-  if (v4 && !g.no_dhcp) {
-    path.dhcp = net::ToDhcpConfig(g);
-    path.dhcp->hostname = options->hostname;
-    path.dhcp->fqdn = options->fqdn;
-    if (!options->advertise_mtu) path.dhcp->mtu = 0;  // -m 0.
-  }
-  if (v6 && !g.no_ndp) {
-    path.ndp = net::ToNdpConfig(g);
-    if (!options->advertise_mtu) path.ndp->mtu = 0;
-  }
-  backend_options.send_ra = v6 && !g.no_ndp && !g.no_ra;
-  if (v6 && !g.no_dhcpv6) {
-    path.dhcpv6 = net::ToDhcpv6Config(g);
-    path.dhcpv6->fqdn = options->fqdn;
-  }
-  if (options->no_icmp) {
-    path.icmp.reset();
-  } else {
-    path.icmp->outbound = options->outbound;
-  }
-  backend_options.guest = g;
-  // Where guest flows go (net/forward): the gateway's addresses, or
-  // --map-host-loopback's, for the host's loopback, --map-guest-addr's for
-  // the guest's own address on the host; DNS to --dns-forward's address and
-  // to the gateway (where it stands for a resolver on the host's loopback)
-  // to the host's resolver, TCP and UDP alike.
-  const net::DestinationMap& map = options->destinations;
-  backend_options.forward = net::RulesFromConfig(g, net::HostResolvers(), map);
-  if (map.dns_forward4 &&
-      !ForwardsDns(backend_options.forward, net::InetAddr::V4(*map.dns_forward4))) {
-    VUNET_LOG(kWarning, "--dns-forward %s: no IPv4 resolver to send it to (--dns-host)",
-              Ntop(*map.dns_forward4));
-  }
-  if (map.dns_forward6 &&
-      !ForwardsDns(backend_options.forward, net::InetAddr::V6(*map.dns_forward6))) {
-    VUNET_LOG(kWarning, "--dns-forward %s: no IPv6 resolver to send it to (--dns-host)",
-              Ntop(*map.dns_forward6));
-  }
-  for (const net::DnsForward& d : backend_options.forward.dns) {
-    VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
-              d.host.ToString());
-  }
-  if (options->max_flows != 0) backend_options.max_flows = options->max_flows;
-  if (options->no_tcp) {
-    path.tcp.reset();
-  } else {
-    path.tcp->forwards = options->tcp_ports;
-    path.tcp->outbound = options->outbound;
-    if (options->tcp_reorder_bytes) path.tcp->reorder.bytes = *options->tcp_reorder_bytes;
-  }
-  if (options->no_udp) {
-    path.udp.reset();
-  } else {
-    path.udp->forwards = options->udp_ports;
-    path.udp->outbound = options->outbound;
-  }
+  const BackendOptions backend_options = BackendOptionsFor(*options, g);
 
   // --runas before anything is created, so that a bad name is a one-line error.
   absl::StatusOr<std::optional<Identity>> runas = RunAsFor(options->runas, geteuid() == 0);
