@@ -1,11 +1,14 @@
 #include "base/log.h"
 
+#include <errno.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <mutex>
 #include <string>
 
 namespace vunet::log {
@@ -15,6 +18,40 @@ std::atomic<int> g_level{static_cast<int>(Level::kInfo)};
 std::atomic<bool> g_syslog{false};
 std::atomic<int> g_fd{STDERR_FILENO};
 std::atomic<uint64_t> g_lines[4];
+// The log file's cap (0: none), and the lock trimming takes.
+std::atomic<uint64_t> g_max_bytes{0};
+std::mutex g_trim_mu;
+
+// Drops the oldest lines of the capped log file `fd` if `incoming` more bytes
+// would take it past the cap.
+void TrimIfFull(int fd, size_t incoming) {
+  const uint64_t cap = g_max_bytes.load(std::memory_order_relaxed);
+  if (cap == 0) return;
+  std::lock_guard<std::mutex> lock(g_trim_mu);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return;
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size + incoming <= cap) return;
+  uint64_t keep = std::min<uint64_t>(size, cap * 7 / 10);
+  std::string tail(keep, '\0');
+  ssize_t n;
+  do {
+    n = pread(fd, tail.data(), keep, static_cast<off_t>(size - keep));
+  } while (n < 0 && errno == EINTR);
+  // A file we cannot read back (opened write-only) starts over empty.
+  tail.resize(n < 0 ? 0 : static_cast<size_t>(n));
+  // From the first whole line on.
+  const size_t newline = tail.find('\n');
+  tail.erase(0, newline == std::string::npos ? tail.size() : newline + 1);
+  char note[128];
+  const int m = std::snprintf(
+      note, sizeof(note), "(log file over %llu bytes: the oldest %llu bytes were dropped)\n",
+      static_cast<unsigned long long>(cap), static_cast<unsigned long long>(size - tail.size()));
+  if (ftruncate(fd, 0) != 0) return;
+  // O_APPEND: both land at the (new) end.
+  if (m > 0) (void)!::write(fd, note, std::min<size_t>(m, sizeof(note) - 1));
+  (void)!::write(fd, tail.data(), tail.size());
+}
 
 int64_t MonotonicNs() {
   timespec ts;
@@ -37,9 +74,11 @@ void UseSyslog(std::string_view ident) {
   g_syslog = true;
 }
 
-void UseFd(int fd) {
+void UseFd(int fd, uint64_t max_bytes) {
+  g_max_bytes = max_bytes == 0 ? 0 : std::max(max_bytes, kMinLogFileBytes);
   g_fd = fd;
   g_syslog = false;
+  TrimIfFull(fd, 0);
 }
 
 void Write(Level level, std::string_view message) {
@@ -62,7 +101,9 @@ void Write(Level level, std::string_view message) {
   line[len - 1] = '\n';  // A line cut short still ends.
   // One write per line, so lines from several threads do not interleave (and
   // a file opened O_APPEND gets whole lines).
-  (void)!::write(g_fd, line, len);
+  const int fd = g_fd;
+  TrimIfFull(fd, len);
+  (void)!::write(fd, line, len);
 }
 
 uint64_t LinesWritten(Level level) { return g_lines[static_cast<int>(level)].load(); }

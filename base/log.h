@@ -32,7 +32,15 @@ void UseSyslog(std::string_view ident);
 // Sends lines to `fd` (a log file, opened by the caller and kept open for as
 // long as anything logs) instead of stderr or syslog, each line in one
 // write(2), as to stderr. UseFd(STDERR_FILENO) returns to stderr.
-void UseFd(int fd);
+//
+// With `max_bytes` (a regular file opened O_APPEND; passt's --log-size), the
+// file is kept at most that long: when a line would take it past the cap,
+// the oldest lines go, so that about 70% of the cap is kept (whole lines,
+// from the first line start in the newest 70%; none if `fd` is not
+// readable), then a line saying how much was dropped, then the new line. Lines others append to the
+// same file (a daemon's stderr) count too. A `max_bytes` below kMinLogFileBytes is taken as that.
+inline constexpr uint64_t kMinLogFileBytes = 4096;
+void UseFd(int fd, uint64_t max_bytes = 0);
 
 // Writes one line at `level`.
 void Write(Level level, std::string_view message);

@@ -1,8 +1,12 @@
 #include "base/log.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -63,6 +67,59 @@ TEST(LogTest, UseFdWritesEachLineOnceToTheFd) {
   EXPECT_EQ(messages[1].find('\n'), messages[1].size() - 1);
   EXPECT_LT(messages[1].size(), 4096u);
   EXPECT_EQ(messages[2], "");  // End of stream: the last line went to stderr.
+}
+
+// --log-size: the file never grows past its cap; the newest lines stay,
+// whole, after a note of what was dropped.
+TEST(LogTest, CappedFileKeepsTheNewestWholeLines) {
+  char path[] = "/tmp/log_test.XXXXXX";
+  const int created = mkstemp(path);
+  ASSERT_GE(created, 0);
+  close(created);
+  const int fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  UseFd(fd, 1);  // Below the minimum: taken as kMinLogFileBytes.
+  for (int i = 0; i < 300; ++i) {
+    VUNET_LOG(kWarning, "line %04d %s", i, std::string(60, 'y'));
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    ASSERT_LE(static_cast<uint64_t>(st.st_size), kMinLogFileBytes) << "after line " << i;
+  }
+  UseFd(STDERR_FILENO);
+  close(fd);
+  std::ifstream in(path);
+  std::string first, line, last;
+  std::getline(in, first);
+  EXPECT_NE(first.find("oldest"), std::string::npos) << first;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    EXPECT_NE(line.find(" vunet warning: line "), std::string::npos) << line;
+    last = line;
+    ++lines;
+  }
+  EXPECT_NE(last.find("line 0299 "), std::string::npos) << last;
+  EXPECT_GT(lines, 10);
+  unlink(path);
+}
+
+// A capped file we cannot read back starts over rather than grow.
+TEST(LogTest, CappedWriteOnlyFileStartsOver) {
+  char path[] = "/tmp/log_test.XXXXXX";
+  const int created = mkstemp(path);
+  ASSERT_GE(created, 0);
+  close(created);
+  const int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  UseFd(fd, kMinLogFileBytes);
+  for (int i = 0; i < 300; ++i) {
+    VUNET_LOG(kWarning, "line %04d %s", i, std::string(60, 'y'));
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    ASSERT_LE(static_cast<uint64_t>(st.st_size), kMinLogFileBytes) << "after line " << i;
+  }
+  UseFd(STDERR_FILENO);
+  close(fd);
+  unlink(path);
 }
 
 }  // namespace

@@ -14,9 +14,13 @@ namespace vunet {
 absl::StatusOr<UniqueFd> OpenPrivateFile(const std::string& path, PrivateFileMode mode) {
   // O_NONBLOCK: opening a FIFO must not wait for a reader (it is refused
   // below); a regular file ignores the flag.
-  const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
-                    (mode == PrivateFileMode::kTruncate ? O_TRUNC : O_APPEND);
+  const int flags = O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
+                    (mode == PrivateFileMode::kTruncate ? O_WRONLY | O_TRUNC : O_RDWR | O_APPEND);
   UniqueFd fd(open(path.c_str(), flags, 0600));
+  if (!fd.valid() && errno == EACCES && mode == PrivateFileMode::kAppend) {
+    // A file we may write but not read: appended to all the same.
+    fd.reset(open(path.c_str(), (flags & ~O_RDWR) | O_WRONLY, 0600));
+  }
   if (!fd.valid()) {
     if (errno == ELOOP) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": is a symbolic link"));

@@ -15,6 +15,8 @@
 
 namespace vunet {
 
+// kTruncate: write-only, emptied. kAppend: O_APPEND, and readable too where
+// the file's mode allows (so that a capped log can drop its oldest lines).
 enum class PrivateFileMode { kTruncate, kAppend };
 
 // kInvalidArgument naming the path: a symbolic link, not a regular file, or

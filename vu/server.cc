@@ -1,5 +1,6 @@
 #include "vu/server.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -89,6 +90,51 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Listen(const Options& options,
       new Server(options, data_plane, std::move(listen_fd), st.st_dev, st.st_ino));
 }
 
+absl::StatusOr<std::unique_ptr<Server>> Server::Adopt(const Options& options, UniqueFd fd,
+                                                      DataPlane* data_plane) {
+  struct stat st;
+  if (!fd.valid() || fstat(fd.get(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("fd ", fd.get(), ": not a socket"));
+  }
+  int domain = 0, type = 0, listening = 0;
+  socklen_t len = sizeof(domain);
+  if (getsockopt(fd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX) {
+    return absl::InvalidArgumentError(absl::StrCat("fd ", fd.get(), ": not a UNIX socket"));
+  }
+  len = sizeof(type);
+  if (getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) {
+    return absl::InvalidArgumentError(absl::StrCat("fd ", fd.get(), ": not a stream socket"));
+  }
+  len = sizeof(listening);
+  if (getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("fd ", fd.get(), ": ", strerror(errno)));
+  }
+  // Inherited without it, most likely: not for whatever we start.
+  if (fcntl(fd.get(), F_SETFD, FD_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("fd ", fd.get(), ": ", strerror(errno)));
+  }
+  Options adopted = options;
+  adopted.socket_path.clear();
+  if (listening) {
+    const int flags = fcntl(fd.get(), F_GETFL);
+    if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+      return absl::InternalError(absl::StrCat("fd ", fd.get(), ": ", strerror(errno)));
+    }
+    VUNET_LOG(kInfo, "vhost-user: listening on inherited fd %d", fd.get());
+    return std::unique_ptr<Server>(new Server(adopted, data_plane, std::move(fd), 0, 0));
+  }
+  // The frontend itself: served once, blocking with timeouts as accepted
+  // connections are.
+  adopted.one_off = true;
+  const int flags = fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return absl::InternalError(absl::StrCat("fd ", fd.get(), ": ", strerror(errno)));
+  }
+  std::unique_ptr<Server> server(new Server(adopted, data_plane, UniqueFd(), 0, 0));
+  if (absl::Status s = server->Connect(std::move(fd)); !s.ok()) return s;
+  return server;
+}
+
 Server::Server(const Options& options, DataPlane* data_plane, UniqueFd listen, dev_t dev, ino_t ino)
     : options_(options),
       data_plane_(data_plane),
@@ -102,7 +148,8 @@ Server::~Server() {
   listen_.reset();
   // Only the file we bound: another backend may have taken the path since.
   struct stat st;
-  if (lstat(options_.socket_path.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) {
+  if (!options_.socket_path.empty() && lstat(options_.socket_path.c_str(), &st) == 0 &&
+      st.st_dev == dev_ && st.st_ino == ino_) {
     unlink(options_.socket_path.c_str());
   }
 }
@@ -133,6 +180,13 @@ absl::Status Server::Accept() {
                           done_ ? "served the one frontend" : "already serving a frontend");
     return absl::OkStatus();  // fd closes here.
   }
+  if (absl::Status s = Connect(std::move(fd)); !s.ok()) {
+    VUNET_LOG(kWarning, "%s", s.message());  // The frontend is turned away.
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::Connect(UniqueFd fd) {
   const auto usec =
       std::chrono::duration_cast<std::chrono::microseconds>(options_.receive_timeout).count();
   const timeval tv{.tv_sec = static_cast<time_t>(usec / 1'000'000),
@@ -141,8 +195,8 @@ absl::Status Server::Accept() {
   // reading must not block us either.
   if (setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
       setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
-    VUNET_LOG(kWarning, "vhost-user: cannot set socket timeouts: %s", strerror(errno));
-    return absl::OkStatus();
+    return absl::InternalError(
+        absl::StrCat("vhost-user: cannot set socket timeouts: ", strerror(errno)));
   }
   connection_ = std::move(fd);
   device_ = std::make_unique<Device>(data_plane_, options_.device);

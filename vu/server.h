@@ -55,11 +55,21 @@ class Server {
   static absl::StatusOr<std::unique_ptr<Server>> Listen(const Options& options,
                                                         DataPlane* data_plane);
 
+  // Serves on a socket handed over already open (the vhost-user convention
+  // for backend programs, --fd): a listening UNIX stream socket is served as
+  // Listen's is, with no file of ours to remove; a connected one is the
+  // frontend itself, served at once, and once it leaves the server is done()
+  // (one_off is implied; listen_fd() is -1). options.socket_path is ignored.
+  // kInvalidArgument if `fd` is not a UNIX stream socket.
+  static absl::StatusOr<std::unique_ptr<Server>> Adopt(const Options& options, UniqueFd fd,
+                                                       DataPlane* data_plane);
+
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
   // Drops the connection (stopping its queues) and removes the socket file.
   ~Server();
 
+  // The listening socket, or -1 when serving a connected socket (Adopt).
   int listen_fd() const { return listen_.get(); }
   // The connected frontend's socket, or -1 when none is connected.
   int connection_fd() const { return connection_.get(); }
@@ -87,13 +97,16 @@ class Server {
  private:
   Server(const Options& options, DataPlane* data_plane, UniqueFd listen, dev_t dev, ino_t ino);
   absl::Status Accept();
+  // Makes `fd` the connection: timeouts set, a fresh device.
+  absl::Status Connect(UniqueFd fd);
   void HandleMessage();
   void Disconnect(const absl::Status& why);
 
   const Options options_;
   DataPlane* const data_plane_;
   UniqueFd listen_;
-  // The socket file we created, to remove only ours on destruction.
+  // The socket file we created, to remove only ours on destruction; none
+  // (options_.socket_path empty) for an adopted socket.
   const dev_t dev_;
   const ino_t ino_;
   UniqueFd connection_;

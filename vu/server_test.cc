@@ -124,6 +124,7 @@ UniqueFd EventFd() { return UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)); }
 class Frontend {
  public:
   explicit Frontend(const std::string& path) : fd_(Connect(path)) {}
+  explicit Frontend(UniqueFd fd) : fd_(std::move(fd)) {}
 
   template <typename T>
   void Send(Request r, const T& payload, const std::vector<int>& fds = {}, uint32_t flags = 0) {
@@ -467,6 +468,79 @@ TEST_F(ServerTest, OneOffServesOneFrontend) {
   EXPECT_EQ(server_->connection_fd(), -1);
   std::atomic<bool> stop{false};
   EXPECT_TRUE(server_->Run(stop).ok());  // Returns at once: done.
+}
+
+// --fd with a listening socket: served as Listen's, and no socket file is
+// removed (none is ours).
+TEST_F(ServerTest, AdoptsAListeningSocket) {
+  UniqueFd listening(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path_.c_str(), path_.size());
+  ASSERT_EQ(bind(listening.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(listening.get(), 4), 0);
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Adopt({}, std::move(listening), &data_plane_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = std::move(*server);
+  EXPECT_GE(server_->listen_fd(), 0);
+  EXPECT_TRUE(server_->socket_path().empty());
+  EXPECT_NE(fcntl(server_->listen_fd(), F_GETFL) & O_NONBLOCK, 0);
+  auto memory = DriverMemory::Create(16 * kMiB).value();
+  DriverQueue rx(memory.get(), 128);
+  DriverQueue tx(memory.get(), 128);
+  std::vector<UniqueFd> eventfds;
+  Frontend f(path_);
+  Accept();
+  Negotiate(f, *memory, rx, tx, &eventfds);
+  f.Close();
+  Drain();
+  EXPECT_FALSE(server_->done());
+  server_.reset();
+  struct stat st;
+  EXPECT_EQ(lstat(path_.c_str(), &st), 0);  // Not ours to remove.
+}
+
+// --fd with a connected socket: that frontend, at once, then done.
+TEST_F(ServerTest, AdoptsAConnectedSocketAsTheOneFrontend) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Adopt({}, UniqueFd(sv[0]), &data_plane_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = std::move(*server);
+  EXPECT_EQ(server_->listen_fd(), -1);
+  ASSERT_GE(server_->connection_fd(), 0);
+  EXPECT_EQ(fcntl(server_->connection_fd(), F_GETFL) & O_NONBLOCK, 0);
+  auto memory = DriverMemory::Create(16 * kMiB).value();
+  DriverQueue rx(memory.get(), 128);
+  DriverQueue tx(memory.get(), 128);
+  std::vector<UniqueFd> eventfds;
+  Frontend f{UniqueFd(sv[1])};
+  Negotiate(f, *memory, rx, tx, &eventfds);
+  f.Close();
+  Drain();
+  EXPECT_TRUE(server_->done());
+  std::atomic<bool> stop{false};
+  EXPECT_TRUE(server_->Run(stop).ok());  // Returns at once: done.
+}
+
+TEST_F(ServerTest, AdoptRefusesWhatIsNotAUnixStreamSocket) {
+  int pipefd[2];
+  ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+  close(pipefd[1]);
+  EXPECT_EQ(Server::Adopt({}, UniqueFd(pipefd[0]), &data_plane_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Server::Adopt({}, UniqueFd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)), &data_plane_)
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Server::Adopt({}, UniqueFd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)), &data_plane_)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Server::Adopt({}, UniqueFd(), &data_plane_).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ServerTest, RunServesFrontendsUntilStopped) {

@@ -28,19 +28,52 @@ struct PortForward {
   in_addr bind4{};
   in6_addr bind6{};
   std::string ifname;  // SO_BINDTODEVICE if not empty ("%eth0" in a spec).
+  // From "all" or a spec of exclusions only (passt's meaning): a port that
+  // cannot be bound (in use, or privileged) is skipped, not an error; the
+  // translator fails only if it could bind none of its weak ports.
+  bool weak = false;
+  // IP_FREEBIND / IPV6_FREEBIND on the listening sockets (--freebind): the
+  // bind address need not be configured on the host yet.
+  bool freebind = false;
 };
+
+// Ports first..last, inclusive.
+struct PortRange {
+  uint16_t first = 0;
+  uint16_t last = 0;
+};
+
+// The ephemeral ports of this network namespace (net.ipv4.ip_local_port_range),
+// which "all" leaves out; Linux's default, 32768-60999, if it cannot be read.
+PortRange EphemeralPorts();
 
 // Parses a passt-style forwarding spec, the argument of -t or -u:
 //   "none"                    nothing (an empty result)
 //   "8080" "8000-8010"        host ports to the same guest ports
 //   "8080:80" "8000-8010:9000-9010"  host ports to other guest ports
-//   "127.0.0.1/8080" "::1/8080"      bound to one host address
+//   "8000-8010,~8005"         ranges less excluded ports or ranges ("~")
+//   "all"                     every port but the ephemeral ones (weak)
+//   "~22" "~22,~8000-8080"    exclusions only: "all" less those (weak)
+//   "127.0.0.1/8080" "::1/8080" "[::1]/all"  bound to one host address
 //   "%lo/8080" "127.0.0.1%lo/22"     bound to an interface
 //   "8080,8443:443"           several, comma-separated
-//   "all" / "auto"            refused for now (kUnimplemented, one line)
-// Excluded ports ("~22") are not supported (kUnimplemented). Errors are one
-// line naming the spec (kInvalidArgument).
+// The result lists maximal runs of ports (a range with exclusions becomes
+// several forwards). kInvalidArgument, one line naming the spec, for a port
+// outside 1..65535, an inverted range, host and guest ranges of different
+// sizes, overlapping ranges, "~" without a port, "all" beside other items, a
+// bad address or interface name, or a spec that forwards no port at all;
+// kUnimplemented for "auto" (pasta's, which follows a namespace's bound
+// ports). `ephemeral` is what "all" leaves out.
+absl::StatusOr<std::vector<PortForward>> ParsePortForwards(const std::string& spec,
+                                                           PortRange ephemeral);
+// As above, with this network namespace's EphemeralPorts().
 absl::StatusOr<std::vector<PortForward>> ParsePortForwards(const std::string& spec);
+
+// True if `a` and `b` would listen on the same port: their host port ranges
+// intersect, their bind addresses can coincide (the same address, or either
+// is every address of a family both cover) and so can their interfaces
+// (the same one, or either has none).
+bool ForwardsOverlap(const PortForward& a, const PortForward& b);
 
 }  // namespace vunet::net
 

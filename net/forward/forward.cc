@@ -3,7 +3,9 @@
 #include <arpa/inet.h>
 
 #include <fstream>
+#include <optional>
 #include <sstream>
+#include <utility>
 
 #include "base/log.h"
 
@@ -11,6 +13,7 @@ namespace vunet::net {
 namespace {
 
 constexpr uint16_t kDnsPort = 53;
+constexpr uint16_t kDnsOverTlsPort = 853;
 
 bool Contains(const std::vector<InetAddr>& list, const InetAddr& a) {
   for (const InetAddr& x : list) {
@@ -29,7 +32,7 @@ std::string MacString(const MacAddr& m) {
 }  // namespace
 
 ForwardRules RulesFromConfig(const GuestConfig& guest, const config_internal::Resolver& resolvers,
-                             bool map_gateway) {
+                             const DestinationMap& map) {
   ForwardRules r;
   r.ipv4 = !guest.ipv6_only;
   r.ipv6 = !guest.ipv4_only;
@@ -42,11 +45,47 @@ ForwardRules RulesFromConfig(const GuestConfig& guest, const config_internal::Re
   const InetAddr ll6 = IN6_IS_ADDR_UNSPECIFIED(&guest.our_link_local6)
                            ? InetAddr()
                            : InetAddr::V6(guest.our_link_local6);
-  if (map_gateway) {
-    if (!gw4.empty()) r.host_loopback.push_back(gw4);
+  // The host's loopback: --map-host-loopback's address of a version in
+  // place of the gateway's.
+  if (map.host_loopback4.has_value()) {
+    r.host_loopback.push_back(InetAddr::V4(*map.host_loopback4));
+  } else if (map.map_gateway && !gw4.empty()) {
+    r.host_loopback.push_back(gw4);
+  }
+  if (map.host_loopback6.has_value()) {
+    r.host_loopback.push_back(InetAddr::V6(*map.host_loopback6));
+  } else if (map.map_gateway) {
     // A link-local gateway is reachable only as our own link-local address.
     if (!gw6.empty() && !gw6.IsLinkLocal()) r.host_loopback.push_back(gw6);
     if (!ll6.empty()) r.host_loopback.push_back(ll6);
+  }
+  if (map.guest_addr4.has_value()) r.guest_addr_alias.push_back(InetAddr::V4(*map.guest_addr4));
+  if (map.guest_addr6.has_value()) r.guest_addr_alias.push_back(InetAddr::V6(*map.guest_addr6));
+  // --dns-forward: ports 53 and 853 to --dns-host, else the host's first
+  // resolver of that version.
+  std::optional<InetAddr> host4, host6;
+  if (map.dns_host4.has_value()) {
+    host4 = InetAddr::V4(*map.dns_host4);
+  } else if (!resolvers.dns4.empty()) {
+    host4 = InetAddr::V4(resolvers.dns4.front());
+  }
+  if (map.dns_host6.has_value()) {
+    host6 = InetAddr::V6(*map.dns_host6);
+  } else {
+    for (const in6_addr& d : resolvers.dns6) {
+      if (!IN6_IS_ADDR_LINKLOCAL(&d)) {
+        host6 = InetAddr::V6(d);
+        break;
+      }
+    }
+  }
+  for (const auto& [forward, host] :
+       {std::pair{map.dns_forward4 ? InetAddr::V4(*map.dns_forward4) : InetAddr(), host4},
+        std::pair{map.dns_forward6 ? InetAddr::V6(*map.dns_forward6) : InetAddr(), host6}}) {
+    if (forward.empty() || !host.has_value()) continue;
+    for (const uint16_t port : {kDnsPort, kDnsOverTlsPort}) {
+      r.dns.push_back({{forward, port}, {*host, port}});
+    }
   }
   // DNS: the gateway given in place of a loopback resolver.
   auto given = [](const auto& list, const auto& addr) {
@@ -170,7 +209,7 @@ std::optional<Endpoint> Forwarding::Outbound(FlowProto proto, const Endpoint& ds
   }
   const bool ported = proto != FlowProto::kIcmp;
   if (ported && dst.port == 0) return refuse(Refusal::kPort);
-  if (ported && dst.port == kDnsPort) {
+  if (ported) {
     for (const DnsForward& d : rules_.dns) {
       if (d.guest == dst) return d.host;
     }
@@ -205,11 +244,17 @@ std::optional<Endpoint> Forwarding::Outbound(FlowProto proto, const Endpoint& ds
 InetAddr Forwarding::InboundSource(const InetAddr& peer, int family) const {
   if (peer.family() != family) return InetAddr();
   const InetAddr& own = family == AF_INET ? rules_.guest4 : rules_.guest6;
-  const bool host_itself =
-      peer.IsLoopback() || (!own.empty() && peer == own) || peer == guest_.address(family);
-  if (!host_itself) {
+  const bool guest_address = (!own.empty() && peer == own) || peer == guest_.address(family);
+  if (!peer.IsLoopback() && !guest_address) {
     // Another link's address: not one the guest could answer.
     return peer.is_v6() && peer.IsLinkLocal() ? InetAddr() : peer;
+  }
+  // The guest's own address on the host: --map-guest-addr's address, which
+  // the guest reaches it by.
+  if (guest_address) {
+    for (const InetAddr& a : rules_.guest_addr_alias) {
+      if (a.family() == family) return a;
+    }
   }
   // The first address standing for the host in the guest's family, a global
   // one before a link-local one.

@@ -7,13 +7,17 @@
 //   2. DNS: a query (TCP or UDP, port 53) to an address the guest was given as
 //      its DNS server in place of a resolver it cannot reach (a resolver on
 //      the host's loopback, such as systemd-resolved's 127.0.0.53) goes to
-//      that resolver;
-//   3. an address that stands for the host (by default the gateway's: its
-//      IPv4 address, its IPv6 address unless that is link-local, and our own
-//      link-local address; passt's --map-host-loopback and --no-map-gw change
-//      that) goes to the host's loopback, 127.0.0.1 or ::1;
+//      that resolver; so does one (port 53 or 853) to passt's --dns-forward
+//      address, to --dns-host or the host's first resolver;
+//   3. an address that stands for the host's loopback goes there, to
+//      127.0.0.1 or ::1: by default the gateway's (its IPv4 address, its IPv6
+//      address unless that is link-local, and our own link-local address);
+//      passt's --map-host-loopback ADDR puts ADDR in place of the gateway's
+//      addresses of its IP version, --no-map-gw (or --map-host-loopback
+//      none) leaves the gateway's out;
 //   4. passt's --map-guest-addr: that address goes to the guest's own address
-//      on the host (with mirrored addressing, the host's own address);
+//      on the host (with mirrored addressing, the host's own address, which
+//      the guest's shadows);
 //   5. refused: the unspecified address, "this network" (0.0.0.0/8), loopback
 //      (the guest's own), multicast, the limited broadcast and the guest's
 //      subnet broadcast, IPv6 link-local (other than those above) and
@@ -23,15 +27,17 @@
 // all three).
 //
 // Inbound (a host peer reaching the guest through a -t/-u forward): a peer on
-// the host itself (loopback, or using the guest's mirrored address) appears
-// to come from the gateway's address of the guest's family; an IPv6
-// link-local peer (of another link) is not translated; any other peer comes
-// from its own address.
+// the host's loopback appears to come from the first address that stands
+// for it (the gateway's, by default) of the guest's family; a peer using the
+// guest's own address on the host (with mirrored addressing, the host's
+// address) from the --map-guest-addr address of that family, else as a
+// loopback peer; an IPv6 link-local peer (of another link) is not
+// translated; any other peer comes from its own address.
 //
 // The guest's identity (GuestIdentity) is learned in one place: the
 // dispatcher shows it the source of every guest frame that parsed.
 //
-//   ForwardRules rules = RulesFromConfig(guest_config, HostResolvers());
+//   ForwardRules rules = RulesFromConfig(guest_config, HostResolvers(), cli.destinations);
 //   Forwarding forward(rules);
 //   Refusal why;
 //   std::optional<Endpoint> to = forward.Outbound(FlowProto::kTcp, dst, &why);
@@ -47,13 +53,14 @@
 
 #include "net/config/config.h"
 #include "net/flow/flow.h"
+#include "net/forward/destination_map.h"
 #include "net/packet/frame.h"
 #include "net/packet/inet.h"
 
 namespace vunet::net {
 
-// Queries the guest sends to `guest` go to `host` instead (they may differ in
-// IP version).
+// Queries (TCP or UDP) the guest sends to `guest` go to `host` instead (they
+// may differ in IP version).
 struct DnsForward {
   Endpoint guest;
   Endpoint host;
@@ -73,19 +80,27 @@ struct ForwardRules {
   // one).
   std::vector<InetAddr> host_loopback;
   // passt's --map-guest-addr: traffic to these goes to the guest's own
-  // address (guest4 or guest6) on the host.
+  // address (guest4 or guest6) on the host, and host peers using that
+  // address come from the first of the guest's family.
   std::vector<InetAddr> guest_addr_alias;
   std::vector<DnsForward> dns;
 };
 
 // The rules for a guest configured as `guest`, whose host's resolvers are
-// `resolvers`: the gateway's addresses stand for the host (unless
-// `map_gateway` is false: passt's --no-map-gw); where MirrorHost gave the
-// guest the gateway address in place of a resolver on the host's loopback,
-// the gateway's port 53 maps to the first such resolver, per IP version
-// (link-local resolvers, which need an interface, are not mapped).
+// `resolvers`, with passt's options `map` (the command line's):
+//  - the addresses that stand for the host's loopback: per IP version,
+//    map.host_loopback4/6 if set, else the gateway's addresses (unless
+//    map.map_gateway is false);
+//  - map.guest_addr4/6: the aliases of the guest's own address;
+//  - DNS: map.dns_forward4/6's ports 53 and 853 to map.dns_host4/6, else to
+//    the host's first resolver of that version that is not link-local (none
+//    if there is no such resolver: the caller may say so); then, where
+//    MirrorHost gave the guest the gateway address in place of a resolver on
+//    the host's loopback, the gateway's port 53 to the first such resolver,
+//    per IP version (link-local resolvers, which need an interface, are not
+//    mapped).
 ForwardRules RulesFromConfig(const GuestConfig& guest, const config_internal::Resolver& resolvers,
-                             bool map_gateway = true);
+                             const DestinationMap& map = {});
 
 // The host's resolvers as `resolv_conf` (normally /etc/resolv.conf) lists
 // them; none if it cannot be read.
@@ -148,7 +163,8 @@ class Forwarding {
   // address of `family` (a peer of the other family is not translated:
   // empty); empty too if the host has no address to stand for it.
   InetAddr InboundSource(const InetAddr& peer, int family) const;
-  // True if `dst` (as the guest addressed it) stands for the host itself.
+  // True if `dst` (as the guest addressed it) stands for the host's
+  // loopback.
   bool IsHost(const InetAddr& dst) const;
 
   GuestIdentity& guest() { return guest_; }

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "gtest/gtest.h"
 #include "net/testing/test_frames.h"
 
@@ -67,9 +68,9 @@ const Rule kRules[] = {
     {"DNS elsewhere passes", "9.9.9.9", 53, "9.9.9.9", 53, Refusal::kNone, false},
 };
 
-TEST(Forwarding, EveryRuleHoldsForTcpUdpAndIcmp) {
-  const Forwarding forward(RulesFromConfig(Guest(), Resolvers()), MacAddr{});
-  for (const Rule& rule : kRules) {
+// Each rule against TCP, UDP and ICMP (those for ports against TCP and UDP).
+void CheckRules(const Forwarding& forward, absl::Span<const Rule> rules) {
+  for (const Rule& rule : rules) {
     for (FlowProto proto : {FlowProto::kTcp, FlowProto::kUdp, FlowProto::kIcmp}) {
       const bool icmp = proto == FlowProto::kIcmp;
       if (icmp && rule.port_specific) continue;
@@ -91,6 +92,128 @@ TEST(Forwarding, EveryRuleHoldsForTcpUdpAndIcmp) {
   }
 }
 
+TEST(Forwarding, EveryRuleHoldsForTcpUdpAndIcmp) {
+  const Forwarding forward(RulesFromConfig(Guest(), Resolvers()), MacAddr{});
+  CheckRules(forward, kRules);
+}
+
+in_addr V4(const char* text) { return A(text).v4(); }
+in6_addr V6(const char* text) { return A(text).v6(); }
+
+// passt's options (DestinationMap, as the command line gives it) and the
+// rules that change under them; everything else as above.
+struct Mapped {
+  const char* name;
+  DestinationMap map;
+  std::vector<Rule> rules;
+};
+
+std::vector<Mapped> MappedCases() {
+  std::vector<Mapped> cases;
+  DestinationMap m;
+  m.map_gateway = false;
+  cases.push_back(
+      {"--no-map-gw",
+       m,
+       {
+           {"the gateway is itself", "192.168.1.1", 8080, "192.168.1.1", 8080, Refusal::kNone,
+            false},
+           {"our link-local is another link's", "fe80::1", 22, "", 0, Refusal::kLinkLocal, false},
+           {"DNS to the gateway still goes to the resolver", "192.168.1.1", 53, "127.0.0.53", 53,
+            Refusal::kNone, true},
+       }});
+  m = {};
+  m.host_loopback4 = V4("10.0.2.3");
+  cases.push_back(
+      {"--map-host-loopback 10.0.2.3",
+       m,
+       {
+           {"the address is the host", "10.0.2.3", 80, "127.0.0.1", 80, Refusal::kNone, false},
+           {"the gateway is itself", "192.168.1.1", 8080, "192.168.1.1", 8080, Refusal::kNone,
+            false},
+           {"IPv6 keeps the default", "fe80::1", 22, "::1", 22, Refusal::kNone, false},
+       }});
+  m = {};
+  m.host_loopback6 = V6("2001:db8::3");
+  cases.push_back(
+      {"--map-host-loopback 2001:db8::3",
+       m,
+       {
+           {"the address is the host", "2001:db8::3", 80, "::1", 80, Refusal::kNone, false},
+           {"our link-local is another link's", "fe80::1", 22, "", 0, Refusal::kLinkLocal, false},
+           {"IPv4 keeps the default", "192.168.1.1", 8080, "127.0.0.1", 8080, Refusal::kNone,
+            false},
+       }});
+  m = {};
+  m.map_gateway = false;  // --map-host-loopback none, as the command line gives it.
+  m.host_loopback4 = V4("10.0.2.3");
+  cases.push_back(
+      {"--map-host-loopback none --map-host-loopback 10.0.2.3",
+       m,
+       {
+           {"the address is the host", "10.0.2.3", 80, "127.0.0.1", 80, Refusal::kNone, false},
+           {"our link-local is another link's", "fe80::1", 22, "", 0, Refusal::kLinkLocal, false},
+       }});
+  m = {};
+  m.guest_addr4 = V4("169.254.1.2");
+  m.guest_addr6 = V6("2001:db8::99");
+  cases.push_back({"--map-guest-addr 169.254.1.2 --map-guest-addr 2001:db8::99",
+                   m,
+                   {
+                       {"IPv4 alias is the guest's address", "169.254.1.2", 443, "192.168.1.20",
+                        443, Refusal::kNone, false},
+                       {"IPv6 alias is the guest's address", "2001:db8::99", 443, "2001:db8::20",
+                        443, Refusal::kNone, false},
+                       {"the gateway is still the host", "192.168.1.1", 80, "127.0.0.1", 80,
+                        Refusal::kNone, false},
+                   }});
+  m = {};
+  m.dns_forward4 = V4("169.254.1.1");
+  m.dns_forward6 = V6("fd00::53");
+  cases.push_back(
+      {"--dns-forward 169.254.1.1 --dns-forward fd00::53",
+       m,
+       {
+           {"DNS to the first resolver", "169.254.1.1", 53, "127.0.0.53", 53, Refusal::kNone, true},
+           {"DNS over TLS too", "169.254.1.1", 853, "127.0.0.53", 853, Refusal::kNone, true},
+           {"other ports pass", "169.254.1.1", 80, "169.254.1.1", 80, Refusal::kNone, false},
+           {"IPv6 DNS to the first resolver", "fd00::53", 53, "::1", 53, Refusal::kNone, true},
+           {"the gateway's DNS still goes to the resolver", "192.168.1.1", 53, "127.0.0.53", 53,
+            Refusal::kNone, true},
+       }});
+  m.dns_host4 = V4("192.0.2.53");
+  cases.push_back(
+      {"--dns-forward 169.254.1.1 --dns-host 192.0.2.53",
+       m,
+       {
+           {"DNS to --dns-host", "169.254.1.1", 53, "192.0.2.53", 53, Refusal::kNone, true},
+           {"DNS over TLS to --dns-host", "169.254.1.1", 853, "192.0.2.53", 853, Refusal::kNone,
+            true},
+       }});
+  return cases;
+}
+
+TEST(Forwarding, PasstOptionsChangeTheRulesForTcpUdpAndIcmp) {
+  for (const Mapped& c : MappedCases()) {
+    SCOPED_TRACE(c.name);
+    EXPECT_TRUE(c.map.customized());
+    CheckRules(Forwarding(RulesFromConfig(Guest(), Resolvers(), c.map), MacAddr{}), c.rules);
+  }
+}
+
+TEST(Forwarding, DnsForwardWithoutAResolverMapsNothing) {
+  DestinationMap m;
+  m.dns_forward4 = V4("169.254.1.1");
+  m.dns_forward6 = V6("fd00::53");
+  config_internal::Resolver link_local_only;
+  link_local_only.dns6 = {V6("fe80::53")};
+  const ForwardRules rules = RulesFromConfig(Guest(), link_local_only, m);
+  for (const DnsForward& d : rules.dns) {
+    EXPECT_NE(d.guest.addr, A("169.254.1.1")) << d.host.ToString();
+    EXPECT_NE(d.guest.addr, A("fd00::53")) << d.host.ToString();
+  }
+}
+
 TEST(Forwarding, FamiliesTheGuestLacksAreRefused) {
   GuestConfig g = Guest();
   g.ipv4_only = true;
@@ -102,7 +225,9 @@ TEST(Forwarding, FamiliesTheGuestLacksAreRefused) {
 }
 
 TEST(Forwarding, NoMapGatewayAndExplicitMappings) {
-  ForwardRules rules = RulesFromConfig(Guest(), {}, /*map_gateway=*/false);
+  DestinationMap no_map_gw;
+  no_map_gw.map_gateway = false;
+  ForwardRules rules = RulesFromConfig(Guest(), {}, no_map_gw);
   const Forwarding plain(rules, MacAddr{});
   const std::optional<Endpoint> to = plain.Outbound(FlowProto::kUdp, {A("192.168.1.1"), 8080});
   ASSERT_TRUE(to.has_value());
@@ -131,6 +256,46 @@ TEST(Forwarding, InboundSources) {
   g.gateway6 = A("2001:db8::1").v6();
   const Forwarding global(RulesFromConfig(g, {}), MacAddr{});
   EXPECT_EQ(global.InboundSource(A("::1"), AF_INET6), A("2001:db8::1"));
+}
+
+// Host peers as the guest sees them under passt's options: a loopback peer
+// from --map-host-loopback's address (none: not at all), one using the
+// guest's own address from --map-guest-addr's.
+TEST(Forwarding, InboundSourcesUnderPasstOptions) {
+  struct Case {
+    const char* name;
+    DestinationMap map;
+    const char* peer;
+    int family;
+    const char* seen;  // "" if the peer cannot be shown.
+  };
+  DestinationMap host_lo;
+  host_lo.host_loopback4 = V4("10.0.2.3");
+  DestinationMap none;
+  none.map_gateway = false;
+  DestinationMap alias;
+  alias.guest_addr4 = V4("169.254.1.2");
+  alias.guest_addr6 = V6("2001:db8::99");
+  const Case cases[] = {
+      {"--map-host-loopback: loopback", host_lo, "127.0.0.1", AF_INET, "10.0.2.3"},
+      {"--map-host-loopback: the guest's address", host_lo, "192.168.1.20", AF_INET, "10.0.2.3"},
+      {"--map-host-loopback: IPv6 as by default", host_lo, "::1", AF_INET6, "fe80::1"},
+      {"--no-map-gw: loopback", none, "127.0.0.1", AF_INET, ""},
+      {"--no-map-gw: others as they are", none, "203.0.113.9", AF_INET, "203.0.113.9"},
+      {"--map-guest-addr: the guest's address", alias, "192.168.1.20", AF_INET, "169.254.1.2"},
+      {"--map-guest-addr: IPv6", alias, "2001:db8::20", AF_INET6, "2001:db8::99"},
+      {"--map-guest-addr: loopback still the gateway", alias, "127.0.0.1", AF_INET, "192.168.1.1"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Forwarding forward(RulesFromConfig(Guest(), {}, c.map), MacAddr{});
+    const InetAddr seen = forward.InboundSource(A(c.peer), c.family);
+    if (c.seen[0] == '\0') {
+      EXPECT_TRUE(seen.empty()) << seen.ToString();
+    } else {
+      EXPECT_EQ(seen, A(c.seen));
+    }
+  }
 }
 
 TEST(GuestIdentity, LearnsFromFramesInOnePlace) {

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string_view>
+#include <vector>
 
 #include "base/log.h"
 #include "net/gateway/dns_name.h"
@@ -35,6 +37,14 @@ constexpr size_t kOptionsStart = sizeof(DhcpFixed) + sizeof(kMagicCookie);
 constexpr uint16_t kBroadcastFlag = 0x8000;
 // BOOTP relays and old clients expect at least this much message (RFC 1542).
 constexpr size_t kMinMessageLen = 300;
+// Option 81's flags (RFC 4702 2.1).
+constexpr uint8_t kFqdnS = 0x01;  // The server should update the A record.
+constexpr uint8_t kFqdnO = 0x02;  // The server overrode the client's S.
+constexpr uint8_t kFqdnE = 0x04;  // The name is in DNS wire format.
+constexpr uint8_t kFqdnN = 0x08;  // The server updates no records.
+// The options area of a reply past what Create accounts for: message type,
+// server identifier, lease time, end.
+constexpr size_t kReplyFixedOptions = 3 + 6 + 6 + 1;
 
 enum MessageType : uint8_t {
   kDiscover = 1,
@@ -52,12 +62,14 @@ enum Option : uint8_t {
   kSubnetMask = 1,
   kRouter = 3,
   kDns = 6,
+  kHostName = 12,
   kDomainName = 15,
   kMtu = 26,
   kRequestedAddress = 50,
   kLeaseTime = 51,
   kMessageType = 53,
   kServerId = 54,
+  kClientFqdn = 81,
   kDomainSearch = 119,
   kEnd = 255,
 };
@@ -125,6 +137,8 @@ struct RequestOptions {
   in_addr requested{};
   bool has_server_id = false;
   in_addr server_id{};
+  bool has_fqdn = false;  // Option 81, with at least its flags and RCODEs.
+  uint8_t fqdn_flags = 0;
 };
 
 // Walks the options area; false if an option runs past the end.
@@ -148,6 +162,10 @@ bool ParseOptions(const uint8_t* o, size_t len, RequestOptions* out) {
     if (code == kServerId && olen == 4) {
       out->has_server_id = true;
       std::memcpy(&out->server_id, v, 4);
+    }
+    if (code == kClientFqdn && olen >= 3) {
+      out->has_fqdn = true;
+      out->fqdn_flags = v[0];
     }
     i += 2 + olen;
   }
@@ -173,6 +191,12 @@ absl::StatusOr<DhcpServer> DhcpServer::Create(const DhcpConfig& config) {
   w.AddBe32(kSubnetMask, mask);
   w.Add(kRouter, &config.gateway_addr, 4);
   if (!config.dns.empty()) w.Add(kDns, config.dns.data(), 4 * config.dns.size());
+  if (!config.hostname.empty()) {
+    if (!IsHostName(config.hostname)) {
+      return absl::InvalidArgumentError("DHCP: host name is not a valid host name");
+    }
+    w.Add(kHostName, config.hostname.data(), config.hostname.size());
+  }
   if (!config.domain_name.empty()) {
     std::vector<uint8_t> check;
     if (!AppendDnsName(config.domain_name, &check)) {
@@ -192,6 +216,29 @@ absl::StatusOr<DhcpServer> DhcpServer::Create(const DhcpConfig& config) {
   if (config.mtu != 0) w.AddBe16(kMtu, config.mtu);
   if (!w.ok()) return absl::InvalidArgumentError("DHCP: options too long for one reply");
   s.config_options_len_ = w.len();
+
+  size_t fqdn_option_len = 0;
+  if (!config.fqdn.empty()) {
+    std::vector<uint8_t> wire;
+    if (!IsHostName(config.fqdn) || !AppendDnsName(config.fqdn, &wire) ||
+        wire.size() > sizeof(s.fqdn_wire_)) {
+      return absl::InvalidArgumentError("DHCP: FQDN is not a valid host name");
+    }
+    std::memcpy(s.fqdn_wire_, wire.data(), wire.size());
+    s.fqdn_wire_len_ = wire.size();
+    std::string_view text = config.fqdn;
+    if (text.back() == '.') text.remove_suffix(1);
+    std::memcpy(s.fqdn_text_, text.data(), text.size());
+    s.fqdn_text_len_ = text.size();
+    // Flags, RCODEs and the name, in instances of at most 255 bytes.
+    const size_t data = 3 + std::max(s.fqdn_wire_len_, s.fqdn_text_len_);
+    fqdn_option_len = data + 2 * ((data + 254) / 255);
+  }
+  const size_t room = kDhcpMaxReplyLen - kEthHeaderLen - kIpv4MinHeaderLen - kUdpHeaderLen -
+                      kOptionsStart - kReplyFixedOptions;
+  if (s.config_options_len_ + fqdn_option_len > room) {
+    return absl::InvalidArgumentError("DHCP: options too long for one reply");
+  }
   return s;
 }
 
@@ -290,6 +337,17 @@ absl::StatusOr<size_t> DhcpServer::Reply(absl::Span<const iovec> frame, const Pa
   if (type != kNak) {
     if (!inform) w.AddBe32(kLeaseTime, lease_seconds_);
     w.AddRaw(config_options_, config_options_len_);
+    if (fqdn_wire_len_ > 0) {
+      // In the client's encoding if it sent the option, else wire format.
+      const bool ascii = ro.has_fqdn && !(ro.fqdn_flags & kFqdnE);
+      uint8_t fqdn[3 + sizeof(fqdn_wire_)];
+      fqdn[0] = static_cast<uint8_t>(kFqdnN | (ascii ? 0 : kFqdnE) |
+                                     (ro.has_fqdn && (ro.fqdn_flags & kFqdnS) ? kFqdnO : 0));
+      fqdn[1] = fqdn[2] = 255;  // RCODE1, RCODE2 (RFC 4702 2.2).
+      const size_t name_len = ascii ? fqdn_text_len_ : fqdn_wire_len_;
+      std::memcpy(fqdn + 3, ascii ? static_cast<const void*>(fqdn_text_) : fqdn_wire_, name_len);
+      w.Add(kClientFqdn, fqdn, 3 + name_len);
+    }
   }
   const uint8_t end = kEnd;
   w.AddRaw(&end, 1);

@@ -5,9 +5,17 @@
 //
 // Every OFFER and ACK carries the configured options whether or not the
 // client listed them (clients ignore what they did not ask for): subnet mask
-// (1), router (3), DNS (6), domain name (15), MTU (26), lease time (51),
-// server identifier (54), message type (53), domain search (119, split into
-// several instances as RFC 3396 allows when longer than 255 bytes).
+// (1), router (3), DNS (6), host name (12), domain name (15), MTU (26), lease
+// time (51), server identifier (54), message type (53), client FQDN (81),
+// domain search (119); an option longer than 255 bytes is split into
+// several instances as RFC 3396 allows.
+//
+// The client FQDN option (RFC 4702), sent as passt sends it whether or not
+// the client asked: flags, RCODE1 and RCODE2 of 255, and the name. The
+// flags say we update no DNS records (N set, S clear, O set if the client
+// asked us to with S); the name is in DNS wire format (E set) unless the
+// client's own option 81 used the deprecated ASCII form (E clear), which is
+// then answered in kind.
 //
 // Request parsing is bounded by the UDP datagram: options are walked over a
 // local copy (at most kMaxRequestOptions bytes; longer requests are dropped),
@@ -48,6 +56,8 @@ struct DhcpConfig {
   std::string domain_name;                  // Option 15 if not empty.
   std::vector<std::string> search_domains;  // Option 119 if not empty.
   uint16_t mtu = 0;                         // Option 26 if not 0 (68..65535).
+  std::string hostname;                     // Option 12 if not empty (-H).
+  std::string fqdn;                         // Option 81 if not empty (--fqdn).
   // Option 51. The address never changes, so infinite by default.
   uint32_t lease_seconds = 0xffffffff;
 };
@@ -64,7 +74,8 @@ class DhcpServer {
   // Checks and encodes the configuration once: kInvalidArgument for a prefix
   // over 32, an MTU below 68, more DNS servers than one option holds (63),
   // a domain name that is not a valid DNS name (labels of 1..63 bytes, at
-  // most 253 in all), or options too long for one reply.
+  // most 253 in all), a host name or FQDN that is not one (IsHostName), or
+  // options too long for one reply.
   static absl::StatusOr<DhcpServer> Create(const DhcpConfig& config);
 
   // If `frame` (whose parse is `parsed`) is a DHCP request to port 67 that
@@ -82,9 +93,15 @@ class DhcpServer {
   in_addr gateway_addr_{};
   in_addr guest_addr_{};
   uint32_t lease_seconds_ = 0;
-  // Mask, router, DNS, domain, search, MTU: the same in every OFFER/ACK.
+  // Mask, router, DNS, host name, domain, search, MTU: the same in every
+  // OFFER/ACK.
   uint8_t config_options_[1024] = {};
   size_t config_options_len_ = 0;
+  // The FQDN for option 81, in wire format and as text; empty: none.
+  uint8_t fqdn_wire_[255] = {};
+  size_t fqdn_wire_len_ = 0;
+  char fqdn_text_[253] = {};
+  size_t fqdn_text_len_ = 0;
 };
 
 }  // namespace vunet::net

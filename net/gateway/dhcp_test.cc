@@ -411,5 +411,88 @@ TEST(DhcpTest, CreateRefusesBadConfigurations) {
   EXPECT_FALSE(DhcpServer::Create(c).ok());
 }
 
+// -H and --fqdn: option 12 as text, option 81 (RFC 4702) in every OFFER and
+// ACK, as passt sends it: we update no DNS records (N), the name in wire
+// format (E) unless the client asked for ASCII, O if the client asked for S.
+TEST(DhcpTest, HostNameAndClientFqdn) {
+  DhcpConfig c = Config();
+  c.hostname = "vm1";
+  c.fqdn = "vm1.example.org.";
+  const DhcpServer server = Server(c);
+  const std::vector<uint8_t> wire = {3,   'v', 'm', '1', 7,   'e', 'x', 'a', 'm',
+                                     'p', 'l', 'e', 3,   'o', 'r', 'g', 0};
+  Reply r = Answer(server, UdhcpcDiscover());
+  ASSERT_EQ(r.type(), 2);
+  EXPECT_EQ(r.options.at(12), Bytes({'v', 'm', '1'}));
+  std::vector<uint8_t> want = Bytes({0x0c, 255, 255});  // N, E.
+  Append(want, wire);
+  EXPECT_EQ(r.options.at(81), want);
+  ExpectConfigOptions(r);
+
+  // A client that sent option 81 with S (please update) and E.
+  std::vector<uint8_t> o = Bytes({53, 1, 3, 81, 6, 0x05, 0, 0, 2, 'v', 'm'});
+  Append(o, Bytes({50, 4, 10, 0, 2, 15, 54, 4, 10, 0, 2, 2, 255}));
+  r = Answer(server, Frame(Message(7, 0, Bytes({0, 0, 0, 0}), o)));
+  ASSERT_EQ(r.type(), 5);
+  want = Bytes({0x0e, 255, 255});  // N, E, O.
+  Append(want, wire);
+  EXPECT_EQ(r.options.at(81), want);
+
+  // The deprecated ASCII form (E clear) is answered in kind.
+  o = Bytes({53, 1, 1, 81, 5, 0x00, 0, 0, 'v', 'm', 255});
+  r = Answer(server, Frame(Message(8, 0, Bytes({0, 0, 0, 0}), o)));
+  ASSERT_EQ(r.type(), 2);
+  want = Bytes({0x08, 255, 255});  // N.
+  Append(want, Bytes({'v', 'm', '1', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'o', 'r', 'g'}));
+  EXPECT_EQ(r.options.at(81), want);
+
+  // A NAK carries neither.
+  r = Answer(server, UdhcpcRequest(Bytes({10, 0, 2, 99})));
+  ASSERT_EQ(r.type(), 6);
+  EXPECT_EQ(r.options.count(12) + r.options.count(81), 0u);
+  // Neither configured: neither sent.
+  r = Answer(Server(), UdhcpcDiscover());
+  EXPECT_EQ(r.options.count(12) + r.options.count(81), 0u);
+}
+
+// The longest FQDN DNS allows (255 octets in wire format) does not fit one
+// option with its flags: it is split as RFC 3396 allows, and the reply
+// still fits its buffer.
+TEST(DhcpTest, LongestFqdnIsSplitIntoInstances) {
+  DhcpConfig c = Config();
+  c.fqdn = std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') + "." +
+           std::string(61, 'd');
+  c.hostname = std::string(63, 'h');
+  Reply r = Answer(Server(c), UdhcpcDiscover());
+  ASSERT_EQ(r.type(), 2);
+  ASSERT_EQ(r.options.at(81).size(), 3u + 255u);
+  EXPECT_EQ(r.options.at(81)[3], 63);
+  EXPECT_EQ(r.options.at(81).back(), 0);
+  int instances = 0;
+  for (int code : r.order) instances += code == 81;
+  EXPECT_EQ(instances, 2);
+  EXPECT_EQ(r.options.at(12), std::vector<uint8_t>(63, 'h'));
+}
+
+TEST(DhcpTest, CreateRefusesBadHostNames) {
+  for (const std::string& bad : {std::string("a b"), std::string("-a"), std::string("a..b"),
+                                 std::string(64, 'x'), std::string("a;b"), std::string(".")}) {
+    DhcpConfig c = Config();
+    c.hostname = bad;
+    EXPECT_FALSE(DhcpServer::Create(c).ok()) << bad;
+    c = Config();
+    c.fqdn = bad;
+    EXPECT_FALSE(DhcpServer::Create(c).ok()) << bad;
+  }
+  // Every option at its longest: more than one reply holds.
+  DhcpConfig c = Config();
+  c.search_domains.assign(12, std::string(60, 'a') + ".example");
+  ASSERT_TRUE(DhcpServer::Create(c).ok());
+  c.fqdn = std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') + "." +
+           std::string(61, 'd');
+  c.hostname = c.fqdn;
+  EXPECT_FALSE(DhcpServer::Create(c).ok());
+}
+
 }  // namespace
 }  // namespace vunet::net

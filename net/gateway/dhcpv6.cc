@@ -4,10 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "base/log.h"
-#include "net/packet/checksum.h"
 #include "net/gateway/dns_name.h"
+#include "net/packet/checksum.h"
 
 namespace vunet::net {
 namespace {
@@ -37,7 +38,13 @@ enum Option : uint16_t {
   kDnsServers = 23,
   kDomainList = 24,
   kIaPd = 25,
+  kClientFqdn = 39,
 };
+
+// Option 39's flags (RFC 4704 4.1).
+constexpr uint8_t kFqdnS = 0x01;  // The server should update the AAAA record.
+constexpr uint8_t kFqdnO = 0x02;  // The server overrode the client's S.
+constexpr uint8_t kFqdnN = 0x04;  // The server updates no records.
 
 enum StatusCode : uint16_t {
   kSuccess = 0,
@@ -155,6 +162,7 @@ struct Request {
   size_t ia_count = 0;
   size_t addresses = 0;          // IA Address options in IA_NA and IA_TA.
   size_t foreign_addresses = 0;  // Those that are not the guest's.
+  uint8_t fqdn_flags = 0;        // The client's option 39, if it sent one.
 };
 
 // Checks that options [0, len) of `o` are well framed: each header and body
@@ -238,8 +246,11 @@ const char* ParseOptions(const uint8_t* o, size_t len, const in6_addr& guest, Re
         if (const char* bad = ParseIa(code, v, olen, guest, ia, out)) return bad;
         break;
       }
+      case kClientFqdn:
+        if (olen >= 1) out->fqdn_flags = v[0];
+        break;
       default:
-        break;  // Elapsed Time, ORO, FQDN, vendor options...: nothing we need.
+        break;  // Elapsed Time, ORO, vendor options...: nothing we need.
     }
   }
   return nullptr;
@@ -278,8 +289,19 @@ absl::StatusOr<Dhcpv6Server> Dhcpv6Server::Create(const Dhcpv6Config& config) {
   std::memcpy(s.duid_, duid_head, sizeof(duid_head));
   std::memcpy(s.duid_ + 4, config.gateway_mac.bytes, 6);
 
-  const size_t budget =
-      std::min(sizeof(s.config_options_), kMaxReplyMessage - kWorstReplyWithoutConfig);
+  size_t fqdn_option_len = 0;
+  if (!config.fqdn.empty()) {
+    std::vector<uint8_t> wire;
+    if (!IsHostName(config.fqdn) || !AppendDnsName(config.fqdn, &wire) ||
+        wire.size() > sizeof(s.fqdn_wire_)) {
+      return absl::InvalidArgumentError("DHCPv6: FQDN is not a valid host name");
+    }
+    std::memcpy(s.fqdn_wire_, wire.data(), wire.size());
+    s.fqdn_wire_len_ = wire.size();
+    fqdn_option_len = kOptionHeaderLen + 1 + wire.size();
+  }
+  const size_t budget = std::min(sizeof(s.config_options_),
+                                 kMaxReplyMessage - kWorstReplyWithoutConfig - fqdn_option_len);
   OptionWriter w(s.config_options_, budget);
   if (!config.dns.empty()) {
     if (config.dns.size() * 16 > budget)
@@ -448,6 +470,13 @@ absl::StatusOr<size_t> Dhcpv6Server::Reply(absl::Span<const iovec> frame, const 
       break;
     default:
       w.Raw(config_options_, config_options_len_);
+      if (fqdn_wire_len_ > 0) {
+        const size_t at = w.Begin(kClientFqdn);
+        const uint8_t flags = kFqdnN | (req.fqdn_flags & kFqdnS ? kFqdnO : 0);
+        w.Raw(&flags, 1);
+        w.Raw(fqdn_wire_, fqdn_wire_len_);
+        w.End(at);
+      }
       break;
   }
   if (!w.ok()) return absl::InternalError("DHCPv6 reply longer than its buffer");

@@ -15,9 +15,12 @@
 //   Release, Decline     Reply with status Success.
 // Every Advertise and Reply carries Server ID (DUID-LL from our MAC) and the
 // client's Client ID; those answering Solicit, Request, Renew, Rebind and
-// Information-request carry DNS (23) and Domain Search List (24) when
-// configured, whether or not the client's ORO asked (clients ignore what they
-// did not ask for, as with DHCPv4).
+// Information-request carry DNS (23), Domain Search List (24) and Client
+// FQDN (39, RFC 4704) when configured, whether or not the client's ORO asked
+// (clients ignore what they did not ask for, as with DHCPv4; passt sends the
+// FQDN the same way). The FQDN's flags say we update no DNS records (N set,
+// S clear, O set if the client asked us to with S); the name is in DNS wire
+// format.
 //
 // Validation follows RFC 8415 16: Client ID required (except in
 // Information-request); Server ID required and ours in Request, Renew,
@@ -66,6 +69,7 @@ struct Dhcpv6Config {
   in6_addr guest_addr{};                    // The one address we assign.
   std::vector<in6_addr> dns;                // Option 23 if not empty.
   std::vector<std::string> search_domains;  // Option 24 if not empty.
+  std::string fqdn;                         // Option 39 if not empty (--fqdn).
   // The address never changes, so infinite by default. T1 and T2 are
   // infinite with an infinite preferred lifetime, else 0.5 and 0.8 of it.
   uint32_t preferred_lifetime = 0xffffffff;
@@ -91,8 +95,9 @@ class Dhcpv6Server {
   // Checks and encodes the configuration once: kInvalidArgument for a
   // gateway_ll that is not link-local, a guest address that is unspecified or
   // multicast, a preferred lifetime above the valid one, a preference outside
-  // -1..255, an invalid search domain, or DNS and search options too long for
-  // the worst-case reply.
+  // -1..255, an invalid search domain, an FQDN that is not a host name
+  // (IsHostName), or DNS, search and FQDN options too long for the
+  // worst-case reply.
   static absl::StatusOr<Dhcpv6Server> Create(const Dhcpv6Config& config);
 
   // If `frame` (whose parse is `parsed`) is a DHCPv6 message to UDP port 547
@@ -120,6 +125,9 @@ class Dhcpv6Server {
   // Options 23 and 24: the same in every reply that carries them.
   uint8_t config_options_[400] = {};
   size_t config_options_len_ = 0;
+  // Option 39's name in wire format; empty: none.
+  uint8_t fqdn_wire_[255] = {};
+  size_t fqdn_wire_len_ = 0;
 };
 
 }  // namespace vunet::net

@@ -492,6 +492,52 @@ TEST(Dhcpv6Test, RenewReturnsOtherAddressesWithZeroLifetimes) {
   EXPECT_EQ(ia.options[1].second, stale);
 }
 
+// --fqdn: option 39 (RFC 4704) in replies that configure, as passt sends it
+// whatever the client asked: N (we update nothing), O when the client asked
+// for S (networkd does), the name in wire format.
+TEST(Dhcpv6Test, ClientFqdn) {
+  Dhcpv6Config c = Config();
+  c.fqdn = "vm1.example.org";
+  const Dhcpv6Server server = Server(c);
+  std::vector<uint8_t> want =
+      Bytes({0x06, 3, 'v', 'm', '1', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'o', 'r', 'g', 0});
+  Reply r = Answer(server, Frame(NetworkdSolicitMessage(false)));
+  ASSERT_EQ(r.type(), 2);
+  EXPECT_EQ(Codes(r.options), std::vector<uint16_t>({2, 1, 7, 3, 23, 24, 39}));
+  EXPECT_EQ(Get(r.options, 39), want);
+  r = Answer(server, Frame(NetworkdRequestMessage()));
+  ASSERT_EQ(r.type(), 7);
+  EXPECT_EQ(Get(r.options, 39), want);
+  // A client without option 39 (dhclient here): N alone.
+  r = Answer(server, Frame(DhclientSolicitMessage()));
+  ASSERT_EQ(r.type(), 2);
+  want[0] = 0x04;
+  EXPECT_EQ(Get(r.options, 39), want);
+  // An empty option 39 from the client is no request for S.
+  std::vector<uint8_t> o = Opt(1, kDuidEn);
+  Append(o, Opt(39, {}));
+  r = Answer(server, Frame(Message(11, o)));
+  ASSERT_EQ(r.type(), 7);
+  EXPECT_EQ(Get(r.options, 39), want);
+  // Release: only its status.
+  r = Answer(server, Frame(RenewMessage(8, IaAddr(kGuestAddr))));
+  EXPECT_EQ(Codes(r.options), std::vector<uint16_t>({2, 1, 13}));
+
+  // The longest FQDN (255 octets) with modest DNS options: the worst-case
+  // reply still fits; with the largest DNS options, Create refuses.
+  c.fqdn = std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') + "." +
+           std::string(61, 'd');
+  ASSERT_TRUE(Dhcpv6Server::Create(c).ok());
+  r = Answer(Server(c), Frame(NetworkdSolicitMessage(false)));
+  EXPECT_EQ(Get(r.options, 39).size(), 256u);
+  c.dns.assign(12, Ip6("2001:db8::53"));
+  c.search_domains.assign(6, "a-rather-long-name.example.org");
+  EXPECT_FALSE(Dhcpv6Server::Create(c).ok());
+  c = Config();
+  c.fqdn = "bad name";
+  EXPECT_FALSE(Dhcpv6Server::Create(c).ok());
+}
+
 TEST(Dhcpv6Test, ReleaseAndDeclineGetSuccess) {
   const Dhcpv6Server server = Server();
   for (uint8_t type : {8, 9}) {

@@ -22,4 +22,23 @@ bool AppendDnsName(std::string_view name, std::vector<uint8_t>* out) {
   return true;
 }
 
+bool IsHostName(std::string_view name) {
+  std::vector<uint8_t> wire;
+  if (!AppendDnsName(name, &wire)) return false;
+  if (name.back() == '.') name.remove_suffix(1);
+  size_t label_start = 0;
+  for (size_t i = 0; i <= name.size(); ++i) {
+    if (i == name.size() || name[i] == '.') {
+      if (name[label_start] == '-' || name[i - 1] == '-') return false;
+      label_start = i + 1;
+      continue;
+    }
+    const char c = name[i];
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '-' || c == '_';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 }  // namespace vunet::net

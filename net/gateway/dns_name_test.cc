@@ -32,5 +32,25 @@ TEST(DnsNameTest, RefusesInvalidNames) {
   }
 }
 
+TEST(DnsNameTest, HostNames) {
+  // The longest name: 253 characters, 255 octets in wire format.
+  const std::string longest = std::string(63, 'a') + "." + std::string(63, 'b') + "." +
+                              std::string(63, 'c') + "." + std::string(61, 'd');
+  ASSERT_EQ(longest.size(), 253u);
+  EXPECT_EQ(Encode(longest).size(), 255u);
+  for (const std::string& good :
+       {std::string("vm1"), std::string("vm-1.example.org"), std::string("VM_1.example.org."),
+        std::string("1.2.3.4"), longest}) {
+    EXPECT_TRUE(IsHostName(good)) << good;
+  }
+  for (const std::string& bad :
+       {std::string(""), std::string("."), std::string("-vm"), std::string("vm-"),
+        std::string("vm-.org"), std::string("a..b"), std::string("vm 1"), std::string("vm;reboot"),
+        std::string("vm\n"), std::string("v\x01m"), std::string("$(id)"), std::string("vm/1"),
+        std::string(64, 'x'), longest + "e", std::string("caf\xc3\xa9")}) {
+    EXPECT_FALSE(IsHostName(bad)) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace vunet::net

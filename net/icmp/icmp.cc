@@ -200,6 +200,16 @@ FlowId IcmpEcho::Open(const FlowKey& key, const Endpoint& to, bool rate_limited)
     VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", strerror(errno));
     return {};
   }
+  sockaddr_storage addr;
+  const socklen_t addr_len = to.ToSockaddr(&addr);
+  // Where requests to other hosts leave from (-o, --outbound-if4/6).
+  if (absl::Status s =
+          BindOutbound(fd.get(), reinterpret_cast<const sockaddr*>(&addr), options_.outbound);
+      !s.ok()) {
+    ++stats_.socket_errors;
+    VUNET_LOG_RATELIMITED(kWarning, "ping socket: %s", s.message());
+    return {};
+  }
   // Full: the least recently used flow makes room (only once the new socket
   // exists, so a failure to open one evicts nothing).
   if (count_ >= options_.max_sockets && lru_head_.valid()) {
@@ -208,8 +218,6 @@ FlowId IcmpEcho::Open(const FlowKey& key, const Endpoint& to, bool rate_limited)
   }
   // Connected: replies come from the destination alone, and the socket
   // reports that destination's errors.
-  sockaddr_storage addr;
-  const socklen_t addr_len = to.ToSockaddr(&addr);
   if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), addr_len) != 0) {
     ++stats_.send_errors;
     VUNET_LOG_RATELIMITED(kInfo, "ICMP echo to %s: %s", to.addr.ToString(), strerror(errno));

@@ -49,6 +49,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "net/flow/flow.h"
+#include "net/forward/outbound.h"
 #include "net/packet/frame.h"
 #include "net/translate/translator.h"
 
@@ -60,6 +61,9 @@ struct IcmpEchoOptions {
   size_t max_sockets = 128;  // 1..kMaxIcmpSockets.
   uint32_t new_sockets_per_second = 64;
   int64_t idle_timeout_ns = 60'000'000'000;
+  // Source address and interface of echo requests to other hosts (-o,
+  // --outbound-if4, --outbound-if6).
+  OutboundBinding outbound = {};
 };
 
 class IcmpEcho : public Translator {

@@ -348,6 +348,26 @@ TEST_F(IcmpTest, EchoToTheGatewayV4) {
   EXPECT_EQ(icmp_->stats().replies, 2u);
 }
 
+// -o/--outbound-if4: requests to other hosts leave from the binding (here
+// an interface that does not exist: no socket, counted); requests to the
+// host's loopback (the gateway) are left alone.
+TEST_F(IcmpTest, OutboundBindingAppliesToOtherHostsOnly) {
+  SKIP_WITHOUT_PING_SOCKETS();
+  IcmpEchoOptions o;
+  o.outbound.ifname4 = "nosuch0";
+  Start(o);
+  Feed(Echo4("192.0.2.1", 0x1234, 1));
+  EXPECT_EQ(icmp_->stats().socket_errors, 1u);
+  EXPECT_EQ(icmp_->socket_count(), 0u);
+  EXPECT_EQ(world_->watcher.watching(), 0u);
+  const std::vector<uint8_t> request = Echo4("10.0.2.2", 0x1234, 2);
+  Feed(request);
+  Collect(1);
+  ASSERT_EQ(replies_.size(), 1u);
+  ExpectReply(replies_[0], request);
+  EXPECT_EQ(icmp_->stats().socket_errors, 1u);
+}
+
 TEST_F(IcmpTest, EchoToTheGatewayV6) {
   SKIP_WITHOUT_PING_SOCKETS();
   Start();

@@ -60,12 +60,32 @@ absl::StatusOr<std::unique_ptr<TcpTranslator>> TcpTranslator::Create(
   if (getrandom(&t->isn_state_, sizeof(t->isn_state_), 0) != sizeof(t->isn_state_)) {
     return absl::InternalError(absl::StrFormat("getrandom: %s", strerror(errno)));
   }
-  absl::StatusOr<std::unique_ptr<TcpReorder>> reorder = TcpReorder::Create(o.reorder);
-  if (!reorder.ok()) return reorder.status();
-  t->reorder_ = std::move(*reorder);
+  if (o.reorder.bytes > 0) {
+    absl::StatusOr<std::unique_ptr<TcpReorder>> reorder = TcpReorder::Create(o.reorder);
+    if (!reorder.ok()) return reorder.status();
+    t->reorder_ = std::move(*reorder);
+  } else {
+    VUNET_LOG(kInfo, "tcp: no out-of-order pool: segments past a hole are dropped, and sent again");
+  }
   t->reserve_fd_.reset(eventfd(0, EFD_CLOEXEC));
+  // "all" and exclusion-only specs are weak: ports that cannot be bound are
+  // skipped, as long as some can.
+  uint64_t weak_ports = 0, weak_bound = 0;
   for (const PortForward& f : o.forwards) {
-    if (absl::Status s = t->Listen(f); !s.ok()) return s;
+    uint32_t bound = 0;
+    if (absl::Status s = t->Listen(f, &bound); !s.ok()) return s;
+    if (f.weak) {
+      weak_ports += f.count;
+      weak_bound += bound;
+    }
+  }
+  if (weak_ports > 0 && weak_bound == 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "-t: none of the %d ports to forward could be bound (in use, or privileged)", weak_ports));
+  }
+  if (weak_bound < weak_ports) {
+    VUNET_LOG(kInfo, "-t: %d of %d ports forwarded; the others are in use or privileged",
+              weak_bound, weak_ports);
   }
   return t;
 }
@@ -79,7 +99,7 @@ TcpTranslator::TcpTranslator(const TranslatorEnv& env, const TcpTranslatorOption
 
 TcpTranslator::~TcpTranslator() { Shutdown(); }
 
-absl::Status TcpTranslator::Listen(const PortForward& f) {
+absl::Status TcpTranslator::Listen(const PortForward& f, uint32_t* bound) {
   const ForwardRules& rules = env_.forward->rules();
   if (f.count < 1 || f.count > 65536 || uint32_t{f.host_port} + f.count - 1 > 65535 ||
       uint32_t{f.guest_port} + f.count - 1 > 65535) {
@@ -96,35 +116,39 @@ absl::Status TcpTranslator::Listen(const PortForward& f) {
     sin6.sin6_family = AF_INET6;
     sin6.sin6_port = htons(host_port);
     absl::Status s;
+    bool skipped = false;
     if (f.family == AF_INET) {
       sin.sin_addr = f.bind4;
-      s = ListenOne(AF_INET, reinterpret_cast<sockaddr*>(&sin), sizeof(sin), f.ifname, guest_port,
-                    true);
+      s = ListenOne(AF_INET, reinterpret_cast<sockaddr*>(&sin), sizeof(sin), f, guest_port, true,
+                    &skipped);
     } else if (f.family == AF_INET6) {
       sin6.sin6_addr = f.bind6;
-      s = ListenOne(AF_INET6, reinterpret_cast<sockaddr*>(&sin6), sizeof(sin6), f.ifname,
-                    guest_port, true);
+      s = ListenOne(AF_INET6, reinterpret_cast<sockaddr*>(&sin6), sizeof(sin6), f, guest_port, true,
+                    &skipped);
     } else if (!rules.ipv6) {
-      s = ListenOne(AF_INET, reinterpret_cast<sockaddr*>(&sin), sizeof(sin), f.ifname, guest_port,
-                    true);
+      s = ListenOne(AF_INET, reinterpret_cast<sockaddr*>(&sin), sizeof(sin), f, guest_port, true,
+                    &skipped);
     } else {
       // One dual-stack socket (IPv6 only with -6); plain IPv4 where the host
       // has no IPv6.
       sin6.sin6_addr = in6addr_any;
-      s = ListenOne(AF_INET6, reinterpret_cast<sockaddr*>(&sin6), sizeof(sin6), f.ifname,
-                    guest_port, !rules.ipv4);
+      s = ListenOne(AF_INET6, reinterpret_cast<sockaddr*>(&sin6), sizeof(sin6), f, guest_port,
+                    !rules.ipv4, &skipped);
       if (absl::IsUnavailable(s) && rules.ipv4) {
-        s = ListenOne(AF_INET, reinterpret_cast<sockaddr*>(&sin), sizeof(sin), f.ifname, guest_port,
-                      true);
+        s = ListenOne(AF_INET, reinterpret_cast<sockaddr*>(&sin), sizeof(sin), f, guest_port, true,
+                      &skipped);
       }
     }
     if (!s.ok()) return s;
+    if (!skipped) ++*bound;
   }
   return absl::OkStatus();
 }
 
 absl::Status TcpTranslator::ListenOne(int family, const sockaddr* addr, socklen_t len,
-                                      const std::string& ifname, uint16_t guest_port, bool v6only) {
+                                      const PortForward& forward, uint16_t guest_port, bool v6only,
+                                      bool* skipped) {
+  const std::string& ifname = forward.ifname;
   const uint16_t port =
       ntohs(family == AF_INET ? reinterpret_cast<const sockaddr_in*>(addr)->sin_port
                               : reinterpret_cast<const sockaddr_in6*>(addr)->sin6_port);
@@ -136,6 +160,10 @@ absl::Status TcpTranslator::ListenOne(int family, const sockaddr* addr, socklen_
   }
   SetInt(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1);
   if (family == AF_INET6) SetInt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, v6only ? 1 : 0);
+  if (forward.freebind) {
+    if (family == AF_INET) SetInt(fd.get(), IPPROTO_IP, IP_FREEBIND, 1);
+    if (family == AF_INET6) SetInt(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, 1);
+  }
   if (!ifname.empty() && setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, ifname.c_str(),
                                     static_cast<socklen_t>(ifname.size())) != 0) {
     return absl::ErrnoToStatus(errno, absl::StrFormat("-t %d: bind to %s", port, ifname));
@@ -144,6 +172,11 @@ absl::Status TcpTranslator::ListenOne(int family, const sockaddr* addr, socklen_
     const int err = errno;
     if (err == EADDRNOTAVAIL && family == AF_INET6) {
       return absl::UnavailableError("no IPv6 address to bind");
+    }
+    if (forward.weak && (err == EADDRINUSE || err == EACCES)) {
+      VUNET_LOG(kDebug, "-t %d: not forwarded: %s", port, strerror(err));
+      *skipped = true;
+      return absl::OkStatus();
     }
     return absl::ErrnoToStatus(err, absl::StrFormat("-t %d: bind", port));
   }
@@ -264,6 +297,13 @@ void TcpTranslator::NewFromGuest(const ParsedFrame& parsed, const FlowKey& key, 
   const int fd = c->fd.get();
   SetUpConnectionSocket(fd);
   if (peek_off_) SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, 0);
+  if (absl::Status s = BindOutbound(fd, reinterpret_cast<const sockaddr*>(&to), options_.outbound);
+      !s.ok()) {
+    VUNET_LOG_RATELIMITED(kWarning, "tcp: %s: %s", key.ToString(), s.message());
+    RefuseSegment(parsed);
+    Close(id, c, false);
+    return;
+  }
   ++stats_.connects;
   const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&to), to_len);
   if (rc != 0 && errno != EINPROGRESS) {
@@ -527,6 +567,10 @@ void TcpTranslator::Hold(Conn* c, absl::Span<const iovec> frame, const ParsedFra
     ++stats_.ooo_beyond_window;
     return;
   }
+  if (reorder_ == nullptr) {  // No pool: the guest sends it again.
+    ++stats_.ooo_dropped;
+    return;
+  }
   switch (reorder_->Insert(&c->ooo, c->rcv_nxt, seq, frame, parsed.payload_offset, len)) {
     case TcpReorder::Result::kHeld:
       ++stats_.ooo_held;
@@ -725,7 +769,7 @@ void TcpTranslator::ProcessData(FlowId id, Conn* c, absl::Span<const iovec> fram
 void TcpTranslator::Close(FlowId id, Conn* c, bool reset_host) {
   if (c->restoring) EndRestore(id);
   RemoveRxWait(c);
-  reorder_->Clear(&c->ooo);
+  if (reorder_ != nullptr) reorder_->Clear(&c->ooo);
   if (c->fd.valid()) {
     if (c->watched) env_.watcher->Unwatch(c->fd.get());
     if (reset_host) SetLingerZero(c->fd.get());

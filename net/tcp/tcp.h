@@ -94,6 +94,7 @@
 #include "base/unique_fd.h"
 #include "net/config/port_forward.h"
 #include "net/flow/flow.h"
+#include "net/forward/outbound.h"
 #include "net/packet/frame.h"
 #include "net/tcp/tcp_reorder.h"
 #include "net/tcp/tcp_vu.h"
@@ -104,6 +105,9 @@ namespace vunet::net {
 struct TcpTranslatorOptions {
   // Inbound forwards (-t).
   std::vector<PortForward> forwards;
+  // Source address and interface of connections to other hosts (-o,
+  // --outbound-if4, --outbound-if6).
+  OutboundBinding outbound = {};
   int listen_backlog = 128;
 
   // Timeouts.
@@ -140,6 +144,8 @@ struct TcpTranslatorOptions {
   // SACK (RFC 2018) offered to guests that offer it.
   bool sack = true;
   // The out-of-order pool: segments past a hole, held (all flows together).
+  // reorder.bytes 0: no pool; such segments are dropped (counted in
+  // ooo_dropped) and the guest sends them again.
   TcpReorder::Options reorder;
   // Use SO_PEEK_OFF where the kernel has it; false forces the fallback
   // (for tests).
@@ -171,7 +177,7 @@ struct TcpStats {
   uint64_t partial_sends = 0;        // Guest segments the socket took part of.
   uint64_t out_of_order = 0;         // Guest segments past the expected sequence.
   uint64_t ooo_held = 0;             // Of those, held (new bytes in the pool).
-  uint64_t ooo_dropped = 0;          // Refused: the pool or the flow's share was full.
+  uint64_t ooo_dropped = 0;          // Refused: the pool or the flow's share was full (or no pool).
   uint64_t ooo_beyond_window = 0;    // Refused: past the window we offered.
   uint64_t ooo_delivered = 0;        // Held bytes the socket took once the hole filled.
   uint64_t sack_sent = 0;            // ACKs that carried SACK blocks.
@@ -263,9 +269,12 @@ class TcpTranslator : public Translator {
   };
 
   TcpTranslator(const TranslatorEnv& env, const TcpTranslatorOptions& options);
-  absl::Status Listen(const PortForward& forward);
-  absl::Status ListenOne(int family, const sockaddr* addr, socklen_t len, const std::string& ifname,
-                         uint16_t guest_port, bool v6only);
+  // Listens on every port of `forward`; `*bound` counts the ports it could
+  // (a weak forward skips those in use or privileged).
+  absl::Status Listen(const PortForward& forward, uint32_t* bound);
+  absl::Status ListenOne(int family, const sockaddr* addr, socklen_t len,
+                         const PortForward& forward, uint16_t guest_port, bool v6only,
+                         bool* skipped);
 
   int64_t Now() const { return env_.clock(); }
   uint64_t Tag(FlowId id) const;

@@ -21,6 +21,7 @@
 #include "net/config/config.h"
 #include "net/config/port_forward.h"
 #include "net/flow/flow.h"
+#include "net/forward/forward.h"
 #include "net/migrate/repair_control.h"
 #include "net/migrate/state_stream.h"
 #include "net/packet/checksum.h"
@@ -145,7 +146,10 @@ class TcpTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override { Make({.peek_off = GetParam()}); }
 
-  void Make(const Options& o, TcpTranslatorOptions topts = {}, size_t capacity = 64) {
+  // `rules`, if set, replaces the forwarding rules the guest's
+  // configuration gives.
+  void Make(const Options& o, TcpTranslatorOptions topts = {}, size_t capacity = 64,
+            std::optional<ForwardRules> rules = std::nullopt) {
     tcp_.reset();
     TranslatorWorld::Options w;
     w.rx.queue_size = o.queue_size;
@@ -154,6 +158,9 @@ class TcpTest : public ::testing::TestWithParam<bool> {
     w.flows = capacity;
     w.clock = ManualClock::Now;
     world_ = std::make_unique<TranslatorWorld>(w);
+    if (rules.has_value()) {
+      world_->forward = std::make_unique<Forwarding>(*rules, world_->guest.guest_mac);
+    }
     topts.use_peek_off = o.peek_off;
     absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(world_->Env(), topts);
     ASSERT_TRUE(t.ok()) << t.status();
@@ -395,6 +402,56 @@ TEST_P(TcpTest, ConnectRefusedIsReset) {
   EXPECT_EQ(tcp_->stats().connect_failures, 1u);
 }
 
+// -o/--outbound-if4: connections to other hosts leave from the binding
+// (here an interface that does not exist: the guest gets an RST and no flow
+// stays); connections to the host's loopback (the gateway) are left alone.
+TEST_P(TcpTest, OutboundBindingAppliesToOtherHostsOnly) {
+  TcpTranslatorOptions o;
+  o.outbound.ifname4 = "nosuch0";
+  Make({.peek_off = GetParam()}, o);
+  dst_ = Ip4("192.0.2.1");
+  dport_ = 80;
+  Send(Frame(kTcpSyn, 5000, 0));
+  std::optional<Seg> rst = WaitFor(kTcpRst);
+  ASSERT_TRUE(rst.has_value());
+  EXPECT_EQ(rst->ack, 5001u);
+  EXPECT_EQ(flows().size(), 0u);
+  EXPECT_EQ(tcp_->stats().connects, 0u);
+
+  dst_ = guest().gateway4;
+  HostListener host;
+  EXPECT_TRUE(Establish(host).valid());
+  EXPECT_EQ(tcp_->stats().connects, 1u);
+}
+
+// DNS over TCP follows the forwarding rules' DNS forwards as UDP does (the
+// gateway standing for a resolver on the host's loopback, --dns-forward):
+// here the gateway's port 53 to a listener of the test's in the resolver's
+// place; the guest sees the gateway's port 53 answer.
+TEST_P(TcpTest, DnsGoesWhereTheRulesSendIt) {
+  HostListener resolver;
+  ForwardRules rules = RulesFromConfig(testing::TestGuest(), {});
+  rules.dns = {{Endpoint{InetAddr::V4(testing::TestGuest().gateway4), 53},
+                Endpoint{InetAddr::V4(Ip4("127.0.0.1")), resolver.port}}};
+  Make({.peek_off = GetParam()}, {}, 64, rules);
+  dst_ = guest().gateway4;
+  dport_ = 53;
+  Send(Frame(kTcpSyn, guest_isn_, 0));
+  std::optional<Seg> synack = WaitFor(kTcpSyn | kTcpAck);
+  ASSERT_TRUE(synack.has_value());
+  EXPECT_EQ(synack->sport, 53);
+  guest_seq_ = guest_isn_ + 1;
+  guest_ack_ = synack->seq + 1;
+  UniqueFd h = resolver.Accept();
+  ASSERT_TRUE(h.valid());
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  const std::vector<uint8_t> query = Pattern(40, 53);
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, query));
+  std::vector<uint8_t> got(query.size());
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(got.size()));
+  EXPECT_EQ(got, query);
+}
+
 TEST_P(TcpTest, SynAckAfterConnectWithOptions) {
   HostListener host;
   dport_ = host.port;
@@ -588,6 +645,39 @@ TEST_P(TcpTest, SegmentsAheadAreHeldUntilTheHoleFills) {
   segs = Segments();
   ASSERT_FALSE(segs.empty());
   EXPECT_EQ(segs.back().ack, guest_seq_ + 1010);
+}
+
+// reorder.bytes 0 (--tcp-reorder-bytes 0): no pool; a segment past a hole is
+// dropped and answered with a duplicate ACK, and the stream goes on when the
+// guest sends it again.
+TEST_P(TcpTest, WithoutAPoolSegmentsAheadAreDroppedAndSentAgain) {
+  TcpTranslatorOptions o;
+  o.reorder.bytes = 0;
+  Make({.peek_off = GetParam()}, o);
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> d = Pattern(300, 7);
+  auto piece = [&](size_t from, size_t to) {
+    return Frame(kTcpAck, guest_seq_ + from, guest_ack_,
+                 std::vector<uint8_t>(d.begin() + from, d.begin() + to));
+  };
+  SendBatch({piece(100, 200), piece(0, 100)});
+  std::vector<uint8_t> got(100);
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 100);
+  EXPECT_EQ(got, std::vector<uint8_t>(d.begin(), d.begin() + 100));
+  EXPECT_EQ(tcp_->stats().ooo_held, 0u);
+  EXPECT_EQ(tcp_->stats().ooo_dropped, 1u);
+  std::vector<Seg> segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().ack, guest_seq_ + 100);
+  SendBatch({piece(100, 300)});
+  got.resize(200);
+  ASSERT_EQ(recv(h.get(), got.data(), got.size(), MSG_WAITALL), 200);
+  EXPECT_EQ(got, std::vector<uint8_t>(d.begin() + 100, d.end()));
+  segs = Segments();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().ack, guest_seq_ + 300);
 }
 
 TEST_P(TcpTest, DuplicateAcksForAHoleFollowDataTakenAndDataSent) {
@@ -2115,6 +2205,50 @@ TEST(TcpCreateTest, ListenFailureNamesThePort) {
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find(std::to_string(busy.port)), std::string::npos) << t.status();
   EXPECT_EQ(world.watcher.watching(), 0u);
+}
+
+// "all" and exclusion-only specs (PortForward::weak) skip ports in use; a
+// weak forward that binds nothing fails.
+TEST(TcpCreateTest, WeakForwardsSkipPortsInUse) {
+  HostListener busy;
+  const uint16_t free_port = ClosedPort();
+  TranslatorWorld world;
+  const TranslatorEnv env = world.Env();
+  PortForward f;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  f.weak = true;
+  TcpTranslatorOptions o;
+  f.host_port = f.guest_port = busy.port;
+  o.forwards.push_back(f);
+  f.host_port = f.guest_port = free_port;
+  o.forwards.push_back(f);
+  absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(env, o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->listen_ports(), std::vector<uint16_t>{free_port});
+  t->reset();
+
+  o.forwards.pop_back();
+  t = TcpTranslator::Create(env, o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("none of the 1 ports"), std::string::npos) << t.status();
+  EXPECT_EQ(world.watcher.watching(), 0u);
+}
+
+// --freebind: a bind address the host does not have (TEST-NET-1) is taken.
+TEST(TcpCreateTest, FreebindListensOnAnAddressNotConfigured) {
+  TranslatorWorld world;
+  const TranslatorEnv env = world.Env();
+  PortForward f;
+  f.family = AF_INET;
+  f.bind4 = Ip4("192.0.2.1");
+  f.host_port = f.guest_port = ClosedPort();
+  TcpTranslatorOptions o;
+  o.forwards.push_back(f);
+  EXPECT_FALSE(TcpTranslator::Create(env, o).ok());
+  o.forwards[0].freebind = true;
+  absl::StatusOr<std::unique_ptr<TcpTranslator>> t = TcpTranslator::Create(env, o);
+  EXPECT_TRUE(t.ok()) << t.status();
 }
 
 }  // namespace

@@ -145,6 +145,9 @@ uint64_t UdpTranslator::ListenerTag(size_t index) const {
 
 absl::Status UdpTranslator::OpenListeners() {
   const ForwardRules& rules = env_.forward->rules();
+  // "all" and exclusion-only specs are weak: ports that cannot be bound are
+  // skipped, as long as some can.
+  uint64_t weak_ports = 0, weak_bound = 0;
   for (const PortForward& f : options_.forwards) {
     if (f.count < 1 || f.count > 65536 || f.host_port + uint64_t{f.count} - 1 > 65535 ||
         f.guest_port + uint64_t{f.count} - 1 > 65535) {
@@ -154,27 +157,44 @@ absl::Status UdpTranslator::OpenListeners() {
     for (uint32_t i = 0; i < f.count; ++i) {
       const uint16_t host_port = static_cast<uint16_t>(f.host_port + i);
       const uint16_t guest_port = static_cast<uint16_t>(f.guest_port + i);
+      bool bound = false;
       if ((f.family == AF_UNSPEC || f.family == AF_INET) && rules.ipv4) {
-        if (absl::Status s = OpenListener(f, AF_INET, host_port, guest_port); !s.ok()) return s;
-      }
-      if ((f.family == AF_UNSPEC || f.family == AF_INET6) && rules.ipv6) {
-        absl::Status s = OpenListener(f, AF_INET6, host_port, guest_port);
-        if (!s.ok()) {
-          // A host without IPv6 still forwards IPv4 for an unqualified spec.
-          if (f.family == AF_UNSPEC && (absl::IsUnavailable(s))) {
-            VUNET_LOG(kInfo, "udp: port %d not forwarded over IPv6: %s", host_port, s.message());
-            continue;
-          }
+        bool skipped = false;
+        if (absl::Status s = OpenListener(f, AF_INET, host_port, guest_port, &skipped); !s.ok()) {
           return s;
         }
+        bound = bound || !skipped;
+      }
+      if ((f.family == AF_UNSPEC || f.family == AF_INET6) && rules.ipv6) {
+        bool skipped = false;
+        absl::Status s = OpenListener(f, AF_INET6, host_port, guest_port, &skipped);
+        if (!s.ok()) {
+          // A host without IPv6 still forwards IPv4 for an unqualified spec.
+          if (f.family != AF_UNSPEC || !absl::IsUnavailable(s)) return s;
+          VUNET_LOG(kInfo, "udp: port %d not forwarded over IPv6: %s", host_port, s.message());
+        } else {
+          bound = bound || !skipped;
+        }
+      }
+      if (f.weak) {
+        ++weak_ports;
+        if (bound) ++weak_bound;
       }
     }
+  }
+  if (weak_ports > 0 && weak_bound == 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "-u: none of the %d ports to forward could be bound (in use, or privileged)", weak_ports));
+  }
+  if (weak_bound < weak_ports) {
+    VUNET_LOG(kInfo, "-u: %d of %d ports forwarded; the others are in use or privileged",
+              weak_bound, weak_ports);
   }
   return absl::OkStatus();
 }
 
 absl::Status UdpTranslator::OpenListener(const PortForward& f, int family, uint16_t host_port,
-                                         uint16_t guest_port) {
+                                         uint16_t guest_port, bool* skipped) {
   const char* version = family == AF_INET ? "IPv4" : "IPv6";
   UniqueFd fd(socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
@@ -187,6 +207,10 @@ absl::Status UdpTranslator::OpenListener(const PortForward& f, int family, uint1
   }
   const int one = 1;
   if (family == AF_INET6) setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (f.freebind) {
+    if (family == AF_INET) setsockopt(fd.get(), IPPROTO_IP, IP_FREEBIND, &one, sizeof(one));
+    if (family == AF_INET6) setsockopt(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one));
+  }
   if (!f.ifname.empty() && setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, f.ifname.c_str(),
                                       static_cast<socklen_t>(f.ifname.size())) != 0) {
     return absl::ErrnoToStatus(
@@ -211,6 +235,11 @@ absl::Status UdpTranslator::OpenListener(const PortForward& f, int family, uint1
     if (family == AF_INET6 && f.family == AF_UNSPEC && err == EADDRNOTAVAIL) {
       return absl::UnavailableError("no IPv6 address to bind");
     }
+    if (f.weak && (err == EADDRINUSE || err == EACCES)) {
+      VUNET_LOG(kDebug, "udp: %s not forwarded: %s", bind_to.ToString(), strerror(err));
+      *skipped = true;
+      return absl::OkStatus();
+    }
     return absl::ErrnoToStatus(err,
                                absl::StrFormat("udp: cannot bind %s (-u)", bind_to.ToString()));
   }
@@ -221,7 +250,11 @@ absl::Status UdpTranslator::OpenListener(const PortForward& f, int family, uint1
   }
   l.fd = std::move(fd);
   listeners_.push_back(std::move(l));
-  VUNET_LOG(kInfo, "udp: forwarding %s to guest port %d", bind_to.ToString(), guest_port);
+  if (f.weak) {
+    VUNET_LOG(kDebug, "udp: forwarding %s to guest port %d", bind_to.ToString(), guest_port);
+  } else {
+    VUNET_LOG(kInfo, "udp: forwarding %s to guest port %d", bind_to.ToString(), guest_port);
+  }
   return absl::OkStatus();
 }
 
@@ -324,6 +357,14 @@ FlowId UdpTranslator::OpenOutbound(const FlowKey& key, const ParsedFrame& parsed
   SetUpSocket(fd, family, &flow->rx);
   sockaddr_storage addr;
   const socklen_t len = to->ToSockaddr(&addr);
+  if (absl::Status s = BindOutbound(fd, reinterpret_cast<sockaddr*>(&addr), options_.outbound);
+      !s.ok()) {
+    ++stats_.socket_errors;
+    VUNET_LOG_RATELIMITED(kWarning, "udp: %s: %s", key.ToString(), s.message());
+    flow->fd.reset();  // Never watched.
+    Close(id);
+    return {};
+  }
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     const int err = errno;
     ++stats_.unreachable;

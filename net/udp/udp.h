@@ -66,6 +66,7 @@
 #include "base/unique_fd.h"
 #include "net/config/port_forward.h"
 #include "net/flow/flow.h"
+#include "net/forward/outbound.h"
 #include "net/packet/frame.h"
 #include "net/translate/translator.h"
 #include "net/udp/udp_vu.h"
@@ -74,6 +75,9 @@ namespace vunet::net {
 
 struct UdpTranslatorOptions {
   std::vector<PortForward> forwards;  // -u.
+  // Source address and interface of flows to other hosts (-o,
+  // --outbound-if4, --outbound-if6).
+  OutboundBinding outbound = {};
   int64_t idle_timeout_ns = int64_t{180} * 1'000'000'000;
   // DNS flows (to port 53, or mapped by `dns`), once answered.
   int64_t dns_timeout_ns = int64_t{10} * 1'000'000'000;
@@ -186,8 +190,10 @@ class UdpTranslator : public Translator {
   absl::Status OpenListeners();
   // IP_RECVERR / IPV6_RECVERR, buffer sizes, and the peek offset where usable.
   void SetUpSocket(int fd, int family, UdpRxSocketState* rx);
+  // `*skipped`: a weak forward's port that is in use or privileged was left
+  // out (OK status).
   absl::Status OpenListener(const PortForward& forward, int family, uint16_t host_port,
-                            uint16_t guest_port);
+                            uint16_t guest_port, bool* skipped);
 
   int64_t Now() const { return clock_(); }
   uint64_t FlowTag(FlowId id) const;

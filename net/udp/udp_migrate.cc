@@ -146,20 +146,27 @@ bool UdpTranslator::RestoreOutbound(const StagedFlow& f) {
   }
   const int fd = flow->fd.get();
   SetUpSocket(fd, family, &flow->rx);
-  // The same local port, so that the host peer sees the same flow; another
-  // one where this host has it taken (the source on the same host).
-  if (f.local.port != 0 && f.local.addr.family() == family) {
-    sockaddr_storage local;
-    const Endpoint any{family == AF_INET ? InetAddr::V4({}) : InetAddr::V6(in6addr_any),
-                       f.local.port};
-    const socklen_t len = any.ToSockaddr(&local);
-    if (bind(fd, reinterpret_cast<sockaddr*>(&local), len) != 0) {
-      VUNET_LOG_RATELIMITED(kInfo, "udp: migrated flow %s: port %d taken here (%s): another used",
-                            f.key.ToString(), f.local.port, strerror(errno));
-    }
-  }
   sockaddr_storage addr;
   const socklen_t len = to->ToSockaddr(&addr);
+  const auto* dst = reinterpret_cast<const sockaddr*>(&addr);
+  // Where flows leave from (-o, --outbound-if4/6), and the same local port,
+  // so that the host peer sees the same flow; another one where this host
+  // has it taken (the source on the same host).
+  const uint16_t port =
+      f.local.port != 0 && f.local.addr.family() == family ? f.local.port : uint16_t{0};
+  absl::Status bound = BindOutbound(fd, dst, options_.outbound, port);
+  if (!bound.ok() && port != 0) {
+    VUNET_LOG_RATELIMITED(kInfo, "udp: migrated flow %s: port %d not kept (%s): another used",
+                          f.key.ToString(), port, bound.message());
+    bound = BindOutbound(fd, dst, options_.outbound);
+  }
+  if (!bound.ok()) {
+    ++stats_.socket_errors;
+    VUNET_LOG_RATELIMITED(kWarning, "udp: migrated flow %s: %s", f.key.ToString(), bound.message());
+    flow->fd.reset();  // Never watched.
+    Close(id);
+    return false;
+  }
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
       !env_.watcher->Watch(fd, EPOLLIN, FlowTag(id)).ok()) {
     VUNET_LOG_RATELIMITED(kInfo, "udp: migrated flow %s: connect to %s: %s", f.key.ToString(),

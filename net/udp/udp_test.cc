@@ -17,6 +17,7 @@
 #include "net/config/config.h"
 #include "net/flow/flow.h"
 #include "net/forward/forward.h"
+#include "net/migrate/state_stream.h"
 #include "net/packet/checksum.h"
 #include "net/packet/frame.h"
 #include "net/packet/inet.h"
@@ -801,6 +802,103 @@ TEST_F(UdpTest, InboundForwardReachesTheAddressAndMacTheGuestUses) {
   EXPECT_EQ(d.parsed.dst_port, 5354);
 }
 
+// A datagram forwarded in before the guest sent any UDP goes to the MAC the
+// guest's other frames showed (libvirt's MACs are random), not to the one
+// configured at start.
+TEST_F(UdpTest, InboundForwardBeforeAnyGuestUdpGoesToTheLearnedMac) {
+  uint16_t port;
+  {
+    HostSocket probe;
+    port = probe.port;  // Free a moment ago.
+  }
+  UdpTranslatorOptions o;
+  PortForward f;
+  f.host_port = port;
+  f.guest_port = 5353;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  o.forwards = {f};
+  Start({}, o);
+  Post();
+  // An ARP request, say: the dispatcher shows every frame to the identity.
+  const MacAddr learned = testing::Mac(0x52, 0x54, 0x00, 0xab, 0xcd, 0xef);
+  ParsedFrame arp;
+  arp.src_mac = learned;
+  arp.l3 = L3Kind::kArp;
+  world_->forward->guest().Learn(arp);
+  HostSocket peer;
+  peer.SendTo(Loopback(AF_INET, port), Pattern(77, 1));
+  std::vector<GuestRxRing::Frame> frames = ReceiveFrames(1);
+  ASSERT_EQ(frames.size(), 1u);
+  GuestDatagram d = ParseGuest(frames[0].bytes, true);
+  EXPECT_TRUE(d.parsed.dst_mac == learned);
+  EXPECT_EQ(udp_->stats().flows_opened, 0u);  // No guest UDP yet.
+}
+
+// -o/--outbound-if4: flows to other hosts leave from the binding (here an
+// interface that does not exist: the flow is not opened); flows to the
+// host's loopback (the gateway's address) are left alone.
+TEST_F(UdpTest, OutboundBindingAppliesToOtherHostsOnly) {
+  UdpTranslatorOptions o;
+  o.outbound.ifname4 = "nosuch0";
+  Start({}, o);
+  Post();
+  Send(GuestSpec(Ip4("192.0.2.1"), 48010, 9), {1});
+  EXPECT_EQ(udp_->stats().socket_errors, 1u);
+  EXPECT_EQ(udp_->flow_count(), 0u);
+  HostSocket host;
+  Send(GuestSpec(guest_.gateway4, 48011, host.port), {2});
+  ASSERT_TRUE(host.Receive().has_value());
+  EXPECT_EQ(udp_->flow_count(), 1u);
+  EXPECT_EQ(udp_->stats().socket_errors, 1u);
+}
+
+// A migrated flow (RestoreOutbound) keeps its local port where this host has
+// it free, and leaves from -o/--outbound-if4's binding as a new flow would:
+// to the host's loopback the binding does not apply; to another host (here
+// the gateway itself, with --no-map-gw) through an interface that does not
+// exist, the flow is not restored.
+TEST_F(UdpTest, MigratedFlowsKeepTheirPortAndFollowTheOutboundBinding) {
+  Start();
+  Post();
+  HostSocket host;
+  Send(GuestSpec(guest_.gateway4, 48020, host.port), {1});
+  sockaddr_storage from;
+  ASSERT_TRUE(host.Receive(&from).has_value());
+  const uint16_t port = PortOf(from);
+  StateWriter w;
+  ASSERT_TRUE(udp_->SaveState(w, nullptr).ok());
+  const std::string stream = w.Finish();
+  udp_->OnMigratedOut(/*linger=*/false);
+
+  // Stages every record of `stream` with the translator, then applies them.
+  auto restore = [&] {
+    ASSERT_TRUE(ForEachRecord(
+                    absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(stream.data()),
+                                              stream.size()),
+                    [&](const RecordHeader& h, StateReader& r) { return udp_->StageRecord(h, r); })
+                    .ok());
+    udp_->ApplyStaged(nullptr);
+  };
+  UdpTranslatorOptions bound;
+  bound.outbound.ifname4 = "nosuch0";
+  Start({}, bound);  // The source's socket is gone with its world.
+  Post();
+  restore();
+  ASSERT_EQ(udp_->flow_count(), 1u);
+  Send(GuestSpec(guest_.gateway4, 48020, host.port), {2});
+  ASSERT_TRUE(host.Receive(&from).has_value());
+  EXPECT_EQ(PortOf(from), port);
+  EXPECT_EQ(udp_->stats().flows_opened, 0u);  // The migrated flow, not a new one.
+
+  DestinationMap no_map_gw;
+  no_map_gw.map_gateway = false;
+  Start({}, bound, 64, RulesFromConfig(testing::TestGuest(), {}, no_map_gw));
+  restore();
+  EXPECT_EQ(udp_->flow_count(), 0u);
+  EXPECT_EQ(udp_->stats().socket_errors, 1u);
+}
+
 // An unqualified spec binds both versions; an IPv6 peer on the host's
 // loopback reaches the guest from the gateway, and an answer to a peer that
 // has gone comes back as ICMPv6 port unreachable.
@@ -965,6 +1063,49 @@ TEST_F(UdpTest, FamilyTurnedOffIsIgnored) {
   EXPECT_EQ(udp_->stats().ignored, 1u);
   EXPECT_EQ(udp_->stats().bad_destination, 0u);
   EXPECT_EQ(udp_->flow_count(), 0u);
+}
+
+// "all" and exclusion-only specs (PortForward::weak) skip ports in use; a
+// weak forward that binds nothing fails. --freebind binds an address the
+// host does not have.
+TEST_F(UdpTest, WeakForwardsSkipPortsInUseAndFreebind) {
+  HostSocket busy;
+  uint16_t free_port;
+  {
+    HostSocket probe;
+    free_port = probe.port;  // Free a moment ago.
+  }
+  UdpTranslatorOptions o;
+  PortForward f;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  f.weak = true;
+  f.host_port = f.guest_port = busy.port;
+  o.forwards.push_back(f);
+  f.host_port = f.guest_port = free_port;
+  o.forwards.push_back(f);
+  f.weak = false;
+  f.freebind = true;
+  f.bind4 = Ip4("192.0.2.1");  // TEST-NET-1: not the host's.
+  o.forwards.push_back(f);
+  Start({}, o);
+  EXPECT_EQ(udp_->listener_count(), 2u);
+}
+
+TEST(UdpCreateTest, WeakForwardBindingNothingFails) {
+  HostSocket busy;
+  TranslatorWorld world;
+  UdpTranslatorOptions o;
+  PortForward f;
+  f.family = AF_INET;
+  f.bind4 = Ip4("127.0.0.1");
+  f.weak = true;
+  f.host_port = f.guest_port = busy.port;
+  o.forwards.push_back(f);
+  absl::StatusOr<std::unique_ptr<UdpTranslator>> udp = UdpTranslator::Create(world.Env(), o);
+  ASSERT_FALSE(udp.ok());
+  EXPECT_NE(udp.status().message().find("none of the 1 ports"), std::string::npos) << udp.status();
+  EXPECT_EQ(world.watcher.watching(), 0u);
 }
 
 // Where the guest was given the gateway as its DNS server in place of a

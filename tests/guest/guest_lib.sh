@@ -10,11 +10,13 @@
 #
 # The caller owns the backend listening on $socket and kills GUEST_QEMU_PID on its exit paths.
 # QEMU runs under TCG (KVM cannot run a stock kernel on these machines), with the guest memory in a
-# shared memfd (vhost-user maps it) and vectors=0 on virtio-net-pci (QEMU 7.2 under TCG crashes with
-# vhost-user and MSI-X). The guest's console (ttyS0) goes to a file; see fetch_guest.sh for the markers
-# its /init prints.
+# shared memfd (vhost-user maps it). The tests run on QEMU 10 (tools/setup installs it from
+# bookworm-backports), where virtio-net-pci with vhost-user uses MSI-X under TCG as it does under KVM;
+# Debian 12's own QEMU 7.2 crashes there and needs GUEST_VECTORS=0 (INTx). The guest's console (ttyS0)
+# goes to a file; see fetch_guest.sh for the markers its /init prints.
 #
-# Settings (environment): GUEST_MAC (52:54:00:12:34:56), GUEST_MEMORY (512M),
+# Settings (environment): GUEST_MAC (52:54:00:12:34:56), GUEST_MEMORY (512M), GUEST_VECTORS (the
+# device's MSI-X vectors; QEMU's default if unset, 0 for QEMU 7.2),
 # GUEST_APPEND (more kernel parameters), GUEST_REBOOT (yes: a guest reboot resets the machine and QEMU
 # goes on; by default QEMU exits on reboot), VUNET_CACHE (the cache's parent, as fetch_guest.sh),
 # GUEST_QMP (a path: a QMP socket there, -qmp unix:PATH,server=on,wait=off), GUEST_INCOMING (QEMU's
@@ -75,7 +77,7 @@ guest_start() {
     -append "console=ttyS0 panic=-1 quiet vunet.timeout=$timeout ${GUEST_APPEND:-}" \
     -chardev "socket,id=chr0,path=$socket" \
     -netdev vhost-user,id=net0,chardev=chr0 \
-    -device "virtio-net-pci,netdev=net0,vectors=0,mac=${GUEST_MAC:-52:54:00:12:34:56},romfile=" \
+    -device "virtio-net-pci,netdev=net0,${GUEST_VECTORS:+vectors=$GUEST_VECTORS,}mac=${GUEST_MAC:-52:54:00:12:34:56},romfile=" \
     ${extra[@]+"${extra[@]}"} </dev/null >"$qemu_log" 2>&1 &
   GUEST_QEMU_PID=$!
 }

@@ -5,9 +5,11 @@
 # sockets live (its own network namespace when run as root: see e2e_lib.sh), and the gateway address
 # reaches that host's loopback.
 #
-#   dhcp     the lease is what vunet was told to give (-a -n -g -D -S -m 1400): address, mask,
-#            router, DNS, MTU and server id as udhcpc reports them; eth0, its MTU, its default route
-#            and /etc/resolv.conf configured from it;
+#   dhcp     the lease is what vunet was told to give (-a -n -g -D -S -m 1400 -H --fqdn): address,
+#            mask, router, DNS, MTU, server id, search list (passt's space-separated -S), host name
+#            (option 12) and client FQDN (option 81: flags N and E, RCODEs 255, the name in DNS wire
+#            format) as udhcpc reports them; eth0, its MTU, its default route and /etc/resolv.conf
+#            configured from it;
 #   ping     ping to the gateway (vunet's ICMP echo through a ping socket to the host's loopback);
 #   slaac    a global IPv6 address by SLAAC in the prefix of our router advertisement, the default
 #            route via our router, ping -6 to it, and TCP and UDP over IPv6 both ways (iperf3 to the
@@ -130,15 +132,17 @@ need_icmp() {
 
 case $case_name in
 dhcp)
-  e2e_start_vunet "$vunet" --one-off -a 10.0.2.15 -n 24 -g 10.0.2.2 -D 10.0.2.3 -S example.org -m 1400
+  e2e_start_vunet "$vunet" --one-off -a 10.0.2.15 -n 24 -g 10.0.2.2 -D 10.0.2.3 \
+    -S "example.org example.net" -m 1400 -H vm1 --fqdn vm1.example.org
   e2e_guest_script "$script" <<'EOF'
 echo "GUEST: mtu $(cat /sys/class/net/eth0/mtu)"
 echo "GUEST: route4 $(ip -4 route show default)"
 echo "GUEST: resolv $(grep -E '^nameserver' /etc/resolv.conf | tr '\n' ' ')"
 # The options the default script does not show: a second exchange with a script that prints them.
-printf '#!/bin/sh\necho "GUEST: lease $1 search=${search:-} domain=${domain:-}"\n' >/tmp/show.sh
+printf '#!/bin/sh\necho "GUEST: lease $1 search=${search:-} hostname=${hostname:-} opt81=${opt81:-}"\n' \
+  >/tmp/show.sh
 chmod 755 /tmp/show.sh
-udhcpc -i eth0 -n -q -t 3 -T 2 -s /tmp/show.sh
+udhcpc -i eth0 -n -q -t 3 -T 2 -O 81 -s /tmp/show.sh
 EOF
   run_guest 70
   check_lease
@@ -151,7 +155,12 @@ EOF
   expect '^GUEST: mtu 1400$' "eth0's MTU is not the leased 1400"
   expect '^GUEST: route4 default via 10\.0\.2\.2 ' "no default route via 10.0.2.2"
   expect '^GUEST: resolv .*nameserver 10\.0\.2\.3' "resolv.conf does not name 10.0.2.3"
-  expect '^GUEST: lease bound search=example\.org' "the lease has no search list example.org"
+  expect '^GUEST: lease bound search=example\.org example\.net ' \
+    "the lease's search list is not example.org example.net"
+  expect ' hostname=vm1 ' "the lease has no host name vm1 (option 12)"
+  # Flags N|E, RCODE1 and RCODE2 255, then 3vm1 7example 3org 0.
+  expect ' opt81=0cffff03766d31076578616d706c65036f726700' \
+    "the lease has no client FQDN vm1.example.org (option 81)"
   expect 'VUNET-TEST: exit=0' "the guest's test script failed"
   result="lease: $lease"
   ;;
@@ -166,7 +175,7 @@ EOF
   check_lease
   expect '^GUEST: ping ok$' "ping to the gateway failed"
   expect '3 packets received' "not every echo request was answered"
-  grep -Eq 'icmp echo: [1-9][0-9]* requests, [1-9][0-9]* replies' "$E2E_DIR/vunet.log" ||
+  grep -Eq 'icmp: [1-9][0-9]* requests, [1-9][0-9]* replies' "$E2E_DIR/vunet.log" ||
     e2e_fail "vunet counted no echo requests and replies"
   result="ping 10.0.2.2: $(grep -m 1 'packets received' "$console")"
   ;;

@@ -154,7 +154,10 @@ absl::Status Backend::Init() {
   server_options.socket_path = options_.socket_path;
   server_options.one_off = options_.one_off;
   server_options.device.device_state = true;
-  absl::StatusOr<std::unique_ptr<vu::Server>> server = vu::Server::Listen(server_options, this);
+  absl::StatusOr<std::unique_ptr<vu::Server>> server =
+      options_.inherited_fd >= 0
+          ? vu::Server::Adopt(server_options, UniqueFd(options_.inherited_fd), this)
+          : vu::Server::Listen(server_options, this);
   if (!server.ok()) return server.status();
   server_ = std::move(*server);
   return absl::OkStatus();
@@ -176,7 +179,11 @@ absl::Status Backend::SetUpLoop() {
   if (timerfd_settime(timer_fd_.get(), 0, &tick, nullptr) != 0)
     return ErrnoStatus("timerfd_settime");
 
-  if (absl::Status s = Add(server_->listen_fd(), Tag(kListen)); !s.ok()) return s;
+  // None when serving an inherited connected socket: its connection is all.
+  if (server_->listen_fd() >= 0) {
+    if (absl::Status s = Add(server_->listen_fd(), Tag(kListen)); !s.ok()) return s;
+  }
+  SyncConnection();
   if (absl::Status s = Add(signal_fd_.get(), Tag(kSignal)); !s.ok()) return s;
   if (absl::Status s = Add(timer_fd_.get(), Tag(kTimer)); !s.ok()) return s;
   if (absl::Status s = Add(stop_fd_.get(), Tag(kStop)); !s.ok()) return s;
@@ -524,6 +531,9 @@ void Backend::OnTick() {
   if (ra_pending_ || (options_.send_ra && options_.ra_interval.count() > 0 &&
                       ticks_ % options_.ra_interval.count() == 0)) {
     SendRouterAdvertisement();
+  }
+  if (options_.stats_interval.count() > 0 && ticks_ % options_.stats_interval.count() == 0) {
+    LogCounters();
   }
 }
 

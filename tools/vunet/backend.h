@@ -56,7 +56,13 @@ namespace vunet::tools {
 
 struct BackendOptions {
   std::string socket_path;
+  // An inherited socket (--fd) to serve instead of socket_path: a listening
+  // or connected UNIX stream socket (vu::Server::Adopt); -1: none. The
+  // backend owns it from Create on.
+  int inherited_fd = -1;
   bool one_off = false;
+  // A counters line every stats_interval (--stats); zero: only at exit.
+  std::chrono::seconds stats_interval{0};
   // The frame path: the gateway services and the translators.
   net::FramePathOptions path;
   // Unsolicited router advertisements (with path.ndp): one when the guest's
@@ -174,6 +180,7 @@ class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net
   void ProcessTx();
   void OnTick();
   void SendRouterAdvertisement();
+  // The counters, one line, then each translator's.
   void LogCounters() const;
   // The state transfer's fd is ready: moves what it can without blocking.
   // With `wait`, until the transfer ends or the deadline passes.

@@ -433,6 +433,35 @@ TEST_F(BackendTest, BacksOffWhenAcceptRunsOutOfFds) {
   EXPECT_LE(backend_->stats().accept_backoffs, 5u);
 }
 
+// --fd: a listening socket made by whoever started vunet is served; the
+// socket file is theirs, and stays.
+TEST_F(BackendTest, ServesAnInheritedListeningSocket) {
+  UniqueFd listening(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(bind(listening.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(listening.get(), 4), 0);
+  BackendOptions options = TestOptions("", /*one_off=*/true);
+  options.inherited_fd = listening.release();
+  absl::StatusOr<std::unique_ptr<Backend>> b = Backend::Create(options);
+  ASSERT_TRUE(b.ok()) << b.status();
+  backend_ = std::move(*b);
+  thread_ = std::thread([this] { run_status_ = backend_->Run(); });
+  std::unique_ptr<vu_frontend::Frontend> f = Connect();
+  ASSERT_NE(f, nullptr);
+  const std::vector<uint8_t> arp = ArpRequest("10.0.2.2");
+  const absl::Span<const uint8_t> frames[] = {arp};
+  ASSERT_TRUE(f->SendFrames(frames).ok());
+  EXPECT_FALSE(ReceiveOfType(f.get(), net::kEtherTypeArp).empty());
+  f->Disconnect();
+  Join();  // One-off: the frontend left.
+  EXPECT_TRUE(run_status_.ok()) << run_status_;
+  backend_.reset();
+  EXPECT_EQ(access(path_.c_str(), F_OK), 0);
+  unlink(path_.c_str());
+}
+
 TEST_F(BackendTest, RefusesALiveSocket) {
   Start();
   absl::StatusOr<std::unique_ptr<Backend>> second = Backend::Create(TestOptions(path_, false));

@@ -1,6 +1,13 @@
 #include "tools/vunet/cli.h"
 
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +29,7 @@ DECLARE_bool(ipv4_only);
 DECLARE_string(pcap);
 DECLARE_string(log_file);
 DECLARE_string(max_flows);
+DECLARE_string(tcp_reorder_bytes);
 DECLARE_string(interface);
 DECLARE_bool(no_tcp);
 DECLARE_bool(no_udp);
@@ -30,6 +38,26 @@ DECLARE_bool(no_dhcp_dns);
 DECLARE_bool(no_dhcp_search);
 DECLARE_string(tcp_ports);
 DECLARE_string(udp_ports);
+DECLARE_string(fd);
+DECLARE_string(hostname);
+DECLARE_string(fqdn);
+DECLARE_string(outbound);
+DECLARE_string(outbound_if4);
+DECLARE_string(outbound_if6);
+DECLARE_string(dns_forward);
+DECLARE_string(dns_host);
+DECLARE_string(map_host_loopback);
+DECLARE_string(map_guest_addr);
+DECLARE_bool(no_map_gw);
+DECLARE_bool(freebind);
+DECLARE_bool(trace);
+DECLARE_bool(foreground);
+DECLARE_string(stats);
+DECLARE_string(log_size);
+DECLARE_string(conf_path);
+DECLARE_string(repair_path);
+DECLARE_bool(migrate_exit);
+DECLARE_bool(migrate_no_linger);
 
 namespace vunet::tools {
 namespace {
@@ -164,6 +192,39 @@ TEST(ExpandArgs, SwitchValuesGflagsWouldRefuseOrWeDoNotTake) {
 }
 
 // A string flag for each option that takes a value, a bool flag for each
+TEST(ExpandArgs, PasstsNamesForTheNewOptions) {
+  EXPECT_THAT(Expanded({"--socket-path", "/tmp/a.sock"}), ElementsAre("--socket=/tmp/a.sock"));
+  EXPECT_THAT(Expanded({"-F", "3", "-H", "vm", "-e", "-c", "/tmp/c.sock"}),
+              ElementsAre("--fd=3", "--hostname=vm", "--stderr", "--conf_path=/tmp/c.sock"));
+  EXPECT_THAT(Expanded({"--fqdn", "vm.example.org", "--trace", "--stats", "5", "--log-size=65536"}),
+              ElementsAre("--fqdn=vm.example.org", "--trace", "--stats=5", "--log_size=65536"));
+  EXPECT_THAT(Expanded({"-o", "192.0.2.10", "--outbound", "2001:db8::10", "--outbound-if4", "eth0",
+                        "--freebind", "--no-map-gw"}),
+              ElementsAre("--outbound_if4=eth0", "--freebind", "--no_map_gw",
+                          "--outbound=192.0.2.10,2001:db8::10"));
+  EXPECT_THAT(Expanded({"--repair-path", "none", "--migrate-exit", "--migrate-no-linger"}),
+              ElementsAre("--repair_path=none", "--migrate_exit", "--migrate_no_linger"));
+  // -S keeps its spaces: each value is a list.
+  EXPECT_THAT(Expanded({"-S", "a.example b.example", "-S", "c.example"}),
+              ElementsAre("--search=a.example b.example\nc.example"));
+}
+
+TEST(ExpandArgs, PastasOwnOptionsAreRefusedByName) {
+  for (const char* opt : {"--netns", "--userns", "--netns-only", "--no-netns-quit", "--config-net",
+                          "--no-copy-routes", "--no-copy-addrs", "--ns-mac-addr", "--no-splice",
+                          "--splice-only", "--host-lo-to-ns-lo", "--dhcp-dns", "--dhcp-search",
+                          "--tcp-ns", "--udp-ns", "--ns-ifname", "-T", "-U", "-I"}) {
+    EXPECT_THAT(ExpandError({opt, "x"}), HasSubstr("is pasta's")) << opt;
+  }
+  EXPECT_THAT(ExpandError({"-fT"}), HasSubstr("option '-T' is pasta's"));
+}
+
+TEST(ExpandArgs, EmptyValuesAreRefused) {
+  EXPECT_EQ(ExpandError({"-c", ""}), "option '-c' needs a value");
+  EXPECT_EQ(ExpandError({"--fqdn", ""}), "option '--fqdn' needs a value");
+  EXPECT_EQ(ExpandError({"--log-size="}), "option '--log-size' needs a value");
+}
+
 // switch (help and version are gflags' own; main answers them).
 TEST(ExpandArgs, EveryOptionIsAFlagOfItsKind) {
   for (const OptionSpec& o : Options()) {
@@ -282,6 +343,32 @@ TEST_F(OptionsFromFlagsTest, MaxFlows) {
   }
 }
 
+TEST_F(OptionsFromFlagsTest, TcpReorderBytes) {
+  EXPECT_FALSE(OptionsFromFlags()->tcp_reorder_bytes.has_value());  // The translator's default.
+  for (const auto& [text, bytes] :
+       std::vector<std::pair<const char*, uint64_t>>{{"0", 0},
+                                                     {"65536", 65536},
+                                                     {"64K", 65536},
+                                                     {"32M", uint64_t{32} << 20},
+                                                     {"1g", uint64_t{1} << 30}}) {
+    FLAGS_tcp_reorder_bytes = text;
+    absl::StatusOr<CliOptions> o = OptionsFromFlags();
+    ASSERT_TRUE(o.ok()) << text << ": " << o.status();
+    EXPECT_EQ(o->tcp_reorder_bytes, bytes) << text;
+  }
+  for (const char* bad : {"x", "-1", "65535", "63K", "1025M", "2G", "1T", "M", " 1M", "1.5M",
+                          "0x10000", "99999999999G"}) {
+    FLAGS_tcp_reorder_bytes = bad;
+    absl::StatusOr<CliOptions> o = OptionsFromFlags();
+    ASSERT_FALSE(o.ok()) << bad;
+    EXPECT_THAT(o.status().message(),
+                HasSubstr("--tcp-reorder-bytes: not 0 (no pool) or a size from 65536 to "
+                          "1073741824 bytes"))
+        << bad;
+    EXPECT_THAT(o.status().message(), HasSubstr(bad));
+  }
+}
+
 TEST_F(OptionsFromFlagsTest, DefaultSocketFollowsXdgRuntimeDir) {
   setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
   EXPECT_EQ(DefaultSocketPath(), "/run/user/1000/vunet.socket");
@@ -321,7 +408,7 @@ TEST_F(OptionsFromFlagsTest, AddressingGoesToOverrides) {
   FLAGS_address = "10.0.0.2,fd00::2";
   FLAGS_dns = "192.0.2.53";
   FLAGS_gateway = "10.0.0.1";
-  FLAGS_search = "a.example,b.example";
+  FLAGS_search = "a.example b.example";
   FLAGS_mtu = "1500";
   FLAGS_netmask = "255.255.0.0";
   FLAGS_ipv4_only = true;
@@ -385,6 +472,272 @@ TEST_F(OptionsFromFlagsTest, NoTcpNoUdpNoIcmp) {
   o = OptionsFromFlags();
   ASSERT_FALSE(o.ok());
   EXPECT_EQ(o.status().message(), "-u 53: UDP is off (--no-udp)");
+}
+
+// One line naming the option, for each malformed value.
+void ExpectRefused(const std::string& want) {
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_FALSE(o.ok()) << "accepted; wanted: " << want;
+  EXPECT_THAT(o.status().message(), HasSubstr(want));
+  EXPECT_EQ(std::string(o.status().message()).find('\n'), std::string::npos);
+}
+
+TEST_F(OptionsFromFlagsTest, PortSpecsParsedWithPasstsMeaning) {
+  // What libvirt passes for <portForward>s with ranges and one without.
+  FLAGS_tcp_ports = "%lo/all\n2222:22,3000-3010:4000-4010,~3005";
+  FLAGS_udp_ports = "127.0.0.1/5000-5003,~5001-5002";
+  FLAGS_freebind = true;
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  ASSERT_GE(o->tcp_ports.size(), 4u);
+  EXPECT_EQ(o->tcp_ports[1].host_port, 3000);
+  EXPECT_EQ(o->tcp_ports[1].count, 5u);
+  EXPECT_EQ(o->tcp_ports[2].host_port, 3006);
+  EXPECT_EQ(o->tcp_ports[2].guest_port, 4006);
+  // "all" yields to the others: listed (and bound) after them.
+  EXPECT_FALSE(o->tcp_ports[0].weak);
+  EXPECT_TRUE(o->tcp_ports[3].weak);
+  EXPECT_EQ(o->tcp_ports[3].ifname, "lo");
+  EXPECT_EQ(o->tcp_ports[3].host_port, 1);
+  ASSERT_EQ(o->udp_ports.size(), 2u);
+  EXPECT_TRUE(o->udp_ports[0].freebind);
+  EXPECT_EQ(o->udp_ports[1].host_port, 5003);
+}
+
+TEST_F(OptionsFromFlagsTest, MalformedPortSpecs) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"0", "forwarding spec '0'"},
+      {"65536", "forwarding spec '65536'"},
+      {"90-80", "forwarding spec '90-80'"},
+      {"~", "'~' needs a port"},
+      {"80,~", "'~' needs a port"},
+      {"8000-8010,8005", "overlap"},
+      {"8080\n8000-8100", "forwarding specs '8080' and '8000-8100' overlap"},
+      {"8080\nnone", "-t none: conflicts"},
+      {"all,80", "'all' stands alone"},
+      {"300.1.2.3/80", "'300.1.2.3' is not an IPv4 or IPv6 address"},
+      {"%/80", "not an interface name"},
+      {"%0123456789abcdef/80", "not an interface name"},
+      {"8000-8010:80", "host and guest ranges differ in size"},
+      {"~1-65535", "every port is excluded"},
+  };
+  for (const auto& [spec, want] : cases) {
+    FLAGS_tcp_ports = spec;
+    ExpectRefused(want);
+  }
+  FLAGS_tcp_ports = "";
+  FLAGS_udp_ports = "53\n53";
+  ExpectRefused("-u: forwarding specs '53' and '53' overlap");
+  // Different addresses of one version, or of two: no overlap.
+  FLAGS_udp_ports = "127.0.0.1/53\n127.0.0.2/53\n::1/53\nnone";
+  ExpectRefused("-u none: conflicts");
+  FLAGS_udp_ports = "none\n127.0.0.1/53\n127.0.0.2/53\n::1/53";
+  EXPECT_TRUE(OptionsFromFlags().ok());
+}
+
+TEST_F(OptionsFromFlagsTest, InheritedSocket) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  FLAGS_fd = std::to_string(sv[0]);
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->inherited_fd, sv[0]);
+  EXPECT_TRUE(o->one_off);              // As passt's --fd.
+  EXPECT_TRUE(o->socket_path.empty());  // No path of ours.
+  FLAGS_socket = "/tmp/x.sock";
+  ExpectRefused("-F/--fd and -s/--socket exclude each other");
+  FLAGS_socket = "";
+  for (const char* bad : {"x", "-3", "1", "2", "99999999999"}) {
+    FLAGS_fd = bad;
+    ExpectRefused("-F/--fd");
+  }
+  int pipefd[2];
+  ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+  FLAGS_fd = std::to_string(pipefd[0]);
+  ExpectRefused("not a socket");
+  const int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  FLAGS_fd = std::to_string(udp);
+  ExpectRefused("not a UNIX domain socket");
+  const int dgram = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  FLAGS_fd = std::to_string(dgram);
+  ExpectRefused("not a stream socket");
+  close(pipefd[1]);
+  FLAGS_fd = std::to_string(pipefd[1]);  // Closed.
+  ExpectRefused("not an open file descriptor");
+  for (int fd : {sv[0], sv[1], pipefd[0], udp, dgram}) close(fd);
+}
+
+TEST_F(OptionsFromFlagsTest, HostNameAndFqdn) {
+  FLAGS_hostname = "vm1";
+  FLAGS_fqdn = "vm1.example.org.";
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->hostname, "vm1");
+  EXPECT_EQ(o->fqdn, "vm1.example.org.");
+  FLAGS_fqdn = std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') +
+               "." + std::string(61, 'd');  // 253 characters: 255 octets, DNS's most.
+  EXPECT_TRUE(OptionsFromFlags().ok());
+  FLAGS_fqdn += "d";
+  ExpectRefused("--fqdn " + FLAGS_fqdn + ": longer than DNS allows");
+  FLAGS_fqdn = std::string(64, 'a') + ".org";
+  ExpectRefused("a label is longer than DNS allows");
+  FLAGS_fqdn = "a..org";
+  ExpectRefused("--fqdn a..org: an empty label");
+  FLAGS_fqdn = "";
+  for (const char* bad : {"vm 1", "-vm", "vm;reboot", "$(id)", "vm/1"}) {
+    FLAGS_hostname = bad;
+    ExpectRefused(std::string("-H/--hostname ") + bad + ": not a host name");
+  }
+}
+
+TEST_F(OptionsFromFlagsTest, SearchListsAndMtuZero) {
+  FLAGS_search = "a.example b.example\nc.example";
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_THAT(o->overrides.search, ElementsAre("a.example", "b.example", "c.example"));
+  FLAGS_search = "a.example\nnone";  // passt: none clears what came before.
+  o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_THAT(o->overrides.search, ElementsAre("none"));
+  FLAGS_search = "none\nb.example";
+  EXPECT_THAT(OptionsFromFlags()->overrides.search, ElementsAre("none", "b.example"));
+  FLAGS_search = "a.example none";
+  ExpectRefused("none stands alone");
+  FLAGS_search = "bad..example";
+  ExpectRefused("-S/--search bad..example: not a domain name");
+  FLAGS_search = "";
+  FLAGS_mtu = "0";
+  o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->advertise_mtu);
+  EXPECT_FALSE(o->overrides.mtu.has_value());
+}
+
+TEST_F(OptionsFromFlagsTest, OutboundAndDestinations) {
+  FLAGS_outbound = "127.0.0.1,fd00::10";
+  FLAGS_outbound_if4 = "lo";
+  FLAGS_map_host_loopback = "192.0.2.1,fd00::1";
+  FLAGS_map_guest_addr = "192.0.2.2";
+  FLAGS_dns_forward = "192.0.2.53,fd00::53";
+  FLAGS_dns_host = "127.0.0.53";
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->outbound.addr4.has_value() && o->outbound.addr6.has_value());
+  EXPECT_EQ(o->outbound.ifname4, "lo");
+  const net::DestinationMap& d = o->destinations;
+  EXPECT_TRUE(d.map_gateway);
+  EXPECT_TRUE(d.host_loopback4 && d.host_loopback6 && d.guest_addr4 && !d.guest_addr6);
+  EXPECT_TRUE(d.dns_forward4 && d.dns_forward6 && d.dns_host4 && !d.dns_host6);
+  EXPECT_TRUE(d.customized());
+  // "none" clears both versions; for --map-host-loopback it is --no-map-gw.
+  FLAGS_map_host_loopback = "192.0.2.1,none";
+  o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->destinations.map_gateway);
+  EXPECT_FALSE(o->destinations.host_loopback4.has_value());
+  FLAGS_map_host_loopback = "";
+  FLAGS_no_map_gw = true;
+  EXPECT_FALSE(OptionsFromFlags()->destinations.map_gateway);
+
+  const std::vector<std::tuple<std::string*, std::string, std::string>> bad = {
+      {&FLAGS_outbound, "0.0.0.0", "-o/--outbound 0.0.0.0: not a unicast address"},
+      {&FLAGS_outbound, "::1", "-o/--outbound ::1"},
+      {&FLAGS_outbound, "::ffff:1.2.3.4", "-o/--outbound ::ffff:1.2.3.4"},
+      {&FLAGS_outbound, "eth0", "-o/--outbound eth0: not an IPv4 or IPv6 address"},
+      {&FLAGS_outbound_if4, "nosuch0", "--outbound-if4 nosuch0: no such interface"},
+      {&FLAGS_outbound_if6, "a/b", "--outbound-if6 a/b: not an interface name"},
+      {&FLAGS_outbound_if6, "0123456789abcdef", "--outbound-if6 0123456789abcdef"},
+      {&FLAGS_map_host_loopback, "127.0.0.1", "--map-host-loopback 127.0.0.1"},
+      {&FLAGS_map_guest_addr, "ff02::1", "--map-guest-addr ff02::1"},
+      {&FLAGS_map_guest_addr, "1.2.3", "--map-guest-addr 1.2.3: not an IPv4 or IPv6"},
+      {&FLAGS_dns_forward, "127.0.0.53", "--dns-forward 127.0.0.53"},
+      {&FLAGS_dns_forward, "255.255.255.255", "--dns-forward 255.255.255.255"},
+      {&FLAGS_dns_host, "::", "--dns-host ::: not a unicast address"},
+      {&FLAGS_dns_host, "none", "--dns-host none: not an IPv4 or IPv6 address"},
+  };
+  for (const auto& [flag, value, want] : bad) {
+    const std::string saved = *flag;
+    *flag = value;
+    ExpectRefused(want);
+    *flag = saved;
+  }
+}
+
+TEST_F(OptionsFromFlagsTest, LoggingStatsAndPasstsNoOps) {
+  EXPECT_EQ(OptionsFromFlags()->log_size, kDefaultLogSize);
+  FLAGS_log_size = "65536";
+  EXPECT_EQ(OptionsFromFlags()->log_size, 65536u);
+  FLAGS_log_size = "0x10000";  // passt reads it with strtol(..., 0).
+  EXPECT_EQ(OptionsFromFlags()->log_size, 65536u);
+  for (const char* bad : {"0", "4095", "-1", "1k", "", "0x", "1099511627777"}) {
+    FLAGS_log_size = bad;
+    if (*bad == '\0') continue;  // ExpandArgs refuses empty values.
+    ExpectRefused("--log-size");
+  }
+  FLAGS_log_size = "";
+  FLAGS_trace = true;
+  EXPECT_EQ(OptionsFromFlags()->log_level, LogLevel::kDebug);
+  FLAGS_quiet = true;
+  ExpectRefused("-q and --trace");
+  FLAGS_quiet = false;
+  FLAGS_trace = false;
+  FLAGS_stats = "10";
+  ExpectRefused("--stats: counters go to the terminal: needs -f/--foreground");
+  FLAGS_foreground = true;
+  EXPECT_EQ(OptionsFromFlags()->stats_interval, 10);
+  for (const char* bad : {"0", "x", "86401"}) {
+    FLAGS_stats = bad;
+    ExpectRefused("--stats");
+  }
+}
+
+TEST_F(OptionsFromFlagsTest, ConfAndMigrationPaths) {
+  FLAGS_socket = "/run/vunet/a.sock";
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->migration.repair_path, "/run/vunet/a.sock.repair");  // passt's default.
+  EXPECT_FALSE(o->migration.exit_after || o->migration.no_linger);
+  FLAGS_repair_path = "none";
+  EXPECT_TRUE(OptionsFromFlags()->migration.repair_path.empty());
+  FLAGS_repair_path = "/run/vunet/r.sock";
+  FLAGS_migrate_exit = true;
+  FLAGS_migrate_no_linger = true;
+  FLAGS_conf_path = "/run/vunet/c.sock";
+  o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->migration.repair_path, "/run/vunet/r.sock");
+  EXPECT_TRUE(o->migration.exit_after && o->migration.no_linger);
+  EXPECT_EQ(o->conf_path, "/run/vunet/c.sock");
+  FLAGS_repair_path = "/" + std::string(120, 'r');
+  ExpectRefused("--repair-path: not a socket path");
+  FLAGS_repair_path = "";
+  // A socket path too long for ".repair" to fit a socket address: none.
+  FLAGS_socket = "/" + std::string(sizeof(sockaddr_un{}.sun_path) - 5, 's');
+  o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->migration.repair_path.empty());
+  FLAGS_socket = "";
+  FLAGS_conf_path = "/" + std::string(120, 'c');
+  ExpectRefused("-c/--conf-path: not a socket path");
+}
+
+// --fd: no socket path, so no repair socket unless --repair-path names one.
+TEST_F(OptionsFromFlagsTest, InheritedSocketHasNoDefaultRepairPath) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  FLAGS_fd = std::to_string(pair[0]);
+  absl::StatusOr<CliOptions> o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->socket_path.empty());
+  EXPECT_TRUE(o->migration.repair_path.empty());
+  FLAGS_repair_path = "/run/vunet/r.sock";
+  o = OptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->migration.repair_path, "/run/vunet/r.sock");
+  FLAGS_repair_path = "";
+  FLAGS_fd = "";
+  close(pair[0]);
+  close(pair[1]);
 }
 
 TEST(Texts, CapabilitiesVersionUsage) {

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +37,7 @@
 #include "net/translate/frame_path.h"
 #include "tools/vunet/backend.h"
 #include "tools/vunet/cli.h"
+#include "tools/vunet/fd_budget.h"
 #include "tools/vunet/sandbox.h"
 #include "virtio/memory_fault.h"
 
@@ -188,7 +190,10 @@ absl::StatusOr<std::unique_ptr<Sandbox>> Confine(const CliOptions& options,
                                                  const std::optional<Identity>& runas) {
   SandboxOptions sandbox;
   sandbox.runas = runas;
-  sandbox.remove_at_exit = {options.socket_path};
+  if (!options.socket_path.empty()) sandbox.remove_at_exit.push_back(options.socket_path);
+  if (!options.migration.repair_path.empty()) {
+    sandbox.remove_at_exit.push_back(options.migration.repair_path);
+  }
   if (!options.pid_file.empty()) sandbox.remove_at_exit.push_back(options.pid_file);
   // With -l, a daemon's stderr is the log file (DetachStdio).
   sandbox.syslog = !options.foreground && options.log_file.empty();
@@ -206,9 +211,122 @@ void RaiseFdLimit() {
   (void)setrlimit(RLIMIT_NOFILE, &limit);
 }
 
+// The command line as given, for the log (what libvirt or another manager
+// passed); arguments with spaces or quotes in single quotes.
+std::string CommandLine(int argc, char** argv) {
+  std::vector<std::string> parts;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.empty() || a.find_first_of(" \t\n'\"\\$`") != std::string::npos) {
+      std::string quoted = "'";
+      for (char c : a) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+      a = quoted + "'";
+    }
+    parts.push_back(std::move(a));
+  }
+  return absl::StrJoin(parts, " ");
+}
+
+// True if `rules` send the guest's DNS to `guest` somewhere.
+bool ForwardsDns(const net::ForwardRules& rules, const net::InetAddr& guest) {
+  for (const net::DnsForward& d : rules.dns) {
+    if (d.guest.addr == guest) return true;
+  }
+  return false;
+}
+
+// What is accepted with passt's meaning but not in effect yet: one line each.
+void LogNotYetInEffect(const CliOptions& o) {
+  if (!o.conf_path.empty()) {
+    VUNET_LOG(kWarning,
+              "-c/--conf-path %s: no configuration socket is served (pesto's protocol "
+              "is not implemented); forwards stay as given",
+              o.conf_path);
+  }
+}
+
+// What the backend is to serve, from the command line and the guest's
+// addressing `g`.
+BackendOptions BackendOptionsFor(const CliOptions& options, const net::GuestConfig& g) {
+  const bool v4 = !g.ipv6_only;
+  const bool v6 = !g.ipv4_only;
+  BackendOptions backend_options;
+  backend_options.socket_path = options.socket_path;
+  backend_options.inherited_fd = options.inherited_fd;
+  backend_options.one_off = options.one_off;
+  // Live migration (docs/MIGRATION.md): the TCP_REPAIR helper's socket, and
+  // what the source does once the guest has moved.
+  backend_options.repair_path = options.migration.repair_path;
+  backend_options.migrate_linger = !options.migration.no_linger;
+  backend_options.migrate_exit = options.migration.exit_after;
+  backend_options.stats_interval = std::chrono::seconds(options.stats_interval);
+  backend_options.pcap_path = options.pcap_file;
+  net::FramePathOptions& path = backend_options.path;
+  path.arp = net::ToArpConfig(g);
+  if (v4 && !g.no_dhcp) {
+    path.dhcp = net::ToDhcpConfig(g);
+    path.dhcp->hostname = options.hostname;
+    path.dhcp->fqdn = options.fqdn;
+    if (!options.advertise_mtu) path.dhcp->mtu = 0;  // -m 0.
+  }
+  if (v6 && !g.no_ndp) {
+    path.ndp = net::ToNdpConfig(g);
+    if (!options.advertise_mtu) path.ndp->mtu = 0;
+  }
+  backend_options.send_ra = v6 && !g.no_ndp && !g.no_ra;
+  if (v6 && !g.no_dhcpv6) {
+    path.dhcpv6 = net::ToDhcpv6Config(g);
+    path.dhcpv6->fqdn = options.fqdn;
+  }
+  if (options.no_icmp) {
+    path.icmp.reset();
+  } else {
+    path.icmp->outbound = options.outbound;
+  }
+  backend_options.guest = g;
+  // Where guest flows go (net/forward): the gateway's addresses, or
+  // --map-host-loopback's, for the host's loopback, --map-guest-addr's for
+  // the guest's own address on the host; DNS to --dns-forward's address and
+  // to the gateway (where it stands for a resolver on the host's loopback)
+  // to the host's resolver, TCP and UDP alike.
+  const net::DestinationMap& map = options.destinations;
+  backend_options.forward = net::RulesFromConfig(g, net::HostResolvers(), map);
+  if (map.dns_forward4 &&
+      !ForwardsDns(backend_options.forward, net::InetAddr::V4(*map.dns_forward4))) {
+    VUNET_LOG(kWarning, "--dns-forward %s: no IPv4 resolver to send it to (--dns-host)",
+              Ntop(*map.dns_forward4));
+  }
+  if (map.dns_forward6 &&
+      !ForwardsDns(backend_options.forward, net::InetAddr::V6(*map.dns_forward6))) {
+    VUNET_LOG(kWarning, "--dns-forward %s: no IPv6 resolver to send it to (--dns-host)",
+              Ntop(*map.dns_forward6));
+  }
+  for (const net::DnsForward& d : backend_options.forward.dns) {
+    VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
+              d.host.ToString());
+  }
+  if (options.max_flows != 0) backend_options.max_flows = options.max_flows;
+  if (options.no_tcp) {
+    path.tcp.reset();
+  } else {
+    path.tcp->forwards = options.tcp_ports;
+    path.tcp->outbound = options.outbound;
+    if (options.tcp_reorder_bytes) path.tcp->reorder.bytes = *options.tcp_reorder_bytes;
+  }
+  if (options.no_udp) {
+    path.udp.reset();
+  } else {
+    path.udp->forwards = options.udp_ports;
+    path.udp->outbound = options.outbound;
+  }
+
+  return backend_options;
+}
+
 int Main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   RaiseFdLimit();
+  const std::string command_line = CommandLine(argc, argv);
   absl::StatusOr<std::vector<std::string>> args =
       ExpandArgs(absl::Span<const char* const>(argv, argc));
   if (!args.ok()) return Fail(absl::StrCat(args.status().message(), " (try --help)"));
@@ -254,70 +372,44 @@ int Main(int argc, char** argv) {
     absl::StatusOr<int> fd = OpenLogFile(options->log_file);
     if (!fd.ok()) return Fail(std::string(fd.status().message()));
     log_fd = *fd;
-    log::UseFd(log_fd);
+    log::UseFd(log_fd, options->log_size);
     g_logging_elsewhere = true;
   }
 
   net::HostSources host;
   host.interface = options->interface;  // -i
+  // Without -i, --outbound-if4/6 name the interface addresses and routes
+  // come from too, as in passt; one interface for both versions here.
+  if (host.interface.empty()) {
+    const std::string& if4 = options->outbound.ifname4;
+    const std::string& if6 = options->outbound.ifname6;
+    if (if4.empty() || if6.empty() || if4 == if6) {
+      host.interface = if4.empty() ? if6 : if4;
+    } else {
+      VUNET_LOG(kInfo,
+                "--outbound-if4 %s, --outbound-if6 %s: addresses and routes come from each "
+                "default route's interface (give -i to choose one)",
+                if4, if6);
+    }
+  }
   absl::StatusOr<net::GuestConfig> guest = net::MirrorHost(host);
   if (!guest.ok()) return Fail(absl::StrCat("host addressing: ", guest.status().message()));
   if (absl::Status s = net::ApplyOverrides(&*guest, options->overrides); !s.ok()) {
     return Fail(std::string(s.message()));
   }
   const net::GuestConfig& g = *guest;
-  // -t / -u: every spec checked here, so that a bad one is a one-line error.
-  for (const auto& [flag, specs] :
-       {std::pair{"-t", &options->tcp_forwards}, std::pair{"-u", &options->udp_forwards}}) {
-    for (const std::string& spec : *specs) {
-      absl::StatusOr<std::vector<net::PortForward>> forwards = net::ParsePortForwards(spec);
-      if (!forwards.ok()) return Fail(absl::StrCat(flag, ": ", forwards.status().message()));
-      for (const net::PortForward& f : *forwards) {
-        if ((f.family == AF_INET && g.ipv6_only) || (f.family == AF_INET6 && g.ipv4_only)) {
-          return Fail(absl::StrCat(flag, " ", spec, ": its address's family is off (",
-                                   g.ipv6_only ? "-6" : "-4", ")"));
-        }
-      }
-    }
+  // Every forwarded port is a listening socket: they must fit the fd limit
+  // with room for flows, or vunet says so now rather than fail halfway.
+  if (absl::Status s = CheckFdBudget(
+          CountListeners(options->tcp_ports, options->udp_ports, g.ipv4_only, g.ipv6_only),
+          SoftFdLimit());
+      !s.ok()) {
+    return Fail(std::string(s.message()));
   }
   const bool v4 = !g.ipv6_only;
   const bool v6 = !g.ipv4_only;
 
-  BackendOptions backend_options;
-  backend_options.socket_path = options->socket_path;
-  backend_options.one_off = options->one_off;
-  backend_options.pcap_path = options->pcap_file;
-  net::FramePathOptions& path = backend_options.path;
-  path.arp = net::ToArpConfig(g);
-  if (v4 && !g.no_dhcp) path.dhcp = net::ToDhcpConfig(g);
-  if (v6 && !g.no_ndp) path.ndp = net::ToNdpConfig(g);
-  backend_options.send_ra = v6 && !g.no_ndp && !g.no_ra;
-  if (v6 && !g.no_dhcpv6) path.dhcpv6 = net::ToDhcpv6Config(g);
-  if (options->no_icmp) path.icmp.reset();
-  backend_options.guest = g;
-  // DNS to the gateway, where it stands for a resolver on the host's loopback.
-  backend_options.forward = net::RulesFromConfig(g, net::HostResolvers());
-  for (const net::DnsForward& d : backend_options.forward.dns) {
-    VUNET_LOG(kInfo, "DNS: the guest's queries to %s go to %s", d.guest.ToString(),
-              d.host.ToString());
-  }
-  if (options->max_flows != 0) backend_options.max_flows = options->max_flows;
-  if (options->no_tcp) {
-    path.tcp.reset();
-  } else {
-    for (const std::string& spec : options->tcp_forwards) {
-      const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
-      path.tcp->forwards.insert(path.tcp->forwards.end(), f.begin(), f.end());
-    }
-  }
-  if (options->no_udp) {
-    path.udp.reset();
-  } else {
-    for (const std::string& spec : options->udp_forwards) {
-      const std::vector<net::PortForward> f = *net::ParsePortForwards(spec);  // Checked above.
-      path.udp->forwards.insert(path.udp->forwards.end(), f.begin(), f.end());
-    }
-  }
+  const BackendOptions backend_options = BackendOptionsFor(*options, g);
 
   // --runas before anything is created, so that a bad name is a one-line error.
   absl::StatusOr<std::optional<Identity>> runas = RunAsFor(options->runas, geteuid() == 0);
@@ -326,7 +418,15 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<Backend>> backend = Backend::Create(backend_options);
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
 
-  VUNET_LOG(kInfo, "vunet %s: vhost-user backend listening on %s", kVersion, options->socket_path);
+  VUNET_LOG(kInfo, "started as: %s", command_line);
+  LogNotYetInEffect(*options);
+  if (options->inherited_fd >= 0) {
+    VUNET_LOG(kInfo, "vunet %s: vhost-user backend on inherited fd %d", kVersion,
+              options->inherited_fd);
+  } else {
+    VUNET_LOG(kInfo, "vunet %s: vhost-user backend listening on %s", kVersion,
+              options->socket_path);
+  }
   if (v4) {
     VUNET_LOG(kInfo, "IPv4: guest %s/%d, gateway %s, DNS %s%s; DHCP %s", Ntop(g.addr4),
               g.prefix_len4, Ntop(g.gateway4), List(g.dns4), g.mirrored4 ? " (from the host)" : "",
@@ -366,7 +466,7 @@ int Main(int argc, char** argv) {
             mac.bytes[4], mac.bytes[5]);
   VUNET_LOG(kInfo,
             "  (the guest's RAM must be a shared memory backend: -m and size= must be the same; "
-            "under TCG, QEMU 7.2 also needs vectors=0 on the -device)");
+            "tested with QEMU 10; under TCG, QEMU 7.2 also needs vectors=0 on the -device)");
 
   if (!options->foreground) {
     if (absl::Status s = Daemonize(); !s.ok()) return Fail(std::string(s.message()));
