@@ -110,7 +110,8 @@ absl::Status PrepareEventFd(int fd) {
 Device::Device(DataPlane* data_plane, const Options& options)
     : data_plane_(data_plane),
       num_queues_(options.num_queues == 0 || options.num_queues > kMaxQueues ? 2
-                                                                             : options.num_queues) {
+                                                                             : options.num_queues),
+      offered_features_(kOfferedFeatures | (options.offloads & kOffloadFeatures)) {
   if (num_queues_ != options.num_queues) {
     VUNET_LOG(kWarning, "vhost-user: %d queues asked for, 1 to %d possible; using %d",
               options.num_queues, kMaxQueues, num_queues_);
@@ -168,7 +169,7 @@ absl::Status Device::Dispatch(Message& m, std::optional<Message>* reply) {
   // ValidateRequest checked each payload's size and fd count.
   switch (m.request()) {
     case Request::kGetFeatures:
-      reply->emplace(Reply(m.header, kOfferedFeatures));
+      reply->emplace(Reply(m.header, offered_features_));
       return absl::OkStatus();
     case Request::kSetFeatures:
       return SetFeatures(Payload<uint64_t>(m));
@@ -238,9 +239,9 @@ absl::Status Device::Dispatch(Message& m, std::optional<Message>* reply) {
 }
 
 absl::Status Device::SetFeatures(uint64_t features) {
-  if (features & ~kOfferedFeatures) {
+  if (features & ~offered_features_) {
     return absl::InvalidArgumentError(absl::StrFormat("features 0x%x include 0x%x, never offered",
-                                                      features, features & ~kOfferedFeatures));
+                                                      features, features & ~offered_features_));
   }
   const bool changed = !features_set_ || features != acked_features_;
   if (changed) {

@@ -83,6 +83,17 @@ class Device {
       (1ull << virtio::kVirtioRingFEventIdx) | (1ull << virtio::kVirtioRingFIndirectDesc) |
       (1ull << kVirtioNetFGuestCsum) | (1ull << kVirtioNetFCsum) | (1ull << kVhostFLogAll) |
       (1ull << kVhostUserFProtocolFeatures);
+  // Segmentation offloads a data plane may take on (Options::offloads),
+  // offered on top of kOfferedFeatures: HOST_TSO4/6, HOST_ECN, HOST_USO
+  // (the guest sends frames of up to 64 KiB to be segmented) and GUEST_TSO4/6,
+  // GUEST_ECN, GUEST_USO4/6 (the device may send such frames). A driver
+  // takes each only with its prerequisites (CSUM, GUEST_CSUM).
+  static constexpr uint64_t kOffloadFeatures =
+      (1ull << virtio::kVirtioNetFHostTso4) | (1ull << virtio::kVirtioNetFHostTso6) |
+      (1ull << virtio::kVirtioNetFHostEcn) | (1ull << virtio::kVirtioNetFHostUso) |
+      (1ull << virtio::kVirtioNetFGuestTso4) | (1ull << virtio::kVirtioNetFGuestTso6) |
+      (1ull << virtio::kVirtioNetFGuestEcn) | (1ull << virtio::kVirtioNetFGuestUso4) |
+      (1ull << virtio::kVirtioNetFGuestUso6);
   static constexpr uint64_t kOfferedProtocolFeatures =
       (1ull << kProtocolFReplyAck) | (1ull << kProtocolFConfigureMemSlots) |
       (1ull << kProtocolFLogShmfd) | (1ull << kProtocolFStatus);
@@ -90,6 +101,9 @@ class Device {
   struct Options {
     // Queues the device has: rx 0, tx 1 for one queue pair. 1 to kMaxQueues.
     uint32_t num_queues = 2;
+    // The offloads (of kOffloadFeatures; other bits are ignored) offered
+    // besides kOfferedFeatures: only those the data plane handles.
+    uint64_t offloads = 0;
   };
 
   // `data_plane` must outlive the device.
@@ -121,6 +135,8 @@ class Device {
   const absl::Status& last_status() const { return last_status_; }
 
   uint32_t num_queues() const { return num_queues_; }
+  // What GET_FEATURES answers: kOfferedFeatures and Options::offloads.
+  uint64_t offered_features() const { return offered_features_; }
   uint64_t acked_features() const { return acked_features_; }
   uint64_t acked_protocol_features() const { return acked_protocol_features_; }
   bool has_feature(unsigned bit) const { return acked_features_ & (1ull << bit); }
@@ -189,6 +205,7 @@ class Device {
 
   DataPlane* const data_plane_;
   const uint32_t num_queues_;
+  const uint64_t offered_features_;
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;
   bool features_set_ = false;
