@@ -312,10 +312,11 @@ absl::Status Backend::Run() {
 void Backend::LogCounters() const {
   const net::Dispatcher::Stats& d = path_->dispatch_stats();
   VUNET_LOG(kInfo,
-            "counters: %d frames from the guest (%d replies, %d malformed), dropped: tcp %d, "
-            "udp %d, icmp %d, other %d; %d router advertisements",
-            d.frames, d.replies, d.malformed, d.tcp_dropped, d.udp_dropped, d.icmp_dropped,
-            d.other_dropped, stats_.ra_sent);
+            "counters: %d frames from the guest (%d replies, %d malformed, %d with offload "
+            "requests refused), dropped: tcp %d, udp %d, icmp %d, other %d; %d router "
+            "advertisements",
+            d.frames, d.replies, d.malformed, d.offload_refused, d.tcp_dropped, d.udp_dropped,
+            d.icmp_dropped, d.other_dropped, stats_.ra_sent);
   const vu::RxQueue::Stats& r = rx_.stats();
   VUNET_LOG(kInfo,
             "rx: %d frames (%d copied in) in %d flushes over %d loop iterations with frames "
@@ -375,6 +376,7 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
   }
   vu::Device* device = server_ != nullptr ? server_->device() : nullptr;
   net_config_ = vu::NetConfig::FromFeatures(device != nullptr ? device->acked_features() : 0);
+  path_->SetNetConfig(net_config_);
   vq_[index] = vq;
   kick_[index] = kick_fd;
   if (absl::Status s = Add(kick_fd, Tag(kKick, index)); !s.ok()) {
