@@ -113,6 +113,7 @@ void Dispatcher::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fr
     return;
   }
   ++stats_.routed;
+  if (IsGso(hdr)) ++stats_.gso_routed;
   in_batch_[route] = true;
   sink->OnFrame(hdr, frame, parsed);
 }

@@ -96,6 +96,7 @@ class Dispatcher : public vu::FrameSink {
     uint64_t replies = 0;        // Sent.
     uint64_t send_failures = 0;  // Replies the guest had no room for.
     uint64_t routed = 0;         // Given to a translator.
+    uint64_t gso_routed = 0;     // Of those, segmentation requests (gso_type set).
     // Dropped: no translator routed for their protocol, or another protocol.
     uint64_t tcp_dropped = 0;
     uint64_t udp_dropped = 0;

@@ -312,18 +312,18 @@ absl::Status Backend::Run() {
 void Backend::LogCounters() const {
   const net::Dispatcher::Stats& d = path_->dispatch_stats();
   VUNET_LOG(kInfo,
-            "counters: %d frames from the guest (%d replies, %d malformed, %d with offload "
-            "requests refused), dropped: tcp %d, udp %d, icmp %d, other %d; %d router "
-            "advertisements",
-            d.frames, d.replies, d.malformed, d.offload_refused, d.tcp_dropped, d.udp_dropped,
-            d.icmp_dropped, d.other_dropped, stats_.ra_sent);
+            "counters: %d frames from the guest (%d segmentation-offloaded; %d replies, %d "
+            "malformed, %d with offload requests refused), dropped: tcp %d, udp %d, icmp %d, "
+            "other %d; %d router advertisements",
+            d.frames, d.gso_routed, d.replies, d.malformed, d.offload_refused, d.tcp_dropped,
+            d.udp_dropped, d.icmp_dropped, d.other_dropped, stats_.ra_sent);
   const vu::RxQueue::Stats& r = rx_.stats();
   VUNET_LOG(kInfo,
-            "rx: %d frames (%d copied in) in %d flushes over %d loop iterations with frames "
-            "(%d iterations in all), %d notifications; %d refused for room, %d never fitting, "
-            "%d buffers returned empty",
-            r.frames, r.sends, stats_.rx_flushes, stats_.rx_iterations, stats_.iterations,
-            r.notifies, r.no_room, r.never_fits, r.returned_empty);
+            "rx: %d frames (%d copied in, %d segmentation-offloaded) in %d flushes over %d loop "
+            "iterations with frames (%d iterations in all), %d notifications; %d refused for "
+            "room, %d never fitting, %d buffers returned empty",
+            r.frames, r.sends, r.gso_frames, stats_.rx_flushes, stats_.rx_iterations,
+            stats_.iterations, r.notifies, r.no_room, r.never_fits, r.returned_empty);
   for (const std::string& line : path_->StatsLines()) VUNET_LOG(kInfo, "%s", line);
   if (pcap_ != nullptr) {
     const PcapWriter::Stats& p = pcap_->stats();
