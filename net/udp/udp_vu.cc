@@ -216,8 +216,9 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
       size_t len = msgs_[j].msg_len;
       bool ok = true;
       if (len != s.len ||
-          (want_peer && (msgs_[j].msg_hdr.msg_namelen != peek_[j].msg_hdr.msg_namelen ||
-                         std::memcmp(&peer_[j], &peek_peer_[j], msgs_[j].msg_hdr.msg_namelen) != 0))) {
+          (want_peer &&
+           (msgs_[j].msg_hdr.msg_namelen != peek_[j].msg_hdr.msg_namelen ||
+            std::memcmp(&peer_[j], &peek_peer_[j], msgs_[j].msg_hdr.msg_namelen) != 0))) {
         mismatch = true;
         ++stats_.mismatches;
         VUNET_LOG_RATELIMITED(kWarning, "udp: datagram of %d bytes read where %d were peeked", len,
