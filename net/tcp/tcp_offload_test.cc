@@ -41,7 +41,7 @@ constexpr uint16_t kGuestPort = 40000;
 // What a guest's driver posts without mergeable buffers once it takes TSO.
 constexpr uint32_t kBigBuffer = 65562;
 constexpr size_t kMaxPayload4 = 65535 - 40;
-constexpr size_t kMaxPayload6 = 65535 - 20;
+constexpr size_t kMaxPayload6 = 65535 - 60;
 
 // A segment as the guest's stack takes it, the partial checksum finished.
 struct Seg {

@@ -21,7 +21,9 @@
 //
 // Segmentation offload: to a guest with GUEST_TSO4 (IPv4) or GUEST_TSO6
 // (IPv6), a segment carries as much as its receive buffers hold (mergeable
-// or not), the guest's window allows and one IP packet of 64 KiB carries;
+// or not), the guest's window allows and one IP packet of 64 KiB carries
+// (65535 bytes with its header, IPv6 too, so that the frame fits the
+// receive buffers a driver without mergeable buffers posts);
 // one longer than `mss` goes with gso_type TCPV4 or TCPV6, gso_size `mss`
 // (the MSS the guest announced), hdr_len the headers' length, and its
 // checksum partial (NEEDS_CSUM, csum_start at the TCP header, csum_offset at

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,31 @@
 
 namespace vunet::tools {
 namespace {
+
+// The offloads in effect, for the log: "CSUM|GUEST_CSUM|HOST_TSO4|..." or
+// "none".
+std::string OffloadNames(const vu::NetConfig& c) {
+  const std::pair<bool, const char*> names[] = {
+      {c.csum, "CSUM"},
+      {c.guest_csum, "GUEST_CSUM"},
+      {c.host_tso4, "HOST_TSO4"},
+      {c.host_tso6, "HOST_TSO6"},
+      {c.host_ecn, "HOST_ECN"},
+      {c.host_uso, "HOST_USO"},
+      {c.guest_tso4, "GUEST_TSO4"},
+      {c.guest_tso6, "GUEST_TSO6"},
+      {c.guest_ecn, "GUEST_ECN"},
+      {c.guest_uso4, "GUEST_USO4"},
+      {c.guest_uso6, "GUEST_USO6"},
+  };
+  std::string out;
+  for (const auto& [on, name] : names) {
+    if (!on) continue;
+    if (!out.empty()) out += "|";
+    out += name;
+  }
+  return out.empty() ? "none" : out;
+}
 
 // Epoll tags: the kind in the top byte, an index or fd below, the layout of
 // net::FlowRef (whose kind byte the flow translators will use from
@@ -109,6 +135,7 @@ absl::Status Backend::Init() {
   vu::Server::Options server_options;
   server_options.socket_path = options_.socket_path;
   server_options.one_off = options_.one_off;
+  server_options.device.offloads = options_.offloads;
   absl::StatusOr<std::unique_ptr<vu::Server>> server = vu::Server::Listen(server_options, this);
   if (!server.ok()) return server.status();
   server_ = std::move(*server);
@@ -375,8 +402,13 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
     return;
   }
   vu::Device* device = server_ != nullptr ? server_->device() : nullptr;
-  net_config_ = vu::NetConfig::FromFeatures(device != nullptr ? device->acked_features() : 0);
+  const uint64_t features = device != nullptr ? device->acked_features() : 0;
+  net_config_ = vu::NetConfig::FromFeatures(features);
   path_->SetNetConfig(net_config_);
+  if (features != logged_features_) {
+    logged_features_ = features;
+    VUNET_LOG(kInfo, "guest features 0x%x; offloads: %s", features, OffloadNames(net_config_));
+  }
   vq_[index] = vq;
   kick_[index] = kick_fd;
   if (absl::Status s = Add(kick_fd, Tag(kKick, index)); !s.ok()) {
