@@ -15,8 +15,10 @@
 # its /init prints.
 #
 # Settings (environment): GUEST_MAC (52:54:00:12:34:56), GUEST_MEMORY (512M),
-# GUEST_APPEND (more kernel parameters), GUEST_REBOOT (yes: a guest reboot resets the machine and QEMU
-# goes on; by default QEMU exits on reboot), VUNET_CACHE (the cache's parent, as fetch_guest.sh).
+# GUEST_APPEND (more kernel parameters), GUEST_NET_OPTS (more virtio-net-pci properties, comma-separated:
+# guest_tso4=off,host_tso4=off... turn offloads off on QEMU's side), GUEST_REBOOT (yes: a guest reboot
+# resets the machine and QEMU goes on; by default QEMU exits on reboot), VUNET_CACHE (the cache's
+# parent, as fetch_guest.sh).
 
 # Bazel runs tests without HOME: the cache is then the account's, shared by every run and checkout.
 if [[ -z ${VUNET_CACHE:-} ]]; then
@@ -70,7 +72,7 @@ guest_start() {
     -append "console=ttyS0 panic=-1 quiet vunet.timeout=$timeout ${GUEST_APPEND:-}" \
     -chardev "socket,id=chr0,path=$socket" \
     -netdev vhost-user,id=net0,chardev=chr0 \
-    -device "virtio-net-pci,netdev=net0,vectors=0,mac=${GUEST_MAC:-52:54:00:12:34:56},romfile=" \
+    -device "virtio-net-pci,netdev=net0,vectors=0,mac=${GUEST_MAC:-52:54:00:12:34:56},romfile=${GUEST_NET_OPTS:+,$GUEST_NET_OPTS}" \
     </dev/null >"$qemu_log" 2>&1 &
   GUEST_QEMU_PID=$!
 }
