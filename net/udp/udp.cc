@@ -253,6 +253,16 @@ void UdpTranslator::SetUpSocket(int fd, int family, UdpRxSocketState* rx) {
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &options_.socket_buffer, sizeof(int));
   }
   rx->batched = (family == AF_INET ? peek4_ : peek6_) && EnablePeekOffset(fd);
+  // Coalesced datagrams from the first one on, when the guest takes them
+  // (UdpVuReceiver turns it on later for a guest that negotiates USO then).
+  const vu::NetConfig& config = env_.rx->config();
+  if (config.guest_uso4 || config.guest_uso6) {
+    if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0) {
+      rx->gro = true;
+    } else {
+      rx->gro_refused = true;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -937,13 +947,14 @@ std::string UdpTranslator::StatsLine() const {
       "%d frames segmented with UDP_SEGMENT, %d of them split), "
       "dropped %d buffer full, %d errors, %d no flow room, %d no socket (fds), %d bad address, "
       "%d malformed; "
-      "host->guest %d datagrams (%d bytes), dropped %d too big, %d refused; %d wake-ups "
+      "host->guest %d frames (%d bytes; %d of coalesced datagrams with UDP_L4, %d coalesced "
+      "split), dropped %d too big, %d refused; %d wake-ups "
       "without receive buffers; %d ICMP errors to the guest",
       stats_.flows_opened, stats_.flows_inbound, stats_.flows_expired, flow_count_,
       stats_.tx_datagrams, stats_.tx_bytes, stats_.tx_segmented, stats_.tx_split,
       stats_.tx_buffer_full, stats_.tx_errors, stats_.table_full, stats_.socket_errors,
-      stats_.bad_destination, stats_.malformed, rx.frames, rx.bytes, rx.too_big, rx.refused,
-      rx.no_room, stats_.icmp_sent);
+      stats_.bad_destination, stats_.malformed, rx.frames, rx.bytes, rx.uso_frames, rx.split,
+      rx.too_big, rx.refused, rx.no_room, stats_.icmp_sent);
 }
 
 }  // namespace vunet::net

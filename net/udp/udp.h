@@ -27,7 +27,9 @@
 //
 // Host to guest: readable sockets are read by UdpVuReceiver (udp_vu.h)
 // straight into the guest's receive buffers, up to rx_batch datagrams per
-// wake-up, committed to the RxQueue. When the guest has no receive
+// wake-up, committed to the RxQueue. To a guest with GUEST_USO4/6 the
+// sockets read with UDP_GRO, and datagrams the kernel coalesced (a sender's
+// UDP_SEGMENT, a device's GRO) go as one frame (gso_type UDP_L4). When the guest has no receive
 // buffers, the socket is left unread (and unwatched for input) until
 // OnRxAvailable.
 //

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <net/if.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -23,11 +24,13 @@
 
 #include "base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "net/packet/checksum.h"
 #include "net/packet/frame.h"
 #include "net/testing/test_frames.h"
 #include "net/testing/world.h"
 #include "net/udp/udp.h"
 #include "vu/common.h"
+#include "vu/testing/guest_rx.h"
 
 namespace vunet::net {
 namespace {
@@ -84,10 +87,12 @@ struct HostSocket {
 // The guest's datagrams and the translator they reach, as the dispatcher
 // hands them over (each checked by CheckGuestOffload there).
 struct Guest {
-  Guest() {
+  explicit Guest(bool uso = true, bool mergeable = true) {
     TranslatorWorld::Options o;
     o.rx.guest_csum = true;
-    o.rx.guest_uso = true;
+    o.rx.guest_uso = uso;
+    o.rx.mergeable = mergeable;
+    o.rx.memory = 128 << 20;
     o.clock = &testing::ManualClock::Now;
     world = std::make_unique<TranslatorWorld>(o);
     udp = UdpTranslator::Create(world->Env(), {}).value();
@@ -136,9 +141,81 @@ struct Guest {
     udp->OnBatchEnd();
   }
 
+  // Polls until `n` frames reached the guest (or 2 s passed).
+  std::vector<vu::testing::GuestRxRing::Frame> Receive(size_t n) {
+    std::vector<vu::testing::GuestRxRing::Frame> got;
+    for (int waited = 0; got.size() < n && waited < 2000; waited += 10) {
+      world->watcher.Poll(udp.get(), 10);
+      for (auto& f : world->ring.Take()) got.push_back(std::move(f));
+    }
+    return got;
+  }
+
   std::unique_ptr<TranslatorWorld> world;
   std::unique_ptr<UdpTranslator> udp;
 };
+
+// Sends `payload` from `from` to `to` as one message with UDP_SEGMENT
+// (datagrams of `gso_size`): over the loopback, a receiver with UDP_GRO
+// gets it whole.
+void SendSegmented(int from, const sockaddr_storage& to, socklen_t to_len,
+                   const std::vector<uint8_t>& payload, uint16_t gso_size) {
+  iovec iov = {const_cast<uint8_t*>(payload.data()), payload.size()};
+  union {
+    cmsghdr header;
+    char bytes[CMSG_SPACE(sizeof(uint16_t))];
+  } control = {};
+  msghdr m{};
+  m.msg_name = const_cast<sockaddr_storage*>(&to);
+  m.msg_namelen = to_len;
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = control.bytes;
+  m.msg_controllen = sizeof(control.bytes);
+  cmsghdr* c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_UDP;
+  c->cmsg_type = UDP_SEGMENT;
+  c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+  std::memcpy(CMSG_DATA(c), &gso_size, sizeof(gso_size));
+  ASSERT_EQ(sendmsg(from, &m, 0), static_cast<ssize_t>(payload.size())) << strerror(errno);
+}
+
+// A datagram the guest sent reaches `host`; returns where it came from (the
+// translator's socket), for replies.
+sockaddr_storage OpenFlow(Guest& g, HostSocket& host, bool v6, socklen_t* len) {
+  g.SendBatch({g.Frame(v6, host.port, 42000, {1, 2, 3}, 0)});
+  sockaddr_storage from{};
+  *len = sizeof(from);
+  pollfd p{host.fd.get(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 2000), 1);
+  char buf[16];
+  EXPECT_EQ(recvfrom(host.fd.get(), buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), len),
+            3);
+  return from;
+}
+
+// The UDP payload of a guest frame, with its partial checksum finished and
+// checked.
+std::vector<uint8_t> GuestPayload(const vu::testing::GuestRxRing::Frame& f, bool* checksum_ok) {
+  std::vector<uint8_t> frame = f.bytes;
+  if (f.hdr.flags & vu::kVirtioNetHdrFNeedsCsum) {
+    const size_t start = f.hdr.csum_start;
+    const uint16_t c = InternetChecksum(frame.data() + start, frame.size() - start);
+    testing::PutBe16(frame, start + f.hdr.csum_offset, c == 0 ? 0xffff : c);
+  }
+  ParsedFrame p;
+  EXPECT_TRUE(testing::Parse(frame, &p).ok());
+  const iovec iov = {frame.data(), frame.size()};
+  *checksum_ok =
+      (f.hdr.flags & vu::kVirtioNetHdrFDataValid) ||
+      (p.l3 == L3Kind::kIpv4
+           ? L4ChecksumV4(p.ip.src4, p.ip.dst4, IPPROTO_UDP, {&iov, 1}, p.l4_offset, p.l4_len)
+           : L4ChecksumV6(p.ip.src6, p.ip.dst6, IPPROTO_UDP, {&iov, 1}, p.l4_offset, p.l4_len)) ==
+          0;
+  return std::vector<uint8_t>(
+      frame.begin() + static_cast<ptrdiff_t>(p.payload_offset),
+      frame.begin() + static_cast<ptrdiff_t>(p.payload_offset + p.payload_len));
+}
 
 bool HaveIpv6Loopback() {
   HostSocket s(AF_INET6);
@@ -219,6 +296,98 @@ TEST(UdpOffloadTest, TooManySegmentsAreDropped) {
   g.SendBatch({{frame, hdr}});
   EXPECT_EQ(g.udp->stats().malformed, 2u);
   EXPECT_FALSE(host.Receive(100).has_value());
+}
+
+// Datagrams the host sends with UDP_SEGMENT reach a guest with USO as one
+// frame (UDP_L4, gso_size theirs, the checksum partial), over IPv4 and
+// IPv6, in mergeable and in big receive buffers.
+TEST(UdpOffloadTest, CoalescedDatagramsReachAUsoGuestAsOneFrame) {
+  for (bool mergeable : {true, false}) {
+    for (bool v6 : {false, true}) {
+      if (v6 && !HaveIpv6Loopback()) continue;
+      SCOPED_TRACE(std::string(v6 ? "IPv6" : "IPv4") + (mergeable ? ", mergeable" : ", big"));
+      Guest g(/*uso=*/true, mergeable);
+      g.world->ring.Post(64, mergeable ? 2048 : 65562);
+      HostSocket host(v6 ? AF_INET6 : AF_INET);
+      socklen_t len;
+      const sockaddr_storage to = OpenFlow(g, host, v6, &len);
+      const std::vector<uint8_t> payload = Pattern(10 * 1000 + 500, 5);
+      SendSegmented(host.fd.get(), to, len, payload, 1000);
+      std::vector<vu::testing::GuestRxRing::Frame> frames = g.Receive(1);
+      ASSERT_EQ(frames.size(), 1u);
+      const vu::VirtioNetHdr& h = frames[0].hdr;
+      EXPECT_EQ(h.gso_type, virtio::kVirtioNetHdrGsoUdpL4);
+      EXPECT_EQ(h.gso_size, 1000);
+      EXPECT_EQ(h.flags, vu::kVirtioNetHdrFNeedsCsum);
+      EXPECT_EQ(h.csum_start, v6 ? 54 : 34);
+      EXPECT_EQ(h.csum_offset, 6);
+      EXPECT_EQ(h.hdr_len, h.csum_start + 8);
+      bool checksum_ok = false;
+      EXPECT_EQ(GuestPayload(frames[0], &checksum_ok), payload);
+      EXPECT_TRUE(checksum_ok);
+      EXPECT_EQ(g.udp->rx_stats().uso_frames, 1u);
+      // A plain datagram after it is a plain frame.
+      SendSegmented(host.fd.get(), to, len, Pattern(700, 6), 1000);
+      frames = g.Receive(1);
+      ASSERT_EQ(frames.size(), 1u);
+      EXPECT_EQ(frames[0].hdr.gso_type, vu::kVirtioNetHdrGsoNone);
+      EXPECT_EQ(GuestPayload(frames[0], &checksum_ok), Pattern(700, 6));
+    }
+  }
+}
+
+// A guest without USO gets one datagram a frame, as before: the socket has
+// no UDP_GRO and the kernel segments.
+TEST(UdpOffloadTest, WithoutUsoEachDatagramIsAFrame) {
+  Guest g(/*uso=*/false);
+  g.world->ring.Post(64, 2048);
+  HostSocket host(AF_INET);
+  socklen_t len;
+  const sockaddr_storage to = OpenFlow(g, host, false, &len);
+  const std::vector<uint8_t> payload = Pattern(10 * 1000 + 500, 7);
+  SendSegmented(host.fd.get(), to, len, payload, 1000);
+  std::vector<vu::testing::GuestRxRing::Frame> frames = g.Receive(11);
+  ASSERT_EQ(frames.size(), 11u);
+  std::vector<uint8_t> all;
+  for (const auto& f : frames) {
+    EXPECT_EQ(f.hdr.gso_type, vu::kVirtioNetHdrGsoNone);
+    bool ok = false;
+    std::vector<uint8_t> p = GuestPayload(f, &ok);
+    EXPECT_TRUE(ok);
+    EXPECT_LE(p.size(), 1000u);
+    all.insert(all.end(), p.begin(), p.end());
+  }
+  EXPECT_EQ(all, payload);
+  EXPECT_EQ(g.udp->rx_stats().uso_frames, 0u);
+}
+
+// Coalesced datagrams for a guest that no longer takes USO (it renegotiated
+// while the socket lived), or too many for one frame: one datagram a
+// frame, copied.
+TEST(UdpOffloadTest, CoalescedDatagramsAreSplitForAGuestWithoutUso) {
+  Guest g(/*uso=*/true);
+  g.world->ring.Post(128, 2048);
+  HostSocket host(AF_INET);
+  socklen_t len;
+  const sockaddr_storage to = OpenFlow(g, host, false, &len);
+  vu::NetConfig config = g.world->ring.config();
+  config.guest_uso4 = config.guest_uso6 = false;
+  g.world->ring.rx().Start(&g.world->ring.vq(), config);
+  const std::vector<uint8_t> payload = Pattern(10 * 1000 + 500, 8);
+  SendSegmented(host.fd.get(), to, len, payload, 1000);
+  std::vector<vu::testing::GuestRxRing::Frame> frames = g.Receive(11);
+  ASSERT_EQ(frames.size(), 11u);
+  std::vector<uint8_t> all;
+  for (const auto& f : frames) {
+    EXPECT_EQ(f.hdr.gso_type, vu::kVirtioNetHdrGsoNone);
+    bool ok = false;
+    std::vector<uint8_t> p = GuestPayload(f, &ok);
+    EXPECT_TRUE(ok);
+    all.insert(all.end(), p.begin(), p.end());
+  }
+  EXPECT_EQ(all, payload);
+  EXPECT_EQ(g.udp->rx_stats().split, 1u);
+  EXPECT_EQ(g.udp->rx_stats().split_dropped, 0u);
 }
 
 bool WriteFile(const char* path, const std::string& text) {
