@@ -128,7 +128,7 @@ struct Guest {
 
   // One transmit batch, each frame in iovec entries of `piece` bytes (more
   // than UIO_MAXIOV make a frame no socket takes).
-  void SendBatch(std::vector<std::pair<std::vector<uint8_t>, vu::VirtioNetHdr>> frames,
+  void SendBatch(std::vector<std::pair<std::vector<uint8_t>, vu::VirtioNetHdr>>&& frames,
                  size_t piece = 7) {
     std::vector<std::vector<iovec>> iovs;
     for (auto& [bytes, hdr] : frames) {

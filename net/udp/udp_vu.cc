@@ -142,6 +142,66 @@ size_t UdpVuReceiver::SendSplit(vu::RxQueue* rx, FrameSpec spec, size_t len, uin
   return frames;
 }
 
+void UdpVuReceiver::EnableGro(int fd, const vu::NetConfig& config, UdpRxSocketState* state) {
+  if (!(config.guest_uso4 || config.guest_uso6) || state->gro || state->gro_refused) return;
+  const int one = 1;
+  if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0) {
+    state->gro = true;
+  } else {
+    state->gro_refused = true;
+  }
+}
+
+bool UdpVuReceiver::Commit(vu::RxQueue* rx, const Slot& s, absl::Span<const iovec> iov,
+                           size_t len) {
+  const vu::NetConfig& config = rx->config();
+  const size_t vnet = config.vnet_hdr_len;
+  const absl::StatusOr<size_t> frame_len = BuildFrame(s.spec, iov, vnet, len);
+  if (!frame_len.ok()) {
+    VUNET_LOG_RATELIMITED(kError, "udp: frame not built: %s", frame_len.status().ToString());
+    return false;
+  }
+  vu::VirtioNetHdr hdr{};
+  hdr.flags = config.guest_csum ? vu::kVirtioNetHdrFDataValid : 0;
+  hdr.gso_type = vu::kVirtioNetHdrGsoNone;
+  if (s.gso != 0) {
+    // One frame for the datagrams, which the guest's stack segments (or
+    // takes whole where its socket has UDP_GRO).
+    const size_t headers = s.hdr_len - vnet;
+    hdr.flags = vu::kVirtioNetHdrFNeedsCsum;
+    hdr.gso_type = virtio::kVirtioNetHdrGsoUdpL4;
+    hdr.gso_size = s.gso;
+    hdr.hdr_len = static_cast<uint16_t>(headers);
+    hdr.csum_start = static_cast<uint16_t>(headers - kUdpHeaderLen);
+    hdr.csum_offset = offsetof(UdpHeader, check);
+  }
+  if (!rx->Commit(*s.room, *frame_len, hdr)) return false;
+  ++stats_.frames;
+  if (s.gso != 0) ++stats_.uso_frames;
+  stats_.bytes += len;
+  return true;
+}
+
+void UdpVuReceiver::UpdatePeekOffset(int fd, UdpRxSocketState* state, bool batch_peek,
+                                     size_t peeked, size_t consumed, bool mismatch) {
+  // Back to zero unless every peeked datagram was read.
+  if (batch_peek && (consumed < peeked || mismatch)) {
+    bool empty_left = false;
+    for (size_t k = consumed; k < peeked; ++k) empty_left |= peek_[k].msg_len == 0;
+    ++stats_.peek_resets;
+    if (empty_left && SetPeekOffset(fd, -1)) {
+      state->single_left = static_cast<uint8_t>(peeked - consumed);
+    } else if (!SetPeekOffset(fd, 0)) {
+      VUNET_LOG_RATELIMITED(kWarning, "udp: SO_PEEK_OFF reset: %s", strerror(errno));
+      state->batched = false;
+    }
+  } else if (state->batched && state->single_left > 0) {
+    state->single_left =
+        consumed >= state->single_left ? 0 : static_cast<uint8_t>(state->single_left - consumed);
+    if (state->single_left == 0 && !SetPeekOffset(fd, 0)) state->batched = false;
+  }
+}
+
 UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocketState* state,
                                              bool want_peer, PrepareFn prepare) {
   ++stats_.wakeups;
@@ -154,15 +214,7 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
   const vu::NetConfig& config = rx->config();
   const size_t vnet = config.vnet_hdr_len;
   static const sockaddr_storage kNoPeer = {};
-  // Coalesced datagrams once the guest takes them (see the file comment).
-  if ((config.guest_uso4 || config.guest_uso6) && !state->gro && !state->gro_refused) {
-    const int one = 1;
-    if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0) {
-      state->gro = true;
-    } else {
-      state->gro_refused = true;
-    }
-  }
+  EnableGro(fd, config, state);
 
   size_t budget = options_.batch;
   result.outcome = Outcome::kBudget;
@@ -336,60 +388,16 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
           s.spec = spec;
         }
       }
-      bool committed = false;
-      if (ok) {
-        const absl::StatusOr<size_t> frame_len = BuildFrame(s.spec, iov, vnet, len);
-        if (frame_len.ok()) {
-          vu::VirtioNetHdr hdr{};
-          hdr.flags = config.guest_csum ? vu::kVirtioNetHdrFDataValid : 0;
-          hdr.gso_type = vu::kVirtioNetHdrGsoNone;
-          if (s.gso != 0) {
-            // One frame for the datagrams, which the guest's stack segments
-            // (or takes whole where its socket has UDP_GRO).
-            const size_t headers = s.hdr_len - vnet;
-            hdr.flags = vu::kVirtioNetHdrFNeedsCsum;
-            hdr.gso_type = virtio::kVirtioNetHdrGsoUdpL4;
-            hdr.gso_size = s.gso;
-            hdr.hdr_len = static_cast<uint16_t>(headers);
-            hdr.csum_start = static_cast<uint16_t>(headers - kUdpHeaderLen);
-            hdr.csum_offset = offsetof(UdpHeader, check);
-          }
-          committed = rx->Commit(*s.room, *frame_len, hdr);
-          if (committed) {
-            ++result.frames;
-            ++stats_.frames;
-            if (s.gso != 0) ++stats_.uso_frames;
-            stats_.bytes += len;
-          }
-        } else {
-          VUNET_LOG_RATELIMITED(kError, "udp: frame not built: %s", frame_len.status().ToString());
-        }
-      }
+      const bool committed = ok && Commit(rx, s, iov, len);
+      if (committed) ++result.frames;
       // Its buffers back to the guest, empty (only after a mismatch).
       if (!committed) rx->Abandon(*s.room);
     }
     // Slots the read did not reach hold the last buffers reserved.
     rx->ReleaseUncommitted();
 
-    // The peek offset: back to zero unless every peeked datagram was read.
     const size_t consumed = static_cast<size_t>(r);
-    if (batch_peek && (consumed < static_cast<size_t>(n) || mismatch)) {
-      bool empty_left = false;
-      for (size_t k = consumed; k < static_cast<size_t>(n); ++k) {
-        empty_left |= peek_[k].msg_len == 0;
-      }
-      ++stats_.peek_resets;
-      if (empty_left && SetPeekOffset(fd, -1)) {
-        state->single_left = static_cast<uint8_t>(static_cast<size_t>(n) - consumed);
-      } else if (!SetPeekOffset(fd, 0)) {
-        VUNET_LOG_RATELIMITED(kWarning, "udp: SO_PEEK_OFF reset: %s", strerror(errno));
-        state->batched = false;
-      }
-    } else if (state->batched && state->single_left > 0) {
-      state->single_left =
-          consumed >= state->single_left ? 0 : static_cast<uint8_t>(state->single_left - consumed);
-      if (state->single_left == 0 && !SetPeekOffset(fd, 0)) state->batched = false;
-    }
+    UpdatePeekOffset(fd, state, batch_peek, static_cast<size_t>(n), consumed, mismatch);
 
     budget -= std::min(budget, std::max<size_t>(consumed, 1));
     if (slots == 0) {

@@ -180,6 +180,15 @@ class UdpVuReceiver {
 
   // Sets the peek offset of `fd` (-1 turns it off). False on failure.
   static bool SetPeekOffset(int fd, int value);
+  // UDP_GRO on `fd` once the guest negotiated USO (see the file comment).
+  static void EnableGro(int fd, const vu::NetConfig& config, UdpRxSocketState* state);
+  // Writes the headers of slot `s`'s frame (`len` payload bytes read into
+  // `iov`, its reservation) and commits it; false if it could not.
+  bool Commit(vu::RxQueue* rx, const Slot& s, absl::Span<const iovec> iov, size_t len);
+  // After a round: the peek offset back to zero unless every one of the
+  // `peeked` datagrams was read (see the file comment).
+  void UpdatePeekOffset(int fd, UdpRxSocketState* state, bool batch_peek, size_t peeked,
+                        size_t consumed, bool mismatch);
   // Sends the coalesced datagram in split_datagram_[0..len) one datagram
   // (of `gso` bytes, the last shorter) a frame; returns the frames sent.
   size_t SendSplit(vu::RxQueue* rx, FrameSpec spec, size_t len, uint16_t gso);

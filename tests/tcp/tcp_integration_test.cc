@@ -176,7 +176,7 @@ class TcpIntegrationTest : public ::testing::Test {
   }
 
   void Start(const net::TcpTranslatorOptions& tcp = {},
-             vu_frontend::FrontendOptions fo = Frontend(), uint32_t mtu = 65520) {
+             const vu_frontend::FrontendOptions& fo = Frontend(), uint32_t mtu = 65520) {
     BackendOptions o;
     o.socket_path = path_;
     o.guest.addr4 = V4("10.0.2.15");
