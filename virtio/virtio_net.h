@@ -19,11 +19,18 @@ inline constexpr unsigned kVirtioNetFMtu = 3;
 inline constexpr unsigned kVirtioNetFMac = 5;
 inline constexpr unsigned kVirtioNetFGuestTso4 = 7;
 inline constexpr unsigned kVirtioNetFGuestTso6 = 8;
+inline constexpr unsigned kVirtioNetFGuestEcn = 9;
+inline constexpr unsigned kVirtioNetFGuestUfo = 10;
 inline constexpr unsigned kVirtioNetFHostTso4 = 11;
 inline constexpr unsigned kVirtioNetFHostTso6 = 12;
+inline constexpr unsigned kVirtioNetFHostEcn = 13;
+inline constexpr unsigned kVirtioNetFHostUfo = 14;
 inline constexpr unsigned kVirtioNetFMrgRxbuf = 15;
 inline constexpr unsigned kVirtioNetFStatus = 16;
 inline constexpr unsigned kVirtioNetFMq = 22;
+inline constexpr unsigned kVirtioNetFGuestUso4 = 54;
+inline constexpr unsigned kVirtioNetFGuestUso6 = 55;
+inline constexpr unsigned kVirtioNetFHostUso = 56;
 
 // Queue indices of the first queue pair.
 inline constexpr uint32_t kVirtioNetRxQueue = 0;
@@ -44,7 +51,14 @@ static_assert(sizeof(VirtioNetHdr) == 12);
 
 inline constexpr uint8_t kVirtioNetHdrFNeedsCsum = 1;
 inline constexpr uint8_t kVirtioNetHdrFDataValid = 2;
+// gso_type: the segmentation a frame asks for, and the ECN bit a TCP type
+// may carry (the frame's first segment has CWR set, the others must not).
 inline constexpr uint8_t kVirtioNetHdrGsoNone = 0;
+inline constexpr uint8_t kVirtioNetHdrGsoTcpv4 = 1;
+inline constexpr uint8_t kVirtioNetHdrGsoUdp = 3;  // UFO: IP fragmentation, never offered here.
+inline constexpr uint8_t kVirtioNetHdrGsoTcpv6 = 4;
+inline constexpr uint8_t kVirtioNetHdrGsoUdpL4 = 5;  // USO: UDP datagrams of gso_size.
+inline constexpr uint8_t kVirtioNetHdrGsoEcn = 0x80;
 
 // The header's size on the rings for the negotiated `features`.
 constexpr size_t VirtioNetHdrSize(uint64_t features) {

@@ -26,10 +26,21 @@ bool NothingElseOutstanding(const Virtqueue& vq, uint32_t own) { return vq.in_us
 }  // namespace
 
 NetConfig NetConfig::FromFeatures(uint64_t acked) {
+  auto has = [acked](unsigned bit) { return (acked & (1ull << bit)) != 0; };
   NetConfig config;
-  config.mergeable_rx = acked & (1ull << virtio::kVirtioNetFMrgRxbuf);
-  config.guest_csum = acked & (1ull << virtio::kVirtioNetFGuestCsum);
+  config.mergeable_rx = has(virtio::kVirtioNetFMrgRxbuf);
+  config.guest_csum = has(virtio::kVirtioNetFGuestCsum);
+  config.csum = has(virtio::kVirtioNetFCsum);
   config.vnet_hdr_len = virtio::VirtioNetHdrSize(acked);
+  config.host_tso4 = config.csum && has(virtio::kVirtioNetFHostTso4);
+  config.host_tso6 = config.csum && has(virtio::kVirtioNetFHostTso6);
+  config.host_ecn = (config.host_tso4 || config.host_tso6) && has(virtio::kVirtioNetFHostEcn);
+  config.host_uso = config.csum && has(virtio::kVirtioNetFHostUso);
+  config.guest_tso4 = config.guest_csum && has(virtio::kVirtioNetFGuestTso4);
+  config.guest_tso6 = config.guest_csum && has(virtio::kVirtioNetFGuestTso6);
+  config.guest_ecn = (config.guest_tso4 || config.guest_tso6) && has(virtio::kVirtioNetFGuestEcn);
+  config.guest_uso4 = config.guest_csum && has(virtio::kVirtioNetFGuestUso4);
+  config.guest_uso6 = config.guest_csum && has(virtio::kVirtioNetFGuestUso6);
   return config;
 }
 

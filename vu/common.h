@@ -58,6 +58,21 @@ struct NetConfig {
   size_t vnet_hdr_len = sizeof(VirtioNetHdr);
   bool mergeable_rx = false;  // VIRTIO_NET_F_MRG_RXBUF.
   bool guest_csum = false;    // VIRTIO_NET_F_GUEST_CSUM.
+  bool csum = false;          // VIRTIO_NET_F_CSUM: the guest may send NEEDS_CSUM.
+
+  // Segmentation offloads, each only with its prerequisites (virtio 1.x,
+  // 5.1.3.1), so a driver that took one without them gets none of it.
+  // What the guest may send (HOST_*: CSUM first; HOST_ECN needs a TSO):
+  bool host_tso4 = false;
+  bool host_tso6 = false;
+  bool host_ecn = false;
+  bool host_uso = false;
+  // What the guest takes (GUEST_*: GUEST_CSUM first; GUEST_ECN needs a TSO):
+  bool guest_tso4 = false;
+  bool guest_tso6 = false;
+  bool guest_ecn = false;
+  bool guest_uso4 = false;
+  bool guest_uso6 = false;
 
   static NetConfig FromFeatures(uint64_t acked_features);
 };
@@ -101,8 +116,8 @@ size_t Flush(const NetConfig& config, virtio::Virtqueue* vq, const virtio::Virtq
 // Sends one Ethernet frame from a contiguous buffer into the guest, behind a
 // virtio-net header built from `hdr` (num_buffers is ours to set), and
 // notifies: for a data plane whose only writer of the ring is this call (the
-// backend's goes through RxQueue, vu/rx_queue.h). For ARP, DHCP, NDP and ICMP answers. kUnavailable (frame dropped,
-// nothing consumed) if the guest has not posted room for it.
+// backend's goes through RxQueue, vu/rx_queue.h). For ARP, DHCP, NDP and ICMP answers. kUnavailable
+// (frame dropped, nothing consumed) if the guest has not posted room for it.
 absl::Status SendSingle(const NetConfig& config, virtio::Virtqueue* vq,
                         absl::Span<const uint8_t> frame, const VirtioNetHdr& hdr = {});
 

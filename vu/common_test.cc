@@ -134,6 +134,35 @@ TEST(NetConfigTest, FollowsNegotiatedFeatures) {
   EXPECT_TRUE(modern.guest_csum);
 }
 
+TEST(NetConfigTest, OffloadsNeedTheirPrerequisites) {
+  using namespace virtio;  // NOLINT(build/namespaces): the feature bits.
+  auto bit = [](unsigned b) { return uint64_t{1} << b; };
+  const uint64_t gso =
+      bit(kVirtioNetFHostTso4) | bit(kVirtioNetFHostTso6) | bit(kVirtioNetFHostEcn) |
+      bit(kVirtioNetFHostUso) | bit(kVirtioNetFGuestTso4) | bit(kVirtioNetFGuestTso6) |
+      bit(kVirtioNetFGuestEcn) | bit(kVirtioNetFGuestUso4) | bit(kVirtioNetFGuestUso6);
+  const NetConfig all =
+      NetConfig::FromFeatures(gso | bit(kVirtioNetFCsum) | bit(kVirtioNetFGuestCsum));
+  EXPECT_TRUE(all.csum && all.guest_csum);
+  EXPECT_TRUE(all.host_tso4 && all.host_tso6 && all.host_ecn && all.host_uso);
+  EXPECT_TRUE(all.guest_tso4 && all.guest_tso6 && all.guest_ecn && all.guest_uso4 &&
+              all.guest_uso6);
+  // Without the checksum features, none of the segmentation ones.
+  const NetConfig bare = NetConfig::FromFeatures(gso);
+  EXPECT_FALSE(bare.host_tso4 || bare.host_tso6 || bare.host_ecn || bare.host_uso);
+  EXPECT_FALSE(bare.guest_tso4 || bare.guest_tso6 || bare.guest_ecn || bare.guest_uso4 ||
+               bare.guest_uso6);
+  // ECN without any TSO means nothing.
+  const NetConfig ecn_only =
+      NetConfig::FromFeatures(bit(kVirtioNetFCsum) | bit(kVirtioNetFGuestCsum) |
+                              bit(kVirtioNetFHostEcn) | bit(kVirtioNetFGuestEcn));
+  EXPECT_FALSE(ecn_only.host_ecn || ecn_only.guest_ecn);
+  // One direction without the other.
+  const NetConfig host_only = NetConfig::FromFeatures(gso | bit(kVirtioNetFCsum));
+  EXPECT_TRUE(host_only.host_tso4 && host_only.host_uso);
+  EXPECT_FALSE(host_only.guest_tso4 || host_only.guest_uso6);
+}
+
 TEST(CollectTest, WithoutMergeableTakesOneElement) {
   Guest guest;
   guest.PostRx({1000});

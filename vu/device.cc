@@ -121,6 +121,7 @@ Device::Device(DataPlane* data_plane, const Options& options)
     : data_plane_(data_plane),
       num_queues_(options.num_queues == 0 || options.num_queues > kMaxQueues ? 2
                                                                              : options.num_queues),
+      offered_features_(kOfferedFeatures | (options.offloads & kOffloadFeatures)),
       offered_protocol_features_(kOfferedProtocolFeatures |
                                  (options.device_state ? kDeviceStateProtocolFeature : 0)) {
   if (num_queues_ != options.num_queues) {
@@ -180,7 +181,7 @@ absl::Status Device::Dispatch(Message& m, std::optional<Message>* reply) {
   // ValidateRequest checked each payload's size and fd count.
   switch (m.request()) {
     case Request::kGetFeatures:
-      reply->emplace(Reply(m.header, kOfferedFeatures));
+      reply->emplace(Reply(m.header, offered_features_));
       return absl::OkStatus();
     case Request::kSetFeatures:
       return SetFeatures(Payload<uint64_t>(m));
@@ -316,9 +317,9 @@ uint64_t Device::CheckDeviceState() {
 }
 
 absl::Status Device::SetFeatures(uint64_t features) {
-  if (features & ~kOfferedFeatures) {
+  if (features & ~offered_features_) {
     return absl::InvalidArgumentError(absl::StrFormat("features 0x%x include 0x%x, never offered",
-                                                      features, features & ~kOfferedFeatures));
+                                                      features, features & ~offered_features_));
   }
   const bool changed = !features_set_ || features != acked_features_;
   if (changed) {

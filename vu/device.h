@@ -98,6 +98,17 @@ class Device {
       (1ull << virtio::kVirtioRingFEventIdx) | (1ull << virtio::kVirtioRingFIndirectDesc) |
       (1ull << kVirtioNetFGuestCsum) | (1ull << kVirtioNetFCsum) | (1ull << kVhostFLogAll) |
       (1ull << kVhostUserFProtocolFeatures);
+  // Segmentation offloads a data plane may take on (Options::offloads),
+  // offered on top of kOfferedFeatures: HOST_TSO4/6, HOST_ECN, HOST_USO
+  // (the guest sends frames of up to 64 KiB to be segmented) and GUEST_TSO4/6,
+  // GUEST_ECN, GUEST_USO4/6 (the device may send such frames). A driver
+  // takes each only with its prerequisites (CSUM, GUEST_CSUM).
+  static constexpr uint64_t kOffloadFeatures =
+      (1ull << virtio::kVirtioNetFHostTso4) | (1ull << virtio::kVirtioNetFHostTso6) |
+      (1ull << virtio::kVirtioNetFHostEcn) | (1ull << virtio::kVirtioNetFHostUso) |
+      (1ull << virtio::kVirtioNetFGuestTso4) | (1ull << virtio::kVirtioNetFGuestTso6) |
+      (1ull << virtio::kVirtioNetFGuestEcn) | (1ull << virtio::kVirtioNetFGuestUso4) |
+      (1ull << virtio::kVirtioNetFGuestUso6);
   // RARP: after a migration QEMU asks the back-end to announce the guest's
   // MAC (SEND_RARP) to the switches of its network; vunet's network is the
   // guest's link alone, so there is no one to tell, and taking the request
@@ -114,6 +125,9 @@ class Device {
     // The data plane transfers its state for migration (BeginStateTransfer,
     // CheckStateTransfer): VHOST_USER_PROTOCOL_F_DEVICE_STATE is offered.
     bool device_state = false;
+    // The offloads (of kOffloadFeatures; other bits are ignored) offered
+    // besides kOfferedFeatures: only those the data plane handles.
+    uint64_t offloads = 0;
   };
 
   // `data_plane` must outlive the device.
@@ -147,6 +161,8 @@ class Device {
   uint32_t num_queues() const { return num_queues_; }
   // What GET_PROTOCOL_FEATURES answers.
   uint64_t offered_protocol_features() const { return offered_protocol_features_; }
+  // What GET_FEATURES answers: kOfferedFeatures and Options::offloads.
+  uint64_t offered_features() const { return offered_features_; }
   uint64_t acked_features() const { return acked_features_; }
   uint64_t acked_protocol_features() const { return acked_protocol_features_; }
   bool has_feature(unsigned bit) const { return acked_features_ & (1ull << bit); }
@@ -220,6 +236,7 @@ class Device {
   DataPlane* const data_plane_;
   const uint32_t num_queues_;
   const uint64_t offered_protocol_features_;
+  const uint64_t offered_features_;
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;
   bool features_set_ = false;

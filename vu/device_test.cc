@@ -235,6 +235,34 @@ TEST_F(DeviceTest, RefusesFeaturesNeverOffered) {
   EXPECT_EQ(device_->acked_features(), uint64_t{1} << 32);
 }
 
+TEST_F(DeviceTest, OffloadsAreOfferedOnlyWhenTheDataPlaneTakesThem) {
+  // The default device offers no segmentation offload, and refuses one.
+  Negotiate();
+  EXPECT_EQ(U64(SendEmpty(Request::kGetFeatures)) & Device::kOffloadFeatures, 0u);
+  EXPECT_FALSE(Ack(Request::kSetFeatures, kAllFeatures | (1ull << virtio::kVirtioNetFHostTso4)));
+  // One built with them offers them (and nothing else it was asked for).
+  FakeDataPlane other;
+  Device device(&other, {.offloads = Device::kOffloadFeatures | (1ull << 5)});
+  EXPECT_EQ(device.offered_features(), kAllFeatures | Device::kOffloadFeatures);
+  EXPECT_EQ(Device::kOffloadFeatures, (1ull << 56) | (1ull << 55) | (1ull << 54) | (1ull << 13) |
+                                          (1ull << 12) | (1ull << 11) | (1ull << 9) | (1ull << 8) |
+                                          (1ull << 7));
+  Message m;
+  m.header = {
+      .request = static_cast<uint32_t>(Request::kGetFeatures), .flags = kVersion, .size = 0};
+  absl::StatusOr<std::optional<Message>> reply = device.Handle(m);
+  ASSERT_TRUE(reply.ok() && reply->has_value());
+  EXPECT_EQ((*reply)->PayloadAs<uint64_t>().value(), kAllFeatures | Device::kOffloadFeatures);
+  // A driver may take any part of them.
+  Message set;
+  set.header = {
+      .request = static_cast<uint32_t>(Request::kSetFeatures), .flags = kVersion, .size = 0};
+  set.SetPayload(kAllFeatures | (1ull << virtio::kVirtioNetFHostTso6));
+  ASSERT_TRUE(device.Handle(set).ok());
+  EXPECT_TRUE(device.last_status().ok()) << device.last_status();
+  EXPECT_EQ(device.acked_features(), kAllFeatures | (1ull << virtio::kVirtioNetFHostTso6));
+}
+
 TEST_F(DeviceTest, AcknowledgesOnlyWhenNegotiatedAndAsked) {
   // Before REPLY_ACK: no acknowledgement even when asked.
   EXPECT_FALSE(SendEmpty(Request::kSetOwner).has_value());

@@ -184,6 +184,7 @@ bool RxQueue::Commit(const Reservation& r, size_t frame_len, const VirtioNetHdr&
   ++pending_frames_;
   ++stats_.frames;
   stats_.bytes += total;
+  if (hdr.gso_type != kVirtioNetHdrGsoNone) ++stats_.gso_frames;
   unused_first_ = r.first_elem + used;
   unused_count_ = r.elem_count - used;
   if (committed_ == reserved_ && unused_count_ > 0) {

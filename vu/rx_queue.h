@@ -81,6 +81,7 @@ class RxQueue {
     uint64_t frames = 0;          // Committed.
     uint64_t bytes = 0;           // Their lengths, virtio-net header and padding included.
     uint64_t sends = 0;           // Of the frames, those copied in by Send.
+    uint64_t gso_frames = 0;      // Of the frames, those with a gso_type (segmentation offload).
     uint64_t no_room = 0;         // Reserve refused: kNoRoom, kLater, kStopped.
     uint64_t never_fits = 0;      // Reserve refused: kNeverFits.
     uint64_t released = 0;        // Elements handed back unused.

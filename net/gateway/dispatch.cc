@@ -21,6 +21,14 @@ void Dispatcher::Route(L4Kind l4, ParsedFrameSink* sink) {
   }
 }
 
+void Dispatcher::SetNetConfig(const vu::NetConfig& config) {
+  offloads_ = GuestOffloads{.csum = config.csum,
+                            .tso4 = config.host_tso4,
+                            .tso6 = config.host_tso6,
+                            .ecn = config.host_ecn,
+                            .uso = config.host_uso};
+}
+
 void Dispatcher::SendReply(const absl::StatusOr<size_t>& n) {
   if (!n.ok()) {
     // Only a buffer too short, which our fixed buffer rules out.
@@ -44,6 +52,17 @@ void Dispatcher::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fr
   ParsedFrame parsed;
   if (!ParseFrame(frame, &parsed).ok()) {
     ++stats_.malformed;
+    return;
+  }
+  if (const OffloadProblem problem = CheckGuestOffload(hdr, parsed, offloads_);
+      problem != OffloadProblem::kNone) [[unlikely]] {
+    ++stats_.offload_refused;
+    ++stats_.offload_refused_by[static_cast<size_t>(problem)];
+    VUNET_LOG_RATELIMITED(kInfo,
+                          "guest frame of %d bytes refused: %s (flags 0x%x, gso_type 0x%x, "
+                          "gso_size %d, hdr_len %d, csum_start %d, csum_offset %d)",
+                          parsed.frame_len, OffloadProblemName(problem), hdr.flags, hdr.gso_type,
+                          hdr.gso_size, hdr.hdr_len, hdr.csum_start, hdr.csum_offset);
     return;
   }
   if (guest_ != nullptr) guest_->Learn(parsed);
@@ -94,6 +113,7 @@ void Dispatcher::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> fr
     return;
   }
   ++stats_.routed;
+  if (IsGso(hdr)) ++stats_.gso_routed;
   in_batch_[route] = true;
   sink->OnFrame(hdr, frame, parsed);
 }

@@ -16,7 +16,12 @@
 //   tx_handler.Process(net_config, tx_vq, &dispatch);
 //
 // What goes where:
-//   - frames ParseFrame refuses are dropped (it has logged why);
+//   - frames ParseFrame refuses are dropped (it has logged why); so are
+//     frames whose virtio-net header asks what the negotiated features do
+//     not allow or the frame cannot be (CheckGuestOffload, net/packet/
+//     offload.h: a checksum or segmentation request out of range or not
+//     negotiated), counted by problem with one rate-limited log line, so
+//     that a routed sink may rely on the header of every frame it gets;
 //   - ARP to the ARP handler; DHCP (IPv4 UDP to port 67) to the DHCP server;
 //     router and neighbour solicitations to the NDP responder; DHCPv6 (IPv6
 //     UDP to port 547) to the DHCPv6 server; a frame one of them takes is not
@@ -44,6 +49,7 @@
 #include "net/gateway/dhcpv6.h"
 #include "net/gateway/ndp.h"
 #include "net/packet/frame.h"
+#include "net/packet/offload.h"
 #include "virtio/virtqueue.h"
 #include "vu/common.h"
 #include "vu/rx_queue.h"
@@ -58,6 +64,10 @@ namespace vunet::net {
 // guest after it), so a sink may keep the iovecs until then (to batch its
 // syscalls, or to take segments in order). Values must be copied out before
 // they are checked: the guest can rewrite its buffers while we read them.
+// `hdr` passed CheckGuestOffload against `parsed` and the negotiated
+// features: a segmentation request (gso_type other than NONE) is for the
+// frame's own protocol and IP version, with 0 < gso_size <= the payload, and
+// the frame ends where its IP packet does.
 class ParsedFrameSink {
  public:
   virtual ~ParsedFrameSink() = default;
@@ -79,10 +89,14 @@ class Dispatcher : public vu::FrameSink {
   };
   struct Stats {
     uint64_t frames = 0;
-    uint64_t malformed = 0;      // Refused by ParseFrame.
+    uint64_t malformed = 0;  // Refused by ParseFrame.
+    // Refused by CheckGuestOffload, in all and by OffloadProblem.
+    uint64_t offload_refused = 0;
+    uint64_t offload_refused_by[kOffloadProblemCount] = {};
     uint64_t replies = 0;        // Sent.
     uint64_t send_failures = 0;  // Replies the guest had no room for.
     uint64_t routed = 0;         // Given to a translator.
+    uint64_t gso_routed = 0;     // Of those, segmentation requests (gso_type set).
     // Dropped: no translator routed for their protocol, or another protocol.
     uint64_t tcp_dropped = 0;
     uint64_t udp_dropped = 0;
@@ -100,6 +114,11 @@ class Dispatcher : public vu::FrameSink {
   // dispatcher.
   void Route(L4Kind l4, ParsedFrameSink* sink);
 
+  // The negotiated features, for the check of each frame's virtio-net
+  // header (until set: none, so any checksum or segmentation request is
+  // refused). The owner sets it whenever the device's features change.
+  void SetNetConfig(const vu::NetConfig& config);
+
   void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame) override;
   void OnBatchEnd() override;
 
@@ -114,6 +133,7 @@ class Dispatcher : public vu::FrameSink {
   Handlers handlers_;
   vu::RxQueue* rx_;
   GuestIdentity* guest_;
+  GuestOffloads offloads_;
   ParsedFrameSink* routes_[kRoutes] = {};
   bool in_batch_[kRoutes] = {};
   Stats stats_;

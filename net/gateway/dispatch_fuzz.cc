@@ -1,9 +1,12 @@
-// Fuzzes the Dispatcher with every handler (ARP, DHCP, NDP) on arbitrary
-// frames. Input as frame_fuzz: one byte choosing how the frame is cut into
-// iovecs (bit 7 also sets NEEDS_CSUM, so NDP skips its checksum check and
-// the fuzzer reaches option parsing), then the frame. Every reply goes into a
-// real receive ring (vu/testing/guest_rx.h) and must be a frame ParseFrame
-// accepts, within the reply buffer.
+// Fuzzes the Dispatcher with every handler (ARP, DHCP, NDP, DHCPv6) on
+// arbitrary frames and virtio-net headers. Input as frame_fuzz's
+// (net/packet/fuzz_input.h): how the frame is cut into iovecs, the offloads
+// negotiated, the header, the frame (NEEDS_CSUM lets NDP skip its checksum
+// check, so the fuzzer reaches option parsing). Every reply goes into a real
+// receive ring (vu/testing/guest_rx.h) and must be a frame ParseFrame
+// accepts, within the reply buffer; a frame the offload check refuses
+// reaches no handler or translator; one routed carries a header that
+// passed it.
 
 #include <arpa/inet.h>
 #include <sys/uio.h>
@@ -15,6 +18,8 @@
 #include <vector>
 
 #include "net/gateway/dispatch.h"
+#include "net/packet/fuzz_input.h"
+#include "net/packet/offload.h"
 #include "vu/testing/guest_rx.h"
 
 namespace {
@@ -62,6 +67,19 @@ class CheckingObserver : public vunet::vu::RxQueue::Observer {
   void OnBroken() override { __builtin_trap(); }
 };
 
+// Checks what the dispatcher routes: the header passed the offload check.
+class CheckingSink : public ParsedFrameSink {
+ public:
+  void OnFrame(const vunet::vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
+               const ParsedFrame& parsed) override {
+    if (CheckGuestOffload(hdr, parsed, offloads) != OffloadProblem::kNone) __builtin_trap();
+    size_t len = 0;
+    for (const iovec& v : frame) len += v.iov_len;
+    if (len != parsed.frame_len) __builtin_trap();
+  }
+  GuestOffloads offloads;
+};
+
 struct World {
   World() {
     arp.gateway_mac = kGatewayMac;
@@ -92,6 +110,8 @@ struct World {
     guest.rx().set_observer(&observer);
     dispatcher =
         new Dispatcher({.arp = &arp, .dhcp = dhcp, .ndp = ndp, .dhcpv6 = dhcpv6}, &guest.rx());
+    dispatcher->Route(L4Kind::kTcp, &sink);
+    dispatcher->Route(L4Kind::kUdp, &sink);
   }
   ArpConfig arp;
   DhcpServer* dhcp;
@@ -99,6 +119,7 @@ struct World {
   Dhcpv6Server* dhcpv6;
   vunet::vu::testing::GuestRxRing guest{{.queue_size = 64, .memory = 8 << 20}};
   CheckingObserver observer;
+  CheckingSink sink;
   Dispatcher* dispatcher;
 };
 
@@ -106,22 +127,19 @@ struct World {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static World* world = new World();
-  if (size == 0) return 0;
-  const size_t piece = data[0] & 0x7f;
-  vunet::vu::VirtioNetHdr hdr;
-  if (data[0] & 0x80) hdr.flags = vunet::vu::kVirtioNetHdrFNeedsCsum;
-  const uint8_t* frame = data + 1;
-  const size_t len = size - 1;
-  std::vector<iovec> iov;
-  if (piece == 0) {
-    iov.push_back({const_cast<uint8_t*>(frame), len});
-  } else {
-    for (size_t at = 0; at < len; at += piece) {
-      iov.push_back({const_cast<uint8_t*>(frame) + at, len - at < piece ? len - at : piece});
-    }
-  }
+  const std::optional<FuzzFrame> in = ParseFuzzFrame(data, size);
+  if (!in.has_value()) return 0;
+  vunet::vu::NetConfig config;
+  config.csum = in->offloads.csum;
+  config.host_tso4 = in->offloads.tso4;
+  config.host_tso6 = in->offloads.tso6;
+  config.host_ecn = in->offloads.ecn;
+  config.host_uso = in->offloads.uso;
+  world->dispatcher->SetNetConfig(config);
+  world->sink.offloads = in->offloads;
+  const std::vector<iovec> iov = in->Cut();
   world->guest.Post(4, 2048);
-  world->dispatcher->OnFrame(hdr, iov);
+  world->dispatcher->OnFrame(in->hdr, iov);
   world->dispatcher->OnBatchEnd();
   world->guest.Take();  // Flushes, and frees the buffers for the next input.
   return 0;

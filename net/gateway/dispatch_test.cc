@@ -160,6 +160,18 @@ void Feed(Dispatcher& d, std::vector<uint8_t> frame, uint8_t flags = 0) {
 
 uint16_t EtherType(const std::vector<uint8_t>& f) { return testing::GetBe16(f, 12); }
 
+// A guest that negotiated VIRTIO_NET_F_CSUM, and one with every offload.
+vu::NetConfig CsumConfig() {
+  vu::NetConfig c;
+  c.csum = true;
+  return c;
+}
+vu::NetConfig OffloadConfig() {
+  vu::NetConfig c = CsumConfig();
+  c.host_tso4 = c.host_tso6 = c.host_ecn = c.host_uso = true;
+  return c;
+}
+
 // The guest's receive ring, with room for replies.
 struct Guest {
   Guest() { ring.Post(32); }
@@ -271,6 +283,7 @@ TEST(DispatchTest, PartialChecksumFlagReachesNdp) {
   Handlers h;
   Guest guest;
   Dispatcher d(h.All(), &guest.ring.rx());
+  d.SetNetConfig(CsumConfig());
   std::vector<uint8_t> ns = NeighborSolicitation();
   ns[14 + 40 + 2] ^= 0x55;  // Checksum field, as a guest with CSUM offload might leave it.
   Feed(d, ns);
@@ -326,6 +339,7 @@ TEST(DispatchTest, PartialChecksumFlagReachesDhcpv6) {
   Handlers h;
   Guest guest;
   Dispatcher d(h.All(), &guest.ring.rx());
+  d.SetNetConfig(CsumConfig());
   std::vector<uint8_t> solicit = Dhcpv6Solicit();
   solicit[14 + 40 + 6] ^= 0x55;  // UDP checksum field.
   Feed(d, solicit);
@@ -395,6 +409,174 @@ TEST_P(DispatchRingTest, ThroughRealRings) {
 }
 
 INSTANTIATE_TEST_SUITE_P(GuestCsum, DispatchRingTest, ::testing::Bool());
+
+}  // namespace
+}  // namespace vunet::net
+
+namespace vunet::net {
+namespace {
+
+// A TCP segment (or UDP datagram) of `payload` bytes from the guest, with
+// the header its driver would send it with, segmented by `gso_size`.
+struct GsoFrame {
+  std::vector<uint8_t> bytes;
+  vu::VirtioNetHdr hdr;
+};
+GsoFrame MakeGso(uint8_t protocol, bool ipv6, size_t payload, uint16_t gso_size) {
+  FrameSpec s;
+  s.src_mac = kGuestMac;
+  s.dst_mac = kGatewayMac;
+  s.ipv6 = ipv6;
+  s.src4 = Ip4("10.0.2.15");
+  s.dst4 = Ip4("10.0.2.2");
+  s.src6 = Ip6("2001:db8::15");
+  s.dst6 = Ip6("2001:db8::2");
+  s.protocol = protocol;
+  s.src_port = 40000;
+  s.dst_port = 5201;
+  s.tcp_flags = kTcpAck;
+  GsoFrame f;
+  f.bytes = Build(s, std::vector<uint8_t>(payload, 0x42));
+  const size_t l4 = 14 + (ipv6 ? 40 : 20);
+  f.hdr.flags = vu::kVirtioNetHdrFNeedsCsum;
+  f.hdr.csum_start = static_cast<uint16_t>(l4);
+  f.hdr.csum_offset = protocol == IPPROTO_TCP ? 16 : 6;
+  if (gso_size == 0) return f;
+  f.hdr.gso_type = protocol == IPPROTO_UDP ? virtio::kVirtioNetHdrGsoUdpL4
+                   : ipv6                  ? virtio::kVirtioNetHdrGsoTcpv6
+                                           : virtio::kVirtioNetHdrGsoTcpv4;
+  f.hdr.gso_size = gso_size;
+  f.hdr.hdr_len = static_cast<uint16_t>(l4 + (protocol == IPPROTO_TCP ? 20 : 8));
+  return f;
+}
+
+// Routes TCP and UDP to recording sinks and keeps the headers they got.
+struct GsoWorld {
+  class HeaderSink : public RecordingSink {
+   public:
+    void OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec> frame,
+                 const ParsedFrame& parsed) override {
+      headers.push_back(hdr);
+      RecordingSink::OnFrame(hdr, frame, parsed);
+    }
+    std::vector<vu::VirtioNetHdr> headers;
+  };
+  GsoWorld() : d({}, &guest.ring.rx(), &identity) {
+    d.Route(L4Kind::kTcp, &tcp);
+    d.Route(L4Kind::kUdp, &udp);
+  }
+  // The frame in iovec entries of `piece` bytes, as many descriptors would.
+  void Feed(GsoFrame f, size_t piece = 1000) {
+    std::vector<iovec> iov = Split(f.bytes, piece);
+    d.OnFrame(f.hdr, iov);
+    d.OnBatchEnd();
+  }
+  Guest guest;
+  GuestIdentity identity{MacAddr{}, InetAddr(), InetAddr()};
+  Dispatcher d;
+  HeaderSink tcp;
+  HeaderSink udp;
+};
+
+TEST(DispatchOffloadTest, SegmentationRequestsReachTheirTranslatorWhole) {
+  GsoWorld w;
+  w.d.SetNetConfig(OffloadConfig());
+  // 64 KiB TCP over IPv4 and IPv6 in 66 iovec entries, a UDP datagram to
+  // segment.
+  w.Feed(MakeGso(IPPROTO_TCP, false, 65535 - 40, 1448));
+  w.Feed(MakeGso(IPPROTO_TCP, true, 65535 - 20, 1428));
+  w.Feed(MakeGso(IPPROTO_UDP, false, 14000, 1400), 7);
+  ASSERT_EQ(w.tcp.frames.size(), 2u);
+  EXPECT_EQ(w.tcp.frames[0], 14u + 65535);
+  EXPECT_EQ(w.tcp.frames[1], 14u + 40 + 65535);
+  EXPECT_EQ(w.tcp.parsed_[0].payload_len, 65535u - 40);
+  EXPECT_EQ(w.tcp.headers[0].gso_type, virtio::kVirtioNetHdrGsoTcpv4);
+  EXPECT_EQ(w.tcp.headers[0].gso_size, 1448);
+  EXPECT_EQ(w.tcp.headers[1].gso_type, virtio::kVirtioNetHdrGsoTcpv6);
+  ASSERT_EQ(w.udp.frames.size(), 1u);
+  EXPECT_EQ(w.udp.headers[0].gso_type, virtio::kVirtioNetHdrGsoUdpL4);
+  EXPECT_EQ(w.udp.parsed_[0].payload_len, 14000u);
+  EXPECT_EQ(w.d.stats().offload_refused, 0u);
+  EXPECT_EQ(w.d.stats().routed, 3u);
+}
+
+// One hostile header per problem: each refused, counted under its problem,
+// never routed, and the guest not learned from it.
+TEST(DispatchOffloadTest, HostileHeadersAreRefusedAndCounted) {
+  struct Bad {
+    OffloadProblem problem;
+    GsoFrame frame;
+    bool negotiated = true;
+  };
+  std::vector<Bad> bad;
+  auto tcp4 = [] { return MakeGso(IPPROTO_TCP, false, 20000, 1448); };
+  GsoFrame f = tcp4();
+  bad.push_back({OffloadProblem::kChecksumNotNegotiated, f, false});
+  f = tcp4();
+  f.hdr.csum_start = 0xfff0;
+  bad.push_back({OffloadProblem::kChecksumOutOfRange, f});
+  f = tcp4();
+  f.hdr.gso_type = 2;
+  bad.push_back({OffloadProblem::kGsoUnknownType, f});
+  f = MakeGso(IPPROTO_UDP, true, 20000, 1000);
+  bad.push_back({OffloadProblem::kGsoNotNegotiated, f});  // HOST_USO off below.
+  f = MakeGso(IPPROTO_TCP, true, 20000, 1448);
+  f.hdr.gso_type = virtio::kVirtioNetHdrGsoTcpv4;
+  bad.push_back({OffloadProblem::kGsoProtocolMismatch, f});
+  f = tcp4();
+  f.hdr.flags = 0;
+  bad.push_back({OffloadProblem::kGsoWithoutChecksum, f});
+  f = tcp4();
+  f.hdr.csum_offset = 6;
+  bad.push_back({OffloadProblem::kGsoChecksumField, f});
+  f = tcp4();
+  f.hdr.gso_size = 0;
+  bad.push_back({OffloadProblem::kGsoZeroSize, f});
+  f = tcp4();
+  f.hdr.gso_size = 20001;
+  bad.push_back({OffloadProblem::kGsoSizePastPayload, f});
+  f = tcp4();
+  f.hdr.hdr_len = 30000;
+  bad.push_back({OffloadProblem::kHdrLenPastFrame, f});
+  f = tcp4();
+  f.bytes.resize(f.bytes.size() + 64);  // Descriptors longer than the IP packet.
+  bad.push_back({OffloadProblem::kGsoLengthMismatch, f});
+
+  for (const Bad& b : bad) {
+    GsoWorld w;
+    vu::NetConfig config = b.negotiated ? OffloadConfig() : vu::NetConfig();
+    config.host_uso = false;
+    w.d.SetNetConfig(config);
+    w.Feed(b.frame);
+    const size_t i = static_cast<size_t>(b.problem);
+    EXPECT_EQ(w.d.stats().offload_refused, 1u) << OffloadProblemName(b.problem);
+    EXPECT_EQ(w.d.stats().offload_refused_by[i], 1u) << OffloadProblemName(b.problem);
+    EXPECT_EQ(w.d.stats().routed, 0u) << OffloadProblemName(b.problem);
+    EXPECT_TRUE(w.tcp.frames.empty() && w.udp.frames.empty());
+    EXPECT_EQ(w.identity.mac(), MacAddr{}) << OffloadProblemName(b.problem);
+  }
+}
+
+TEST(DispatchOffloadTest, WithoutTheFeaturesOnlyPlainFramesPass) {
+  GsoWorld w;  // No SetNetConfig: nothing negotiated.
+  GsoFrame f = MakeGso(IPPROTO_TCP, false, 1000, 0);
+  f.hdr = vu::VirtioNetHdr{};
+  w.Feed(f);
+  EXPECT_EQ(w.tcp.frames.size(), 1u);
+  w.Feed(MakeGso(IPPROTO_TCP, false, 5000, 1448));
+  EXPECT_EQ(w.tcp.frames.size(), 1u);
+  EXPECT_EQ(w.d.stats().offload_refused, 1u);
+  // Checksum offload alone: a partial checksum passes, segmentation not.
+  w.d.SetNetConfig(CsumConfig());
+  f = MakeGso(IPPROTO_UDP, false, 1000, 0);
+  w.Feed(f);
+  EXPECT_EQ(w.udp.frames.size(), 1u);
+  w.Feed(MakeGso(IPPROTO_UDP, false, 5000, 1000));
+  EXPECT_EQ(w.udp.frames.size(), 1u);
+  EXPECT_EQ(w.d.stats().offload_refused, 2u);
+  EXPECT_EQ(w.d.stats().offload_refused_by[static_cast<size_t>(OffloadProblem::kGsoNotNegotiated)],
+            1u);
+}
 
 }  // namespace
 }  // namespace vunet::net

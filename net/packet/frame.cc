@@ -410,7 +410,9 @@ absl::StatusOr<size_t> BuildFrame(const FrameSpec& spec, absl::Span<const iovec>
 
   const size_t payload_at = offset + hlen;
   if (tcp || udp) {
-    if (spec.l4_checksum) {
+    if (spec.l4_partial) {
+      PutBe16(l4 + check_at, csum.Sum());
+    } else if (spec.l4_checksum) {
       csum.Add(l4, l4_hlen);
       csum.Add(iov, payload_at, payload_len);
       uint16_t c = csum.Finish();

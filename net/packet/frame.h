@@ -299,6 +299,12 @@ struct FrameSpec {
   // says (RFC 8200 8.1; Linux drops it): 0xffff there. (The IPv4 header
   // checksum and ICMP/ICMPv6 checksums are always written.)
   bool l4_checksum = true;
+  // Leave the TCP or UDP checksum for the guest to finish: the field gets
+  // the pseudo-header's sum (folded, not complemented; over the whole L4
+  // length), as a frame sent with VIRTIO_NET_HDR_F_NEEDS_CSUM carries it
+  // (csum_start at the L4 header, csum_offset at its checksum field).
+  // Overrides l4_checksum; costs the same whatever the payload's length.
+  bool l4_partial = false;
 };
 
 // Bytes of headers BuildFrame writes for `spec` (Ethernet, IP, and the TCP or

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of //net/packet:frame_fuzz and //net/gateway:dispatch_fuzz
-(frame_fuzz_corpus/, dispatch_fuzz_corpus/): one valid frame of each kind the
-parser and the handlers know, each whole and cut into small pieces (the first
-byte of an input is the piece size)."""
+(frame_fuzz_corpus/, dispatch_fuzz_corpus/) in their input format (net/packet/fuzz_input.h: the
+piece size, the offloads negotiated, the virtio-net header, the frame): one valid frame of each
+kind the parser and the handlers know, each whole and cut into small pieces, without offloads;
+then segmentation requests (gso_*): well-formed ones of each type, and one for each way a
+guest's header can be wrong (checked by CheckGuestOffload, net/packet/offload.h)."""
 
 import os
 import struct
@@ -91,6 +93,88 @@ FRAMES["ndp_ns"] = ipv6(58, bytes([135, 0, 0, 0, 0, 0, 0, 0]) + GW_LL + bytes([1
 
 
 
+# The input prefix (net/packet/fuzz_input.h).
+NEEDS_CSUM = 1
+GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 1, 3, 4, 5, 0x80
+OFF_CSUM, OFF_TSO4, OFF_TSO6, OFF_ECN, OFF_USO = 1, 2, 4, 8, 16
+OFF_ALL = OFF_CSUM | OFF_TSO4 | OFF_TSO6 | OFF_ECN | OFF_USO
+
+
+def vnet_hdr(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0):
+    return struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
+def prefix(piece, offloads=0, hdr=None):
+    return bytes([piece, offloads]) + (hdr if hdr is not None else vnet_hdr())
+
+
+def gso(proto, v6, payload, gso_size, **changes):
+    """A segmentation request as a Linux guest's driver sends one: (header fields, frame)."""
+    data = bytes(i & 0xFF for i in range(payload))
+    if proto == 6:
+        l4 = struct.pack("!HHIIBBHHH", 40000, 5201, 1, 1, 5 << 4, 0x18, 64240, 0, 0) + data
+    else:
+        l4 = struct.pack("!HHHH", 40000, 5201, 8 + len(data), 0) + data
+    frame = ipv6(proto, l4) if v6 else ipv4(proto, l4)
+    l4_at = 14 + (40 if v6 else 20)
+    fields = dict(flags=NEEDS_CSUM,
+                  gso_type=(GSO_UDP_L4 if proto == 17 else GSO_TCPV6 if v6 else GSO_TCPV4),
+                  hdr_len=l4_at + (20 if proto == 6 else 8), gso_size=gso_size, csum_start=l4_at,
+                  csum_offset=16 if proto == 6 else 6)
+    fields.update(changes)
+    return fields, frame
+
+
+def gso_seeds():
+    """(name, offloads, header fields, frame) of each segmentation seed."""
+    seeds = []
+    for name, proto, v6 in (("tcp4", 6, False), ("tcp6", 6, True), ("udp4", 17, False),
+                            ("udp6", 17, True)):
+        fields, frame = gso(proto, v6, 8000, 1448 if proto == 6 else 1400)
+        seeds.append(("gso_%s" % name, OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 65535 - 40, 1448)
+    seeds.append(("gso_tcp4_64k", OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448, gso_type=GSO_TCPV4 | GSO_ECN)
+    seeds.append(("gso_tcp4_ecn", OFF_ALL, fields, frame))
+    # Each way a header can be wrong.
+    fields, frame = gso(6, False, 8000, 0)
+    seeds.append(("gso_bad_size_zero", OFF_ALL, fields, frame))
+    fields, frame = gso(6, True, 8000, 8001)
+    seeds.append(("gso_bad_size_past_payload", OFF_ALL, fields, frame))
+    fields, frame = gso(17, False, 8000, 1400, gso_type=GSO_UDP)
+    seeds.append(("gso_bad_type_ufo", OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448, gso_type=0x42)
+    seeds.append(("gso_bad_type_unknown", OFF_ALL, fields, frame))
+    fields, frame = gso(17, False, 8000, 1400, gso_type=GSO_UDP_L4 | GSO_ECN)
+    seeds.append(("gso_bad_type_ecn_on_udp", OFF_ALL, fields, frame))
+    fields, frame = gso(6, True, 8000, 1448, gso_type=GSO_TCPV4)
+    seeds.append(("gso_bad_type_not_the_protocol", OFF_ALL, fields, frame))
+    fields, frame = gso(17, True, 8000, 1400, gso_type=GSO_TCPV6)
+    seeds.append(("gso_bad_type_tcp_on_udp", OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448)
+    seeds.append(("gso_bad_not_negotiated", OFF_CSUM | OFF_TSO6, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448, gso_type=GSO_TCPV4 | GSO_ECN)
+    seeds.append(("gso_bad_ecn_not_negotiated", OFF_CSUM | OFF_TSO4, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448)
+    seeds.append(("gso_bad_csum_not_negotiated", 0, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448, hdr_len=9000)
+    seeds.append(("gso_bad_hdr_len_past_frame", OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448, csum_start=8050)
+    seeds.append(("gso_bad_csum_out_of_range", OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448, csum_offset=6)
+    seeds.append(("gso_bad_csum_field", OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448, flags=0)
+    seeds.append(("gso_bad_no_csum", OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 8000, 1448)
+    seeds.append(("gso_bad_ip_length", OFF_ALL, fields, frame + bytes(64)))
+    fields, frame = gso(17, False, 8000, 1400)
+    frame = frame[:38] + struct.pack("!H", 8 + 4000) + frame[40:]  # UDP length short of the IP's.
+    seeds.append(("gso_bad_udp_length", OFF_ALL, fields, frame))
+    fields, frame = gso(6, False, 100, 0, gso_type=0, csum_start=200)
+    seeds.append(("csum_bad_out_of_range", OFF_ALL, fields, frame))
+    return seeds
+
+
 def main():
     for corpus in ("frame_fuzz_corpus", "../gateway/dispatch_fuzz_corpus"):
         out = os.path.normpath(os.path.join(HERE, corpus))
@@ -98,7 +182,11 @@ def main():
         for name, frame in FRAMES.items():
             for piece in (0, 3):
                 with open(os.path.join(out, "%s_%d" % (name, piece)), "wb") as f:
-                    f.write(bytes([piece]) + frame)
+                    f.write(prefix(piece) + frame)
+        for name, offloads, fields, frame in gso_seeds():
+            for piece in (0, 251):
+                with open(os.path.join(out, "%s_%d" % (name, piece)), "wb") as f:
+                    f.write(prefix(piece, offloads, vnet_hdr(**fields)) + frame)
 
 
 # Imported by translators_fuzz_seeds.py and tools/fuzz/pcap_seeds.py for its builders: writes only

@@ -599,6 +599,28 @@ TEST(FrameTest, GuestCsumLeavesTheFieldZeroButNeverForUdpOverIpv6) {
   EXPECT_NE(GetBe16(f, 14 + 40 + 6), 0);
 }
 
+// A partial checksum finished as a NEEDS_CSUM reader does (the sum from
+// the L4 header to the end, complemented, into the field) is the full one.
+TEST(FrameTest, PartialChecksumIsThePseudoHeaderSum) {
+  for (const FrameSpec& base :
+       {V4Spec(IPPROTO_TCP), V6Spec(IPPROTO_TCP), V4Spec(IPPROTO_UDP), V6Spec(IPPROTO_UDP)}) {
+    for (size_t len : {0, 1, 1448, 65000}) {
+      FrameSpec full = base;
+      if (len > 65535 - 60) continue;
+      const std::vector<uint8_t> want = Build(full, Payload(len));
+      FrameSpec partial = base;
+      partial.l4_partial = true;
+      std::vector<uint8_t> f = Build(partial, Payload(len));
+      const size_t l4 = 14 + (base.ipv6 ? 40 : 20);
+      const size_t at = l4 + (base.protocol == IPPROTO_TCP ? 16 : 6);
+      EXPECT_NE(f, want);
+      const uint16_t c = InternetChecksum(f.data() + l4, f.size() - l4);
+      PutBe16(f, at, c == 0 && base.protocol == IPPROTO_UDP ? 0xffff : c);
+      EXPECT_EQ(f, want) << base.ipv6 << " " << int{base.protocol} << " " << len;
+    }
+  }
+}
+
 TEST(FrameTest, BuildRefusesWhatDoesNotFit) {
   std::vector<uint8_t> buf(100);
   std::vector<iovec> iov = Split(buf, 30);

@@ -4,7 +4,9 @@
 //
 // One PeekToGuest call serves one flow: it reserves receive buffers for up to
 // `max_frames` segments of at most `mss` payload bytes in the RxQueue (room
-// for the virtio-net header and the frame's headers left in front of each),
+// for the virtio-net header and the frame's headers left in front of each;
+// to a guest that negotiated GUEST_TSO4/6 for the flow's IP version, of up
+// to 64 KiB of IP packet each, see below),
 // builds one iovec array over the payload areas of all of them (skipping each
 // header area), peeks once, writes the headers (BuildFrame) of the segments
 // the data filled and commits them; reservations the data did not reach go
@@ -16,6 +18,20 @@
 // offset is where the peek starts and the caller keeps it at the first byte
 // not yet sent; otherwise the caller passes `skip`, the bytes already sent,
 // and the peek reads them again into a discard buffer first.
+//
+// Segmentation offload: to a guest with GUEST_TSO4 (IPv4) or GUEST_TSO6
+// (IPv6), a segment carries as much as its receive buffers hold (mergeable
+// or not), the guest's window allows and one IP packet of 64 KiB carries
+// (65535 bytes with its header, IPv6 too, so that the frame fits the
+// receive buffers a driver without mergeable buffers posts);
+// one longer than `mss` goes with gso_type TCPV4 or TCPV6, gso_size `mss`
+// (the MSS the guest announced), hdr_len the headers' length, and its
+// checksum partial (NEEDS_CSUM, csum_start at the TCP header, csum_offset at
+// its checksum field, the pseudo-header's sum in the field), so that the
+// guest's stack takes it as one, as from its own GRO. Shorter ones go as
+// without the offload (DATA_VALID with GUEST_CSUM). Building a 64 KiB
+// segment costs what a short one does: headers only, the payload is never
+// read.
 //
 // Every pool is sized at Create; a call allocates nothing.
 //
@@ -50,8 +66,10 @@ struct TcpSegments {
   // segment). protocol must be IPPROTO_TCP, tcp_options empty; tcp_seq and
   // l4_checksum are set here.
   FrameSpec frame;
-  uint32_t seq = 0;      // Of the first byte peeked.
-  size_t mss = 536;      // Payload bytes per segment, at most.
+  uint32_t seq = 0;  // Of the first byte peeked.
+  // The guest's MSS: payload bytes per segment, at most; with GUEST_TSO4/6,
+  // the gso_size of longer segments.
+  size_t mss = 536;
   size_t max_bytes = 0;  // Bytes to peek, at most (the guest's window).
   size_t skip = 0;       // Bytes before them in the socket (without SO_PEEK_OFF).
 };

@@ -7,6 +7,7 @@
 //   FramePathEnv env{.flows = flows, .rx = &rx_queue, .watcher = &watcher,
 //                    .forward = &forwarding, .guest = &guest_config};
 //   absl::StatusOr<std::unique_ptr<FramePath>> path = FramePath::Create(env, options);
+//   (*path)->SetNetConfig(net_config);  // The features negotiated.
 //   tx_handler.Process(net_config, tx_vq, (*path)->sink());
 //   ... epoll event with a tag of kind >= env.first_kind: (*path)->OnSocketEvent(tag, events);
 //   ... flows->Expire(now, [&](FlowId id) { (*path)->OnTimer(id, now); });
@@ -80,6 +81,9 @@ class FramePath {
   // Where the transmit handler delivers the guest's frames.
   vu::FrameSink* sink() { return &*dispatcher_; }
   const Dispatcher::Stats& dispatch_stats() const { return dispatcher_->stats(); }
+  // The negotiated features, for the dispatcher's check of each frame's
+  // virtio-net header (Dispatcher::SetNetConfig): set when they change.
+  void SetNetConfig(const vu::NetConfig& config) { dispatcher_->SetNetConfig(config); }
 
   // An epoll event whose tag's kind (top byte) is at least env.first_kind:
   // handed to the translator that registered it. False if none did.

@@ -284,6 +284,10 @@ struct World {
                               .clock = FakeClock},
                              o)
                .value();
+    // The guest may leave checksums partial (NEEDS_CSUM frames).
+    vu::NetConfig net = ring.config();
+    net.csum = true;
+    path->SetNetConfig(net);
   }
   ~World() {
     if (g_stats) {

@@ -5,6 +5,7 @@
 #include <net/if.h>
 #include <netinet/icmp6.h>
 #include <netinet/ip_icmp.h>
+#include <netinet/udp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
@@ -26,6 +27,18 @@ namespace vunet::net {
 namespace {
 
 constexpr uint16_t kDnsPort = 53;
+// iovec entries for the datagrams of one refused UDP_SEGMENT message.
+constexpr size_t kMaxSplitIov = 1024;
+
+// The UDP_SEGMENT size a message carries (Queue's control message), or 0.
+uint16_t SegmentSize(const msghdr& m) {
+  if (m.msg_controllen == 0) return 0;
+  const cmsghdr* c = CMSG_FIRSTHDR(&m);
+  if (c == nullptr || c->cmsg_level != SOL_UDP || c->cmsg_type != UDP_SEGMENT) return 0;
+  uint16_t gso;
+  std::memcpy(&gso, CMSG_DATA(c), sizeof(gso));
+  return gso;
+}
 // Payload bytes of the guest's datagram an ICMP error quotes.
 constexpr size_t kQuotedPayload = 64;
 constexpr int kErrorsPerEvent = 16;
@@ -128,6 +141,9 @@ UdpTranslator::UdpTranslator(const TranslatorEnv& env, const UdpTranslatorOption
       tx_fds_(options.tx_batch),
       tx_iov_(options.tx_iov),
       tx_group_(options.tx_batch),
+      tx_cmsg_(options.tx_batch),
+      split_msgs_(kMaxSplitSegments),
+      split_iov_(kMaxSplitIov),
       tx_done_(options.tx_batch),
       receiver_(UdpVuReceiver::Options{.batch = options.rx_batch}) {
   blocked_.reserve(1024);
@@ -270,6 +286,16 @@ void UdpTranslator::SetUpSocket(int fd, int family, UdpRxSocketState* rx) {
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &options_.socket_buffer, sizeof(int));
   }
   rx->batched = (family == AF_INET ? peek4_ : peek6_) && EnablePeekOffset(fd);
+  // Coalesced datagrams from the first one on, when the guest takes them
+  // (UdpVuReceiver turns it on later for a guest that negotiates USO then).
+  const vu::NetConfig& config = env_.rx->config();
+  if (config.guest_uso4 || config.guest_uso6) {
+    if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0) {
+      rx->gro = true;
+    } else {
+      rx->gro_refused = true;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -285,13 +311,19 @@ void UdpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
     ++stats_.ignored;
     return;
   }
-  if (hdr.gso_type != vu::kVirtioNetHdrGsoNone || parsed.src_port == 0 || parsed.dst_port == 0) {
-    // We offer no UDP segmentation offload.
+  // The dispatcher let only a UDP_L4 segmentation request with 0 < gso_size
+  // <= the payload through (CheckGuestOffload); whoever else calls gets the
+  // same checked here.
+  const bool segmented = hdr.gso_type != vu::kVirtioNetHdrGsoNone;
+  if ((segmented && (hdr.gso_type != virtio::kVirtioNetHdrGsoUdpL4 || hdr.gso_size == 0)) ||
+      parsed.src_port == 0 || parsed.dst_port == 0) {
     ++stats_.malformed;
     VUNET_LOG_RATELIMITED(kInfo, "udp: guest datagram dropped: gso type %d, ports %d -> %d",
                           hdr.gso_type, parsed.src_port, parsed.dst_port);
     return;
   }
+  const uint16_t gso_size =
+      segmented && parsed.payload_len > hdr.gso_size ? hdr.gso_size : uint16_t{0};
   // A source replies could not go back to.
   const InetAddr src = v6 ? InetAddr::V6(parsed.ip.src6) : InetAddr::V4(parsed.ip.src4);
   if (src.IsUnspecified() || src.IsMulticast() || src.IsLoopback() ||
@@ -314,7 +346,7 @@ void UdpTranslator::OnFrame(const vu::VirtioNetHdr& hdr, absl::Span<const iovec>
   }
   flow->guest_mac = parsed.src_mac;
   flow->last_active_ns = Now();
-  Queue(*flow, id, frame, parsed.payload_offset, parsed.payload_len);
+  Queue(*flow, id, frame, parsed.payload_offset, parsed.payload_len, gso_size);
 }
 
 FlowId UdpTranslator::OpenOutbound(const FlowKey& key, const ParsedFrame& parsed,
@@ -403,7 +435,7 @@ FlowId UdpTranslator::OpenOutbound(const FlowKey& key, const ParsedFrame& parsed
 }
 
 void UdpTranslator::Queue(const UdpFlow& flow, FlowId id, absl::Span<const iovec> frame,
-                          size_t offset, size_t len) {
+                          size_t offset, size_t len, uint16_t gso_size) {
   (void)id;
   int fd;
   const FlowKey* host_key = nullptr;
@@ -441,6 +473,17 @@ void UdpTranslator::Queue(const UdpFlow& flow, FlowId id, absl::Span<const iovec
     m.msg_hdr.msg_name = &tx_names_[tx_pending_];
     m.msg_hdr.msg_namelen =
         Endpoint{host_key->remote(), host_key->remote_port}.ToSockaddr(&tx_names_[tx_pending_]);
+  }
+  if (gso_size != 0) {
+    SegmentCmsg& c = tx_cmsg_[tx_pending_];
+    std::memset(&c, 0, sizeof(c));
+    m.msg_hdr.msg_control = c.bytes;
+    m.msg_hdr.msg_controllen = sizeof(c.bytes);
+    cmsghdr* cm = CMSG_FIRSTHDR(&m.msg_hdr);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    std::memcpy(CMSG_DATA(cm), &gso_size, sizeof(gso_size));
   }
   if (tx_pending_ > 0 && tx_fds_[0] != fd) tx_one_fd_ = false;
   tx_fds_[tx_pending_] = fd;
@@ -485,14 +528,31 @@ void UdpTranslator::SendGroup(int fd, mmsghdr* msgs, size_t count) {
     if (r > 0) {
       for (size_t k = sent; k < sent + static_cast<size_t>(r); ++k) {
         stats_.tx_bytes += msgs[k].msg_len;
+        const uint16_t gso = SegmentSize(msgs[k].msg_hdr);
+        if (gso == 0) {
+          ++stats_.tx_datagrams;
+        } else {
+          ++stats_.tx_segmented;
+          stats_.tx_datagrams += (msgs[k].msg_len + gso - 1) / gso;
+        }
       }
-      stats_.tx_datagrams += static_cast<size_t>(r);
       sent += static_cast<size_t>(r);
       retried = false;
       continue;
     }
     const int err = r < 0 ? errno : EIO;
     if (err == EINTR) continue;
+    if (SegmentSize(msgs[sent].msg_hdr) != 0 && (err == EINVAL || err == EIO || err == EMSGSIZE ||
+                                                 err == ENOPROTOOPT || err == EOPNOTSUPP)) {
+      // UDP_SEGMENT refused (see the header): the datagrams one by one.
+      ++stats_.tx_split;
+      VUNET_LOG_RATELIMITED(kDebug, "udp: UDP_SEGMENT refused (%s): datagrams sent one by one",
+                            strerror(err));
+      if (!SendSplit(fd, msgs[sent])) ++stats_.tx_errors;
+      ++sent;
+      retried = false;
+      continue;
+    }
     if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS) {
       stats_.tx_buffer_full += count - sent;
       VUNET_LOG_RATELIMITED(kDebug, "udp: host socket buffer full: %d datagrams dropped",
@@ -511,6 +571,44 @@ void UdpTranslator::SendGroup(int fd, mmsghdr* msgs, size_t count) {
     ++sent;
     retried = false;
   }
+}
+
+bool UdpTranslator::SendSplit(int fd, const mmsghdr& m) {
+  const uint16_t gso = SegmentSize(m.msg_hdr);
+  const size_t total = IovSize(m.msg_hdr.msg_iov, m.msg_hdr.msg_iovlen);
+  if (gso == 0 || (total + gso - 1) / gso > kMaxSplitSegments) return false;
+  size_t count = 0;
+  size_t iov_used = 0;
+  for (size_t off = 0; off < total; off += gso) {
+    const size_t len = std::min<size_t>(gso, total - off);
+    size_t n = 0;
+    if (IovSlice(m.msg_hdr.msg_iov, m.msg_hdr.msg_iovlen, off, len, split_iov_.data() + iov_used,
+                 &n, split_iov_.size() - iov_used) < len) {
+      return false;  // Too fragmented for our entries.
+    }
+    mmsghdr& s = split_msgs_[count++];
+    s = {};
+    s.msg_hdr.msg_name = m.msg_hdr.msg_name;
+    s.msg_hdr.msg_namelen = m.msg_hdr.msg_namelen;
+    s.msg_hdr.msg_iov = split_iov_.data() + iov_used;
+    s.msg_hdr.msg_iovlen = n;
+    iov_used += n;
+  }
+  for (size_t sent = 0; sent < count;) {
+    const int r = sendmmsg(fd, split_msgs_.data() + sent, static_cast<unsigned>(count - sent),
+                           MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      stats_.tx_buffer_full += count - sent;
+      return true;  // Counted as what it is.
+    }
+    for (size_t k = sent; k < sent + static_cast<size_t>(r); ++k) {
+      stats_.tx_bytes += split_msgs_[k].msg_len;
+    }
+    stats_.tx_datagrams += static_cast<size_t>(r);
+    sent += static_cast<size_t>(r);
+  }
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -886,15 +984,18 @@ void UdpTranslator::Shutdown() {
 std::string UdpTranslator::StatsLine() const {
   const UdpVuReceiver::Stats& rx = receiver_.stats();
   return absl::StrFormat(
-      "udp: %d flows out, %d in, %d expired, %d open; guest->host %d datagrams (%d bytes), "
+      "udp: %d flows out, %d in, %d expired, %d open; guest->host %d datagrams (%d bytes; "
+      "%d frames segmented with UDP_SEGMENT, %d of them split), "
       "dropped %d buffer full, %d errors, %d no flow room, %d no socket (fds), %d bad address, "
       "%d malformed; "
-      "host->guest %d datagrams (%d bytes), dropped %d too big, %d refused; %d wake-ups "
+      "host->guest %d frames (%d bytes; %d of coalesced datagrams with UDP_L4, %d coalesced "
+      "split), dropped %d too big, %d refused; %d wake-ups "
       "without receive buffers; %d ICMP errors to the guest",
       stats_.flows_opened, stats_.flows_inbound, stats_.flows_expired, flow_count_,
-      stats_.tx_datagrams, stats_.tx_bytes, stats_.tx_buffer_full, stats_.tx_errors,
-      stats_.table_full, stats_.socket_errors, stats_.bad_destination, stats_.malformed, rx.frames,
-      rx.bytes, rx.too_big, rx.refused, rx.no_room, stats_.icmp_sent);
+      stats_.tx_datagrams, stats_.tx_bytes, stats_.tx_segmented, stats_.tx_split,
+      stats_.tx_buffer_full, stats_.tx_errors, stats_.table_full, stats_.socket_errors,
+      stats_.bad_destination, stats_.malformed, rx.frames, rx.bytes, rx.uso_frames, rx.split,
+      rx.too_big, rx.refused, rx.no_room, stats_.icmp_sent);
 }
 
 }  // namespace vunet::net

@@ -8,8 +8,15 @@
 // destinations are dropped and counted).
 // The datagrams of one transmit batch are gathered and go out in
 // OnBatchEnd, one sendmmsg per socket, straight from the guest's buffers
-// (their iovecs; no copy of ours). A full socket buffer drops the rest of
-// that socket's batch (counted); a socket error an earlier datagram earned
+// (their iovecs; no copy of ours). A guest with VIRTIO_NET_F_HOST_USO may
+// send one frame for many datagrams (gso_type UDP_L4, gso_size each's
+// payload; the dispatcher checked the request): it goes in the same
+// sendmmsg as one message with a UDP_SEGMENT control message, which the
+// host kernel cuts into the datagrams. Where the socket refuses that (a
+// route MTU below gso_size, more segments than the kernel takes, a device
+// without checksum offload) the datagrams go one message each, in one
+// sendmmsg of their own (at most kMaxSplitSegments; more are dropped). A full socket buffer drops
+// the rest of that socket's batch (counted); a socket error an earlier datagram earned
 // (ECONNREFUSED) is consumed and the datagram retried once. The sockets have
 // IP_RECVERR / IPV6_RECVERR: an ICMP or ICMPv6 destination unreachable the
 // host receives for a flow is read from the error queue and sent on to the
@@ -20,7 +27,9 @@
 //
 // Host to guest: readable sockets are read by UdpVuReceiver (udp_vu.h)
 // straight into the guest's receive buffers, up to rx_batch datagrams per
-// wake-up, committed to the RxQueue. When the guest has no receive
+// wake-up, committed to the RxQueue. To a guest with GUEST_USO4/6 the
+// sockets read with UDP_GRO, and datagrams the kernel coalesced (a sender's
+// UDP_SEGMENT, a device's GRO) go as one frame (gso_type UDP_L4). When the guest has no receive
 // buffers, the socket is left unread (and unwatched for input) until
 // OnRxAvailable.
 //
@@ -104,15 +113,17 @@ class UdpTranslator : public Translator {
     uint64_t flows_opened = 0;  // Outbound flows.
     uint64_t flows_inbound = 0;
     uint64_t flows_expired = 0;
-    uint64_t tx_datagrams = 0;  // Guest to host, sent.
+    uint64_t tx_datagrams = 0;  // Guest to host, sent (a segmented frame's each).
     uint64_t tx_bytes = 0;
+    uint64_t tx_segmented = 0;    // Frames of several datagrams sent with UDP_SEGMENT.
+    uint64_t tx_split = 0;        // Of those the socket refused, sent one datagram each.
     uint64_t tx_buffer_full = 0;  // Dropped: the host socket's buffer was full.
     uint64_t tx_errors = 0;       // Dropped: other send errors.
     uint64_t rx_datagrams = 0;    // Host to guest, delivered.
     uint64_t rx_bytes = 0;
     uint64_t table_full = 0;       // Datagrams dropped: no room for a new flow.
     uint64_t bad_destination = 0;  // Or source: see the file comment.
-    uint64_t malformed = 0;        // GSO frames, port 0.
+    uint64_t malformed = 0;        // Port 0, a segmentation request not for UDP.
     uint64_t socket_errors = 0;    // Sockets not opened, connected or watched.
     uint64_t unreachable = 0;      // Connects that failed as unreachable.
     uint64_t collisions = 0;       // Inbound datagrams whose guest-side key was taken.
@@ -159,6 +170,10 @@ class UdpTranslator : public Translator {
   bool batch_peek4() const { return peek4_; }
   bool batch_peek6() const { return peek6_; }
 
+  // The most datagrams a segmented frame the socket refused is sent as:
+  // what Linux's UDP_SEGMENT takes (UDP_MAX_SEGMENTS, 128 since 6.9).
+  static constexpr size_t kMaxSplitSegments = 128;
+
   // Epoll kinds, relative to env.first_kind.
   static constexpr uint8_t kFlowSocketKind = 0;  // A FlowRef of an outbound flow.
   static constexpr uint8_t kListenerKind = 1;    // The listener's index below.
@@ -201,10 +216,15 @@ class UdpTranslator : public Translator {
 
   // Guest to host.
   FlowId OpenOutbound(const FlowKey& key, const ParsedFrame& parsed, absl::Span<const iovec> frame);
+  // Queues the datagram at [offset, offset + len) of `frame`; with
+  // gso_size, the datagrams of gso_size bytes (the last shorter) it holds.
   void Queue(const UdpFlow& flow, FlowId id, absl::Span<const iovec> frame, size_t offset,
-             size_t len);
+             size_t len, uint16_t gso_size);
   void FlushTx();
   void SendGroup(int fd, mmsghdr* msgs, size_t count);
+  // Sends a UDP_SEGMENT message the socket refused as one datagram per
+  // segment; false if it could not (too many segments, or an error).
+  bool SendSplit(int fd, const mmsghdr& m);
 
   // Host to guest.
   void ReceiveFlow(FlowId id, UdpFlow* flow);
@@ -256,6 +276,15 @@ class UdpTranslator : public Translator {
   std::vector<int> tx_fds_;
   std::vector<iovec> tx_iov_;
   std::vector<mmsghdr> tx_group_;
+  // Per message, room for a UDP_SEGMENT control message.
+  union SegmentCmsg {
+    cmsghdr header;
+    char bytes[CMSG_SPACE(sizeof(uint16_t))];
+  };
+  std::vector<SegmentCmsg> tx_cmsg_;
+  // SendSplit's messages and their iovec entries.
+  std::vector<mmsghdr> split_msgs_;
+  std::vector<iovec> split_iov_;
   std::vector<uint8_t> tx_done_;
   size_t tx_pending_ = 0;
   size_t tx_iov_used_ = 0;

@@ -986,7 +986,7 @@ TEST_F(UdpTest, SegmentationOffloadAndPortZeroRefused) {
   ParsedFrame parsed;
   ASSERT_TRUE(ParseFrame(iov, &parsed).ok());
   vu::VirtioNetHdr gso{};
-  gso.gso_type = 5;  // VIRTIO_NET_HDR_GSO_UDP_L4: never offered.
+  gso.gso_type = 5;  // VIRTIO_NET_HDR_GSO_UDP_L4 with gso_size 0 (udp_offload_test has more).
   udp_->OnFrame(gso, iov, parsed);
   udp_->OnBatchEnd();
   Send(GuestSpec(guest_.gateway4, 0, host.port), {1});

@@ -2,10 +2,12 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 
 #include "absl/status/statusor.h"
@@ -32,6 +34,36 @@ socklen_t LoopbackAddress(int family, sockaddr_storage* out) {
 }
 
 size_t MaxPayload(const FrameSpec& spec) { return spec.ipv6 ? kUdpMaxPayload6 : kUdpMaxPayload4; }
+
+// The most payload of a frame of coalesced datagrams (UDP_L4): a 64 KiB IP
+// packet, header included, so that the frame fits the 65550 bytes a driver
+// without mergeable buffers posts for segmentation offloads.
+size_t MaxUsoPayload(const FrameSpec& spec) {
+  return 65535 - (spec.ipv6 ? kIpv6HeaderLen : kIpv4MinHeaderLen) - kUdpHeaderLen;
+}
+
+// Where a coalesced datagram is read for a guest without USO: the largest
+// UDP payload.
+constexpr size_t kSplitBuffer = 65536;
+
+// The datagrams' size a UDP_GRO control message gives for `len` bytes read:
+// 0 without one, or when they are one datagram.
+uint16_t GroSize(const msghdr& m, size_t len) {
+  if (m.msg_control == nullptr || m.msg_controllen < CMSG_LEN(sizeof(int))) return 0;
+  for (const cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr;
+       c = CMSG_NXTHDR(const_cast<msghdr*>(&m), const_cast<cmsghdr*>(c))) {
+    if (c->cmsg_level != SOL_UDP || c->cmsg_type != UDP_GRO ||
+        c->cmsg_len < CMSG_LEN(sizeof(int))) {
+      continue;
+    }
+    int size;
+    std::memcpy(&size, CMSG_DATA(c), sizeof(size));
+    return size > 0 && size <= 65535 && static_cast<size_t>(size) < len
+               ? static_cast<uint16_t>(size)
+               : uint16_t{0};
+  }
+  return 0;
+}
 
 }  // namespace
 
@@ -81,10 +113,93 @@ bool ProbeUdpPeekOffset(int family) {
   return getsockopt(r.get(), SOL_SOCKET, SO_PEEK_OFF, &offset, &olen) == 0 && offset == 0;
 }
 
-UdpVuReceiver::UdpVuReceiver(const Options& options) : options_(options) {
+UdpVuReceiver::UdpVuReceiver(const Options& options)
+    : options_(options),
+      split_datagram_(new uint8_t[kSplitBuffer]),
+      split_frame_(new uint8_t[kSplitBuffer + kEthHeaderLen + kIpv6HeaderLen + kUdpHeaderLen]) {
   options_.batch = std::clamp<size_t>(options_.batch, 1, kMaxBatch);
   options_.max_iov = std::max<size_t>(options_.max_iov, 1);
   scratch_.reset(new iovec[options_.max_iov]);
+}
+
+size_t UdpVuReceiver::SendSplit(vu::RxQueue* rx, FrameSpec spec, size_t len, uint16_t gso) {
+  ++stats_.split;
+  const size_t headers = FrameHeadersLen(spec);
+  size_t frames = 0;
+  for (size_t off = 0; off < len; off += gso) {
+    const size_t n = std::min<size_t>(gso, len - off);
+    std::memcpy(split_frame_.get() + headers, split_datagram_.get() + off, n);
+    const absl::StatusOr<size_t> frame_len =
+        BuildFrame(spec, absl::MakeSpan(split_frame_.get(), headers + n), n);
+    if (!frame_len.ok() || !rx->Send(absl::MakeConstSpan(split_frame_.get(), *frame_len)).ok()) {
+      stats_.split_dropped += (len - off + gso - 1) / gso;
+      break;
+    }
+    ++frames;
+    ++stats_.frames;
+    stats_.bytes += n;
+  }
+  return frames;
+}
+
+void UdpVuReceiver::EnableGro(int fd, const vu::NetConfig& config, UdpRxSocketState* state) {
+  if (!(config.guest_uso4 || config.guest_uso6) || state->gro || state->gro_refused) return;
+  const int one = 1;
+  if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0) {
+    state->gro = true;
+  } else {
+    state->gro_refused = true;
+  }
+}
+
+bool UdpVuReceiver::Commit(vu::RxQueue* rx, const Slot& s, absl::Span<const iovec> iov,
+                           size_t len) {
+  const vu::NetConfig& config = rx->config();
+  const size_t vnet = config.vnet_hdr_len;
+  const absl::StatusOr<size_t> frame_len = BuildFrame(s.spec, iov, vnet, len);
+  if (!frame_len.ok()) {
+    VUNET_LOG_RATELIMITED(kError, "udp: frame not built: %s", frame_len.status().ToString());
+    return false;
+  }
+  vu::VirtioNetHdr hdr{};
+  hdr.flags = config.guest_csum ? vu::kVirtioNetHdrFDataValid : 0;
+  hdr.gso_type = vu::kVirtioNetHdrGsoNone;
+  if (s.gso != 0) {
+    // One frame for the datagrams, which the guest's stack segments (or
+    // takes whole where its socket has UDP_GRO).
+    const size_t headers = s.hdr_len - vnet;
+    hdr.flags = vu::kVirtioNetHdrFNeedsCsum;
+    hdr.gso_type = virtio::kVirtioNetHdrGsoUdpL4;
+    hdr.gso_size = s.gso;
+    hdr.hdr_len = static_cast<uint16_t>(headers);
+    hdr.csum_start = static_cast<uint16_t>(headers - kUdpHeaderLen);
+    hdr.csum_offset = offsetof(UdpHeader, check);
+  }
+  if (!rx->Commit(*s.room, *frame_len, hdr)) return false;
+  ++stats_.frames;
+  if (s.gso != 0) ++stats_.uso_frames;
+  stats_.bytes += len;
+  return true;
+}
+
+void UdpVuReceiver::UpdatePeekOffset(int fd, UdpRxSocketState* state, bool batch_peek,
+                                     size_t peeked, size_t consumed, bool mismatch) {
+  // Back to zero unless every peeked datagram was read.
+  if (batch_peek && (consumed < peeked || mismatch)) {
+    bool empty_left = false;
+    for (size_t k = consumed; k < peeked; ++k) empty_left |= peek_[k].msg_len == 0;
+    ++stats_.peek_resets;
+    if (empty_left && SetPeekOffset(fd, -1)) {
+      state->single_left = static_cast<uint8_t>(peeked - consumed);
+    } else if (!SetPeekOffset(fd, 0)) {
+      VUNET_LOG_RATELIMITED(kWarning, "udp: SO_PEEK_OFF reset: %s", strerror(errno));
+      state->batched = false;
+    }
+  } else if (state->batched && state->single_left > 0) {
+    state->single_left =
+        consumed >= state->single_left ? 0 : static_cast<uint8_t>(state->single_left - consumed);
+    if (state->single_left == 0 && !SetPeekOffset(fd, 0)) state->batched = false;
+  }
 }
 
 UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocketState* state,
@@ -99,6 +214,7 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
   const vu::NetConfig& config = rx->config();
   const size_t vnet = config.vnet_hdr_len;
   static const sockaddr_storage kNoPeer = {};
+  EnableGro(fd, config, state);
 
   size_t budget = options_.batch;
   result.outcome = Outcome::kBudget;
@@ -111,6 +227,10 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
       if (want_peer) {
         peek_[k].msg_hdr.msg_name = &peek_peer_[k];
         peek_[k].msg_hdr.msg_namelen = sizeof(peek_peer_[k]);
+      }
+      if (state->gro) {
+        peek_[k].msg_hdr.msg_control = peek_cmsg_[k].bytes;
+        peek_[k].msg_hdr.msg_controllen = sizeof(peek_cmsg_[k].bytes);
       }
     }
     const int n = recvmmsg(fd, peek_, static_cast<unsigned>(want),
@@ -131,22 +251,35 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
     size_t slots = 0;
     bool stopped = false;  // Room ran out before every peeked datagram had some.
     bool no_room = false;  // ...because the guest has posted too little.
+    bool split = false;    // The round is one coalesced datagram to send split.
     for (size_t k = 0; k < static_cast<size_t>(n); ++k) {
       Slot& s = slots_[k];
       s.len = peek_[k].msg_len;
       s.room = nullptr;
       s.spec = FrameSpec();
+      s.gso = state->gro ? GroSize(peek_[k].msg_hdr, s.len) : 0;
       const socklen_t peer_len = want_peer ? peek_[k].msg_hdr.msg_namelen : 0;
       bool keep = prepare(want_peer ? peek_peer_[k] : kNoPeer, peer_len, s.len, &s.spec);
+      s.spec.protocol = IPPROTO_UDP;
+      s.spec.l4_checksum = !config.guest_csum;
+      if (keep && s.gso != 0 &&
+          (!(s.spec.ipv6 ? config.guest_uso6 : config.guest_uso4) ||
+           s.len > MaxUsoPayload(s.spec))) {
+        // Datagrams the guest cannot take as one frame: a round of their own.
+        if (k > 0) {
+          stopped = true;
+          break;
+        }
+        split = true;
+      }
       if (!keep) {
         ++stats_.refused;
-      } else if (s.len > MaxPayload(s.spec)) {
+      } else if (!split && s.gso == 0 && s.len > MaxPayload(s.spec)) {
         keep = false;
         ++stats_.too_big;
       }
-      if (keep) {
-        s.spec.protocol = IPPROTO_UDP;
-        s.spec.l4_checksum = !config.guest_csum;
+      if (keep && !split) {
+        s.spec.l4_partial = s.gso != 0;
         s.hdr_len = vnet + FrameHeadersLen(s.spec);
         vu::RxQueue::Refusal why;
         s.room = rx->Reserve(s.hdr_len + s.len, s.hdr_len + s.len, &why);
@@ -182,6 +315,17 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
         msg.msg_hdr.msg_name = &peer_[k];
         msg.msg_hdr.msg_namelen = sizeof(peer_[k]);
       }
+      if (state->gro) {
+        msg.msg_hdr.msg_control = cmsg_[k].bytes;
+        msg.msg_hdr.msg_controllen = sizeof(cmsg_[k].bytes);
+      }
+      if (split) {
+        split_iov_ = {split_datagram_.get(), kSplitBuffer};
+        msg.msg_hdr.msg_iov = &split_iov_;
+        msg.msg_hdr.msg_iovlen = 1;
+        slots = 1;
+        break;
+      }
       if (s.room != nullptr) {
         // The payload goes behind the header room; a dropped datagram is
         // read into nothing and so discarded.
@@ -211,20 +355,29 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
     bool mismatch = false;
     for (size_t j = 0; j < static_cast<size_t>(r); ++j) {
       Slot& s = slots_[j];
+      if (split) {
+        const size_t len = std::min<size_t>(msgs_[j].msg_len, kSplitBuffer);
+        const uint16_t gso = GroSize(msgs_[j].msg_hdr, len);
+        result.frames += SendSplit(rx, s.spec, len, gso != 0 ? gso : static_cast<uint16_t>(len));
+        continue;
+      }
       if (s.room == nullptr) continue;
       const absl::Span<const iovec> iov = s.room->iov;
       size_t len = msgs_[j].msg_len;
+      const uint16_t read_gso = state->gro ? GroSize(msgs_[j].msg_hdr, len) : 0;
       bool ok = true;
-      if (len != s.len ||
-          (want_peer && (msgs_[j].msg_hdr.msg_namelen != peek_[j].msg_hdr.msg_namelen ||
-                         std::memcmp(&peer_[j], &peek_peer_[j], msgs_[j].msg_hdr.msg_namelen) != 0))) {
+      if (len != s.len || read_gso != s.gso ||
+          (want_peer &&
+           (msgs_[j].msg_hdr.msg_namelen != peek_[j].msg_hdr.msg_namelen ||
+            std::memcmp(&peer_[j], &peek_peer_[j], msgs_[j].msg_hdr.msg_namelen) != 0))) {
         mismatch = true;
         ++stats_.mismatches;
         VUNET_LOG_RATELIMITED(kWarning, "udp: datagram of %d bytes read where %d were peeked", len,
                               s.len);
         FrameSpec spec;
         const size_t room = s.room->capacity - s.hdr_len;
-        ok = len <= room &&
+        s.gso = 0;
+        ok = read_gso == 0 && len <= room &&
              prepare(want_peer ? peer_[j] : kNoPeer, want_peer ? msgs_[j].msg_hdr.msg_namelen : 0,
                      len, &spec) &&
              len <= MaxPayload(spec);
@@ -235,48 +388,16 @@ UdpVuReceiver::Result UdpVuReceiver::Receive(vu::RxQueue* rx, int fd, UdpRxSocke
           s.spec = spec;
         }
       }
-      bool committed = false;
-      if (ok) {
-        const absl::StatusOr<size_t> frame_len = BuildFrame(s.spec, iov, vnet, len);
-        if (frame_len.ok()) {
-          vu::VirtioNetHdr hdr{};
-          hdr.flags = config.guest_csum ? vu::kVirtioNetHdrFDataValid : 0;
-          hdr.gso_type = vu::kVirtioNetHdrGsoNone;
-          committed = rx->Commit(*s.room, *frame_len, hdr);
-          if (committed) {
-            ++result.frames;
-            ++stats_.frames;
-            stats_.bytes += len;
-          }
-        } else {
-          VUNET_LOG_RATELIMITED(kError, "udp: frame not built: %s", frame_len.status().ToString());
-        }
-      }
+      const bool committed = ok && Commit(rx, s, iov, len);
+      if (committed) ++result.frames;
       // Its buffers back to the guest, empty (only after a mismatch).
       if (!committed) rx->Abandon(*s.room);
     }
     // Slots the read did not reach hold the last buffers reserved.
     rx->ReleaseUncommitted();
 
-    // The peek offset: back to zero unless every peeked datagram was read.
     const size_t consumed = static_cast<size_t>(r);
-    if (batch_peek && (consumed < static_cast<size_t>(n) || mismatch)) {
-      bool empty_left = false;
-      for (size_t k = consumed; k < static_cast<size_t>(n); ++k) {
-        empty_left |= peek_[k].msg_len == 0;
-      }
-      ++stats_.peek_resets;
-      if (empty_left && SetPeekOffset(fd, -1)) {
-        state->single_left = static_cast<uint8_t>(static_cast<size_t>(n) - consumed);
-      } else if (!SetPeekOffset(fd, 0)) {
-        VUNET_LOG_RATELIMITED(kWarning, "udp: SO_PEEK_OFF reset: %s", strerror(errno));
-        state->batched = false;
-      }
-    } else if (state->batched && state->single_left > 0) {
-      state->single_left =
-          consumed >= state->single_left ? 0 : static_cast<uint8_t>(state->single_left - consumed);
-      if (state->single_left == 0 && !SetPeekOffset(fd, 0)) state->batched = false;
-    }
+    UpdatePeekOffset(fd, state, batch_peek, static_cast<size_t>(n), consumed, mismatch);
 
     budget -= std::min(budget, std::max<size_t>(consumed, 1));
     if (slots == 0) {

@@ -34,6 +34,19 @@
 // mismatch (which the above should make impossible) delivers what fits,
 // hands unused buffers back with a zero length, and is counted.
 //
+// Segmentation offload (GUEST_USO4/6): once the guest negotiated USO for
+// either IP version, each socket read here gets UDP_GRO, so the kernel may
+// hand over several datagrams of one sender as one, with their size in a
+// control message (when the sender used UDP_SEGMENT, or a device's GRO
+// merged them). Such a datagram goes to a guest with USO for the frame's IP
+// version as one frame: gso_type UDP_L4, gso_size the datagrams' size,
+// hdr_len, a partial checksum (NEEDS_CSUM, the pseudo-header's sum over the
+// whole length in the field), the UDP length the whole. To a guest without
+// USO for that version (a dual-stack oddity, or a renegotiation while the
+// socket lives) it is read into a buffer of ours and sent one datagram per
+// frame (RxQueue::Send: a copy, on this rare path only); it then takes a
+// round of its own.
+//
 // No allocation per datagram: every array is sized at construction.
 // Datagrams too large for the guest's IP version (or for its receive
 // buffers without mergeable buffers, or for the receiver's pools) are
@@ -85,6 +98,10 @@ struct UdpRxSocketState {
   // Datagrams still to be read one at a time with the peek offset off
   // (see the file comment); batched again once they are consumed.
   uint8_t single_left = 0;
+  // UDP_GRO is on (coalesced datagrams come with their segment size), or
+  // the kernel refused it (not tried again).
+  bool gro = false;
+  bool gro_refused = false;
 };
 
 class UdpVuReceiver {
@@ -100,9 +117,12 @@ class UdpVuReceiver {
 
   struct Stats {
     uint64_t wakeups = 0;
-    uint64_t frames = 0;   // Datagrams delivered to the guest.
-    uint64_t bytes = 0;    // Their payload bytes.
-    uint64_t refused = 0;  // Dropped because Prepare said so.
+    uint64_t frames = 0;         // Frames delivered to the guest (a USO frame counts once).
+    uint64_t uso_frames = 0;     // Of those, coalesced datagrams sent as one (UDP_L4).
+    uint64_t split = 0;          // Coalesced datagrams sent one datagram a frame.
+    uint64_t split_dropped = 0;  // Their datagrams the guest had no room for.
+    uint64_t bytes = 0;          // Their payload bytes.
+    uint64_t refused = 0;        // Dropped because Prepare said so.
     // Dropped: larger than the guest's IP version carries, than one
     // receive buffer without mergeable buffers, or than the pools hold.
     uint64_t too_big = 0;
@@ -152,6 +172,7 @@ class UdpVuReceiver {
   struct Slot {
     FrameSpec spec;
     size_t len = 0;      // Peeked payload length.
+    uint16_t gso = 0;    // Coalesced datagrams' size (UDP_GRO), 0 for one datagram.
     size_t hdr_len = 0;  // vnet header + FrameHeadersLen(spec).
     // Its buffers, or nullptr: a datagram dropped is read into nothing.
     const vu::RxQueue::Reservation* room = nullptr;
@@ -159,6 +180,24 @@ class UdpVuReceiver {
 
   // Sets the peek offset of `fd` (-1 turns it off). False on failure.
   static bool SetPeekOffset(int fd, int value);
+  // UDP_GRO on `fd` once the guest negotiated USO (see the file comment).
+  static void EnableGro(int fd, const vu::NetConfig& config, UdpRxSocketState* state);
+  // Writes the headers of slot `s`'s frame (`len` payload bytes read into
+  // `iov`, its reservation) and commits it; false if it could not.
+  bool Commit(vu::RxQueue* rx, const Slot& s, absl::Span<const iovec> iov, size_t len);
+  // After a round: the peek offset back to zero unless every one of the
+  // `peeked` datagrams was read (see the file comment).
+  void UpdatePeekOffset(int fd, UdpRxSocketState* state, bool batch_peek, size_t peeked,
+                        size_t consumed, bool mismatch);
+  // Sends the coalesced datagram in split_datagram_[0..len) one datagram
+  // (of `gso` bytes, the last shorter) a frame; returns the frames sent.
+  size_t SendSplit(vu::RxQueue* rx, FrameSpec spec, size_t len, uint16_t gso);
+
+  // Room for a UDP_GRO control message.
+  union GroCmsg {
+    cmsghdr header;
+    char bytes[CMSG_SPACE(sizeof(int))];
+  };
 
   Options options_;
   Stats stats_;
@@ -168,6 +207,12 @@ class UdpVuReceiver {
   mmsghdr msgs_[kMaxBatch];
   sockaddr_storage peek_peer_[kMaxBatch];
   sockaddr_storage peer_[kMaxBatch];
+  GroCmsg peek_cmsg_[kMaxBatch];
+  GroCmsg cmsg_[kMaxBatch];
+  // A coalesced datagram for a guest without USO, and one of its frames.
+  std::unique_ptr<uint8_t[]> split_datagram_;
+  std::unique_ptr<uint8_t[]> split_frame_;
+  iovec split_iov_ = {};
 };
 
 }  // namespace vunet::net

@@ -17,8 +17,9 @@
 #
 # Settings (environment): GUEST_MAC (52:54:00:12:34:56), GUEST_MEMORY (512M), GUEST_VECTORS (the
 # device's MSI-X vectors; QEMU's default if unset, 0 for QEMU 7.2),
-# GUEST_APPEND (more kernel parameters), GUEST_REBOOT (yes: a guest reboot resets the machine and QEMU
-# goes on; by default QEMU exits on reboot), VUNET_CACHE (the cache's parent, as fetch_guest.sh),
+# GUEST_APPEND (more kernel parameters), GUEST_NET_OPTS (more virtio-net-pci properties,
+# comma-separated: guest_tso4=off,host_tso4=off... turn offloads off on QEMU's side), GUEST_REBOOT
+# (yes: a guest reboot resets the machine and QEMU goes on; by default QEMU exits on reboot), VUNET_CACHE (the cache's parent, as fetch_guest.sh),
 # GUEST_QMP (a path: a QMP socket there, -qmp unix:PATH,server=on,wait=off), GUEST_INCOMING (QEMU's
 # -incoming value, e.g. defer: a migration destination, started with the same arguments).
 
@@ -77,7 +78,7 @@ guest_start() {
     -append "console=ttyS0 panic=-1 quiet vunet.timeout=$timeout ${GUEST_APPEND:-}" \
     -chardev "socket,id=chr0,path=$socket" \
     -netdev vhost-user,id=net0,chardev=chr0 \
-    -device "virtio-net-pci,netdev=net0,${GUEST_VECTORS:+vectors=$GUEST_VECTORS,}mac=${GUEST_MAC:-52:54:00:12:34:56},romfile=" \
+    -device "virtio-net-pci,netdev=net0,${GUEST_VECTORS:+vectors=$GUEST_VECTORS,}mac=${GUEST_MAC:-52:54:00:12:34:56},romfile=${GUEST_NET_OPTS:+,$GUEST_NET_OPTS}" \
     ${extra[@]+"${extra[@]}"} </dev/null >"$qemu_log" 2>&1 &
   GUEST_QEMU_PID=$!
 }

@@ -70,12 +70,28 @@ std::vector<uint8_t> ScriptedGuest::Build(const Endpoint& remote, uint16_t local
   return f;
 }
 
-absl::Status ScriptedGuest::Send(const std::vector<std::vector<uint8_t>>& frames) {
-  std::vector<absl::Span<const uint8_t>> spans(frames.begin(), frames.end());
-  absl::Span<const absl::Span<const uint8_t>> rest(spans);
+bool ScriptedGuest::tso(bool v6) const {
+  return tso_segment > 0 &&
+         frontend_->has_feature(v6 ? virtio::kVirtioNetFHostTso6 : virtio::kVirtioNetFHostTso4);
+}
+
+absl::Status ScriptedGuest::Send(const std::vector<std::vector<uint8_t>>& frames,
+                                 uint16_t gso_size) {
+  std::vector<vu_frontend::TxFrame> tx;
+  for (const std::vector<uint8_t>& f : frames) {
+    vu_frontend::TxFrame t{.header = {}, .data = f};
+    if (gso_size != 0) {
+      if (std::optional<virtio::VirtioNetHdr> h = vu_frontend::OffloadHeader(f, gso_size)) {
+        t.header = *h;
+        if (h->gso_type != virtio::kVirtioNetHdrGsoNone) ++gso_sent_;
+      }
+    }
+    tx.push_back(t);
+  }
+  absl::Span<const vu_frontend::TxFrame> rest(tx);
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (!rest.empty()) {
-    absl::StatusOr<size_t> sent = frontend_->SendFrames(rest);
+    absl::StatusOr<size_t> sent = frontend_->SendFramesWithHeaders(rest);
     if (!sent.ok()) return sent.status();
     rest.remove_prefix(*sent);
     if (rest.empty()) break;
@@ -87,13 +103,31 @@ absl::Status ScriptedGuest::Send(const std::vector<std::vector<uint8_t>>& frames
 }
 
 absl::StatusOr<size_t> ScriptedGuest::Poll(absl::Duration timeout) {
-  return frontend_->ReceiveFrames(4096, timeout, [&](const vu_frontend::ReceivedFrame& f) {
-    Deliver(f.data, (f.header.flags & virtio::kVirtioNetHdrFDataValid) != 0);
-  });
+  return frontend_->ReceiveFrames(
+      4096, timeout, [&](const vu_frontend::ReceivedFrame& f) { Deliver(f.data, f.header); });
 }
 
-void ScriptedGuest::Deliver(absl::Span<const uint8_t> frame, bool data_valid) {
-  iovec iov = {const_cast<uint8_t*>(frame.data()), frame.size()};
+void ScriptedGuest::Deliver(absl::Span<const uint8_t> received,
+                            const virtio::VirtioNetHdr& header) {
+  if (vu_frontend::CheckHeader(header, received, frontend_->features(),
+                               vu_frontend::Direction::kToGuest) !=
+      vu_frontend::HeaderProblem::kNone) {
+    ++bad_headers_;
+    return;
+  }
+  const bool data_valid = (header.flags & virtio::kVirtioNetHdrFDataValid) != 0;
+  std::vector<uint8_t> frame(received.begin(), received.end());
+  if (header.flags & virtio::kVirtioNetHdrFNeedsCsum) {
+    // The checksum from csum_start on, into the field (CheckHeader bounded
+    // both), as a guest's stack finishes it.
+    const size_t start = header.csum_start;
+    const uint16_t c = net::InternetChecksum(frame.data() + start, frame.size() - start);
+    frame[start + header.csum_offset] = static_cast<uint8_t>(c >> 8);
+    frame[start + header.csum_offset + 1] = static_cast<uint8_t>(c);
+  }
+  if (header.gso_type != virtio::kVirtioNetHdrGsoNone) ++gso_received_;
+  largest_received_ = std::max(largest_received_, frame.size());
+  iovec iov = {frame.data(), frame.size()};
   net::ParsedFrame p;
   if (!net::ParseFrame({&iov, 1}, &p).ok() || p.l4 != net::L4Kind::kTcp) return;
   Segment s;
@@ -376,8 +410,9 @@ absl::Status GuestTcp::Pump() {
     while (snd_nxt_ < out_.size() && frames.size() < 256) {
       const uint64_t in_flight = snd_nxt_ - snd_una_;
       if (in_flight >= peer_wnd_) break;
+      const uint64_t segment = guest_->tso(remote_.v6) ? guest_->tso_segment : peer_mss_;
       const size_t len =
-          std::min<uint64_t>({peer_mss_, out_.size() - snd_nxt_, uint64_t{peer_wnd_} - in_flight});
+          std::min<uint64_t>({segment, out_.size() - snd_nxt_, uint64_t{peer_wnd_} - in_flight});
       if (snd_max_ <= snd_una_) progress_at_ = now;  // The timer starts with the first in flight.
       const bool last = snd_nxt_ + len == out_.size();
       frames.push_back(Frame(Seq(snd_nxt_), net::kTcpAck | (last ? net::kTcpPsh : 0),
@@ -400,7 +435,7 @@ absl::Status GuestTcp::Pump() {
   }
   if (frames.empty()) return absl::OkStatus();
   stats_.segments_sent += frames.size();
-  return guest_->Send(frames);
+  return guest_->Send(frames, guest_->tso(remote_.v6) ? peer_mss_ : 0);
 }
 
 absl::Status GuestTcp::PollAndPump(absl::Duration timeout) {

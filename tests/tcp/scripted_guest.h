@@ -9,6 +9,14 @@
 // segments of no connection). A `drop` hook loses chosen segments on the
 // way in, as a lossy link would.
 //
+// Offloads, as far as the frontend negotiated them: received frames with a
+// partial checksum (NEEDS_CSUM) have it finished as a guest's stack would,
+// and every header is checked against the negotiated features
+// (vu_frontend::CheckHeader; bad_headers() counts what fails, and such a
+// frame is dropped); with `tso_segment` set and HOST_TSO4/6 negotiated for
+// a connection's IP version, segments longer than the peer's MSS go out
+// with the segmentation request a driver writes (OffloadHeader).
+//
 // GuestTcp is one connection, as simple as a TCP can be while staying
 // correct: a fixed receive window, in-order receive only (anything else is
 // answered with a duplicate ACK), go-back-N retransmission on three
@@ -90,8 +98,15 @@ class ScriptedGuest {
                              uint32_t ack, uint8_t flags, uint16_t window,
                              absl::Span<const uint8_t> payload = {},
                              absl::Span<const uint8_t> options = {}) const;
-  // Sends frames in order, waiting (up to 10 s) for transmit room.
-  absl::Status Send(const std::vector<std::vector<uint8_t>>& frames);
+  // Sends frames in order, waiting (up to 10 s) for transmit room. With
+  // `gso_size`, frames of more TCP payload than that go with a segmentation
+  // request (and every TCP frame with a partial checksum), as a driver with
+  // the segmentation offload sends them.
+  absl::Status Send(const std::vector<std::vector<uint8_t>>& frames, uint16_t gso_size = 0);
+  // The most payload a segment carries with HOST_TSO4/6 negotiated for its
+  // IP version (0: never more than the peer's MSS).
+  size_t tso_segment = 0;
+  bool tso(bool v6) const;
 
   // Receives what has arrived, waiting up to `timeout` for the first frame,
   // and routes each TCP segment. Returns the frames received.
@@ -111,6 +126,11 @@ class ScriptedGuest {
   uint64_t segments() const { return segments_; }
   uint64_t dropped() const { return dropped_; }
   uint64_t bad_checksums() const { return bad_checksums_; }
+  uint64_t bad_headers() const { return bad_headers_; }
+  // Frames received with a segmentation offload (gso_type set), and sent.
+  uint64_t gso_received() const { return gso_received_; }
+  uint64_t gso_sent() const { return gso_sent_; }
+  size_t largest_received() const { return largest_received_; }
 
  private:
   friend class GuestTcp;
@@ -119,7 +139,7 @@ class ScriptedGuest {
   }
   void Register(GuestTcp* c);
   void Unregister(GuestTcp* c);
-  void Deliver(absl::Span<const uint8_t> frame, bool data_valid);
+  void Deliver(absl::Span<const uint8_t> frame, const virtio::VirtioNetHdr& header);
 
   vu_frontend::Frontend* frontend_;
   GuestAddress address_;
@@ -128,6 +148,10 @@ class ScriptedGuest {
   uint64_t segments_ = 0;
   uint64_t dropped_ = 0;
   uint64_t bad_checksums_ = 0;
+  uint64_t bad_headers_ = 0;
+  uint64_t gso_received_ = 0;
+  uint64_t gso_sent_ = 0;
+  size_t largest_received_ = 0;
 };
 
 class GuestTcp {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Turns a vunet --pcap capture of a real guest into fuzz seeds:
 
-  net/packet/frame_fuzz_corpus/real_NAME_N       every distinct frame, both ways (frame_fuzz's format:
-                                          a piece-size byte, then the frame)
+  net/packet/frame_fuzz_corpus/real_NAME_N       every distinct frame, both ways (frame_fuzz's format,
+                                          net/packet/fuzz_input.h: a piece-size byte, every
+                                          offload negotiated, a header asking for none, the frame)
   net/gateway/dispatch_fuzz_corpus/real_NAME_N    every distinct frame from the guest
   net/translate/translators_fuzz_corpus/real_NAME   the guest's frames in order, as translators_fuzz
                                           operations, its addresses and ports moved to the
@@ -21,7 +22,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "net", "packet"))
-from frame_fuzz_seeds import csum  # noqa: E402  The Internet checksum.
+from frame_fuzz_seeds import OFF_ALL, csum, prefix  # noqa: E402  Checksum, fuzz input prefix.
 GATEWAY_MAC = bytes.fromhex("9a559a559a55")
 HARNESS_GUEST4 = bytes([10, 0, 2, 15])
 HARNESS_GW4 = bytes([10, 0, 2, 2])
@@ -160,7 +161,7 @@ def main():
     n = 0
     for (to_guest, _, _), group in sorted(kept.items()):
         for f in group:
-            piece = bytes([0 if n % 3 else 7])
+            piece = prefix(0 if n % 3 else 7, OFF_ALL)
             write(os.path.join(ROOT, "net/packet/frame_fuzz_corpus", "real_%s_%d" % (name, n)), piece + f)
             if not to_guest:
                 write(os.path.join(ROOT, "net/gateway/dispatch_fuzz_corpus", "real_%s_%d" % (name, n)),

@@ -32,30 +32,28 @@ constexpr uint64_t Bit(unsigned bit) { return uint64_t{1} << bit; }
 
 using virtio::VirtioNetHdr;
 
-// virtio-net feature bits of virtio/virtio_net.h.
+// virtio-net feature bits (virtio 1.x, 5.1.3) of virtio/virtio_net.h.
 using virtio::kVirtioNetFCsum;
 using virtio::kVirtioNetFGuestCsum;
+using virtio::kVirtioNetFGuestEcn;
 using virtio::kVirtioNetFGuestTso4;
 using virtio::kVirtioNetFGuestTso6;
+using virtio::kVirtioNetFGuestUfo;
+using virtio::kVirtioNetFGuestUso4;
+using virtio::kVirtioNetFGuestUso6;
+using virtio::kVirtioNetFHostEcn;
 using virtio::kVirtioNetFHostTso4;
 using virtio::kVirtioNetFHostTso6;
-
-// Feature bits (virtio 1.x, 5.1.3) beyond those of virtio/virtio_net.h.
-inline constexpr unsigned kVirtioNetFGuestEcn = 9;
-inline constexpr unsigned kVirtioNetFGuestUfo = 10;
-inline constexpr unsigned kVirtioNetFHostEcn = 13;
-inline constexpr unsigned kVirtioNetFHostUfo = 14;
-inline constexpr unsigned kVirtioNetFGuestUso4 = 54;
-inline constexpr unsigned kVirtioNetFGuestUso6 = 55;
-inline constexpr unsigned kVirtioNetFHostUso = 56;
+using virtio::kVirtioNetFHostUfo;
+using virtio::kVirtioNetFHostUso;
 
 // gso_type values, and the ECN bit that may be or'ed into a TCP one.
-inline constexpr uint8_t kGsoNone = 0;
-inline constexpr uint8_t kGsoTcpv4 = 1;
-inline constexpr uint8_t kGsoUdp = 3;  // UFO: never negotiated here.
-inline constexpr uint8_t kGsoTcpv6 = 4;
-inline constexpr uint8_t kGsoUdpL4 = 5;
-inline constexpr uint8_t kGsoEcn = 0x80;
+inline constexpr uint8_t kGsoNone = virtio::kVirtioNetHdrGsoNone;
+inline constexpr uint8_t kGsoTcpv4 = virtio::kVirtioNetHdrGsoTcpv4;
+inline constexpr uint8_t kGsoUdp = virtio::kVirtioNetHdrGsoUdp;  // UFO: never negotiated here.
+inline constexpr uint8_t kGsoTcpv6 = virtio::kVirtioNetHdrGsoTcpv6;
+inline constexpr uint8_t kGsoUdpL4 = virtio::kVirtioNetHdrGsoUdpL4;
+inline constexpr uint8_t kGsoEcn = virtio::kVirtioNetHdrGsoEcn;
 
 // Segmentation offloads of frames to the guest (the device may send them)
 // and from it (the device takes them).

@@ -13,10 +13,11 @@
 #   - ping to the gateway, a 30000-byte one included (vunet's ICMP echo through ping sockets);
 #   - SLAAC from vunet's router advertisement gives a global IPv6 address; ping -6 to the router;
 #   - TCP: one connection from the guest to a listener on the host's loopback (gateway address),
-#     4 MiB each way, byte-exact;
+#     4 MiB each way, byte-exact; then again with the guest's interface at MTU 1500;
 #   - UDP: 20 datagrams of 1 to 1400 bytes to an echo socket on the host's loopback, back unchanged.
 # The bridge asks for every offload (--offloads=on, its default) and sets its tap's offloads to what
-# vunet took: checksum offload, none of the segmentation offloads vunet does not offer yet.
+# vunet took: every checksum and segmentation offload (TSO, ECN, USO), so the TCP transfer goes as
+# 64 KiB segments both ways (the bridge's counters show them, vunet's too).
 # Then tap_bridge exits 0 on SIGTERM with its counters printed; a second one, with offloads off and
 # every frame to vunet dropped (--loss-to-backend=every:1 --loss-only=all), prints its counters and
 # what it dropped on SIGUSR1 and goes on, and exits 3 when vunet goes away.
@@ -109,10 +110,12 @@ done
 grep -q 'vunet0 (MTU 65520) <-> .* running' "$dir/bridge.log" || fail "tap_bridge did not start"
 in_guest ip link show vunet0 | grep -q 'UP' || fail "vunet0 is not up"
 running=$(grep -m 1 'running' "$dir/bridge.log")
-grep -q 'tap offloads CSUM; loss to backend none; loss to guest none' <<<"$running" ||
-  fail "the tap's offloads are not vunet's checksum offload alone: $running"
-! grep -Eq 'features [^;]*(TSO|USO|ECN)' <<<"$running" ||
-  fail "segmentation offloads negotiated that vunet does not offer: $running"
+grep -q 'tap offloads CSUM|TSO4|TSO6|TSO_ECN|USO4|USO6; loss to backend none; loss to guest none' \
+  <<<"$running" || fail "the tap's offloads are not every one vunet offers: $running"
+for feature in HOST_TSO4 HOST_TSO6 HOST_ECN HOST_USO GUEST_TSO4 GUEST_TSO6 GUEST_ECN GUEST_USO4 \
+  GUEST_USO6; do
+  grep -Eq "features [^;]*\b$feature\b" <<<"$running" || fail "$feature not negotiated: $running"
+done
 
 # DHCP, configured by a script of our own.
 cat >"$dir/udhcpc.sh" <<'EOF'
@@ -206,6 +209,26 @@ cmp -s "$dir/up.bin" "$dir/up.got" || fail "TCP guest to host: the data differs"
 cmp -s "$dir/down.bin" "$dir/down.got" || fail "TCP host to guest: the data differs"
 echo "tcp: 4 MiB each way, byte-exact"
 
+# The same at MTU 1500, where the namespace's stack segments only because the tap lets it hand over
+# 64 KiB segments (TSO) and takes them whole from vunet.
+in_guest ip link set dev vunet0 mtu 1500
+port=5002
+rm -f "$dir/up.got" "$dir/down.got"
+ip netns exec "$host_ns" python3 "$check" server 127.0.0.1 "$port" "$dir/down.bin" "$dir/up.got" \
+  >>"$dir/tcp.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 100); do
+  in_host ss -ltnH "sport = :$port" | grep -q . && break
+  sleep 0.05
+done
+in_guest timeout 20 python3 "$check" client "$gateway" "$port" "$dir/up.bin" "$dir/down.got" \
+  >>"$dir/tcp.log" 2>&1 || fail "TCP at MTU 1500 from the guest to the host's loopback failed"
+wait "$server_pid" || fail "the host's TCP listener failed (MTU 1500)"
+server_pid=
+cmp -s "$dir/up.bin" "$dir/up.got" || fail "TCP guest to host at MTU 1500: the data differs"
+cmp -s "$dir/down.bin" "$dir/down.got" || fail "TCP host to guest at MTU 1500: the data differs"
+echo "tcp: 4 MiB each way at MTU 1500, byte-exact"
+
 # UDP: datagrams of 1 to 1400 bytes echoed by a socket on the host's loopback.
 ip netns exec "$host_ns" python3 "$check" udp-echo 127.0.0.1 "$port" 20 >"$dir/udp.log" 2>&1 &
 server_pid=$!
@@ -240,6 +263,12 @@ wait_exit "$bridge_pid"
 bridge_pid=
 grep -q 'tap_bridge: to backend [1-9][0-9]* frames' "$dir/bridge.log" ||
   fail "tap_bridge printed no counters after SIGTERM"
+# The TCP transfer went as segmentation-offloaded frames both ways, none refused.
+grep -Eq 'to backend .* [1-9][0-9]* GSO, .* to tap .*\([1-9][0-9]* GSO\)' "$dir/bridge.log" ||
+  fail "no segmentation-offloaded frames both ways: $(grep 'tap_bridge: to backend' "$dir/bridge.log")"
+grep -q 'bad headers from backend 0,' "$dir/bridge.log" ||
+  fail "headers from vunet the negotiated features do not allow: $(grep 'tap_bridge: to' "$dir/bridge.log")"
+echo "offloads: $(grep -o 'to backend [0-9]* frames [0-9]* bytes ([^)]*)' "$dir/bridge.log"); $(grep -o 'to tap [0-9]* frames [0-9]* bytes ([^)]*)' "$dir/bridge.log")"
 ip netns exec "$guest_ns" "$bridge" --socket "$socket" --tap vunet1 --offloads=off \
   --loss-to-backend=every:1 --loss-only=all >"$dir/bridge2.log" 2>&1 &
 bridge_pid=$!

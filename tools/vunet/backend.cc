@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -24,6 +25,31 @@
 
 namespace vunet::tools {
 namespace {
+
+// The offloads in effect, for the log: "CSUM|GUEST_CSUM|HOST_TSO4|..." or
+// "none".
+std::string OffloadNames(const vu::NetConfig& c) {
+  const std::pair<bool, const char*> names[] = {
+      {c.csum, "CSUM"},
+      {c.guest_csum, "GUEST_CSUM"},
+      {c.host_tso4, "HOST_TSO4"},
+      {c.host_tso6, "HOST_TSO6"},
+      {c.host_ecn, "HOST_ECN"},
+      {c.host_uso, "HOST_USO"},
+      {c.guest_tso4, "GUEST_TSO4"},
+      {c.guest_tso6, "GUEST_TSO6"},
+      {c.guest_ecn, "GUEST_ECN"},
+      {c.guest_uso4, "GUEST_USO4"},
+      {c.guest_uso6, "GUEST_USO6"},
+  };
+  std::string out;
+  for (const auto& [on, name] : names) {
+    if (!on) continue;
+    if (!out.empty()) out += "|";
+    out += name;
+  }
+  return out.empty() ? "none" : out;
+}
 
 // Epoll tags: the kind in the top byte, an index or fd below, the layout of
 // net::FlowRef (whose kind byte the flow translators will use from
@@ -153,6 +179,7 @@ absl::Status Backend::Init() {
   vu::Server::Options server_options;
   server_options.socket_path = options_.socket_path;
   server_options.one_off = options_.one_off;
+  server_options.device.offloads = options_.offloads;
   server_options.device.device_state = true;
   absl::StatusOr<std::unique_ptr<vu::Server>> server =
       options_.inherited_fd >= 0
@@ -386,17 +413,18 @@ absl::Status Backend::Run() {
 void Backend::LogCounters() const {
   const net::Dispatcher::Stats& d = path_->dispatch_stats();
   VUNET_LOG(kInfo,
-            "counters: %d frames from the guest (%d replies, %d malformed), dropped: tcp %d, "
-            "udp %d, icmp %d, other %d; %d router advertisements",
-            d.frames, d.replies, d.malformed, d.tcp_dropped, d.udp_dropped, d.icmp_dropped,
-            d.other_dropped, stats_.ra_sent);
+            "counters: %d frames from the guest (%d segmentation-offloaded; %d replies, %d "
+            "malformed, %d with offload requests refused), dropped: tcp %d, udp %d, icmp %d, "
+            "other %d; %d router advertisements",
+            d.frames, d.gso_routed, d.replies, d.malformed, d.offload_refused, d.tcp_dropped,
+            d.udp_dropped, d.icmp_dropped, d.other_dropped, stats_.ra_sent);
   const vu::RxQueue::Stats& r = rx_.stats();
   VUNET_LOG(kInfo,
-            "rx: %d frames (%d copied in) in %d flushes over %d loop iterations with frames "
-            "(%d iterations in all), %d notifications; %d refused for room, %d never fitting, "
-            "%d buffers returned empty",
-            r.frames, r.sends, stats_.rx_flushes, stats_.rx_iterations, stats_.iterations,
-            r.notifies, r.no_room, r.never_fits, r.returned_empty);
+            "rx: %d frames (%d copied in, %d segmentation-offloaded) in %d flushes over %d loop "
+            "iterations with frames (%d iterations in all), %d notifications; %d refused for "
+            "room, %d never fitting, %d buffers returned empty",
+            r.frames, r.sends, r.gso_frames, stats_.rx_flushes, stats_.rx_iterations,
+            stats_.iterations, r.notifies, r.no_room, r.never_fits, r.returned_empty);
   for (const std::string& line : path_->StatsLines()) VUNET_LOG(kInfo, "%s", line);
   if (pcap_ != nullptr) {
     const PcapWriter::Stats& p = pcap_->stats();
@@ -457,7 +485,13 @@ void Backend::OnQueueStart(uint32_t index, virtio::Virtqueue* vq, int kick_fd) {
     path_->OnMigrationAborted(repair_control_.get());
   }
   vu::Device* device = server_ != nullptr ? server_->device() : nullptr;
-  net_config_ = vu::NetConfig::FromFeatures(device != nullptr ? device->acked_features() : 0);
+  const uint64_t features = device != nullptr ? device->acked_features() : 0;
+  net_config_ = vu::NetConfig::FromFeatures(features);
+  path_->SetNetConfig(net_config_);
+  if (features != logged_features_) {
+    logged_features_ = features;
+    VUNET_LOG(kInfo, "guest features 0x%x; offloads: %s", features, OffloadNames(net_config_));
+  }
   vq_[index] = vq;
   kick_[index] = kick_fd;
   if (absl::Status s = Add(kick_fd, Tag(kKick, index)); !s.ok()) {

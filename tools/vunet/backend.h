@@ -95,6 +95,11 @@ struct BackendOptions {
   // passt's --migrate-exit: once the guest has moved and its frontend left,
   // Run returns.
   bool migrate_exit = false;
+  // The segmentation offloads offered (of vu::Device::kOffloadFeatures):
+  // all of them by default, since the frame path takes each (64 KiB TCP
+  // segments both ways, UDP_L4 from the guest; net/tcp/tcp_vu.h,
+  // net/udp/udp.h).
+  uint64_t offloads = vu::Device::kOffloadFeatures;
 };
 
 class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net::SocketWatcher {
@@ -207,6 +212,7 @@ class Backend : public vu::DataPlane, private vu::RxQueue::Observer, private net
   vu::FrameSink* tx_sink_ = nullptr;
   vu::TxHandler tx_;
   vu::NetConfig net_config_;
+  uint64_t logged_features_ = 0;  // The features the log last named.
 
   std::unique_ptr<vu::Server> server_;
   UniqueFd epoll_;

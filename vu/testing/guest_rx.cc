@@ -1,10 +1,9 @@
 #include "vu/testing/guest_rx.h"
 
 #include <algorithm>
-#include <cstring>
-
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -33,6 +32,9 @@ GuestRxRing::GuestRxRing(const Options& options) : options_(options), rx_(option
   if (!vq_.Start(&device_memory_, vq_config_).ok()) Fail("queue not started");
   config_.mergeable_rx = options.mergeable;
   config_.guest_csum = options.guest_csum;
+  config_.guest_tso4 = config_.guest_tso6 = config_.guest_ecn =
+      options.guest_csum && options.guest_tso;
+  config_.guest_uso4 = config_.guest_uso6 = options.guest_csum && options.guest_uso;
   config_.vnet_hdr_len = options.vnet_hdr_len;
   rx_.Start(&vq_, config_);
 }

@@ -43,6 +43,10 @@ class GuestRxRing {
     uint32_t queue_size = 256;
     bool mergeable = true;    // VIRTIO_NET_F_MRG_RXBUF.
     bool guest_csum = false;  // VIRTIO_NET_F_GUEST_CSUM.
+    // Segmentation offloads the guest takes (each needs guest_csum):
+    // GUEST_TSO4 and GUEST_TSO6 (with GUEST_ECN), GUEST_USO4 and GUEST_USO6.
+    bool guest_tso = false;
+    bool guest_uso = false;
     bool event_idx = false;
     // The 12-byte header (VERSION_1 or MRG_RXBUF), or the legacy 10 bytes.
     size_t vnet_hdr_len = sizeof(VirtioNetHdr);
