@@ -235,8 +235,8 @@ class Device {
 
   DataPlane* const data_plane_;
   const uint32_t num_queues_;
-  const uint64_t offered_protocol_features_;
   const uint64_t offered_features_;
+  const uint64_t offered_protocol_features_;
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;
   bool features_set_ = false;
