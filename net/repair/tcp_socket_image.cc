@@ -17,6 +17,10 @@
 namespace vunet::net {
 namespace {
 
+// TCP_MAXSEG's bounds in the kernel (TCP_MIN_MSS, MAX_TCP_WINDOW).
+constexpr uint32_t kMinMss = 88;
+constexpr uint32_t kMaxUserMss = 32767;
+
 constexpr int kMaxWindowScale = 14;  // RFC 7323.
 // How often the receive queue is read again while the peer keeps adding to it.
 constexpr int kReceiveQueueAttempts = 8;
@@ -430,6 +434,18 @@ absl::Status RestoreTcpSocket(int fd, const TcpSocketImage& image) {
                        static_cast<int>(image.recv_seq + (image.peer_fin ? 1 : 0)));
       !s.ok()) {
     return s;
+  }
+
+  // The segment size is worked out once, at connect(), from the MSS a
+  // connection may use; the MSS option set after it (below) does not change
+  // it, and the socket would send the 536-byte default's segments. Set
+  // before, ours too is capped there (the kernel takes at most 32767).
+  if (image.mss >= kMinMss) {
+    if (absl::Status s = SetIntOption(fd, IPPROTO_TCP, TCP_MAXSEG, "setsockopt(TCP_MAXSEG)",
+                                      static_cast<int>(std::min(image.mss, kMaxUserMss)));
+        !s.ok()) {
+      return s;
+    }
   }
 
   sockaddr_storage ss;

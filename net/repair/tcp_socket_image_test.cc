@@ -247,6 +247,62 @@ TEST_P(TcpSocketImageTest, MigratesWithDataQueuedBothWays) {
   EXPECT_EQ(to_peer.read, to_peer.target);
 }
 
+// Both windows closed: neither side reads until both receive queues are
+// full and both senders probe a zero window; the receiving side is frozen
+// (as the source is) while it is dumped, and the restored socket is read at
+// once. The peer's probes must find the window open again, and ours must
+// see the peer's, quickly: not after a probe timer backed off for minutes.
+TEST_P(TcpSocketImageTest, MigratesWithBothWindowsClosed) {
+  VUNET_SKIP_WITHOUT_REPAIR();
+  absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family(),
+                                                           .ours_rcvbuf = 256 * 1024,
+                                                           .ours_sndbuf = 512 * 1024,
+                                                           .peer_rcvbuf = 256 * 1024});
+  ASSERT_TRUE(pair.ok()) << pair.status();
+  const int ours = pair->ours.get(), peer = pair->peer.get();
+
+  Flow to_ours{.from = peer, .to = ours, .stream = kPeerStream, .target = 64 * kMiB};
+  Flow to_peer{.from = ours, .to = peer, .stream = kOursStream, .target = 64 * kMiB};
+  // Until neither side's send buffer takes more.
+  for (int i = 0; i < 50; ++i) {
+    WriteSome(to_ours);
+    WriteSome(to_peer);
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_LT(to_ours.written, to_ours.target);
+  ASSERT_LT(to_peer.written, to_peer.target);
+  ASSERT_TRUE(FreezeReceiver(ours).ok());
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(SetRepairMode(ours, TCP_REPAIR_ON).ok());
+  absl::StatusOr<TcpSocketImage> image = DumpTcpSocket(ours);
+  ASSERT_TRUE(image.ok()) << image.status();
+  printf("%s\n", image->ToString().c_str());
+  pair->ours.reset();  // Closed in repair mode.
+  absl::SleepFor(absl::Milliseconds(200));
+
+  absl::StatusOr<UniqueFd> restored = Restore(*image);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  to_ours.to = restored->get();
+  to_peer.from = restored->get();
+  {
+    tcp_info info{};
+    socklen_t len = sizeof(info);
+    getsockopt(restored->get(), IPPROTO_TCP, TCP_INFO, &info, &len);
+    printf("restored: snd_mss %u rcv_mss %u advmss %u\n", info.tcpi_snd_mss, info.tcpi_rcv_mss,
+           info.tcpi_advmss);
+    // The segments are the connection's size, not the 536-byte default's.
+    EXPECT_GT(info.tcpi_snd_mss, 16000u);
+  }
+  const absl::Time start = absl::Now();
+  FinishWhileReading(restored->get(), *image, to_peer);
+  to_ours.target = to_ours.written + kMiB;
+  to_peer.target = to_peer.written + kMiB;
+  Exchange(to_ours, to_peer);
+  const absl::Duration took = absl::Now() - start;
+  printf("both queues drained and 1 MiB more each way in %s\n", absl::FormatDuration(took).c_str());
+  EXPECT_LT(took, absl::Seconds(2));
+}
+
 // Much in flight: a peer that offered a large window, then stopped
 // acknowledging. The restored socket takes all of it back into its send queue
 // in repair mode, however small its send buffer starts.

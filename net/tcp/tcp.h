@@ -376,7 +376,7 @@ class TcpTranslator : public Translator {
   std::vector<std::unique_ptr<Staged>> staged_;
   std::vector<std::unique_ptr<Restore>> restores_;
   std::vector<PendingReset> pending_resets_;
-  // Source: what FreezeReceive changed on each frozen socket, to undo if
+  // Source: what FreezeSocket changed on each frozen socket, to undo if
   // the migration fails.
   struct Frozen;
   std::vector<std::unique_ptr<Frozen>> frozen_;

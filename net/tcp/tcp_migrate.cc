@@ -123,17 +123,37 @@ int64_t RealtimeNs() {
 // window probes) unanswered: it sends them again to the destination. Where
 // filters are refused, the receive window is closed instead (a zero window
 // and a receive buffer too small to open it again), which a window probe
-// can still open by one segment while the receive queue is empty. Fills
-// *undo with what Thaw needs; false if neither worked.
-bool FreezeReceive(int fd, FreezeUndo* undo) {
+// can still open by one segment while the receive queue is empty.
+//
+// Nor may it send anything new: repair mode does not stop transmission, and
+// queued bytes the window (or the pacing timer) lets out after the dump are
+// ones the image calls unsent. The destination would then get ACKs for bytes
+// it has not sent yet, which the kernel drops, window updates and all: with
+// its send window closed, each end waits for the other for ever (the QEMU
+// migration test's stall). A zero send window keeps them queued; window
+// probes and retransmissions of bytes already sent, all the socket still
+// sends, are repeats the peer ignores. Fills *undo with what Thaw needs;
+// false if it could not be done.
+bool FreezeSocket(int fd, FreezeUndo* undo) {
   socklen_t len = sizeof(undo->window);
-  if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo->window, &len) != 0) return false;
   sock_filter drop_all[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
   const sock_fprog program = {.len = 1, .filter = drop_all};
   if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) == 0) {
     undo->filter = true;
-    return true;
+    // Read once nothing comes in: no ACK moves it meanwhile.
+    if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo->window, &len) == 0) {
+      tcp_repair_window halted = undo->window;
+      halted.snd_wnd = 0;
+      if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &halted, sizeof(halted)) == 0) {
+        return true;
+      }
+    }
+    const int unused = 0;
+    (void)setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
+    undo->filter = false;
+    return false;
   }
+  if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo->window, &len) != 0) return false;
   len = sizeof(undo->rcvbuf);
   if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &undo->rcvbuf, &len) != 0) return false;
   // rcv_wup + rcv_wnd is the window's right edge: both at the next byte.
@@ -150,15 +170,17 @@ bool FreezeReceive(int fd, FreezeUndo* undo) {
   tcp_repair_window closed = undo->window;
   closed.rcv_wup = rcv_nxt;
   closed.rcv_wnd = 0;
+  closed.snd_wnd = 0;
   if (SeqGt(closed.snd_wl1, rcv_nxt)) closed.snd_wl1 = rcv_nxt;
   SetInt(fd, SOL_SOCKET, SO_RCVBUF, 1);  // The kernel's minimum.
   return setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &closed, sizeof(closed)) == 0;
 }
 
-// Undoes FreezeReceive (a failed migration, the socket still in repair
-// mode).
-void ThawReceive(int fd, const FreezeUndo& undo) {
+// Undoes FreezeSocket (a failed migration, the socket still in repair
+// mode): the windows as they were, the filter gone.
+void ThawSocket(int fd, const FreezeUndo& undo) {
   if (undo.filter) {
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo.window, sizeof(undo.window));
     const int unused = 0;
     (void)setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
     return;
@@ -214,7 +236,7 @@ absl::Status TcpTranslator::SaveState(StateWriter& out, RepairControl* repair) {
     // without moving a peek offset.
     if (peek_off_) SetInt(fds[i], SOL_SOCKET, SO_PEEK_OFF, -1);
     FreezeUndo undo;
-    const bool frozen = FreezeReceive(fds[i], &undo);
+    const bool frozen = FreezeSocket(fds[i], &undo);
     absl::StatusOr<TcpSocketImage> image =
         frozen ? DumpTcpSocket(fds[i])
                : absl::InternalError("its socket cannot be stopped from receiving");
@@ -225,7 +247,7 @@ absl::Status TcpTranslator::SaveState(StateWriter& out, RepairControl* repair) {
       VUNET_LOG_RATELIMITED(kWarning, "tcp: migration: %s: %s: reset",
                             env_.flows->Key(id)->ToString(), image.status().message());
       thaw.push_back(fds[i]);
-      if (frozen) ThawReceive(fds[i], undo);
+      if (frozen) ThawSocket(fds[i], undo);
       if (peek_off_) {
         SetInt(fds[i], SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(c->snd_nxt - c->snd_una));
       }
@@ -575,7 +597,7 @@ void TcpTranslator::OnMigrationAborted(RepairControl* repair) {
   if (ids.empty()) return;
   for (const std::unique_ptr<Frozen>& f : frozen_) {
     if (const Conn* c = env_.flows->Data<Conn>(f->id); c != nullptr && c->frozen) {
-      ThawReceive(c->fd.get(), f->undo);
+      ThawSocket(c->fd.get(), f->undo);
     }
   }
   frozen_.clear();

@@ -297,7 +297,14 @@ void TcpTranslator::OnTimer(FlowId id, int64_t now_ns) {
   c->timer_at = 0;
   if (c->restoring && !c->fd.valid()) {
     // A migrated connection whose source socket held its addresses.
+    const uint64_t before = stats_.migrated_in;
     RestoreSockets(restore_repair_, now_ns);
+    if (stats_.migrated_in != before) {
+      VUNET_LOG_RATELIMITED(kInfo,
+                            "tcp: migration: %d connections restored once their source let go; "
+                            "%d restores in progress",
+                            stats_.migrated_in - before, restores_.size());
+    }
     return;
   }
   if (c->rto_at != 0 && now_ns >= c->rto_at) {

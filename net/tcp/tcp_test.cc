@@ -2048,6 +2048,72 @@ TEST_P(TcpMigrationTest, NothingTheHostSendsAfterTheDumpIsLost) {
   EXPECT_EQ(Compare(HostReads(h.get(), 100), Pattern(100, 33)), "");
 }
 
+// The source's socket, once dumped, must send nothing new: guest bytes it
+// still had queued (here held back by a pacing rate) are the image's unsent
+// ones, which the destination sends. Had the source let some out after the
+// dump, the host's ACKs for them would be for bytes the destination has not
+// sent yet, which its kernel drops with the window updates they carry, and
+// the connection would stall for good. Every byte arrives once, in order.
+TEST_P(TcpMigrationTest, TheSourceSendsNothingQueuedAfterTheDump) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  // Our socket for this connection: the one whose address the host's peer is.
+  sockaddr_storage peer{};
+  socklen_t peer_len = sizeof(peer);
+  ASSERT_EQ(getpeername(h.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len), 0);
+  int ours = -1;
+  for (int fd = 3; fd < 1024 && ours < 0; ++fd) {
+    sockaddr_storage name{};
+    socklen_t len = sizeof(name);
+    if (fd != h.get() && getsockname(fd, reinterpret_cast<sockaddr*>(&name), &len) == 0 &&
+        len == peer_len && memcmp(&name, &peer, len) == 0) {
+      ours = fd;
+    }
+  }
+  ASSERT_GE(ours, 0);
+  // Bytes a second: after the first segment, the next waits 0.7 s.
+  const unsigned rate = 2000;
+  ASSERT_EQ(setsockopt(ours, SOL_SOCKET, SO_MAX_PACING_RATE, &rate, sizeof(rate)), 0);
+  const std::vector<uint8_t> up = Pattern(60000, 41);
+  for (size_t off = 0; off < up.size(); off += 1400) {
+    const size_t n = std::min<size_t>(1400, up.size() - off);
+    Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_,
+               std::vector<uint8_t>(up.begin() + off, up.begin() + off + n)));
+    guest_seq_ += static_cast<uint32_t>(n);
+    if (off == 0) usleep(20'000);
+  }
+  usleep(100'000);
+  DirectRepair repair;
+  const std::string stream = Save(&repair);
+  EXPECT_EQ(tcp_->stats().migrated_out, 1u);
+  // The host reads whatever comes while the source lingers.
+  std::vector<uint8_t> got;
+  uint8_t buf[65536];
+  for (int i = 0; i < 120; ++i) {
+    const ssize_t r = recv(h.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    if (r > 0) got.insert(got.end(), buf, buf + r);
+    usleep(10'000);
+  }
+  printf("the host read %zu bytes before the source let go\n", got.size());
+  // What the pacing let out before the dump; nothing after it.
+  EXPECT_LT(got.size(), up.size() / 4);
+  tcp_->OnMigratedOut(/*linger=*/false);
+  ASSERT_TRUE(Load(stream, &repair).ok());
+  EXPECT_EQ(tcp_->stats().migrated_in, 1u);
+  Resume();
+  const std::vector<uint8_t> rest = HostReads(h.get(), up.size() - got.size());
+  got.insert(got.end(), rest.begin(), rest.end());
+  EXPECT_EQ(Compare(got, up), "");
+  // Both ways still move.
+  Send(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_, Pattern(100, 42)));
+  EXPECT_EQ(Compare(HostReads(h.get(), 100), Pattern(100, 42)), "");
+  const std::vector<uint8_t> down = Pattern(5000, 43);
+  ASSERT_EQ(send(h.get(), down.data(), down.size(), 0), 5000);
+  int out_of_order = 0;
+  EXPECT_EQ(Compare(GuestReceives(down.size(), &out_of_order), down), "");
+}
+
 // No helper: the connection cannot move. The guest, at the destination,
 // gets an RST that fits its sequence space once its queue runs; the host
 // peer gets one when the source lets the flow go.
