@@ -448,9 +448,12 @@ absl::Status RestoreTcpSocket(int fd, const TcpSocketImage& image) {
     }
   }
 
+  // Bound once: a retry after kAlreadyExists finds it bound already.
   sockaddr_storage ss;
   socklen_t len = SockaddrFor(image.family, image.local, &ss);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&ss), len) != 0) {
+  absl::StatusOr<Endpoint> bound = SocketName(fd, /*peer=*/false);
+  if ((!bound.ok() || bound->port == 0) &&
+      bind(fd, reinterpret_cast<const sockaddr*>(&ss), len) != 0) {
     return ErrnoStatus(absl::StrCat("bind to ", image.local.ToString()));
   }
   len = SockaddrFor(image.family, image.remote, &ss);

@@ -138,9 +138,11 @@ absl::StatusOr<UniqueFd> NewTcpSocketForRestore(const TcpSocketImage& image);
 // kMaxQueueBytes); kFailedPrecondition if `fd` is not in repair mode;
 // kAlreadyExists if another socket on this host still holds the same local
 // and remote address and port (the source's, when migrating to the same
-// host); otherwise the failing step with the kernel's errno (e.g. bind:
-// "Cannot assign requested address" when this host lacks the local address).
-// After an error `fd` is unusable: close it (in repair mode, so nothing is
+// host): `fd` is then bound and may be given to RestoreTcpSocket again once
+// that socket is gone (a retry costs a connect(), no helper round trip);
+// otherwise the failing step with the kernel's errno (e.g. bind: "Cannot
+// assign requested address" when this host lacks the local address). After
+// any other error `fd` is unusable: close it (in repair mode, so nothing is
 // sent).
 absl::Status RestoreTcpSocket(int fd, const TcpSocketImage& image);
 

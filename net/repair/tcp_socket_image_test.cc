@@ -385,7 +385,7 @@ TEST_P(TcpSocketImageTest, CloseInRepairModeSendsNothing) {
 // connection, connect() in repair mode with the same addresses and ports
 // fails with EADDRNOTAVAIL (bind succeeds: repair mode forces reuse), in
 // repair mode or not; once that socket is closed, the restore succeeds.
-TEST_P(TcpSocketImageTest, RestoreWhileTheSourceSocketLivesFailsWithEaddrnotavail) {
+TEST_P(TcpSocketImageTest, RestoreWhileTheSourceSocketLivesFailsWithEaddrnotavailThenWorks) {
   VUNET_SKIP_WITHOUT_REPAIR();
   absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = family()});
   ASSERT_TRUE(pair.ok()) << pair.status();
@@ -403,11 +403,17 @@ TEST_P(TcpSocketImageTest, RestoreWhileTheSourceSocketLivesFailsWithEaddrnotavai
     EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
     EXPECT_NE(s.message().find("EADDRNOTAVAIL"), std::string::npos) << s;
   }
-  // The source leaves (in repair mode, silently): now it works.
+  // A socket that found the addresses taken is kept, bound, for a retry.
+  absl::StatusOr<UniqueFd> restored = NewTcpSocketForRestore(*image);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  ASSERT_TRUE(SetRepairMode(restored->get(), TCP_REPAIR_ON).ok());
+  ASSERT_EQ(RestoreTcpSocket(restored->get(), *image).code(), absl::StatusCode::kAlreadyExists);
+  // The source leaves (in repair mode, silently): now the same socket works.
   ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
   pair->ours.reset();
-  absl::StatusOr<UniqueFd> restored = Restore(*image);
-  ASSERT_TRUE(restored.ok()) << restored.status();
+  const absl::Status s = RestoreTcpSocket(restored->get(), *image);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_TRUE(SetRepairMode(restored->get(), TCP_REPAIR_OFF).ok());
   Flow to_ours{.from = pair->peer.get(), .to = restored->get(), .stream = 5, .target = 10000};
   Flow to_peer{.from = restored->get(), .to = pair->peer.get(), .stream = 6, .target = 10000};
   Exchange(to_ours, to_peer);

@@ -330,7 +330,7 @@ void TcpTranslator::Segment(FlowId id, Conn* c, absl::Span<const iovec> frame,
                             const ParsedFrame& parsed, int64_t now) {
   const uint8_t flags = parsed.tcp.flags;
   // Migrated here, its socket not restored yet: the guest sends again.
-  if (c->restoring && !c->fd.valid()) return;
+  if (c->socket_pending) return;
   switch (c->state) {
     case Conn::State::kConnecting:
       // Retransmitted SYNs wait for connect(); an RST means the guest gave up.

@@ -154,7 +154,7 @@ struct TcpTranslatorOptions {
   // still holds its addresses (a source on this host, lingering) is retried
   // before it is reset, and how often.
   int64_t restore_wait_ns = 10'000'000'000;
-  int64_t restore_retry_ns = 5'000'000;
+  int64_t restore_retry_ns = 1'000'000;
 };
 
 struct TcpStats {

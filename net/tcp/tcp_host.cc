@@ -480,7 +480,8 @@ void TcpTranslator::OnRxStart() {
     const FlowKey* key = env_.flows->Key(id);
     if (key == nullptr || key->proto != FlowProto::kTcp) return;
     Conn* c = env_.flows->Data<Conn>(id);
-    if (c == nullptr || c->state != Conn::State::kEstablished || c->frozen || !c->fd.valid()) {
+    if (c == nullptr || c->state != Conn::State::kEstablished || c->frozen || c->socket_pending ||
+        !c->fd.valid()) {
       return;
     }
     if (c->snd_una != c->snd_high && !c->fin_sent) {

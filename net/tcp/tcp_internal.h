@@ -133,6 +133,10 @@ struct TcpTranslator::Conn {
   // or not all its unsent bytes are written: the guest's data waits.
   bool frozen = false;
   bool restoring = false;
+  // Destination: no connected socket yet (its source still holds the
+  // connection's addresses); fd, if valid, is one in repair mode waiting to
+  // connect.
+  bool socket_pending = false;
   bool sack_ok = false;      // SACK agreed in the handshake.
   bool in_recovery = false;  // Resending the holes the guest's SACKs show.
   uint8_t sacked_count = 0;  // Ranges in `sacked`.
@@ -199,6 +203,9 @@ struct TcpTranslator::Restore {
   size_t unsent_done = 0;  // Bytes of image.unsent the new socket took.
   int64_t give_up_at = 0;  // While the source still holds the addresses.
   bool inbound = false;
+  // Its flow's fd is in repair mode, bound, waiting for connect() to find
+  // the addresses free: a retry is that call alone, without the helper.
+  bool in_repair = false;
 };
 
 // Source: a socket frozen for the migration, and how to thaw it.

@@ -209,7 +209,8 @@ absl::Status TcpTranslator::SaveState(StateWriter& out, RepairControl* repair) {
   env_.flows->ForEach([&](FlowId id) {
     Conn* c = env_.flows->Data<Conn>(id);
     if (c == nullptr || c->frozen) return;
-    if (can_repair && c->state == Conn::State::kEstablished && c->fd.valid()) {
+    if (can_repair && c->state == Conn::State::kEstablished && c->fd.valid() &&
+        !c->socket_pending) {
       movable.push_back(id);
       fds.push_back(c->fd.get());
     } else {
@@ -409,6 +410,7 @@ void TcpTranslator::ApplyStaged(RepairControl* repair) {
     c->rto = options_.rto_initial_ns;
     c->last_activity = now + f->idle_left_ns - IdleTimeout(*c);
     c->restoring = true;
+    c->socket_pending = true;
     auto r = std::make_unique<Restore>();
     r->id = *added;
     r->image = std::move(f->image);
@@ -456,7 +458,7 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
   std::vector<Restore*> todo;
   for (std::unique_ptr<Restore>& r : restores_) {
     Conn* c = env_.flows->Data<Conn>(r->id);
-    if (c != nullptr && !c->fd.valid()) todo.push_back(r.get());
+    if (c != nullptr && c->socket_pending) todo.push_back(r.get());
   }
   if (todo.empty()) return;
   in_restore_sockets_ = true;
@@ -477,9 +479,11 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
     std::erase_if(restores_, [](const std::unique_ptr<Restore>& r) { return !r->id.valid(); });
     return;
   }
+  // Sockets for those without one, all put in repair mode in one request.
   std::vector<int> fds;
   std::vector<Restore*> made;
   for (Restore* r : todo) {
+    if (r->in_repair) continue;
     absl::StatusOr<UniqueFd> fd = NewTcpSocketForRestore(r->image);
     if (!fd.ok()) {
       fail(r, fd.status().message());
@@ -492,20 +496,24 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
   if (!fds.empty()) {
     if (absl::Status s = repair->SetRepair(fds, RepairMode::kOn); !s.ok()) {
       for (Restore* r : made) fail(r, s.message());
-      made.clear();
+    } else {
+      for (Restore* r : made) r->in_repair = true;
     }
   }
   std::vector<int> ready_fds;
   std::vector<Restore*> ready;
-  for (Restore* r : made) {
+  for (Restore* r : todo) {
+    if (!r->id.valid() || !r->in_repair) continue;
     Conn* c = env_.flows->Data<Conn>(r->id);
     const absl::Status s = RestoreTcpSocket(c->fd.get(), r->image);
     if (s.ok()) {
       ready_fds.push_back(c->fd.get());
       ready.push_back(r);
     } else if (absl::IsAlreadyExists(s) && now < r->give_up_at) {
-      // Its source, on this host, still holds the connection: again soon.
-      c->fd.reset();
+      // Its source, on this host, still holds the connection: connect()
+      // again soon, and only that, so that the addresses are ours within a
+      // moment of the source letting go (the host's kernel answers the
+      // peer's segments meanwhile with resets).
       c->timer_at = now + options_.restore_retry_ns;
       env_.flows->SetTimer(r->id, c->timer_at);
     } else {
@@ -521,6 +529,7 @@ void TcpTranslator::RestoreSockets(RepairControl* repair, int64_t now) {
   for (Restore* r : ready) {
     Conn* c = env_.flows->Data<Conn>(r->id);
     const int fd = c->fd.get();
+    c->socket_pending = false;
     SetUpConnectionSocket(fd);
     // The bytes the guest has been sent are peeked past.
     if (peek_off_) SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, static_cast<int>(c->snd_nxt - c->snd_una));

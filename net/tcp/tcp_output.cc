@@ -295,7 +295,7 @@ void TcpTranslator::OnTimer(FlowId id, int64_t now_ns) {
   Conn* c = env_.flows->Data<Conn>(id);
   if (c == nullptr || c->frozen) return;
   c->timer_at = 0;
-  if (c->restoring && !c->fd.valid()) {
+  if (c->socket_pending) {
     // A migrated connection whose source socket held its addresses.
     const uint64_t before = stats_.migrated_in;
     RestoreSockets(restore_repair_, now_ns);
