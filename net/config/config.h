@@ -8,7 +8,8 @@
 //   o.mtu = "1500";
 //   o.dns = {"192.0.2.53"};
 //   absl::Status s = ApplyOverrides(&*config, o);
-//   DhcpServer dhcp = DhcpServer::Create(ToDhcpConfig(*config)).value();  // net/gateway/from_config.h
+//   DhcpServer dhcp = DhcpServer::Create(ToDhcpConfig(*config)).value();  //
+//   net/gateway/from_config.h
 //
 // Mirroring, for each IP version separately (MirrorHost):
 //   - the default gateway is the default route of lowest metric from

@@ -6,8 +6,8 @@
 #include <cstring>
 
 #include "base/log.h"
-#include "net/packet/checksum.h"
 #include "net/gateway/dns_name.h"
+#include "net/packet/checksum.h"
 
 namespace vunet::net {
 namespace {

@@ -28,8 +28,8 @@
 
 #include "net/gateway/dhcp.h"
 #include "net/gateway/dhcpv6.h"
-#include "net/packet/frame.h"
 #include "net/gateway/ndp.h"
+#include "net/packet/frame.h"
 
 namespace {
 
