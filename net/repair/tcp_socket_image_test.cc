@@ -419,6 +419,64 @@ TEST_P(TcpSocketImageTest, RestoreWhileTheSourceSocketLivesFailsWithEaddrnotavai
   Exchange(to_ours, to_peer);
 }
 
+// As vunet's source freezes a socket before dumping it (net/tcp/tcp_migrate.cc):
+// nothing taken in (a filter) and nothing new sent (a zero send window); the
+// image keeps the window as it was. A slow peer that has shut down its side
+// reads on meanwhile, its window updates lost; the restored socket must still
+// learn of its window and send everything.
+TEST_P(TcpSocketImageTest, FrozenSourceSlowPeerThatShutDown) {
+  VUNET_SKIP_WITHOUT_REPAIR();
+  absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback(
+      {.family = family(), .ours_sndbuf = 8 * int{kMiB}, .peer_rcvbuf = 256 * 1024});
+  ASSERT_TRUE(pair.ok()) << pair.status();
+  ASSERT_EQ(shutdown(pair->peer.get(), SHUT_WR), 0);
+  Flow to_peer{.from = pair->ours.get(), .to = pair->peer.get(), .stream = 8, .target = 64 * kMiB};
+  for (int i = 0; i < 30; ++i) {
+    WriteSome(to_peer);
+    ReadSome(to_peer, 16 * 1024);
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  char c;
+  ASSERT_EQ(recv(pair->ours.get(), &c, 1, MSG_DONTWAIT), 0) << "the peer's FIN";
+  ASSERT_TRUE(SetRepairMode(pair->ours.get(), TCP_REPAIR_ON).ok());
+  ASSERT_TRUE(FreezeReceiver(pair->ours.get()).ok());
+  tcp_repair_window window{};
+  socklen_t len = sizeof(window);
+  ASSERT_EQ(getsockopt(pair->ours.get(), IPPROTO_TCP, TCP_REPAIR_WINDOW, &window, &len), 0);
+  tcp_repair_window halted = window;
+  halted.snd_wnd = 0;
+  ASSERT_EQ(setsockopt(pair->ours.get(), IPPROTO_TCP, TCP_REPAIR_WINDOW, &halted, sizeof(halted)),
+            0);
+  absl::StatusOr<TcpSocketImage> image = DumpTcpSocket(pair->ours.get());
+  ASSERT_TRUE(image.ok()) << image.status();
+  image->window = window;
+  printf("%s\n", image->ToString().c_str());
+  for (int i = 0; i < 20; ++i) {  // The peer reads on while the source lingers.
+    ReadSome(to_peer, 16 * 1024);
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  pair->ours.reset();
+  absl::StatusOr<UniqueFd> restored = Restore(*image);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  to_peer.from = restored->get();
+  to_peer.target = to_peer.written;
+  size_t done = 0;
+  const absl::Time start = absl::Now();
+  while (to_peer.read < to_peer.target) {
+    ASSERT_LT(absl::Now(), start + absl::Seconds(20))
+        << to_peer.read << " of " << to_peer.target << ", " << done << " of "
+        << image->unsent.size() << " unsent taken";
+    if (done < image->unsent.size()) {
+      absl::StatusOr<size_t> next = FinishTcpRestore(restored->get(), *image, done);
+      ASSERT_TRUE(next.ok()) << next.status();
+      done = *next;
+    }
+    ReadSome(to_peer, 64 * 1024);
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  printf("all read %s after the restore\n", absl::FormatDuration(absl::Now() - start).c_str());
+}
+
 // Several MiB not yet sent, a peer reading slowly: the restored socket cannot
 // take them at once, and FinishTcpRestore says how far it got until it has.
 TEST_P(TcpSocketImageTest, LargeUnsentQueueFinishesInSeveralCalls) {
