@@ -195,8 +195,9 @@ struct FlowStats {
   uint64_t peak_flows = 0;
 };
 
-// Bytes of per-flow data (alignment kFlowDataAlign).
-inline constexpr size_t kFlowDataSize = 256;
+// Bytes of per-flow data (alignment kFlowDataAlign): a TCP connection's state
+// is the largest (five cache lines; the table maps its slots lazily).
+inline constexpr size_t kFlowDataSize = 320;
 inline constexpr size_t kFlowDataAlign = 16;
 
 class FlowTable {

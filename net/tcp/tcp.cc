@@ -36,9 +36,9 @@ absl::StatusOr<std::unique_ptr<TcpTranslator>> TcpTranslator::Create(
   }
   const TcpTranslatorOptions& o = options;
   if (o.handshake_timeout_ns <= 0 || o.idle_timeout_ns <= 0 || o.half_closed_timeout_ns <= 0 ||
-      o.rto_initial_ns <= 0 || o.rto_max_ns < o.rto_initial_ns || o.max_retransmits < 1 ||
-      o.max_retransmits > 100 || o.window_check_initial_ns <= 0 ||
-      o.window_check_max_ns < o.window_check_initial_ns) {
+      o.rto_initial_ns <= 0 || o.rto_max_ns < o.rto_initial_ns || o.rto_min_ns <= 0 ||
+      o.rto_min_ns > o.rto_max_ns || o.max_retransmits < 1 || o.max_retransmits > 100 ||
+      o.window_check_initial_ns <= 0 || o.window_check_max_ns < o.window_check_initial_ns) {
     return absl::InvalidArgumentError("TCP translator: timeouts must be positive and ordered");
   }
   if (o.window_scale > 14 || o.max_pending < 1 || o.discard_buffer < 1 || o.listen_backlog < 1) {
@@ -469,7 +469,11 @@ void TcpTranslator::ProcessAck(FlowId id, Conn* c, const ParsedFrame& parsed, in
     c->snd_nxt = SeqMax(c->snd_nxt, c->snd_una);
     c->dup_acks = 0;
     c->retries = 0;
-    c->rto = options_.rto_initial_ns;
+    if (c->rtt_start != 0 && !SeqLt(ack, c->rtt_seq)) {
+      SampleRtt(c, now - c->rtt_start);
+      c->rtt_start = 0;
+    }
+    c->rto = CurrentRto(*c);
     c->rto_at = c->snd_una != c->snd_high ? now + c->rto : 0;
     c->tx_due = true;
     if (c->in_recovery && !SeqLt(c->snd_una, c->recovery_point)) c->in_recovery = false;
@@ -494,6 +498,7 @@ void TcpTranslator::ProcessAck(FlowId id, Conn* c, const ParsedFrame& parsed, in
     // holes before it was lost; resend those alone.
     if (!c->in_recovery && c->sacked_count > 0 && c->snd_una != c->snd_high) {
       ++stats_.recoveries;
+      c->rtt_start = 0;  // Karn: an ACK past a resend times nothing.
       c->in_recovery = true;
       c->recovery_point = c->snd_high;
       c->rexmit_next = c->snd_una;
@@ -520,6 +525,7 @@ void TcpTranslator::ProcessAck(FlowId id, Conn* c, const ParsedFrame& parsed, in
     // holds what follows). Once per loss: further duplicates wait for the
     // ACK to move.
     ++stats_.fast_retransmits;
+    c->rtt_start = 0;
     if (c->sack_ok) {
       c->in_recovery = true;
       c->recovery_point = c->snd_high;

@@ -124,6 +124,10 @@ struct TcpTranslatorOptions {
   // maximum.
   int64_t rto_initial_ns = 1'000'000'000;
   int64_t rto_max_ns = 60'000'000'000;
+  // Once round trips to the guest are measured (RFC 6298: smoothed RTT plus
+  // four deviations, Karn's rule), the timeout follows them, never below
+  // this (Linux's floor: a guest's delayed ACKs must not look like loss).
+  int64_t rto_min_ns = 200'000'000;
   int max_retransmits = 15;
   // How soon a low window is checked again (doubling up to the maximum)
   // when EPOLLOUT may not come.
@@ -316,6 +320,10 @@ class TcpTranslator : public Translator {
   // The retransmission timer: resends (SYN, data, FIN) or probes a zero
   // window. False if the flow ended.
   bool OnRto(FlowId id, Conn* c, int64_t now);
+  // RFC 6298's estimator: a round trip measured, and the timeout it gives
+  // (the initial one before any sample), within rto_min_ns..rto_max_ns.
+  static void SampleRtt(Conn* c, int64_t rtt_ns);
+  int64_t CurrentRto(const Conn& c) const;
 
   // Control segments to the guest (copied into the RxQueue, behind the data
   // segments committed before them).

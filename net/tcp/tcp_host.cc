@@ -331,6 +331,10 @@ bool TcpTranslator::SendData(FlowId id, Conn* c, int64_t now) {
     }
     if (r.bytes > 0) {
       c->snd_nxt += static_cast<uint32_t>(r.bytes);
+      if (SeqGt(c->snd_nxt, c->snd_high) && c->rtt_start == 0 && !c->in_recovery) {
+        c->rtt_start = now;  // Time the first new byte's way to the guest and back.
+        c->rtt_seq = c->snd_nxt;
+      }
       c->snd_high = SeqMax(c->snd_high, c->snd_nxt);
       c->ack_due = false;  // The segments carried it.
       c->rcv_acked = c->rcv_nxt;
@@ -378,6 +382,25 @@ void TcpTranslator::CheckWindow(FlowId id, Conn* c, int64_t now) {
   UpdateTimer(id, c);
 }
 
+void TcpTranslator::SampleRtt(Conn* c, int64_t rtt_ns) {
+  const int64_t rtt = std::clamp<int64_t>(rtt_ns / 1000, 1, UINT32_MAX / 8);
+  if (c->srtt_us == 0) {
+    c->srtt_us = static_cast<uint32_t>(rtt);
+    c->rttvar_us = static_cast<uint32_t>(rtt / 2);
+    return;
+  }
+  const int64_t srtt = c->srtt_us;
+  const int64_t err = rtt > srtt ? rtt - srtt : srtt - rtt;
+  c->rttvar_us = static_cast<uint32_t>(c->rttvar_us + (err - int64_t{c->rttvar_us}) / 4);
+  c->srtt_us = static_cast<uint32_t>(std::max<int64_t>(srtt + (rtt - srtt) / 8, 1));
+}
+
+int64_t TcpTranslator::CurrentRto(const Conn& c) const {
+  if (c.srtt_us == 0) return options_.rto_initial_ns;
+  const int64_t rto_ns = (int64_t{c.srtt_us} + 4 * int64_t{c.rttvar_us}) * 1000;
+  return std::clamp(rto_ns, options_.rto_min_ns, options_.rto_max_ns);
+}
+
 bool TcpTranslator::OnRto(FlowId id, Conn* c, int64_t now) {
   auto backoff = [&] {
     c->rto = std::min(c->rto * 2, options_.rto_max_ns);
@@ -417,6 +440,7 @@ bool TcpTranslator::OnRto(FlowId id, Conn* c, int64_t now) {
       return false;
     }
     ++stats_.timer_retransmits;
+    c->rtt_start = 0;
     backoff();
     if (c->fin_sent) {
       uint32_t sndbuf = 0;

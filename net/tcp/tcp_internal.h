@@ -157,7 +157,15 @@ struct TcpTranslator::Conn {
   uint32_t guest_wnd = 0;  // Bytes, scaled.
   uint32_t wnd_sent = 0;   // The window we advertised last, bytes.
   int64_t last_activity = 0;
-  int64_t rto = 0;           // The current retransmission timeout.
+  int64_t rto = 0;  // The current retransmission timeout.
+  // Round-trip time to the guest: the smoothed estimate and its mean
+  // deviation (0 before the first sample), and the sample being taken: the
+  // time new data up to rtt_seq went out (0: none; a retransmission voids it).
+  // Microseconds, to keep the flow within its slot.
+  int64_t rtt_start = 0;
+  uint32_t rtt_seq = 0;
+  uint32_t srtt_us = 0;
+  uint32_t rttvar_us = 0;
   int64_t rto_at = 0;        // Retransmission, SYN resend or zero-window probe; 0: none.
   int64_t wnd_at = 0;        // Next look at a low window; 0: none.
   int64_t wnd_interval = 0;  // And the interval after it.
