@@ -55,6 +55,7 @@ class Guest {
   // Posts one receive chain of writable buffers of the given sizes.
   bool PostRx(const std::vector<uint32_t>& sizes, bool indirect = false) {
     std::vector<Buffer> buffers;
+    buffers.reserve(sizes.size());
     for (uint32_t s : sizes) buffers.push_back({driver_memory_->Alloc(s, 8).value(), s, true});
     std::optional<uint16_t> head =
         indirect ? driver_->AddIndirectChain(buffers) : driver_->AddChain(buffers);

@@ -786,14 +786,14 @@ class DeviceStateTest : public DeviceTest {
   uint64_t SetStateFd(uint32_t direction, uint32_t phase = 0, UniqueFd* other_end = nullptr) {
     int p[2];
     EXPECT_EQ(pipe2(p, O_CLOEXEC), 0);
-    UniqueFd read_end(p[0]), write_end(p[1]);
+    // Save: the back-end writes and the frontend reads; load: the reverse.
+    UniqueFd backend_end(direction == 0 ? p[1] : p[0]);
+    UniqueFd frontend_end(direction == 0 ? p[0] : p[1]);
     std::vector<UniqueFd> fds;
-    // Save: the back-end writes; load: it reads.
-    fds.push_back(direction == 0 ? std::move(write_end) : std::move(read_end));
+    fds.push_back(std::move(backend_end));
     const uint64_t reply = U64(
         Send(Request::kSetDeviceStateFd, DeviceStateTransfer{direction, phase}, std::move(fds)));
-    if (other_end != nullptr)
-      *other_end = direction == 0 ? std::move(read_end) : std::move(write_end);
+    if (other_end != nullptr) *other_end = std::move(frontend_end);
     return reply;
   }
 };

@@ -82,6 +82,7 @@ void BM_FindByRef(benchmark::State& state) {
   std::vector<FlowId> ids;
   std::unique_ptr<FlowTable> t = Filled(n, &ids);
   std::vector<uint64_t> refs;
+  refs.reserve(ids.size());
   for (FlowId id : ids) refs.push_back(FlowRef(id, 1).u64());
   std::shuffle(refs.begin(), refs.end(), std::mt19937_64(2));
   size_t i = 0;

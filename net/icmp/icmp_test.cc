@@ -16,6 +16,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/unique_fd.h"
@@ -244,9 +245,10 @@ class IcmpTest : public ::testing::Test {
   }
 
   // A world (64 receive buffers posted) and the translator in it.
-  void Start(IcmpEchoOptions options = {}, GuestConfig guest = IcmpGuest(), size_t flows = 64) {
+  void Start(const IcmpEchoOptions& options = {}, GuestConfig guest = IcmpGuest(),
+             size_t flows = 64) {
     TranslatorWorld::Options o;
-    o.guest = guest;
+    o.guest = std::move(guest);
     o.flows = flows;
     o.clock = &ManualClock::Now;
     world_ = std::make_unique<TranslatorWorld>(o);

@@ -192,7 +192,7 @@ class TcpTest : public ::testing::TestWithParam<bool> {
   // A frame from the guest (10.0.2.15:sport) to dst:dport.
   std::vector<uint8_t> Frame(uint8_t flags, uint32_t seq, uint32_t ack,
                              const std::vector<uint8_t>& payload = {}, uint16_t window = 65535,
-                             uint16_t dport = 0, std::vector<uint8_t> options = {},
+                             uint16_t dport = 0, const std::vector<uint8_t>& options = {},
                              uint16_t sport = kGuestPort) {
     FrameSpec s;
     s.src_mac = kDefaultGuestMac;
@@ -223,6 +223,7 @@ class TcpTest : public ::testing::TestWithParam<bool> {
   // OnBatchEnd, as guest memory does.
   void SendBatch(std::vector<std::vector<uint8_t>> frames) {
     std::vector<std::vector<iovec>> iovs;
+    iovs.reserve(frames.size());
     for (std::vector<uint8_t>& f : frames) iovs.push_back(testing::Split(f, 700));
     for (const std::vector<iovec>& iov : iovs) Deliver(iov);
     tcp_->OnBatchEnd();
@@ -988,6 +989,39 @@ TEST_P(TcpTest, RetransmissionTimerResendsAndBacksOff) {
   char c;
   EXPECT_EQ(recv(h.get(), &c, 1, 0), -1);
   EXPECT_EQ(errno, ECONNRESET);
+}
+
+TEST_P(TcpTest, RetransmissionTimeoutFollowsTheMeasuredRoundTrip) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  // The guest acks the first data 10 ms after it went out: a round trip
+  // measured, the timeout now 200 ms (the floor) rather than the initial 1 s.
+  ASSERT_EQ(send(h.get(), "abc", 3, 0), 3);
+  std::vector<Seg> segs;
+  ASSERT_TRUE(Pump(&segs, [&] { return !segs.empty(); }));
+  fake_now += 10'000'000;
+  guest_ack_ += 3;
+  Send(Frame(kTcpAck, guest_seq_, guest_ack_));
+  ASSERT_EQ(send(h.get(), "def", 3, 0), 3);
+  segs.clear();
+  ASSERT_TRUE(Pump(&segs, [&] { return !segs.empty(); }));
+  fake_now += 190'000'000;
+  Expire();
+  EXPECT_TRUE(Segments().empty());
+  fake_now += 12'000'000;
+  Expire();
+  segs = Segments();
+  ASSERT_EQ(segs.size(), 1u);
+  EXPECT_EQ(segs[0].seq, guest_ack_);
+  EXPECT_EQ(tcp_->stats().timer_retransmits, 1u);
+  // Backed off from there: 400 ms.
+  fake_now += 350'000'000;
+  Expire();
+  EXPECT_TRUE(Segments().empty());
+  fake_now += 60'000'000;
+  Expire();
+  EXPECT_EQ(Segments().size(), 1u);
 }
 
 TEST_P(TcpTest, LostDataIsResentAfterTheHostClosed) {
@@ -1911,7 +1945,7 @@ class TcpMigrationTest : public TcpTest {
     topts.use_peek_off = GetParam();
     tcp_ = TcpTranslator::Create(world_->Env(), topts).value();
     ring().StopQueue();  // Not running until the guest resumes.
-    const absl::Status s = ForEachRecord(
+    absl::Status s = ForEachRecord(
         {reinterpret_cast<const uint8_t*>(stream.data()), stream.size()},
         [&](const RecordHeader& h, StateReader& in) { return tcp_->StageRecord(h, in); });
     if (!s.ok()) {

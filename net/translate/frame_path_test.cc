@@ -136,6 +136,7 @@ TEST(FramePath, InterleavesControlTcpAndUdpInOneSmallRing) {
   // Sends a transmit batch, as the transmit handler would.
   auto send = [&](std::vector<std::vector<uint8_t>> frames) {
     std::vector<std::vector<iovec>> iovs;
+    iovs.reserve(frames.size());
     for (std::vector<uint8_t>& f : frames) iovs.push_back(testing::Split(f, 300));
     for (const std::vector<iovec>& iov : iovs) p.sink()->OnFrame(vu::VirtioNetHdr{}, iov);
     p.sink()->OnBatchEnd();

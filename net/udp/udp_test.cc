@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/unique_fd.h"
@@ -175,14 +176,14 @@ class UdpTest : public ::testing::Test {
 
   // A world and a translator in it. `rules`, if set, replaces the
   // forwarding rules the guest's configuration gives.
-  void Start(Buffers b = {}, UdpTranslatorOptions options = {}, size_t capacity = 64,
+  void Start(Buffers b = {}, const UdpTranslatorOptions& options = {}, size_t capacity = 64,
              std::optional<ForwardRules> rules = std::nullopt,
              GuestConfig guest = testing::TestGuest()) {
     if (udp_ != nullptr) udp_->Shutdown();
     udp_.reset();
     buffers_ = b;
     TranslatorWorld::Options o;
-    o.guest = guest;
+    o.guest = std::move(guest);
     o.rx.queue_size = b.ring;
     o.rx.mergeable = b.mergeable;
     o.rx.guest_csum = b.guest_csum;
@@ -254,6 +255,7 @@ class UdpTest : public ::testing::Test {
     frames.reserve(datagrams.size());
     for (const auto& [spec, payload] : datagrams) frames.push_back(Build(spec, payload));
     std::vector<std::vector<iovec>> iovs;
+    iovs.reserve(frames.size());
     for (auto& f : frames) iovs.push_back(Split(f, piece));
     for (auto& iov : iovs) {
       ParsedFrame parsed;
@@ -541,6 +543,7 @@ TEST_F(UdpTest, ScatteredGuestFramesAndInterleavedFlowsKeepOrder) {
   Start();
   HostSocket a, b;
   std::vector<std::pair<FrameSpec, std::vector<uint8_t>>> batch;
+  batch.reserve(20);
   for (int i = 0; i < 20; ++i) {
     batch.push_back({GuestSpec(guest_.gateway4, 42000, i % 2 ? a.port : b.port),
                      Pattern(200 + i, static_cast<uint8_t>(i))});

@@ -214,7 +214,7 @@ class UdpIntegrationTest : public ::testing::Test {
     return *backend_->path()->udp();
   }
 
-  void Connect(FrontendOptions options = {}) {
+  void Connect(const FrontendOptions& options = {}) {
     absl::StatusOr<std::unique_ptr<Frontend>> f = Frontend::Create(options);
     ASSERT_TRUE(f.ok()) << f.status();
     frontend_ = std::move(*f);

@@ -222,7 +222,7 @@ class FrontendTest : public ::testing::Test {
  protected:
   // Creates a frontend and a fake backend joined by a socketpair, and
   // negotiates; the device side of both rings is then started in vq_.
-  void Start(FrontendOptions options = {}, FakeBackend::Script script = {}) {
+  void Start(const FrontendOptions& options = {}, FakeBackend::Script script = {}) {
     absl::StatusOr<std::unique_ptr<Frontend>> frontend = Frontend::Create(options);
     ASSERT_TRUE(frontend.ok()) << frontend.status();
     frontend_ = *std::move(frontend);

@@ -714,7 +714,7 @@ absl::Status Backend::CheckStateTransfer() {
   if (transfer_ == Transfer::kNone) return absl::FailedPreconditionError("no transfer began");
   ContinueTransfer(true);
   transfer_ = Transfer::kNone;
-  const absl::Status status = transfer_status_;
+  absl::Status status = transfer_status_;
   if (transfer_direction_ == StateDirection::kSave && saved_) {
     if (status.ok()) {
       // The frontend has every flow: they are the destination's now.

@@ -74,6 +74,7 @@ int GuestRxRing::Post(int count, uint32_t size) {
 
 bool GuestRxRing::PostChain(const std::vector<uint32_t>& sizes) {
   std::vector<DriverQueue::Buffer> buffers;
+  buffers.reserve(sizes.size());
   for (uint32_t s : sizes) buffers.push_back({memory_->Alloc(s, 8).value(), s, true});
   const std::optional<uint16_t> head = driver_->AddChain(buffers);
   if (!head) return false;
