@@ -121,25 +121,37 @@ int64_t RealtimeNs() {
 // what it acknowledged after the dump would never reach the destination.
 // A socket filter that drops every segment keeps the peer's data (and its
 // window probes) unanswered: it sends them again to the destination. Where
-// filters are refused, the receive window is closed instead (a zero window
-// and a receive buffer too small to open it again), which a window probe
-// can still open by one segment while the receive queue is empty.
+// the kernel refuses an unprivileged process socket filters (some do, with
+// kernel.unprivileged_bpf_disabled), vunet-repair attached one as it put the
+// socket into repair mode. Without either, the receive window is closed
+// instead (a zero window and a receive buffer too small to open it again),
+// which a window probe can still open by one segment while the receive
+// queue is empty.
 //
 // Nor may it send anything new: repair mode does not stop transmission, and
 // queued bytes the window (or the pacing timer) lets out after the dump are
 // ones the image calls unsent. The destination would then get ACKs for bytes
 // it has not sent yet, which the kernel drops, window updates and all: with
 // its send window closed, each end waits for the other for ever (the QEMU
-// migration test's stall). A zero send window keeps them queued; window
-// probes and retransmissions of bytes already sent, all the socket still
-// sends, are repeats the peer ignores. Fills *undo with what Thaw needs;
-// false if it could not be done.
+// migration test's stall). A zero send window, with the filter keeping the
+// peer's window updates out, keeps them queued; window probes and
+// retransmissions of bytes already sent, all the socket still sends, are
+// repeats the peer ignores. (Without a filter the next update opens it.) Fills *undo with what Thaw
+// needs; false if it could not be done.
 bool FreezeSocket(int fd, FreezeUndo* undo) {
   socklen_t len = sizeof(undo->window);
   sock_filter drop_all[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
   const sock_fprog program = {.len = 1, .filter = drop_all};
-  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) == 0) {
-    undo->filter = true;
+  const bool attached =
+      setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) == 0;
+  const int attach_error = errno;
+  // Where the kernel refuses us socket filters, vunet-repair attached one
+  // as it put the socket into repair mode (and takes it off with it).
+  socklen_t blocks = 0;
+  const bool filtered =
+      attached || (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &blocks) == 0 && blocks > 0);
+  undo->filter = attached;
+  if (filtered) {
     // Read once nothing comes in: no ACK moves it meanwhile.
     if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo->window, &len) == 0) {
       tcp_repair_window halted = undo->window;
@@ -148,11 +160,19 @@ bool FreezeSocket(int fd, FreezeUndo* undo) {
         return true;
       }
     }
-    const int unused = 0;
-    (void)setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
+    if (attached) {
+      const int unused = 0;
+      (void)setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
+    }
     undo->filter = false;
     return false;
   }
+  VUNET_LOG_RATELIMITED(kWarning,
+                        "tcp: migration: a dumped socket can only have its windows closed (a "
+                        "socket filter was refused: %s; the repair helper attached none): the "
+                        "peer's window updates may still let queued bytes out, and such a "
+                        "connection stall at the destination",
+                        strerror(attach_error));
   if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo->window, &len) != 0) return false;
   len = sizeof(undo->rcvbuf);
   if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &undo->rcvbuf, &len) != 0) return false;

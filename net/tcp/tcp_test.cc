@@ -2088,6 +2088,67 @@ TEST_P(TcpMigrationTest, NothingTheHostSendsAfterTheDumpIsLost) {
 // dump, the host's ACKs for them would be for bytes the destination has not
 // sent yet, which its kernel drops with the window updates they carry, and
 // the connection would stall for good. Every byte arrives once, in order.
+// The host's reader is slow: its window closed, most of the guest's data
+// waits unsent in our socket at the dump. The reader goes on while the
+// source lingers: its window updates must not let the source send what the
+// image calls unsent (the destination then refused the peer's ACKs of it, and
+// both ends waited for ever: the QEMU migration test's stall).
+TEST_P(TcpMigrationTest, TheSourceTakesNoWindowUpdateAfterTheDump) {
+  HostListener host;
+  UniqueFd h = Establish(host);
+  ASSERT_TRUE(h.valid());
+  const std::vector<uint8_t> up = Pattern(3 << 20, 44);
+  // As much as the translator takes (what it acknowledged; the rest is sent
+  // again from there); the host reads nothing yet.
+  const uint32_t first = guest_seq_;
+  size_t off = 0;
+  for (int round = 0, stuck = 0; round < 400 && off < up.size() && stuck < 5; ++round) {
+    std::vector<std::vector<uint8_t>> batch;
+    for (int i = 0; i < 32 && off < up.size(); ++i) {
+      const size_t n = std::min<size_t>(1400, up.size() - off);
+      batch.push_back(Frame(kTcpAck | kTcpPsh, guest_seq_, guest_ack_,
+                            std::vector<uint8_t>(up.begin() + off, up.begin() + off + n)));
+      guest_seq_ += static_cast<uint32_t>(n);
+      off += n;
+    }
+    SendBatch(batch);
+    usleep(2'000);
+    uint32_t acked = first;
+    for (const Seg& seg : Segments()) acked = std::max(acked, seg.ack);
+    stuck = acked - first == off ? 0 : stuck + 1;
+    guest_seq_ = acked;
+    off = acked - first;
+  }
+  ASSERT_GT(off, size_t{1} << 20);
+  usleep(100'000);
+  DirectRepair repair;
+  const std::string stream = Save(&repair);
+  EXPECT_EQ(tcp_->stats().migrated_out, 1u);
+  // The host reads while the source lingers.
+  std::vector<uint8_t> got;
+  uint8_t buf[65536];
+  for (int i = 0; i < 100; ++i) {
+    const ssize_t r = recv(h.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    if (r > 0) got.insert(got.end(), buf, buf + r);
+    usleep(10'000);
+  }
+  printf("the host read %zu bytes while the source lingered\n", got.size());
+  tcp_->OnMigratedOut(/*linger=*/false);
+  ASSERT_TRUE(Load(stream, &repair).ok());
+  Resume();
+  // The translator writes the rest of the unsent bytes as the socket takes
+  // them: its loop runs while the host reads.
+  std::vector<Seg> segs;
+  Pump(&segs, [&] {
+    for (ssize_t r; (r = recv(h.get(), buf, sizeof(buf), MSG_DONTWAIT)) > 0;) {
+      got.insert(got.end(), buf, buf + r);
+    }
+    return got.size() >= off;
+  });
+  EXPECT_EQ(got.size(), off);
+  EXPECT_EQ(Compare(got, std::vector<uint8_t>(up.begin(), up.begin() + off)), "");
+}
+
 TEST_P(TcpMigrationTest, TheSourceSendsNothingQueuedAfterTheDump) {
   HostListener host;
   UniqueFd h = Establish(host);

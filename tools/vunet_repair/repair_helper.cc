@@ -1,5 +1,6 @@
 #include "tools/vunet_repair/repair_helper.h"
 
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/inotify.h>
@@ -157,12 +158,30 @@ absl::StatusOr<bool> HandleRepairRequest(int connection) {
     }
   }
   for (size_t i = 0; i < received.count; ++i) {
+    // Out of repair mode: the filter that kept the peer's segments out goes
+    // first, so that the reply to the window probe repair-off sends gets in.
+    if (mode != TCP_REPAIR_ON) {
+      const int unused = 0;
+      (void)setsockopt(received.fds[i], SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
+    }
     if (setsockopt(received.fds[i], IPPROTO_TCP, TCP_REPAIR, &mode, sizeof(mode)) != 0) {
       const int error = errno;
       return absl::ErrnoToStatus(
           error, absl::StrFormat("setsockopt(TCP_REPAIR, %d) on socket %d of %d%s", mode, i + 1,
                                  received.count,
                                  error == EPERM ? " (vunet-repair needs CAP_NET_ADMIN)" : ""));
+    }
+    // Into repair mode: a filter that drops every segment, so that the
+    // socket takes (and acknowledges) nothing more, nor opens its send window
+    // on the peer's updates, while the backend dumps it and until it comes
+    // out again. The backend cannot attach one itself where unprivileged
+    // socket filters are refused (kernel.unprivileged_bpf_disabled on some
+    // kernels). Best effort: the backend has a weaker fallback, and
+    // passt-repair attaches none.
+    if (mode == TCP_REPAIR_ON) {
+      sock_filter drop_all[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
+      const sock_fprog program = {.len = 1, .filter = drop_all};
+      (void)setsockopt(received.fds[i], SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program));
     }
   }
   if (send(connection, &byte, 1, MSG_NOSIGNAL) != 1) return ErrnoStatus("replying");

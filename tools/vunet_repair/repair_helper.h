@@ -7,9 +7,14 @@
 // the backend's repair socket, and for each request (one byte: 1 on, 0 off,
 // -1 off without a window probe; 1 to 253 sockets attached) checks the byte
 // and that every socket is a TCP one, sets TCP_REPAIR on each, replies with
-// the byte and closes the sockets it was given. Anything else ends the
-// connection with an error; the backend closing it ends the helper
-// normally. No fd it receives outlives its request; nothing else is touched.
+// the byte and closes the sockets it was given. Beyond passt-repair, a socket
+// put into repair mode also gets a socket filter that drops every segment,
+// removed when it leaves repair mode: a frozen socket takes nothing more from
+// its peer (see net/tcp/tcp_migrate.cc), which an unprivileged backend cannot
+// arrange itself where the kernel refuses it socket filters. Anything else
+// ends the connection with an error; the backend closing it ends the helper
+// normally. No fd it receives outlives its request; nothing but the repair
+// mode and that filter is touched.
 
 #ifndef VUNET_TOOLS_VUNET_REPAIR_REPAIR_HELPER_H_
 #define VUNET_TOOLS_VUNET_REPAIR_REPAIR_HELPER_H_

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -108,6 +109,41 @@ TEST(HandleRepairRequestTest, SetsAndClearsRepairModeAndReplies) {
   absl::StatusOr<bool> end = HandleRepairRequest(c.helper.get());
   ASSERT_TRUE(end.ok()) << end.status();
   EXPECT_FALSE(*end);
+}
+
+// Blocks of the socket filter attached to `fd` (0: none).
+socklen_t FilterBlocks(int fd) {
+  socklen_t blocks = 0;
+  EXPECT_EQ(getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &blocks), 0);
+  return blocks;
+}
+
+// In repair mode a socket takes nothing from its peer: the helper's filter
+// drops every segment until the socket comes out again. Data the peer sends
+// meanwhile waits for it, unacknowledged.
+TEST(HandleRepairRequestTest, ARepairedSocketTakesNothingUntilItComesOut) {
+  VUNET_SKIP_WITHOUT_REPAIR();
+  absl::StatusOr<LoopbackPair> pair = ConnectOverLoopback({.family = AF_INET});
+  ASSERT_TRUE(pair.ok());
+  Connection c;
+  ASSERT_EQ(c.Send({TCP_REPAIR_ON}, {pair->ours.get()}), 1);
+  ASSERT_TRUE(HandleRepairRequest(c.helper.get()).ok());
+  EXPECT_EQ(c.Reply(), TCP_REPAIR_ON);
+  EXPECT_EQ(FilterBlocks(pair->ours.get()), 1u);
+  ASSERT_EQ(send(pair->peer.get(), "abc", 3, 0), 3);
+  usleep(50'000);
+  int queued = -1;
+  ASSERT_EQ(ioctl(pair->ours.get(), FIONREAD, &queued), 0);
+  EXPECT_EQ(queued, 0);
+  ASSERT_EQ(c.Send({TCP_REPAIR_OFF}, {pair->ours.get()}), 1);
+  ASSERT_TRUE(HandleRepairRequest(c.helper.get()).ok());
+  EXPECT_EQ(c.Reply(), TCP_REPAIR_OFF);
+  EXPECT_EQ(FilterBlocks(pair->ours.get()), 0u);
+  // The peer's retransmission gets in now.
+  char buf[3];
+  pollfd p{pair->ours.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  EXPECT_EQ(recv(pair->ours.get(), buf, 3, 0), 3);
 }
 
 TEST(HandleRepairRequestTest, RefusesWhatIsNotARequest) {
