@@ -39,9 +39,9 @@
 #                same at the guest for its download, by the guest's clock, which stops with the VM)
 #                downtime_ms=... state_bytes=...; fails when the guest's stall beyond the stream's
 #                own pace exceeds MIG_STALL_LIMIT_MS (default 1000: a guard against restores that
-#                hang, not issue 17's goal of 100 ms, which a same-host migration misses: the
-#                source lets the connections' addresses go only when its QEMU exits, and the
-#                guest's segments meanwhile wait for its own retransmission timeout).
+#                hang, not issue 17's goal of 100 ms, which a same-host migration misses: the host
+#                peer's segments are dropped from the dump until the source lets the addresses go
+#                (when its QEMU exits), and it resends on its own backed-off timer).
 #   slow_reader  the guest sends 16 MiB (SLOW_MIB) to a host reader of 512 KiB/s (SLOW_RATE):
 #                megabytes wait in the sockets at the switch-over (measured with ss, at least 1 MiB
 #                or the case fails); every byte arrives, nothing is reset. (Without state the
