@@ -91,7 +91,11 @@ inline uint32_t LowWindow(uint32_t sndbuf) { return std::min<uint32_t>(sndbuf / 
 // to undo if the migration fails: a socket filter dropping everything, or
 // a closed window and a shrunk receive buffer.
 struct FreezeUndo {
-  bool filter = false;
+  // A filter keeps the peer's segments out: only the send window is undone.
+  // `attached`: the filter is ours to take off (else the repair helper's,
+  // which it takes off as repair mode ends).
+  bool filtered = false;
+  bool attached = false;
   tcp_repair_window window{};
   int rcvbuf = 0;
 };

@@ -3,7 +3,6 @@
 // and its host socket's repair image (host side, net/repair); the host peer
 // sees neither a FIN nor a reset, and the guest sees its stream go on.
 
-#include <linux/filter.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -18,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "base/log.h"
 #include "net/migrate/flow_fields.h"
+#include "net/repair/socket_filter.h"
 #include "net/repair/tcp_socket_image.h"
 #include "net/tcp/tcp.h"
 #include "net/tcp/tcp_internal.h"
@@ -136,22 +136,16 @@ int64_t RealtimeNs() {
 // migration test's stall). A zero send window, with the filter keeping the
 // peer's window updates out, keeps them queued; window probes and
 // retransmissions of bytes already sent, all the socket still sends, are
-// repeats the peer ignores. (Without a filter the next update opens it.) Fills *undo with what Thaw
-// needs; false if it could not be done.
+// repeats the peer ignores. (Without a filter the next update opens it.)
+// Fills *undo with what Thaw needs; false if it could not be done.
 bool FreezeSocket(int fd, FreezeUndo* undo) {
   socklen_t len = sizeof(undo->window);
-  sock_filter drop_all[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
-  const sock_fprog program = {.len = 1, .filter = drop_all};
-  const bool attached =
-      setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) == 0;
+  undo->attached = AttachDropAllFilter(fd);
   const int attach_error = errno;
   // Where the kernel refuses us socket filters, vunet-repair attached one
   // as it put the socket into repair mode (and takes it off with it).
-  socklen_t blocks = 0;
-  const bool filtered =
-      attached || (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &blocks) == 0 && blocks > 0);
-  undo->filter = attached;
-  if (filtered) {
+  undo->filtered = undo->attached || HasSocketFilter(fd);
+  if (undo->filtered) {
     // Read once nothing comes in: no ACK moves it meanwhile.
     if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo->window, &len) == 0) {
       tcp_repair_window halted = undo->window;
@@ -160,11 +154,8 @@ bool FreezeSocket(int fd, FreezeUndo* undo) {
         return true;
       }
     }
-    if (attached) {
-      const int unused = 0;
-      (void)setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
-    }
-    undo->filter = false;
+    if (undo->attached) DetachSocketFilter(fd);
+    *undo = FreezeUndo{};
     return false;
   }
   VUNET_LOG_RATELIMITED(kWarning,
@@ -199,10 +190,9 @@ bool FreezeSocket(int fd, FreezeUndo* undo) {
 // Undoes FreezeSocket (a failed migration, the socket still in repair
 // mode): the windows as they were, the filter gone.
 void ThawSocket(int fd, const FreezeUndo& undo) {
-  if (undo.filter) {
+  if (undo.filtered) {
     (void)setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &undo.window, sizeof(undo.window));
-    const int unused = 0;
-    (void)setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
+    if (undo.attached) DetachSocketFilter(fd);
     return;
   }
   SetInt(fd, SOL_SOCKET, SO_RCVBUF, undo.rcvbuf / 2);  // getsockopt reports it doubled.

@@ -1978,6 +1978,19 @@ class TcpMigrationTest : public TcpTest {
     return got;
   }
 
+  // What the host reads in `ms` milliseconds, looking every 10 ms (no
+  // translator runs meanwhile: the source lingers, frozen).
+  static std::vector<uint8_t> HostReadsFor(int fd, int ms) {
+    std::vector<uint8_t> got;
+    uint8_t buf[65536];
+    for (int i = 0; i < ms / 10; ++i) {
+      const ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+      if (r > 0) got.insert(got.end(), buf, buf + r);
+      usleep(10'000);
+    }
+    return got;
+  }
+
   std::unique_ptr<TranslatorWorld> source_world_;
   std::unique_ptr<TcpTranslator> source_tcp_;
 };
@@ -2125,13 +2138,7 @@ TEST_P(TcpMigrationTest, TheSourceTakesNoWindowUpdateAfterTheDump) {
   const std::string stream = Save(&repair);
   EXPECT_EQ(tcp_->stats().migrated_out, 1u);
   // The host reads while the source lingers.
-  std::vector<uint8_t> got;
-  uint8_t buf[65536];
-  for (int i = 0; i < 100; ++i) {
-    const ssize_t r = recv(h.get(), buf, sizeof(buf), MSG_DONTWAIT);
-    if (r > 0) got.insert(got.end(), buf, buf + r);
-    usleep(10'000);
-  }
+  std::vector<uint8_t> got = HostReadsFor(h.get(), 1000);
   printf("the host read %zu bytes while the source lingered\n", got.size());
   tcp_->OnMigratedOut(/*linger=*/false);
   ASSERT_TRUE(Load(stream, &repair).ok());
@@ -2139,6 +2146,7 @@ TEST_P(TcpMigrationTest, TheSourceTakesNoWindowUpdateAfterTheDump) {
   // The translator writes the rest of the unsent bytes as the socket takes
   // them: its loop runs while the host reads.
   std::vector<Seg> segs;
+  uint8_t buf[65536];
   Pump(&segs, [&] {
     for (ssize_t r; (r = recv(h.get(), buf, sizeof(buf), MSG_DONTWAIT)) > 0;) {
       got.insert(got.end(), buf, buf + r);
@@ -2183,13 +2191,7 @@ TEST_P(TcpMigrationTest, TheSourceSendsNothingQueuedAfterTheDump) {
   const std::string stream = Save(&repair);
   EXPECT_EQ(tcp_->stats().migrated_out, 1u);
   // The host reads whatever comes while the source lingers.
-  std::vector<uint8_t> got;
-  uint8_t buf[65536];
-  for (int i = 0; i < 120; ++i) {
-    const ssize_t r = recv(h.get(), buf, sizeof(buf), MSG_DONTWAIT);
-    if (r > 0) got.insert(got.end(), buf, buf + r);
-    usleep(10'000);
-  }
+  std::vector<uint8_t> got = HostReadsFor(h.get(), 1200);
   printf("the host read %zu bytes before the source let go\n", got.size());
   // What the pacing let out before the dump; nothing after it.
   EXPECT_LT(got.size(), up.size() / 4);

@@ -1,6 +1,5 @@
 #include "tools/vunet_repair/repair_helper.h"
 
-#include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/inotify.h>
@@ -18,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "base/errno_status.h"
+#include "net/repair/socket_filter.h"
 
 namespace vunet::tools {
 namespace {
@@ -160,10 +160,7 @@ absl::StatusOr<bool> HandleRepairRequest(int connection) {
   for (size_t i = 0; i < received.count; ++i) {
     // Out of repair mode: the filter that kept the peer's segments out goes
     // first, so that the reply to the window probe repair-off sends gets in.
-    if (mode != TCP_REPAIR_ON) {
-      const int unused = 0;
-      (void)setsockopt(received.fds[i], SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused));
-    }
+    if (mode != TCP_REPAIR_ON) net::DetachSocketFilter(received.fds[i]);
     if (setsockopt(received.fds[i], IPPROTO_TCP, TCP_REPAIR, &mode, sizeof(mode)) != 0) {
       const int error = errno;
       return absl::ErrnoToStatus(
@@ -178,11 +175,7 @@ absl::StatusOr<bool> HandleRepairRequest(int connection) {
     // socket filters are refused (kernel.unprivileged_bpf_disabled on some
     // kernels). Best effort: the backend has a weaker fallback, and
     // passt-repair attaches none.
-    if (mode == TCP_REPAIR_ON) {
-      sock_filter drop_all[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
-      const sock_fprog program = {.len = 1, .filter = drop_all};
-      (void)setsockopt(received.fds[i], SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program));
-    }
+    if (mode == TCP_REPAIR_ON) (void)net::AttachDropAllFilter(received.fds[i]);
   }
   if (send(connection, &byte, 1, MSG_NOSIGNAL) != 1) return ErrnoStatus("replying");
   return true;
